@@ -1,0 +1,90 @@
+//! The kernels, and their exported entry points.
+//!
+//! Every entry is `#[no_mangle] extern "ptx-kernel"`, monomorphised per element type
+//! (`f16`, `bf16`) and per token-tile width `N_TILE = 8·NT` (8, 16, 32, 64). The host picks
+//! the entry by name: `{kernel}_{dtype}_n{N_TILE}`.
+//!
+//! Common launch shape of the GEMM-like kernels: `THREADS` threads, grid
+//! `(ceil(M / TILE_M), ceil(N / N_TILE), splits)`, dynamic shared memory as given by the
+//! `layout::{dense,spmm}_smem_bytes` (shared with the host).
+
+pub mod dense;
+pub mod reduce;
+pub mod spmm;
+pub mod tile;
+
+use crate::mma::{Bf16, F16};
+
+macro_rules! dense_entries {
+    ($($name:ident: $elem:ty, $nt:literal;)*) => {$(
+        /// Dense `Y = X · Wᵀ` (see [`dense::dense_linear`]).
+        ///
+        /// # Safety
+        /// See [`dense::dense_linear`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(
+            w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
+            partial: *mut f32, m: u32, n: u32, k: u32,
+        ) {
+            dense::dense_linear::<$elem, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
+        }
+    )*};
+}
+
+macro_rules! spmm_entries {
+    ($($name:ident: $elem:ty, $nt:literal;)*) => {$(
+        /// Sparse `Y = X · Wᵀ` on Tiled-CSL weights (see [`spmm::spmm_linear`]).
+        ///
+        /// # Safety
+        /// See [`spmm::spmm_linear`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(
+            tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
+            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
+        ) {
+            spmm::spmm_linear::<$elem, $nt>(tile_offsets, words, x, ldx, y, ldy, partial, m, n, k);
+        }
+    )*};
+}
+
+macro_rules! reduce_entries {
+    ($($name:ident: $elem:ty;)*) => {$(
+        /// Deterministic split-K reduction (see [`reduce::splitk_reduce`]).
+        ///
+        /// # Safety
+        /// See [`reduce::splitk_reduce`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(
+            partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32,
+        ) {
+            reduce::splitk_reduce::<$elem>(partial, y, ldy, m, n, splits);
+        }
+    )*};
+}
+
+dense_entries! {
+    dense_linear_f16_n8: F16, 1;
+    dense_linear_f16_n16: F16, 2;
+    dense_linear_f16_n32: F16, 4;
+    dense_linear_f16_n64: F16, 8;
+    dense_linear_bf16_n8: Bf16, 1;
+    dense_linear_bf16_n16: Bf16, 2;
+    dense_linear_bf16_n32: Bf16, 4;
+    dense_linear_bf16_n64: Bf16, 8;
+}
+
+spmm_entries! {
+    spmm_linear_f16_n8: F16, 1;
+    spmm_linear_f16_n16: F16, 2;
+    spmm_linear_f16_n32: F16, 4;
+    spmm_linear_f16_n64: F16, 8;
+    spmm_linear_bf16_n8: Bf16, 1;
+    spmm_linear_bf16_n16: Bf16, 2;
+    spmm_linear_bf16_n32: Bf16, 4;
+    spmm_linear_bf16_n64: Bf16, 8;
+}
+
+reduce_entries! {
+    splitk_reduce_f16: F16;
+    splitk_reduce_bf16: Bf16;
+}

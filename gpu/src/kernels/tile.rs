@@ -1,0 +1,141 @@
+//! Building blocks shared by the dense and the sparse kernel: streaming a 16-bit row-major
+//! tile into a swizzled shared tile, one warp's MMAs over a 64×64 W tile, and the epilogue.
+
+use crate::cp_async::{cp_async_16, cp_async_16_zfill};
+use crate::layout::{
+    frag_c_coord, ldmatrix_a_src, ldmatrix_b_src, swizzled_chunk_offset, THREADS, TILE_K,
+};
+use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
+use crate::mma::{FragA, FragB, FragC, MmaElement};
+use crate::shared::SmemAddr;
+use crate::thread::{lane_idx, thread_idx_x, warp_idx};
+
+/// Issues `cp.async` copies of the `tile_rows × TILE_K` tile at (`row0`, `k0`) of a row-major
+/// 16-bit matrix (`rows` × `k`, leading dimension `ld` elements) into the swizzled shared tile
+/// at `dst` (rows of 128 B). Rows ≥ `rows` and 8-column chunks starting at ≥ `k` are
+/// zero-filled without reading memory.
+///
+/// # Safety
+/// `src` is a device allocation of at least `rows·ld` elements, 16-byte aligned, with
+/// `ld % 8 == 0`, `ld ≥ k`, and the columns `k..ld` of every row zero (so a chunk that starts
+/// before `k` may be copied whole). `dst` has `tile_rows · 128` bytes of dynamic shared memory.
+/// `tile_rows` is a compile-time constant at every call site (the loop unrolls).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn load_tile_async(
+    dst: SmemAddr,
+    tile_rows: usize,
+    src: *const u16,
+    ld: usize,
+    rows: usize,
+    row0: usize,
+    k: usize,
+    k0: usize,
+) {
+    let tid = thread_idx_x() as usize;
+    let chunks = tile_rows * (TILE_K / 8);
+    let mut i = 0;
+    while i < chunks.div_ceil(THREADS) {
+        let id = tid + i * THREADS;
+        if id < chunks {
+            let (r, c) = (id / 8, id % 8);
+            let (gr, gk) = (row0 + r, k0 + c * 8);
+            let smem = dst.offset(swizzled_chunk_offset(r, c));
+            if gr < rows && gk < k {
+                cp_async_16(smem, src.add(gr * ld + gk) as *const u8);
+            } else {
+                cp_async_16_zfill(smem, src as *const u8, 0);
+            }
+        }
+        i += 1;
+    }
+}
+
+/// One warp's share of a 64×64 W tile times an `(8·NT)`×64 X tile:
+/// `acc[nt] += W[16·warp .. 16·warp+16, :] · X[8·nt .. 8·nt+8, :]ᵀ` as 4 k16 steps.
+/// Both tiles are swizzled (`layout::swizzled_chunk_offset`).
+///
+/// # Safety
+/// All threads of the warp call it together; both tiles are complete and visible (barrier).
+#[inline(always)]
+pub unsafe fn warp_mma_tile<E: MmaElement, const NT: usize>(
+    w_tile: SmemAddr,
+    x_tile: SmemAddr,
+    acc: &mut [FragC; NT],
+) {
+    const { assert!(NT == 1 || (NT % 2 == 0 && NT <= 8)) };
+    let lane = lane_idx() as usize;
+    let warp_row0 = warp_idx() as usize * 16;
+    unroll!(kk in 0..4 => {
+        // A: 16 rows × 16 k of W  (16×16)
+        let (ar, ac) = ldmatrix_a_src(lane, warp_row0, kk);
+        let a = FragA(ldmatrix_x4(w_tile.offset(swizzled_chunk_offset(ar, ac))));
+        if NT == 1 {
+            // B: 8 tokens × 16 k of X, lanes 0–15 supply addresses (16×8)
+            let (br, bc) = ldmatrix_b_src(lane % 16, 0, kk);
+            let b = FragB(ldmatrix_x2(x_tile.offset(swizzled_chunk_offset(br, bc))));
+            E::mma_m16n8k16(&mut acc[0], &a, &b);
+        } else {
+            unroll!(pair in 0..NT / 2 => {
+                // B for n-tiles 2·pair and 2·pair+1 (2 × 16×8)
+                let (br, bc) = ldmatrix_b_src(lane, 2 * pair, kk);
+                let [b0, b1, b2, b3] = ldmatrix_x4(x_tile.offset(swizzled_chunk_offset(br, bc)));
+                E::mma_m16n8k16(&mut acc[2 * pair], &a, &FragB([b0, b1]));
+                E::mma_m16n8k16(&mut acc[2 * pair + 1], &a, &FragB([b2, b3]));
+            });
+        }
+    });
+}
+
+/// Where a block's results go.
+pub struct Epilogue {
+    /// Output `Y` (`n × ldy` elements), written when `splits == 1`.
+    pub y: *mut u16,
+    /// Leading dimension of `Y`.
+    pub ldy: usize,
+    /// f32 partial sums `[splits][n][m]`, written when `splits > 1`.
+    pub partial: *mut f32,
+    /// Rows of W (= columns of Y).
+    pub m: usize,
+    /// Tokens (= rows of Y).
+    pub n: usize,
+    /// This block's split index and the number of splits.
+    pub split: usize,
+    /// Number of K splits (grid z).
+    pub splits: usize,
+}
+
+impl Epilogue {
+    /// Stores one warp's accumulators for W rows `m0 + 16·warp ..` and tokens `n0 ..`,
+    /// dropping elements outside `m × n`.
+    ///
+    /// # Safety
+    /// `y` / `partial` are allocations of the sizes documented on the fields.
+    #[inline(always)]
+    pub unsafe fn store<E: MmaElement, const NT: usize>(&self, acc: &[FragC; NT], m0: usize, n0: usize) {
+        let lane = lane_idx() as usize;
+        let row0 = m0 + warp_idx() as usize * 16;
+        unroll!(nt in 0..NT => {
+            unroll!(i in 0..4 => {
+                let (r, c) = frag_c_coord(lane, i);
+                let (gm, gn) = (row0 + r, n0 + nt * 8 + c);
+                if gm < self.m && gn < self.n {
+                    let v = acc[nt].0[i];
+                    if self.splits == 1 {
+                        *self.y.add(gn * self.ldy + gm) = E::from_f32(v);
+                    } else {
+                        *self.partial.add((self.split * self.n + gn) * self.m + gm) = v;
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// The K tiles `[begin, end)` that split `split` of `splits` owns (contiguous, sizes differ
+/// by at most one).
+#[inline(always)]
+pub fn split_range(k_tiles: usize, split: usize, splits: usize) -> (usize, usize) {
+    let splits = splits.max(1); // a grid dimension is never 0; this lets the compiler know
+    (split * k_tiles / splits, (split + 1) * k_tiles / splits)
+}

@@ -1,0 +1,104 @@
+//! Tile shapes and lane→element maps shared by the device kernels and the host.
+//!
+//! This file is plain `core` Rust with no PTX, so the host crate includes it too
+//! (`#[path]`), packs sparse tiles with exactly these constants and tests the maps
+//! against the PTX ISA fragment figures without a GPU.
+
+/// Rows of W (output features) one thread block owns: 4 warps × 16 rows.
+pub const TILE_M: usize = 64;
+/// Columns of W (input features) per pipeline step: 4 × k16 MMA steps.
+pub const TILE_K: usize = 64;
+/// Threads per block of the GEMM/SpMM kernels.
+pub const THREADS: usize = 128;
+/// Warps per block.
+pub const WARPS: usize = THREADS / 32;
+/// Shared-memory pipeline depth (stages in flight) of both kernels.
+pub const STAGES: usize = 4;
+/// Sparse words one pipeline stage of the SpMM kernel carries (8 KiB, half a dense tile).
+/// Denser tiles take several stages, so any density from 0 to 100% works.
+pub const CHUNK_WORDS: usize = 2048;
+/// Bytes of one dense 64×64 16-bit tile in shared memory (rows of 128 B).
+pub const TILE_BYTES: usize = TILE_M * TILE_K * 2;
+/// Bytes of one row of a shared tile (64 halves).
+pub const ROW_BYTES: usize = TILE_K * 2;
+
+/// Dynamic shared memory of the dense kernel with `nt` token tiles of 8:
+/// `STAGES × (W tile + X tile)`.
+pub const fn dense_smem_bytes(nt: usize) -> usize {
+    STAGES * (TILE_BYTES + nt * 8 * ROW_BYTES)
+}
+
+/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: two dense W tiles,
+/// `STAGES` chunk slots of `CHUNK_WORDS` words and `STAGES` X tiles.
+pub const fn spmm_smem_bytes(nt: usize) -> usize {
+    2 * TILE_BYTES + STAGES * (CHUNK_WORDS * 4 + nt * 8 * ROW_BYTES)
+}
+
+/// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.
+///
+/// Rows are 128 B = all 32 banks. Storing chunk `c` of row `r` at chunk `c ^ (r % 8)` makes
+/// the 8 row addresses of every `ldmatrix` 8×8 matrix fall in 8 different 16-byte bank groups,
+/// so `ldmatrix` and the 16-byte `cp.async` writes are conflict-free.
+pub const fn swizzled_chunk_offset(row: usize, chunk: usize) -> usize {
+    row * ROW_BYTES + ((chunk ^ (row % 8)) * 16)
+}
+
+/// Element index (in halves) of tile entry (`row`, `col`) in the swizzled shared tile.
+/// This is the 16-bit position stored in each sparse word.
+pub const fn swizzled_pos(row: usize, col: usize) -> usize {
+    swizzled_chunk_offset(row, col / 8) / 2 + col % 8
+}
+
+/// Inverse of [`swizzled_pos`]: (row, col) inside the tile.
+pub const fn unswizzle_pos(pos: usize) -> (usize, usize) {
+    let row = pos / TILE_K;
+    let chunk = ((pos % TILE_K) / 8) ^ (row % 8);
+    (row, chunk * 8 + pos % 8)
+}
+
+// ---- Fragment layouts of mma.m16n8k16 (PTX ISA 9.7.14.5.8, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"). groupID = lane / 4, threadID_in_group = lane % 4.
+
+/// A (16×16, row-major): register half `i` (0..8, a0..a7 as the ISA numbers them, two per
+/// 32-bit register) of `lane` holds A[row][col].
+pub const fn frag_a_coord(lane: usize, i: usize) -> (usize, usize) {
+    let group = lane / 4;
+    let tig = lane % 4;
+    let row = if i < 2 || (i >= 4 && i < 6) { group } else { group + 8 };
+    let col = tig * 2 + (i & 1) + if i >= 4 { 8 } else { 0 };
+    (row, col)
+}
+
+/// B (16×8, K×N "col"): register half `i` (0..4, b0..b3) of `lane` holds B[k][n].
+pub const fn frag_b_coord(lane: usize, i: usize) -> (usize, usize) {
+    let k = (lane % 4) * 2 + (i & 1) + if i >= 2 { 8 } else { 0 };
+    (k, lane / 4)
+}
+
+/// C/D (16×8, f32): element `i` (0..4, c0..c3) of `lane` holds C[row][col].
+pub const fn frag_c_coord(lane: usize, i: usize) -> (usize, usize) {
+    let row = lane / 4 + if i >= 2 { 8 } else { 0 };
+    (row, (lane % 4) * 2 + (i & 1))
+}
+
+/// `ldmatrix` (PTX ISA 9.7.9.27): within one 8×8 matrix, `lane` receives row `lane / 4`,
+/// elements `2 * (lane % 4)` and `+1` (in its one 32-bit register).
+pub const fn ldmatrix_coord(lane: usize, half: usize) -> (usize, usize) {
+    (lane / 4, (lane % 4) * 2 + half)
+}
+
+/// Row and 16-byte chunk of the W tile whose address `lane` supplies to `ldmatrix.x4` when a
+/// warp loads the A fragment of its 16 rows (`warp_row0`) at k-step `kk` (0..4): lanes 0–15
+/// point at rows 0–15 of the low k-half, lanes 16–31 at rows 0–15 of the high k-half, so the
+/// four matrices come back in a0a1 / a2a3 / a4a5 / a6a7 order.
+pub const fn ldmatrix_a_src(lane: usize, warp_row0: usize, kk: usize) -> (usize, usize) {
+    (warp_row0 + lane % 16, kk * 2 + lane / 16)
+}
+
+/// Row (token) and 16-byte chunk of the X tile whose address `lane` supplies to
+/// `ldmatrix.x4` to load the B fragments of n-tiles `nt` and `nt + 1` at k-step `kk`:
+/// lanes 0–7 / 8–15 give rows of n-tile `nt` (low / high k-half), lanes 16–31 the same for
+/// `nt + 1`. (`ldmatrix.x2` uses lanes 0–15 only.)
+pub const fn ldmatrix_b_src(lane: usize, nt: usize, kk: usize) -> (usize, usize) {
+    ((nt + lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2)
+}

@@ -1,0 +1,55 @@
+//! Device side of `sparse_tc`: a small kernel DSL over PTX and the kernels written with it.
+//!
+//! This crate plays the role `cuda_std` plays in Rust-CUDA (whose crates.io release needs an
+//! LLVM 7 toolchain that cannot be installed here). It is built only for
+//! `nvptx64-nvidia-cuda` with `-C target-cpu=sm_80` by the host crate's `build.rs`.
+//!
+//! Layout of the DSL (one module per kind of instruction, one documented wrapper per PTX
+//! instruction; kernels never contain `asm!`):
+//! - [`thread`]: thread / block / warp / lane indices.
+//! - [`shared`]: the dynamic shared-memory window and 32-bit shared addresses, `ld/st.shared`.
+//! - [`sync`]: `bar.sync`.
+//! - [`cp_async`]: `cp.async` 16-byte copies (plain and zero-fill), commit / wait groups.
+//! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
+//! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
+//! - [`convert`]: f32 → f16/bf16 rounding.
+//! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`.
+//! - [`layout`]: tile shapes and lane→element maps (pure Rust, shared with the host).
+//! - [`kernels`]: the dense GEMM, the sparse SpMM and the split-K reduction.
+
+#![no_std]
+#![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)]
+#![allow(clippy::missing_safety_doc)]
+
+/// `unroll!(i in 0..N => { body })`: the body for i = 0, 1, …, N-1, written out (N ≤ 8 and a
+/// compile-time constant). Register arrays such as MMA accumulators must only ever be indexed
+/// by constants, or they move to local memory; this makes the unrolling explicit instead of
+/// hoping the optimiser does it.
+macro_rules! unroll {
+    ($i:ident in 0..$n:expr => $body:block) => {{
+        unroll!(@each $i, $n, $body, 0 1 2 3 4 5 6 7);
+    }};
+    (@each $i:ident, $n:expr, $body:block, $($j:literal)*) => {
+        $( if $j < $n { #[allow(non_upper_case_globals)] const $i: usize = $j; $body } )*
+    };
+}
+
+pub mod convert;
+pub mod cp_async;
+pub mod kernels;
+pub mod layout;
+pub mod ldmatrix;
+pub mod mma;
+pub mod pipeline;
+pub mod shared;
+pub mod sync;
+pub mod thread;
+
+/// Device code cannot unwind or print; a panic (which the kernels are written never to reach:
+/// no slice indexing, no division by run-time zero) traps the kernel, which the host sees as a
+/// launch failure instead of a wrong result.
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // SAFETY: `trap` aborts the kernel; it has no operands and touches no memory.
+    unsafe { core::arch::nvptx::trap() }
+}

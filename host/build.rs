@@ -1,0 +1,69 @@
+//! Builds the device crate `gpu/` to PTX and hands it to the host crate (the role
+//! `cuda_builder` plays in Rust-CUDA).
+//!
+//! Runs a nested `cargo build --target nvptx64-nvidia-cuda -Zbuild-std=core` with
+//! `-C target-cpu=sm_80` (Tensor Core `mma.sync`, `cp.async`, `ldmatrix`; runs on A100 and
+//! H100), in its own target directory and with the outer build's cargo/rustc variables
+//! removed (else the nested cargo waits on the outer one's lock or inherits host flags).
+//! A kernel that does not compile fails this build with the compiler's message.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let gpu = root.join("gpu");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-changed={}", gpu.join("src").display());
+    println!("cargo:rerun-if-changed={}", gpu.join("Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", root.join("rust-toolchain.toml").display());
+
+    let toolchain = pinned_toolchain(&root.join("rust-toolchain.toml"));
+    let target_dir = out.join("gpu-target");
+    let mut cmd = Command::new("cargo");
+    for (key, _) in env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO_") || key.starts_with("RUST") || key == "RUSTC" {
+            cmd.env_remove(&key);
+        }
+    }
+    if let Ok(home) = env::var("CARGO_HOME") {
+        cmd.env("CARGO_HOME", home);
+    }
+    if let Ok(home) = env::var("RUSTUP_HOME") {
+        cmd.env("RUSTUP_HOME", home);
+    }
+    cmd.env("RUSTUP_TOOLCHAIN", &toolchain)
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-cpu=sm_80")
+        .current_dir(&gpu)
+        .args(["build", "--release", "--target", "nvptx64-nvidia-cuda", "-Zbuild-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    let output = cmd.output().unwrap_or_else(|e| {
+        panic!("could not run `cargo` to build the device crate (toolchain {toolchain}): {e}")
+    });
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for line in stderr.lines() {
+            println!("cargo:warning={line}");
+        }
+        panic!("the device crate gpu/ failed to compile to PTX:\n{stderr}");
+    }
+    let ptx = target_dir.join("nvptx64-nvidia-cuda/release/sparse_tc_gpu.ptx");
+    std::fs::copy(&ptx, out.join("sparse_tc_gpu.ptx"))
+        .unwrap_or_else(|e| panic!("device build produced no PTX at {}: {e}", ptx.display()));
+}
+
+/// The `channel` of rust-toolchain.toml: the device crate is built with the same nightly.
+fn pinned_toolchain(file: &Path) -> String {
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+    text.lines()
+        .find_map(|l| {
+            let l = l.trim();
+            let v = l.strip_prefix("channel")?.trim().strip_prefix('=')?.trim();
+            Some(v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| panic!("no `channel = ...` in {}", file.display()))
+}

@@ -1,0 +1,53 @@
+//! The one error type of the crate.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in this crate.
+///
+/// Shape and format problems are detected on the host before any kernel runs, so they never
+/// reach the GPU as out-of-bounds accesses.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Two operands do not fit together, or a dimension is zero or too large.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// The element type is not supported by this operation or on this device.
+    #[error("unsupported dtype: {0}")]
+    UnsupportedDtype(String),
+    /// No CUDA driver or no CUDA-capable device is present.
+    #[error("no CUDA device: {0}")]
+    NoDevice(String),
+    /// The device is too old (Tensor Core kernels here need compute capability 8.0 or newer).
+    #[error("unsupported device: {0}")]
+    UnsupportedDevice(String),
+    /// A CUDA driver call failed; carries the driver's error name.
+    #[error("CUDA driver error in {context}: {name}")]
+    Driver {
+        /// What the library was doing.
+        context: &'static str,
+        /// The driver's error, e.g. `InvalidValue`.
+        name: String,
+    },
+    /// A value is out of its valid range (e.g. a sparsity outside 0..=1).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A sparse weight's arrays are inconsistent, or a weight file is corrupt or truncated.
+    #[error("invalid sparse format: {0}")]
+    Format(String),
+    /// Reading or writing a file failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// cuBLAS could not be loaded or a cuBLAS call failed (benchmarks only).
+    #[error("cuBLAS: {0}")]
+    Cublas(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a driver error with what the library was doing when it happened.
+    pub(crate) fn driver(context: &'static str, err: cust::error::CudaError) -> Self {
+        Error::Driver { context, name: format!("{err:?}") }
+    }
+}

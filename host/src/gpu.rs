@@ -1,0 +1,88 @@
+//! The GPU handle: context, stream and the kernel module (loaded once per handle).
+
+use crate::error::{Error, Result};
+use cust::context::{Context, CurrentContext};
+use cust::device::{Device, DeviceAttribute};
+use cust::module::Module;
+use cust::stream::{Stream, StreamFlags};
+use std::cell::RefCell;
+
+/// A CUDA device with this crate's kernels loaded.
+///
+/// Holds the device's primary context, one non-blocking stream on which every operation of
+/// this handle runs in order, and the PTX module. Not `Sync`: use one handle per thread.
+pub struct Gpu {
+    // Field order = drop order: stream and module before the context.
+    pub(crate) stream: Stream,
+    pub(crate) module: Module,
+    /// Split-K partial sums, grown on demand and reused (no allocation per call).
+    pub(crate) workspace: RefCell<Option<cust::memory::DeviceBuffer<f32>>>,
+    pub(crate) sm_count: u32,
+    name: String,
+    compute_capability: (i32, i32),
+    context: Context,
+}
+
+impl Gpu {
+    /// Opens device 0. Returns [`Error::NoDevice`] when there is no driver or no GPU,
+    /// [`Error::UnsupportedDevice`] below compute capability 8.0.
+    pub fn new() -> Result<Self> {
+        Self::with_device(0)
+    }
+
+    /// Opens the device with the given ordinal.
+    pub fn with_device(ordinal: u32) -> Result<Self> {
+        cust::init(cust::CudaFlags::empty()).map_err(|e| {
+            Error::NoDevice(format!("cuInit failed ({e:?}): no NVIDIA driver or no GPU visible"))
+        })?;
+        let count = Device::num_devices().map_err(|e| Error::driver("counting devices", e))?;
+        if ordinal >= count {
+            return Err(Error::NoDevice(format!("device {ordinal} requested, {count} present")));
+        }
+        let device = Device::get_device(ordinal).map_err(|e| Error::driver("get device", e))?;
+        let attr = |a| device.get_attribute(a).map_err(|e| Error::driver("device attribute", e));
+        let cc = (attr(DeviceAttribute::ComputeCapabilityMajor)?, attr(DeviceAttribute::ComputeCapabilityMinor)?);
+        let name = device.name().map_err(|e| Error::driver("device name", e))?;
+        if cc.0 < 8 {
+            return Err(Error::UnsupportedDevice(format!(
+                "{name} has compute capability {}.{}; the kernels need 8.0+ (cp.async, bf16 mma)",
+                cc.0, cc.1
+            )));
+        }
+        let sm_count = attr(DeviceAttribute::MultiprocessorCount)? as u32;
+        let context = Context::new(device).map_err(|e| Error::driver("creating context", e))?;
+        let module = Module::from_ptx(crate::PTX, &[]).map_err(|e| Error::driver("loading PTX module", e))?;
+        let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| Error::driver("creating stream", e))?;
+        Ok(Gpu { stream, module, workspace: RefCell::new(None), sm_count, name, compute_capability: cc, context })
+    }
+
+    /// Device name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    /// Number of streaming multiprocessors.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// The stream all of this handle's work is queued on (for CUDA events or other libraries).
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Waits for all queued work; surfaces asynchronous kernel faults as errors.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| Error::driver("stream synchronize", e))
+    }
+
+    /// Makes this handle's context current on the calling thread (every method does this).
+    pub(crate) fn bind(&self) -> Result<()> {
+        CurrentContext::set_current(&self.context).map_err(|e| Error::driver("set current context", e))
+    }
+}

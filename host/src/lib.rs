@@ -1,0 +1,49 @@
+//! # sparse_tc — sparse LLM inference on NVIDIA Tensor Cores
+//!
+//! Pruned LLM weights are mostly zeros, yet a dense GEMM reads every byte, and the skinny
+//! matmuls of token generation are bound by memory bandwidth. This crate stores weights in a
+//! compressed tiled format, loads only the nonzeros ("Load-as-Sparse"), rebuilds dense tiles
+//! in shared memory and multiplies them on Tensor Cores ("Compute-as-Dense"), after
+//! Flash-LLM (Xia et al., VLDB 2024).
+//!
+//! ```no_run
+//! use half::f16;
+//! use sparse_tc::{Gpu, SparseWeight};
+//! # fn main() -> sparse_tc::Result<()> {
+//! let (m, k, n) = (4096, 4096, 8);
+//! let w: Vec<f16> = vec![f16::from_f32(0.01); m * k];
+//! let x: Vec<f16> = vec![f16::from_f32(1.0); n * k];
+//! let gpu = Gpu::new()?;
+//! let x = gpu.upload(n, k, &x)?;
+//! let sparse = gpu.upload_sparse(&SparseWeight::prune_magnitude(m, k, &w, 0.8)?)?;
+//! let y = gpu.linear(&x, &sparse)?;      // Y[n×m] = X · Wᵀ, like nn.Linear
+//! let y_host: Vec<f16> = gpu.download(&y)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`Gpu`] (context, stream, the embedded PTX module), [`DeviceMatrix`] /
+//! [`DeviceSparseWeight`] (device operands), [`SparseWeight`] (host format, packing, files),
+//! [`cpu`] (reference and fallback paths), [`cublas`] (the baseline, loaded at run time).
+
+pub mod cpu;
+pub mod cublas;
+mod element;
+mod error;
+mod gpu;
+mod linear;
+mod matrix;
+pub mod sparse;
+
+/// Tile shapes and fragment maps shared with the device crate (`gpu/src/layout.rs`).
+#[path = "../../gpu/src/layout.rs"]
+pub mod layout;
+
+pub use element::{Dtype, Element};
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use linear::{LinearOptions, LinearWeight};
+pub use matrix::{DeviceMatrix, DeviceSparseWeight};
+pub use sparse::SparseWeight;
+
+/// The PTX of the device crate, built by `host/build.rs`.
+pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_tc_gpu.ptx"));

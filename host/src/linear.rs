@@ -1,0 +1,265 @@
+//! `Y = X · Wᵀ` (the `nn.Linear` convention) for dense and sparse weights: shape checks,
+//! kernel choice, split-K planning and launches.
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::layout::{dense_smem_bytes, spmm_smem_bytes, THREADS, TILE_K, TILE_M};
+use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
+use cust::function::{BlockSize, Function};
+use cust::memory::DeviceBuffer;
+use std::ffi::c_void;
+
+/// Options of [`Gpu::linear_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinearOptions {
+    /// Number of K splits; `None` chooses from the shape and the SM count. Values above the
+    /// number of 64-wide K tiles are refused.
+    pub splits: Option<usize>,
+}
+
+/// A weight `W[out_features × in_features]` that [`Gpu::linear`] accepts: a dense
+/// [`DeviceMatrix`] or a [`DeviceSparseWeight`]. Swapping one for the other is a one-line
+/// change for the caller.
+pub trait LinearWeight<T: Element>: sealed::Sealed {
+    /// Rows of W (columns of Y).
+    fn out_features(&self) -> usize;
+    /// Columns of W (columns of X).
+    fn in_features(&self) -> usize;
+    #[doc(hidden)]
+    fn operand(&self) -> Operand<'_, T>;
+}
+
+#[doc(hidden)]
+pub enum Operand<'a, T: Element> {
+    Dense(&'a DeviceMatrix<T>),
+    Sparse(&'a DeviceSparseWeight<T>),
+}
+
+impl<T: Element> LinearWeight<T> for DeviceMatrix<T> {
+    fn out_features(&self) -> usize {
+        self.rows()
+    }
+    fn in_features(&self) -> usize {
+        self.cols()
+    }
+    fn operand(&self) -> Operand<'_, T> {
+        Operand::Dense(self)
+    }
+}
+
+impl<T: Element> LinearWeight<T> for DeviceSparseWeight<T> {
+    fn out_features(&self) -> usize {
+        self.rows()
+    }
+    fn in_features(&self) -> usize {
+        self.cols()
+    }
+    fn operand(&self) -> Operand<'_, T> {
+        Operand::Sparse(self)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T: crate::Element> Sealed for crate::DeviceMatrix<T> {}
+    impl<T: crate::Element> Sealed for crate::DeviceSparseWeight<T> {}
+}
+
+/// Token-tile widths the kernels are compiled for (8·NT).
+const N_TILES: [usize; 4] = [8, 16, 32, 64];
+
+/// The token tile for `n` tokens: the smallest compiled width ≥ n, else 64 (the grid then
+/// covers N in several 64-wide slices).
+pub(crate) fn n_tile_for(n: usize) -> usize {
+    N_TILES.into_iter().find(|&t| t >= n).unwrap_or(64)
+}
+
+/// Split-K choice. Memory-bound kernels want every SM busy until the end: pick the smallest
+/// split count whose last wave of blocks is at least 90% full (`blocks / (waves · slots)`),
+/// else the fullest one, with each split keeping ≥ 4 K tiles for the pipeline to stream.
+pub(crate) fn plan_splits(output_blocks: usize, k_tiles: usize, slots: usize) -> usize {
+    let max_splits = (k_tiles / 4).clamp(1, 32);
+    let fill = |s: usize| {
+        let blocks = output_blocks * s;
+        blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
+    };
+    if let Some(s) = (1..=max_splits).find(|&s| fill(s) >= 0.9) {
+        return s;
+    }
+    (1..=max_splits).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1)
+}
+
+impl Gpu {
+    /// `Y[n × out] = X[n × in] · Wᵀ`, allocating Y. Splits K automatically.
+    pub fn linear<T: Element, W: LinearWeight<T>>(&self, x: &DeviceMatrix<T>, w: &W) -> Result<DeviceMatrix<T>> {
+        let mut y = self.zeros(x.rows(), w.out_features())?;
+        self.linear_into(x, w, &mut y, LinearOptions::default())?;
+        Ok(y)
+    }
+
+    /// As [`Gpu::linear`] with options (e.g. a fixed split count).
+    pub fn linear_with<T: Element, W: LinearWeight<T>>(
+        &self,
+        x: &DeviceMatrix<T>,
+        w: &W,
+        opts: LinearOptions,
+    ) -> Result<DeviceMatrix<T>> {
+        let mut y = self.zeros(x.rows(), w.out_features())?;
+        self.linear_into(x, w, &mut y, opts)?;
+        Ok(y)
+    }
+
+    /// `Y = X · Wᵀ` into an existing `y` (no allocation once the split-K workspace is large
+    /// enough): the form for hot loops and benchmarks. Queued on [`Gpu::stream`]; returns
+    /// before the GPU finishes.
+    pub fn linear_into<T: Element, W: LinearWeight<T>>(
+        &self,
+        x: &DeviceMatrix<T>,
+        w: &W,
+        y: &mut DeviceMatrix<T>,
+        opts: LinearOptions,
+    ) -> Result<()> {
+        let (n, k, m) = (x.rows(), x.cols(), w.out_features());
+        if w.in_features() != k {
+            return Err(Error::Shape(format!(
+                "X is {n}×{k} but W is {m}×{}: in_features must equal X's columns",
+                w.in_features()
+            )));
+        }
+        if y.rows() != n || y.cols() != m {
+            return Err(Error::Shape(format!("Y must be {n}×{m}, got {}×{}", y.rows(), y.cols())));
+        }
+        self.bind()?;
+        let n_tile = n_tile_for(n);
+        let nt = n_tile / 8;
+        let (family, smem) = match w.operand() {
+            Operand::Dense(_) => ("dense_linear", dense_smem_bytes(nt) as u32),
+            Operand::Sparse(_) => ("spmm_linear", spmm_smem_bytes(nt) as u32),
+        };
+        let name = format!("{family}_{}_n{n_tile}", T::DTYPE.name());
+        let func = self.function(&name, smem)?;
+        let k_tiles = k.div_ceil(TILE_K);
+        let grid = (m.div_ceil(TILE_M), n.div_ceil(n_tile));
+        let splits = match opts.splits {
+            Some(s) if s == 0 || s > k_tiles => {
+                return Err(Error::InvalidArgument(format!(
+                    "splits = {s}: must be between 1 and the {k_tiles} K tiles of 64"
+                )))
+            }
+            Some(s) => s,
+            None => {
+                let per_sm = func
+                    .max_active_blocks_per_multiprocessor(BlockSize::x(THREADS as u32), smem as usize)
+                    .map_err(|e| Error::driver("occupancy query", e))?
+                    .max(1) as usize;
+                plan_splits(grid.0 * grid.1, k_tiles, per_sm * self.sm_count as usize)
+            }
+        };
+        let partial = self.workspace_ptr(if splits > 1 { splits * n * m } else { 0 })?;
+
+        let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
+        let xp = x.device_ptr();
+        let yp = y.device_ptr();
+        let grid3 = (grid.0 as u32, grid.1 as u32, splits as u32);
+        match w.operand() {
+            Operand::Dense(wd) => {
+                let (wp, ldw) = (wd.device_ptr(), wd.ld() as u32);
+                let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk];
+                self.launch(&func, grid3, THREADS as u32, smem, &mut args)?;
+            }
+            Operand::Sparse(ws) => {
+                let offs = ws.tile_offsets.as_device_ptr().as_raw();
+                let words = ws.words.as_device_ptr().as_raw();
+                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk];
+                self.launch(&func, grid3, THREADS as u32, smem, &mut args)?;
+            }
+        }
+        if splits > 1 {
+            let reduce = self.function(&format!("splitk_reduce_{}", T::DTYPE.name()), 0)?;
+            let threads = 256u32;
+            let blocks = (n * m).div_ceil(threads as usize) as u32;
+            let s = splits as u32;
+            let mut args = args![partial, yp, ldy, mm, nn, s];
+            self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;
+        }
+        Ok(())
+    }
+
+    /// Looks a kernel up and allows it `smem` bytes of dynamic shared memory.
+    fn function(&self, name: &str, smem: u32) -> Result<Function<'_>> {
+        let func = self.module.get_function(name).map_err(|e| Error::driver("kernel lookup", e))?;
+        // SAFETY: a plain attribute set on a valid function handle of our loaded module.
+        let rc = unsafe {
+            cust::sys::cuFuncSetAttribute(
+                func.to_raw(),
+                cust::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+        };
+        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Driver { context: "setting max dynamic shared memory", name: format!("{rc:?}") });
+        }
+        Ok(func)
+    }
+
+    /// Device address of a workspace of at least `floats` f32 (0 when none is needed).
+    fn workspace_ptr(&self, floats: usize) -> Result<u64> {
+        if floats == 0 {
+            return Ok(0);
+        }
+        let mut ws = self.workspace.borrow_mut();
+        if ws.as_ref().is_none_or(|b| b.len() < floats) {
+            // The stream may still use the old buffer: wait before freeing it.
+            self.synchronize()?;
+            *ws = None;
+            // SAFETY: f32 has no invalid bit patterns, and every element the reduction reads
+            // is written by the split kernel first.
+            *ws = Some(unsafe { DeviceBuffer::uninitialized(floats) }.map_err(|e| Error::driver("workspace", e))?);
+        }
+        Ok(ws.as_ref().map_or(0, |b| b.as_device_ptr().as_raw()))
+    }
+
+    /// Launches on this handle's stream.
+    fn launch(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
+        // SAFETY: every caller passes the argument list of the kernel's documented signature
+        // (pointer-sized device addresses and u32 scalars, in order), built from validated
+        // operands whose allocations outlive the queued work: they are borrowed for the call,
+        // and buffers are freed only after the stream is synchronised or by their owner.
+        unsafe { self.stream.launch(func, grid, block, smem, args) }.map_err(|e| Error::driver("kernel launch", e))
+    }
+}
+
+/// Kernel argument list: the address of each local, as `cuLaunchKernel` expects.
+macro_rules! args {
+    ($($a:ident),*) => { [$(&$a as *const _ as *mut c_void),*] };
+}
+use args;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n_tile_covers_n() {
+        assert_eq!(n_tile_for(1), 8);
+        assert_eq!(n_tile_for(8), 8);
+        assert_eq!(n_tile_for(9), 16);
+        assert_eq!(n_tile_for(33), 64);
+        assert_eq!(n_tile_for(1000), 64);
+    }
+
+    #[test]
+    fn splits_fill_the_last_wave() {
+        // 576 row tiles on 792 slots: one split leaves the GPU 27% idle; 4 splits fill 97%.
+        assert_eq!(plan_splits(576, 144, 792), 4);
+        // Plenty of blocks: no split.
+        assert_eq!(plan_splits(5000, 144, 528), 1);
+        // Too few K tiles to split.
+        assert_eq!(plan_splits(1, 3, 528), 1);
+        for (blocks, kt, slots) in [(1, 1000, 528), (7, 8, 100), (300, 64, 792)] {
+            let s = plan_splits(blocks, kt, slots);
+            assert!(s >= 1 && s <= (kt / 4).max(1));
+        }
+    }
+}

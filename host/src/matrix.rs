@@ -1,0 +1,166 @@
+//! Device-resident operands: dense matrices and Tiled-CSL sparse weights.
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::sparse::SparseWeight;
+use cust::memory::{CopyDestination, DeviceBuffer};
+use std::marker::PhantomData;
+
+/// Largest row or column count the kernels index with 32-bit parameters.
+pub(crate) const MAX_DIM: usize = i32::MAX as usize;
+
+/// A row-major `rows × cols` matrix of `T` in device memory.
+///
+/// Rows are padded to a leading dimension `ld = cols` rounded up to 8 elements (16 bytes),
+/// and the padding is always zero: kernels copy whole 16-byte chunks, which is then both
+/// aligned and harmless. The padding is invisible through this API.
+pub struct DeviceMatrix<T: Element> {
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    pub(crate) buf: DeviceBuffer<u16>,
+    _elem: PhantomData<T>,
+}
+
+impl<T: Element> DeviceMatrix<T> {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Leading dimension in elements (`cols` rounded up to 8).
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
+    /// Bytes of the stored values (`rows·cols·2`, padding not counted).
+    pub fn bytes(&self) -> usize {
+        self.rows * self.cols * 2
+    }
+    /// Raw device address (for other libraries, e.g. cuBLAS in the benchmarks).
+    pub fn device_ptr(&self) -> u64 {
+        self.buf.as_device_ptr().as_raw()
+    }
+}
+
+/// `cols` rounded up to a 16-byte multiple of 16-bit elements.
+pub(crate) fn padded_ld(cols: usize) -> usize {
+    cols.div_ceil(8) * 8
+}
+
+pub(crate) fn check_dims(what: &str, rows: usize, cols: usize) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::Shape(format!("{what}: {rows}×{cols} has a zero dimension")));
+    }
+    if rows > MAX_DIM || cols > MAX_DIM {
+        return Err(Error::Shape(format!("{what}: {rows}×{cols} exceeds {MAX_DIM} per dimension")));
+    }
+    Ok(())
+}
+
+impl Gpu {
+    /// Copies a row-major `rows × cols` host matrix to the device.
+    pub fn upload<T: Element>(&self, rows: usize, cols: usize, data: &[T]) -> Result<DeviceMatrix<T>> {
+        check_dims("upload", rows, cols)?;
+        if data.len() != rows * cols {
+            return Err(Error::Shape(format!(
+                "upload: {rows}×{cols} needs {} elements, got {}",
+                rows * cols,
+                data.len()
+            )));
+        }
+        self.bind()?;
+        let ld = padded_ld(cols);
+        let mut padded = vec![0u16; rows * ld];
+        for (dst, src) in padded.chunks_exact_mut(ld).zip(data.chunks_exact(cols)) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.to_bits();
+            }
+        }
+        let buf = DeviceBuffer::from_slice(&padded).map_err(|e| Error::driver("upload", e))?;
+        Ok(DeviceMatrix { rows, cols, ld, buf, _elem: PhantomData })
+    }
+
+    /// A zero-filled `rows × cols` device matrix.
+    pub fn zeros<T: Element>(&self, rows: usize, cols: usize) -> Result<DeviceMatrix<T>> {
+        check_dims("zeros", rows, cols)?;
+        self.bind()?;
+        let ld = padded_ld(cols);
+        let buf = DeviceBuffer::zeroed(rows * ld).map_err(|e| Error::driver("allocate", e))?;
+        Ok(DeviceMatrix { rows, cols, ld, buf, _elem: PhantomData })
+    }
+
+    /// Overwrites every element (padding stays zero), e.g. to poison an output in tests.
+    pub fn fill<T: Element>(&self, m: &mut DeviceMatrix<T>, value: T) -> Result<()> {
+        self.synchronize()?;
+        let mut host = vec![0u16; m.rows * m.ld];
+        for row in host.chunks_exact_mut(m.ld) {
+            row[..m.cols].fill(value.to_bits());
+        }
+        m.buf.copy_from(&host[..]).map_err(|e| Error::driver("fill", e))
+    }
+
+    /// Waits for queued work, then copies a device matrix back (row-major, no padding).
+    pub fn download<T: Element>(&self, m: &DeviceMatrix<T>) -> Result<Vec<T>> {
+        self.synchronize()?;
+        let mut host = vec![0u16; m.rows * m.ld];
+        m.buf.copy_to(&mut host[..]).map_err(|e| Error::driver("download", e))?;
+        Ok(host
+            .chunks_exact(m.ld)
+            .flat_map(|row| row[..m.cols].iter().map(|&b| T::from_bits(b)))
+            .collect())
+    }
+
+    /// Copies a (validated) Tiled-CSL weight to the device.
+    pub fn upload_sparse<T: Element>(&self, w: &SparseWeight<T>) -> Result<DeviceSparseWeight<T>> {
+        check_dims("upload_sparse", w.rows(), w.cols())?;
+        self.bind()?;
+        let tile_offsets = DeviceBuffer::from_slice(w.tile_offsets()).map_err(|e| Error::driver("upload offsets", e))?;
+        // An all-empty matrix has no words; keep one word so the pointer is a real allocation.
+        let words: &[u32] = if w.words().is_empty() { &[0] } else { w.words() };
+        let words = DeviceBuffer::from_slice(words).map_err(|e| Error::driver("upload words", e))?;
+        Ok(DeviceSparseWeight {
+            rows: w.rows(),
+            cols: w.cols(),
+            stored_bytes: w.stored_bytes(),
+            reordered: w.is_reordered(),
+            tile_offsets,
+            words,
+            _elem: PhantomData,
+        })
+    }
+}
+
+/// A Tiled-CSL sparse weight (`rows` = out_features × `cols` = in_features) in device memory.
+/// Built only from a validated [`SparseWeight`], so kernels never see inconsistent arrays.
+pub struct DeviceSparseWeight<T: Element> {
+    rows: usize,
+    cols: usize,
+    stored_bytes: usize,
+    reordered: bool,
+    pub(crate) tile_offsets: DeviceBuffer<u32>,
+    pub(crate) words: DeviceBuffer<u32>,
+    _elem: PhantomData<T>,
+}
+
+impl<T: Element> DeviceSparseWeight<T> {
+    /// Rows (out_features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns (in_features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes a kernel reads for the weight: words plus tile offsets.
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
+    /// Whether the words were bank-reordered on the host.
+    pub fn is_reordered(&self) -> bool {
+        self.reordered
+    }
+}

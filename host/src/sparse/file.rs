@@ -1,0 +1,571 @@
+//! Sparse weight files (`.stcw`): a checksummed dump of the two Tiled-CSL arrays.
+//!
+//! All integers are little-endian. The file is three sections, each followed by its checksum:
+//!
+//! | offset            | size             | field                                               |
+//! |-------------------|------------------|-----------------------------------------------------|
+//! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
+//! | 8                 | 4 (u32)          | version, = 1                                        |
+//! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
+//! | 13                | 1 (u8)           | flags: bit 0 = words are bank-reordered; others 0   |
+//! | 14                | 2 (u16)          | reserved, = 0                                       |
+//! | 16                | 8 (u64)          | rows (M, out features), ≥ 1                         |
+//! | 24                | 8 (u64)          | cols (K, in features), ≥ 1                          |
+//! | 32                | 8 (u64)          | n_offsets = ceil(M/64)·ceil(K/64) + 1               |
+//! | 40                | 8 (u64)          | n_words (multiple of 4, ≤ 4096 · tiles)             |
+//! | 48                | 8 (u64)          | FNV-1a 64 of bytes 0..48                            |
+//! | 56                | 4 · n_offsets    | tile_offsets, u32 each                              |
+//! | 56 + 4·n_offsets  | 8 (u64)          | FNV-1a 64 of the tile_offsets bytes                 |
+//! | 64 + 4·n_offsets  | 4 · n_words      | words, u32 each (`pos << 16 \| value bits`)         |
+//! | end − 8           | 8 (u64)          | FNV-1a 64 of the words bytes                        |
+//!
+//! Nothing may follow the last checksum. FNV-1a 64 (offset basis `0xcbf29ce484222325`, prime
+//! `0x100000001b3`) is not cryptographic, but it detects every change of a single byte: each
+//! step `h = (h ^ b) * prime` is a bijection of `h` for a fixed byte and changes `h` when `b`
+//! changes (the prime is odd).
+//!
+//! [`SparseWeight::load`] checks, in this order: magic, version, header checksum, dtype (must
+//! match the requested element type), flags, reserved, dimensions and the counts they imply
+//! (so a corrupt header cannot make it allocate a huge buffer; sections are also read in
+//! bounded pieces), offsets checksum, offsets structure, words checksum, absence of trailing
+//! bytes, and finally everything [`SparseWeight::from_parts`] checks. Every failure is an
+//! [`Error::Format`] (or [`Error::Io`] for a failing reader); it never panics.
+
+use std::io::{ErrorKind, Read, Write};
+use std::path::Path;
+
+use super::format::{tile_grid, validate_offsets, SparseWeight, TILE_ELEMS, WORDS_PER_LOAD};
+use crate::element::{Dtype, Element};
+use crate::error::{Error, Result};
+
+/// First 8 bytes of every sparse weight file.
+pub const MAGIC: [u8; 8] = *b"STCSPW\0\0";
+/// The file version this library writes and reads.
+pub const VERSION: u32 = 1;
+/// Bytes of the fixed header, checksum included.
+pub const HEADER_BYTES: usize = 56;
+/// Bytes covered by the header checksum.
+const HEADER_SUMMED: usize = 48;
+/// Flag bit: the words are bank-reordered.
+const FLAG_REORDERED: u8 = 1;
+/// Words encoded or decoded per piece when streaming a section.
+const IO_PIECE_WORDS: usize = 1 << 16;
+
+/// Streaming FNV-1a 64-bit hash.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv1a64(u64);
+
+impl Fnv1a64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// A hasher in the initial state.
+    pub const fn new() -> Self {
+        Fnv1a64(Self::OFFSET_BASIS)
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+    }
+
+    /// The hash of everything fed so far.
+    pub const fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// FNV-1a 64 of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h = Fnv1a64::new();
+    h.update(bytes);
+    h.finish()
+}
+
+const fn dtype_code(d: Dtype) -> u8 {
+    match d {
+        Dtype::F16 => 0,
+        Dtype::Bf16 => 1,
+    }
+}
+
+/// Writes a complete file from raw parts (no validation; `save` passes valid parts).
+fn write_parts<W: Write>(
+    mut w: W,
+    dtype: Dtype,
+    flags: u8,
+    rows: u64,
+    cols: u64,
+    offsets: &[u32],
+    words: &[u32],
+) -> Result<()> {
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.push(dtype_code(dtype));
+    header.push(flags);
+    header.extend_from_slice(&0u16.to_le_bytes());
+    header.extend_from_slice(&rows.to_le_bytes());
+    header.extend_from_slice(&cols.to_le_bytes());
+    header.extend_from_slice(&(offsets.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(words.len() as u64).to_le_bytes());
+    let sum = fnv1a64(&header);
+    header.extend_from_slice(&sum.to_le_bytes());
+    debug_assert_eq!(header.len(), HEADER_BYTES);
+    w.write_all(&header)?;
+    write_section(&mut w, offsets)?;
+    write_section(&mut w, words)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Writes `data` as little-endian u32s followed by their FNV-1a 64.
+fn write_section<W: Write>(w: &mut W, data: &[u32]) -> Result<()> {
+    let mut hash = Fnv1a64::new();
+    let mut buf = Vec::with_capacity(4 * IO_PIECE_WORDS.min(data.len()));
+    for piece in data.chunks(IO_PIECE_WORDS) {
+        buf.clear();
+        for v in piece {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        hash.update(&buf);
+        w.write_all(&buf)?;
+    }
+    w.write_all(&hash.finish().to_le_bytes())?;
+    Ok(())
+}
+
+/// `read_exact` that reports a short read as a truncated file.
+fn read_exact_or_truncated<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => Error::Format(format!("truncated file: {what} ends early")),
+        _ => Error::Io(e),
+    })
+}
+
+/// Reads `n` little-endian u32s in bounded pieces (memory grows only as data arrives), then
+/// the section checksum, and verifies it.
+fn read_section<R: Read>(r: &mut R, n: usize, name: &str) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(n.min(IO_PIECE_WORDS));
+    let mut hash = Fnv1a64::new();
+    let mut buf = vec![0u8; 4 * n.min(IO_PIECE_WORDS)];
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(IO_PIECE_WORDS);
+        let bytes = &mut buf[..4 * take];
+        read_exact_or_truncated(r, bytes, &format!("the {name} section"))?;
+        hash.update(bytes);
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+        left -= take;
+    }
+    let mut sum = [0u8; 8];
+    read_exact_or_truncated(r, &mut sum, &format!("the {name} checksum"))?;
+    if u64::from_le_bytes(sum) != hash.finish() {
+        return Err(Error::Format(format!(
+            "{name} section checksum mismatch (corrupt file)"
+        )));
+    }
+    Ok(out)
+}
+
+/// Little-endian field readers over the fixed header (indices are constants in range).
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl<T: Element> SparseWeight<T> {
+    /// Writes the weight in the file format documented in [this module](self).
+    pub fn save<W: Write>(&self, w: W) -> Result<()> {
+        let flags = if self.reordered { FLAG_REORDERED } else { 0 };
+        write_parts(
+            w,
+            T::DTYPE,
+            flags,
+            self.rows as u64,
+            self.cols as u64,
+            &self.tile_offsets,
+            &self.words,
+        )
+    }
+
+    /// Reads and fully validates a weight written by [`save`](Self::save).
+    ///
+    /// Errors: [`Error::Format`] for a wrong magic, unknown version, dtype different from `T`,
+    /// checksum mismatch (naming the section), truncation, trailing bytes, or arrays that
+    /// [`from_parts`](Self::from_parts) rejects; [`Error::Io`] if the reader fails.
+    pub fn load<R: Read>(mut r: R) -> Result<Self> {
+        let mut h = [0u8; HEADER_BYTES];
+        read_exact_or_truncated(&mut r, &mut h, "the header")?;
+        if h[..8] != MAGIC {
+            return Err(Error::Format("not a sparse weight file (bad magic)".into()));
+        }
+        let version = le_u32(&h, 8);
+        if version != VERSION {
+            return Err(Error::Format(format!(
+                "unsupported file version {version} (this library reads version {VERSION})"
+            )));
+        }
+        if le_u64(&h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
+            return Err(Error::Format(
+                "header checksum mismatch (corrupt file)".into(),
+            ));
+        }
+        let dtype = match h[12] {
+            0 => Dtype::F16,
+            1 => Dtype::Bf16,
+            code => return Err(Error::Format(format!("unknown dtype code {code} in file"))),
+        };
+        if dtype != T::DTYPE {
+            return Err(Error::Format(format!(
+                "file holds {} weights, but {} was requested",
+                dtype.name(),
+                T::DTYPE.name()
+            )));
+        }
+        let flags = h[13];
+        if flags & !FLAG_REORDERED != 0 {
+            return Err(Error::Format(format!("unknown flag bits {flags:#04x}")));
+        }
+        let reserved = le_u16(&h, 14);
+        if reserved != 0 {
+            return Err(Error::Format(format!(
+                "reserved header field is {reserved}, expected 0"
+            )));
+        }
+        let dim = |at: usize, name: &str| {
+            usize::try_from(le_u64(&h, at)).map_err(|_| {
+                Error::Format(format!(
+                    "{name} = {} is too large for this platform",
+                    le_u64(&h, at)
+                ))
+            })
+        };
+        let rows = dim(16, "rows")?;
+        let cols = dim(24, "cols")?;
+        let (_, _, tiles) =
+            tile_grid(rows, cols).map_err(|e| Error::Format(format!("file header: {e}")))?;
+        let n_offsets = le_u64(&h, 32);
+        if n_offsets != tiles as u64 + 1 {
+            return Err(Error::Format(format!(
+                "header says {n_offsets} tile offsets, but a {rows}×{cols} weight has {}",
+                tiles + 1
+            )));
+        }
+        let n_words = le_u64(&h, 40);
+        let max_words = (tiles as u64)
+            .saturating_mul(TILE_ELEMS as u64)
+            .min(u64::from(u32::MAX));
+        if n_words > max_words || !n_words.is_multiple_of(WORDS_PER_LOAD as u64) {
+            return Err(Error::Format(format!(
+                "header says {n_words} words; a {rows}×{cols} weight has a multiple of 4 up \
+                 to {max_words}"
+            )));
+        }
+        let n_words = n_words as usize; // <= u32::MAX
+
+        let offsets = read_section(&mut r, tiles + 1, "tile_offsets")?;
+        validate_offsets(tiles, &offsets, n_words)?;
+        let words = read_section(&mut r, n_words, "words")?;
+        let mut probe = [0u8; 1];
+        loop {
+            match r.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => {
+                    return Err(Error::Format(
+                        "trailing bytes after the words checksum".into(),
+                    ))
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Self::from_parts(rows, cols, offsets, words, flags & FLAG_REORDERED != 0)
+    }
+
+    /// [`save`](Self::save) to a file (created or truncated).
+    pub fn save_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        let file = std::fs::File::create(path)?;
+        self.save(std::io::BufWriter::new(file))
+    }
+
+    /// [`load`](Self::load) from a file.
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Self> {
+        let file = std::fs::File::open(path)?;
+        Self::load(std::io::BufReader::new(file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparse::test_util::{random_sparse, Rng};
+    use half::{bf16, f16};
+    use proptest::prelude::*;
+
+    fn small_file() -> (SparseWeight<f16>, Vec<u8>) {
+        let mut rng = Rng::new(7);
+        let dense = random_sparse::<f16>(&mut rng, 70, 90, 0.9);
+        let w = SparseWeight::from_dense(70, 90, &dense).unwrap();
+        let mut bytes = Vec::new();
+        w.save(&mut bytes).unwrap();
+        (w, bytes)
+    }
+
+    fn format_err<T: std::fmt::Debug>(r: Result<T>) -> String {
+        match r {
+            Err(Error::Format(msg)) => msg,
+            other => panic!("expected Error::Format, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fnv_known_values() {
+        // Reference values of FNV-1a 64.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn layout_matches_the_table() {
+        let (w, bytes) = small_file();
+        let n_off = w.tile_offsets().len();
+        let n_words = w.words().len();
+        assert_eq!(bytes.len(), HEADER_BYTES + 4 * n_off + 8 + 4 * n_words + 8);
+        assert_eq!(&bytes[..8], b"STCSPW\0\0");
+        assert_eq!(le_u32(&bytes, 8), 1);
+        assert_eq!(bytes[12], 0);
+        assert_eq!(bytes[13], 0);
+        assert_eq!(le_u16(&bytes, 14), 0);
+        assert_eq!(le_u64(&bytes, 16), 70);
+        assert_eq!(le_u64(&bytes, 24), 90);
+        assert_eq!(le_u64(&bytes, 32), n_off as u64);
+        assert_eq!(le_u64(&bytes, 40), n_words as u64);
+        assert_eq!(le_u64(&bytes, 48), fnv1a64(&bytes[..48]));
+        let off_end = HEADER_BYTES + 4 * n_off;
+        assert_eq!(le_u32(&bytes, HEADER_BYTES + 4), w.tile_offsets()[1]);
+        assert_eq!(
+            le_u64(&bytes, off_end),
+            fnv1a64(&bytes[HEADER_BYTES..off_end])
+        );
+        let words_at = off_end + 8;
+        assert_eq!(le_u32(&bytes, words_at), w.words()[0]);
+        let end = bytes.len() - 8;
+        assert_eq!(le_u64(&bytes, end), fnv1a64(&bytes[words_at..end]));
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_rejected() {
+        let (_, bytes) = small_file();
+        let mut corrupt = bytes.clone();
+        let mut checked = 0;
+        for i in 0..bytes.len() {
+            for mask in [0x01u8, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff] {
+                corrupt[i] = bytes[i] ^ mask;
+                let msg = format_err(SparseWeight::<f16>::load(&corrupt[..]));
+                assert!(!msg.is_empty());
+                checked += 1;
+            }
+            corrupt[i] = bytes[i];
+        }
+        assert_eq!(checked, 9 * bytes.len());
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let (w, bytes) = small_file();
+        for len in 0..bytes.len() {
+            let msg = format_err(SparseWeight::<f16>::load(&bytes[..len]));
+            assert!(msg.contains("truncated"), "length {len}: {msg}");
+        }
+        assert_eq!(SparseWeight::<f16>::load(&bytes[..]).unwrap(), w);
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let (_, bytes) = small_file();
+        for extra in [&[0u8][..], &[1, 2, 3], &[0; 100]] {
+            let mut b = bytes.clone();
+            b.extend_from_slice(extra);
+            let msg = format_err(SparseWeight::<f16>::load(&b[..]));
+            assert!(msg.contains("trailing"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn dtype_mismatch_names_the_file_dtype() {
+        let (_, bytes) = small_file();
+        let msg = format_err(SparseWeight::<bf16>::load(&bytes[..]));
+        assert!(msg.contains("file holds f16"), "{msg}");
+        let dense = vec![bf16::ONE; 4];
+        let w = SparseWeight::from_dense(2, 2, &dense).unwrap();
+        let mut b = Vec::new();
+        w.save(&mut b).unwrap();
+        let msg = format_err(SparseWeight::<f16>::load(&b[..]));
+        assert!(msg.contains("file holds bf16"), "{msg}");
+    }
+
+    #[test]
+    fn specific_header_errors() {
+        let (_, bytes) = small_file();
+        let mut b = bytes.clone();
+        b[0] = b'X';
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("magic"));
+        let mut b = bytes.clone();
+        b[8] = 2;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 2"));
+        let mut b = bytes.clone();
+        b[20] ^= 1;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("header checksum"));
+        let mut b = bytes.clone();
+        b[HEADER_BYTES] ^= 1;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("tile_offsets section"));
+        let mut b = bytes.clone();
+        let n = b.len();
+        b[n - 9] ^= 1;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("words section"));
+    }
+
+    /// A file with valid checksums around arbitrary header values and arrays.
+    #[allow(clippy::too_many_arguments)]
+    fn raw_file(
+        dtype: Dtype,
+        flags: u8,
+        rows: u64,
+        cols: u64,
+        offsets: &[u32],
+        words: &[u32],
+        n_offsets: Option<u64>,
+        n_words: Option<u64>,
+    ) -> Vec<u8> {
+        let mut b = Vec::new();
+        write_parts(&mut b, dtype, flags, rows, cols, offsets, words).unwrap();
+        if let Some(n) = n_offsets {
+            b[32..40].copy_from_slice(&n.to_le_bytes());
+        }
+        if let Some(n) = n_words {
+            b[40..48].copy_from_slice(&n.to_le_bytes());
+        }
+        let sum = fnv1a64(&b[..48]);
+        b[48..56].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn huge_or_inconsistent_headers_fail_fast() {
+        // 2^31 × 2^31 with a consistent offsets count (2^50 + 1) and no body: must report
+        // truncation instead of trying to allocate petabytes.
+        let tiles = 1u64 << 50;
+        let b = raw_file(
+            Dtype::F16,
+            0,
+            1 << 31,
+            1 << 31,
+            &[],
+            &[],
+            Some(tiles + 1),
+            Some(0),
+        );
+        let b = &b[..HEADER_BYTES];
+        assert!(format_err(SparseWeight::<f16>::load(b)).contains("truncated"));
+        // Offsets count not implied by the dimensions.
+        let b = raw_file(Dtype::F16, 0, 64, 64, &[0, 0], &[], Some(1 << 40), None);
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("tile offsets"));
+        // Too many words for the tile count.
+        let b = raw_file(Dtype::F16, 0, 64, 64, &[0, 0], &[], None, Some(4100));
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("words"));
+        // Zero rows, unknown flags, unknown dtype, overflowing dimensions.
+        let b = raw_file(Dtype::F16, 0, 0, 64, &[0], &[], None, None);
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("1×1"));
+        let b = raw_file(Dtype::F16, 2, 64, 64, &[0, 0], &[], None, None);
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("flag"));
+        let mut b = raw_file(Dtype::F16, 0, 64, 64, &[0, 0], &[], None, None);
+        b[12] = 7;
+        let sum = fnv1a64(&b[..48]);
+        b[48..56].copy_from_slice(&sum.to_le_bytes());
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("dtype code 7"));
+        let b = raw_file(Dtype::F16, 0, u64::MAX, u64::MAX, &[0, 0], &[], None, None);
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("too many"));
+    }
+
+    #[test]
+    fn content_validation_runs_after_checksums() {
+        // Valid checksums, but the single word of a 10×10 weight addresses row 20.
+        let bad = crate::sparse::pack_word(crate::sparse::swizzled_pos(20, 0), 0x3c00);
+        let b = raw_file(Dtype::F16, 0, 10, 10, &[0, 4], &[bad; 4], None, None);
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("outside"));
+        // Offsets not multiple of 4.
+        let ok = crate::sparse::pack_word(0, 0x3c00);
+        let b = raw_file(Dtype::F16, 0, 10, 10, &[0, 2], &[ok; 2], None, None);
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("multiple of 4"));
+    }
+
+    #[test]
+    fn file_round_trip_on_disk() {
+        let mut rng = Rng::new(99);
+        let dense = random_sparse::<bf16>(&mut rng, 130, 65, 0.7);
+        let mut w = SparseWeight::from_dense(130, 65, &dense).unwrap();
+        w.reorder_for_banks();
+        let dir = std::env::temp_dir().join(format!("sparse_tc_file_test_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.stcw");
+        w.save_file(&path).unwrap();
+        let back = SparseWeight::<bf16>::load_file(&path).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(back, w);
+        assert!(back.is_reordered());
+        assert_eq!(back.to_dense(), dense);
+        assert!(matches!(
+            SparseWeight::<bf16>::load_file(dir.join("missing")),
+            Err(Error::Io(_))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn save_load_round_trip(
+            rows in 1usize..200, cols in 1usize..200, sparsity in 0.0f64..=1.0,
+            seed: u64, reorder: bool,
+        ) {
+            let mut rng = Rng::new(seed);
+            let dense = random_sparse::<f16>(&mut rng, rows, cols, sparsity);
+            let mut w = SparseWeight::from_dense(rows, cols, &dense).unwrap();
+            if reorder { w.reorder_for_banks(); }
+            let mut bytes = Vec::new();
+            w.save(&mut bytes).unwrap();
+            let back = SparseWeight::<f16>::load(&bytes[..]).unwrap();
+            prop_assert_eq!(&back, &w);
+            prop_assert_eq!(back.is_reordered(), reorder);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = SparseWeight::<f16>::load(&bytes[..]);
+            // Also behind a valid-looking header prefix.
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&bytes);
+            prop_assert!(SparseWeight::<bf16>::load(&b[..]).is_err());
+        }
+    }
+}

@@ -1,0 +1,903 @@
+//! The Tiled-CSL data structure: construction from dense matrices, magnitude pruning,
+//! validation of raw arrays, and decoding back to dense.
+
+use std::marker::PhantomData;
+
+use crate::element::{Dtype, Element};
+use crate::error::{Error, Result};
+
+/// Rows of one tile (output features per thread block of the kernel).
+pub const TILE_M: usize = 64;
+/// Columns of one tile (reduction elements per pipeline stage of the kernel).
+pub const TILE_K: usize = 64;
+/// Elements of one tile; every word position is below this.
+pub const TILE_ELEMS: usize = TILE_M * TILE_K;
+/// The kernel consumes a tile's word list in chunks of this many words.
+pub const CHUNK_WORDS: usize = 2048;
+/// Words per 16-byte global load; every tile's list length is a multiple of this.
+pub const WORDS_PER_LOAD: usize = 4;
+
+/// Element index of tile-local entry `(r, c)` in the kernel's XOR-swizzled shared-memory tile.
+///
+/// Row `r` of the tile occupies elements `64*r .. 64*r + 64`; its 16-byte chunk `c / 8`
+/// (8 halves) is stored at chunk `(c / 8) ^ (r % 8)`, which spreads the 8 rows that share
+/// a column chunk over all 8 chunk slots (conflict-free `ldmatrix`):
+///
+/// `pos = r*64 + (((c/8) ^ (r%8)) * 8) + c%8`
+///
+/// `r` and `c` must be below 64 (checked in debug builds; release builds use `r % 64`, `c % 64`).
+pub const fn swizzled_pos(r: usize, c: usize) -> u16 {
+    debug_assert!(r < TILE_M && c < TILE_K);
+    let r = r % TILE_M;
+    let c = c % TILE_K;
+    (r * TILE_K + (((c / 8) ^ (r % 8)) * 8) + c % 8) as u16
+}
+
+/// Inverse of [`swizzled_pos`]: the tile-local `(r, c)` stored at shared-memory element `pos`.
+///
+/// `pos` must be below 4096 (checked in debug builds; release builds use `pos % 4096`).
+pub const fn unswizzle(pos: u16) -> (usize, usize) {
+    debug_assert!((pos as usize) < TILE_ELEMS);
+    let pos = pos as usize % TILE_ELEMS;
+    let r = pos / TILE_K;
+    let chunk = (pos % TILE_K) / 8;
+    let c = ((chunk ^ (r % 8)) * 8) + pos % 8;
+    (r, c)
+}
+
+/// One Tiled-CSL word: swizzled position in the high half, raw element bits in the low half.
+pub const fn pack_word(pos: u16, bits: u16) -> u32 {
+    ((pos as u32) << 16) | bits as u32
+}
+
+/// The swizzled position of a word (see [`swizzled_pos`]).
+pub const fn word_pos(word: u32) -> u16 {
+    (word >> 16) as u16
+}
+
+/// The raw element bits of a word.
+pub const fn word_bits(word: u32) -> u16 {
+    (word & 0xffff) as u16
+}
+
+/// True for the bits of +0.0 or -0.0 (same sign bit layout in f16 and bf16).
+pub(crate) const fn is_zero_bits(bits: u16) -> bool {
+    bits & 0x7fff == 0
+}
+
+/// A pruned weight matrix (`rows` × `cols`, row-major semantics) in Tiled-CSL format.
+///
+/// Invariants (established by every constructor, see [`SparseWeight::from_parts`]):
+/// `tile_offsets` has `tiles_m * tiles_k + 1` non-decreasing multiples of 4 from 0 to
+/// `words.len()`; every word addresses an entry inside the matrix; inside a tile a position
+/// appears once, except for fewer than 4 exact duplicates (padding).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparseWeight<T: Element> {
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) nnz: usize,
+    pub(super) tile_offsets: Vec<u32>,
+    pub(super) words: Vec<u32>,
+    pub(super) reordered: bool,
+    pub(super) _t: PhantomData<T>,
+}
+
+impl<T: Element> Eq for SparseWeight<T> {}
+
+/// Tile grid of a `rows` × `cols` matrix: `(tiles_m, tiles_k, tiles)`, after checking that the
+/// matrix is non-empty and that `rows * cols` and `tiles + 1` fit in `usize`.
+pub(crate) fn tile_grid(rows: usize, cols: usize) -> Result<(usize, usize, usize)> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::Shape(format!(
+            "sparse weight must be at least 1×1, got {rows}×{cols}"
+        )));
+    }
+    if rows.checked_mul(cols).is_none() {
+        return Err(Error::Shape(format!(
+            "sparse weight {rows}×{cols} has too many elements"
+        )));
+    }
+    let tiles_m = rows.div_ceil(TILE_M);
+    let tiles_k = cols.div_ceil(TILE_K);
+    // tiles <= rows * cols, so the product fits; the `+ 1` of the offsets array is checked.
+    let tiles = tiles_m * tiles_k;
+    if tiles.checked_add(1).is_none() {
+        return Err(Error::Shape(format!(
+            "sparse weight {rows}×{cols} has too many tiles"
+        )));
+    }
+    Ok((tiles_m, tiles_k, tiles))
+}
+
+/// Checks `dense.len() == rows * cols` (after [`tile_grid`] succeeded).
+fn check_dense_len(rows: usize, cols: usize, len: usize) -> Result<()> {
+    if len != rows * cols {
+        return Err(Error::Shape(format!(
+            "dense weight of {rows}×{cols} needs {} elements, got {len}",
+            rows * cols
+        )));
+    }
+    Ok(())
+}
+
+/// Which entries `prune_magnitude` keeps, as a function of key (`bits & 0x7fff`) and index.
+#[derive(Clone, Copy, Debug)]
+enum Keep {
+    /// Keep nothing.
+    Nothing,
+    /// Keep every nonzero entry.
+    AllNonzero,
+    /// Keep keys above `key`, and keys equal to `key` at indices `<= last_index`.
+    Above { key: u16, last_index: usize },
+}
+
+impl Keep {
+    fn keeps(self, key: u16, index: usize) -> bool {
+        match self {
+            Keep::Nothing => false,
+            Keep::AllNonzero => true,
+            Keep::Above { key: t, last_index } => key > t || (key == t && index <= last_index),
+        }
+    }
+}
+
+/// Magnitude ordering key of a 16-bit float: `bits & 0x7fff`.
+///
+/// For both f16 and bf16 the unsigned order of the sign-less bits is the order of `|w|` on
+/// zeros, subnormals, normals and infinity, and every NaN is above infinity, so NaNs count as
+/// the largest weights.
+const fn magnitude_key(bits: u16) -> u16 {
+    bits & 0x7fff
+}
+
+impl<T: Element> SparseWeight<T> {
+    /// Encodes a dense row-major `rows` × `cols` matrix, storing every entry that is not ±0.
+    ///
+    /// Errors: [`Error::Shape`] if a dimension is zero, `dense.len() != rows * cols`, or the
+    /// encoding would exceed `u32::MAX` words.
+    pub fn from_dense(rows: usize, cols: usize, dense: &[T]) -> Result<Self> {
+        tile_grid(rows, cols)?;
+        check_dense_len(rows, cols, dense.len())?;
+        Self::build(rows, cols, dense, Keep::AllNonzero)
+    }
+
+    /// Magnitude pruning: keeps the `round((1 - sparsity) * rows * cols)` entries of largest
+    /// `|w|` (one global threshold over the whole matrix) and encodes them.
+    ///
+    /// The count is exact: entries tied at the threshold magnitude are kept in increasing
+    /// row-major index order until the count is reached. NaN weights rank above every other
+    /// value (then infinities, then finite values by magnitude). Kept entries that are ±0
+    /// (only possible when the matrix has fewer nonzeros than the count) are not stored,
+    /// so [`nnz`](Self::nnz) is `min(count, nonzeros of dense)`.
+    ///
+    /// Errors: [`Error::InvalidArgument`] if `sparsity` is not in `[0, 1]` (or is NaN);
+    /// the shape errors of [`from_dense`](Self::from_dense).
+    pub fn prune_magnitude(rows: usize, cols: usize, dense: &[T], sparsity: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&sparsity) {
+            return Err(Error::InvalidArgument(format!(
+                "sparsity must be in [0, 1], got {sparsity}"
+            )));
+        }
+        tile_grid(rows, cols)?;
+        check_dense_len(rows, cols, dense.len())?;
+        let total = dense.len();
+        let keep = (((1.0 - sparsity) * total as f64).round() as usize).min(total);
+
+        // Histogram of magnitude keys, then walk down from the largest key.
+        let mut hist = vec![0usize; 1 << 15];
+        for v in dense {
+            hist[magnitude_key(v.to_bits()) as usize] += 1;
+        }
+        let mut rule = Keep::AllNonzero;
+        if keep == 0 {
+            rule = Keep::Nothing;
+        } else {
+            let mut above = 0usize;
+            // Key 0 (±0) is never stored, so stop at 1: if the nonzeros do not reach `keep`,
+            // every nonzero is kept.
+            for key in (1..=0x7fffu16).rev() {
+                let here = hist[key as usize];
+                if above + here >= keep {
+                    let need = keep - above; // 1..=here
+                    let mut seen = 0usize;
+                    let mut last_index = 0usize;
+                    for (i, v) in dense.iter().enumerate() {
+                        if magnitude_key(v.to_bits()) == key {
+                            seen += 1;
+                            if seen == need {
+                                last_index = i;
+                                break;
+                            }
+                        }
+                    }
+                    rule = Keep::Above { key, last_index };
+                    break;
+                }
+                above += here;
+            }
+        }
+        Self::build(rows, cols, dense, rule)
+    }
+
+    /// Shared encoder: stores the nonzero entries selected by `rule`, tile by tile, each tile
+    /// in row-major `(r, c)` order, padded to a multiple of 4 words with its last word.
+    fn build(rows: usize, cols: usize, dense: &[T], rule: Keep) -> Result<Self> {
+        let (tiles_m, tiles_k, tiles) = tile_grid(rows, cols)?;
+        let mut tile_offsets = Vec::with_capacity(tiles + 1);
+        tile_offsets.push(0u32);
+        let mut words: Vec<u32> = Vec::new();
+        let mut nnz = 0usize;
+        for tm in 0..tiles_m {
+            let r0 = tm * TILE_M;
+            let rn = TILE_M.min(rows - r0);
+            for tk in 0..tiles_k {
+                let c0 = tk * TILE_K;
+                let cn = TILE_K.min(cols - c0);
+                let start = words.len();
+                for r in 0..rn {
+                    let base = (r0 + r) * cols + c0;
+                    for (c, v) in dense[base..base + cn].iter().enumerate() {
+                        let bits = v.to_bits();
+                        if !is_zero_bits(bits) && rule.keeps(magnitude_key(bits), base + c) {
+                            words.push(pack_word(swizzled_pos(r, c), bits));
+                        }
+                    }
+                }
+                nnz += words.len() - start;
+                if words.len() > start {
+                    let last = words[words.len() - 1];
+                    while !(words.len() - start).is_multiple_of(WORDS_PER_LOAD) {
+                        words.push(last);
+                    }
+                }
+                let end = u32::try_from(words.len()).map_err(|_| {
+                    Error::Shape(format!(
+                        "sparse weight {rows}×{cols} needs more than u32::MAX words"
+                    ))
+                })?;
+                tile_offsets.push(end);
+            }
+        }
+        Ok(Self {
+            rows,
+            cols,
+            nnz,
+            tile_offsets,
+            words,
+            reordered: false,
+            _t: PhantomData,
+        })
+    }
+
+    /// Builds a weight from raw Tiled-CSL arrays after validating all of them.
+    ///
+    /// Checks: `rows, cols >= 1` ([`Error::Shape`]); then, as [`Error::Format`]:
+    /// `tile_offsets.len() == tiles_m * tiles_k + 1`, `tile_offsets[0] == 0`, non-decreasing,
+    /// every offset a multiple of 4, last offset `== words.len()`; every word's position is
+    /// below 4096 and decodes to an entry inside the matrix (edge tiles are partial); inside a
+    /// tile every position appears once, except exact duplicates of a word (padding), of
+    /// which there are fewer than 4 per tile. Word order inside a tile is not checked (the
+    /// kernel does not depend on it); `reordered` is recorded as given. Stored ±0 values are
+    /// accepted and counted in [`nnz`](Self::nnz), which counts distinct positions.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        tile_offsets: Vec<u32>,
+        words: Vec<u32>,
+        reordered: bool,
+    ) -> Result<Self> {
+        let (tiles_m, tiles_k, tiles) = tile_grid(rows, cols)?;
+        debug_assert_eq!(tiles, tiles_m * tiles_k);
+        validate_offsets(tiles, &tile_offsets, words.len())?;
+        let nnz = validate_tiles(rows, cols, tiles_k, &tile_offsets, &words)?;
+        Ok(Self {
+            rows,
+            cols,
+            nnz,
+            tile_offsets,
+            words,
+            reordered,
+            _t: PhantomData,
+        })
+    }
+
+    /// Decodes to a dense row-major `rows` × `cols` matrix (pruned entries are +0).
+    pub fn to_dense(&self) -> Vec<T> {
+        let mut dense = vec![T::from_bits(0); self.rows * self.cols];
+        for t in 0..self.num_tiles() {
+            let (r0, c0) = self.tile_origin(t);
+            for &w in self.tile_words(t) {
+                let (r, c) = unswizzle(word_pos(w));
+                dense[(r0 + r) * self.cols + c0 + c] = T::from_bits(word_bits(w));
+            }
+        }
+        dense
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of distinct stored entries (padding words not counted).
+    pub fn nnz(&self) -> usize {
+        self.nnz
+    }
+
+    /// Tile rows: `ceil(rows / 64)`.
+    pub fn tiles_m(&self) -> usize {
+        self.rows.div_ceil(TILE_M)
+    }
+
+    /// Tile columns: `ceil(cols / 64)`.
+    pub fn tiles_k(&self) -> usize {
+        self.cols.div_ceil(TILE_K)
+    }
+
+    /// Number of tiles, `tiles_m * tiles_k`.
+    pub fn num_tiles(&self) -> usize {
+        self.tile_offsets.len() - 1
+    }
+
+    /// Word offsets of the tiles (`num_tiles() + 1` entries).
+    pub fn tile_offsets(&self) -> &[u32] {
+        &self.tile_offsets
+    }
+
+    /// All words, tile after tile.
+    pub fn words(&self) -> &[u32] {
+        &self.words
+    }
+
+    /// The words of tile `t = tm * tiles_k + tk` (panics if `t >= num_tiles()`).
+    pub fn tile_words(&self, t: usize) -> &[u32] {
+        &self.words[self.tile_offsets[t] as usize..self.tile_offsets[t + 1] as usize]
+    }
+
+    /// Matrix coordinates `(row, col)` of the top-left element of tile `t`.
+    pub fn tile_origin(&self, t: usize) -> (usize, usize) {
+        let tiles_k = self.tiles_k();
+        ((t / tiles_k) * TILE_M, (t % tiles_k) * TILE_K)
+    }
+
+    /// Whether [`reorder_for_banks`](Self::reorder_for_banks) was applied (or the flag was
+    /// given to [`from_parts`](Self::from_parts) / read from a file).
+    pub fn is_reordered(&self) -> bool {
+        self.reordered
+    }
+
+    /// Element type of the weight.
+    pub fn dtype(&self) -> Dtype {
+        T::DTYPE
+    }
+
+    /// Bytes of the two device arrays: `4 * words.len() + 4 * tile_offsets.len()`.
+    pub fn stored_bytes(&self) -> usize {
+        4 * self.words.len() + 4 * self.tile_offsets.len()
+    }
+
+    /// Fraction of stored entries, `nnz / (rows * cols)`.
+    pub fn density(&self) -> f64 {
+        self.nnz as f64 / (self.rows as f64 * self.cols as f64)
+    }
+}
+
+/// Validates the offsets array of a grid of `tiles` tiles holding `n_words` words.
+pub(crate) fn validate_offsets(tiles: usize, offsets: &[u32], n_words: usize) -> Result<()> {
+    if offsets.len() != tiles + 1 {
+        return Err(Error::Format(format!(
+            "tile_offsets has {} entries, expected {} (tiles + 1)",
+            offsets.len(),
+            tiles + 1
+        )));
+    }
+    if offsets[0] != 0 {
+        return Err(Error::Format(format!(
+            "tile_offsets[0] is {}, expected 0",
+            offsets[0]
+        )));
+    }
+    for (t, pair) in offsets.windows(2).enumerate() {
+        if pair[1] < pair[0] {
+            return Err(Error::Format(format!(
+                "tile_offsets decrease at tile {t}: {} then {}",
+                pair[0], pair[1]
+            )));
+        }
+    }
+    if let Some((i, o)) = offsets
+        .iter()
+        .enumerate()
+        .find(|(_, &o)| !(o as usize).is_multiple_of(WORDS_PER_LOAD))
+    {
+        return Err(Error::Format(format!(
+            "tile_offsets[{i}] = {o} is not a multiple of 4"
+        )));
+    }
+    let last = offsets[tiles] as usize;
+    if last != n_words {
+        return Err(Error::Format(format!(
+            "last tile offset is {last} but there are {n_words} words"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates every tile's words (offsets already valid); returns the number of distinct
+/// stored positions.
+fn validate_tiles(
+    rows: usize,
+    cols: usize,
+    tiles_k: usize,
+    offsets: &[u32],
+    words: &[u32],
+) -> Result<usize> {
+    // stamp[pos] == t + 1 marks a position already seen in tile t (no clearing per tile).
+    let mut stamp = vec![0usize; TILE_ELEMS];
+    let mut first_word = vec![0u32; TILE_ELEMS];
+    let mut nnz = 0usize;
+    for (t, range) in offsets.windows(2).enumerate() {
+        let tile = &words[range[0] as usize..range[1] as usize];
+        let (r0, c0) = ((t / tiles_k) * TILE_M, (t % tiles_k) * TILE_K);
+        let (rn, cn) = (TILE_M.min(rows - r0), TILE_K.min(cols - c0));
+        let mut distinct = 0usize;
+        for (j, &w) in tile.iter().enumerate() {
+            let pos = word_pos(w) as usize;
+            if pos >= TILE_ELEMS {
+                return Err(Error::Format(format!(
+                    "tile {t}, word {j}: position {pos} is outside a 64×64 tile"
+                )));
+            }
+            let (r, c) = unswizzle(pos as u16);
+            if r >= rn || c >= cn {
+                return Err(Error::Format(format!(
+                    "tile {t}, word {j}: entry ({}, {}) is outside the {rows}×{cols} matrix",
+                    r0 + r,
+                    c0 + c
+                )));
+            }
+            if stamp[pos] == t + 1 {
+                if first_word[pos] != w {
+                    return Err(Error::Format(format!(
+                        "tile {t}: entry ({}, {}) is stored twice with different values",
+                        r0 + r,
+                        c0 + c
+                    )));
+                }
+            } else {
+                stamp[pos] = t + 1;
+                first_word[pos] = w;
+                distinct += 1;
+            }
+        }
+        if tile.len() - distinct >= WORDS_PER_LOAD {
+            return Err(Error::Format(format!(
+                "tile {t}: {} duplicate (padding) words for {distinct} entries; padding must be \
+                 fewer than 4 words",
+                tile.len() - distinct
+            )));
+        }
+        nnz += distinct;
+    }
+    Ok(nnz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparse::test_util::{random_sparse, Rng};
+    use half::{bf16, f16};
+    use proptest::prelude::*;
+
+    #[test]
+    fn swizzle_is_a_bijection_on_the_tile() {
+        let mut seen = vec![false; TILE_ELEMS];
+        for r in 0..TILE_M {
+            for c in 0..TILE_K {
+                let p = swizzled_pos(r, c);
+                assert!((p as usize) < TILE_ELEMS);
+                assert!(!seen[p as usize], "({r}, {c}) collides");
+                seen[p as usize] = true;
+                assert_eq!(unswizzle(p), (r, c));
+                // Stays in row r, and 8-element (16-byte) chunks move as a whole.
+                assert_eq!(p as usize / TILE_K, r);
+                assert_eq!(p as usize % 8, c % 8);
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+        for p in 0..TILE_ELEMS as u16 {
+            let (r, c) = unswizzle(p);
+            assert_eq!(swizzled_pos(r, c), p);
+        }
+        // Spot values from the formula.
+        assert_eq!(swizzled_pos(0, 0), 0);
+        assert_eq!(swizzled_pos(1, 0), 72);
+        assert_eq!(swizzled_pos(3, 17), 192 + 8 + 1);
+        assert_eq!(swizzled_pos(63, 63), 63 * 64 + 7);
+    }
+
+    #[test]
+    fn agrees_with_the_device_layout() {
+        // The kernels take their constants and swizzle from `crate::layout` (shared with the
+        // device crate); the packer must produce exactly what they decode.
+        use crate::layout;
+        assert_eq!(TILE_M, layout::TILE_M);
+        assert_eq!(TILE_K, layout::TILE_K);
+        assert_eq!(CHUNK_WORDS, layout::CHUNK_WORDS);
+        assert_eq!(
+            layout::THREADS % 32,
+            0,
+            "the reorder model assumes whole warps"
+        );
+        for r in 0..TILE_M {
+            for c in 0..TILE_K {
+                let p = swizzled_pos(r, c);
+                assert_eq!(layout::swizzled_pos(r, c), p as usize);
+                assert_eq!(layout::unswizzle_pos(p as usize), (r, c));
+            }
+        }
+    }
+
+    #[test]
+    fn words_pack_and_unpack() {
+        let w = pack_word(4095, 0xbeef);
+        assert_eq!(w, 0x0fff_beef);
+        assert_eq!(word_pos(w), 4095);
+        assert_eq!(word_bits(w), 0xbeef);
+    }
+
+    /// Checks the layout invariants against the dense source, including padding.
+    fn check_layout<T: Element>(w: &SparseWeight<T>, dense: &[T]) {
+        let (rows, cols) = (w.rows(), w.cols());
+        assert_eq!(w.tile_offsets().len(), w.tiles_m() * w.tiles_k() + 1);
+        assert_eq!(w.tile_offsets()[0], 0);
+        assert_eq!(*w.tile_offsets().last().unwrap() as usize, w.words().len());
+        let mut nnz = 0;
+        for t in 0..w.num_tiles() {
+            let (r0, c0) = w.tile_origin(t);
+            let words = w.tile_words(t);
+            // Expected real words: nonzeros of the tile in row-major (r, c) order.
+            let mut expect = Vec::new();
+            for r in 0..TILE_M.min(rows - r0) {
+                for c in 0..TILE_K.min(cols - c0) {
+                    let bits = dense[(r0 + r) * cols + c0 + c].to_bits();
+                    if !is_zero_bits(bits) {
+                        expect.push(pack_word(swizzled_pos(r, c), bits));
+                    }
+                }
+            }
+            nnz += expect.len();
+            assert_eq!(words.len(), expect.len().div_ceil(4) * 4, "tile {t}");
+            assert_eq!(&words[..expect.len()], &expect[..]);
+            for &pad in &words[expect.len()..] {
+                assert_eq!(
+                    pad,
+                    *expect.last().unwrap(),
+                    "padding repeats the last word"
+                );
+            }
+        }
+        assert_eq!(w.nnz(), nnz);
+        assert_eq!(
+            w.stored_bytes(),
+            4 * w.words().len() + 4 * w.tile_offsets().len()
+        );
+        assert!((w.density() - nnz as f64 / (rows * cols) as f64).abs() < 1e-15);
+    }
+
+    #[test]
+    fn extreme_sparsities_and_edge_shapes() {
+        let mut rng = Rng::new(1);
+        for &(rows, cols) in &[(1, 1), (1, 200), (200, 1), (64, 64), (65, 63), (128, 129)] {
+            for &s in &[0.0, 0.5, 1.0] {
+                let dense = random_sparse::<f16>(&mut rng, rows, cols, s);
+                let w = SparseWeight::from_dense(rows, cols, &dense).unwrap();
+                check_layout(&w, &dense);
+                assert_eq!(w.to_dense(), dense);
+                if s == 0.0 {
+                    assert_eq!(w.nnz(), rows * cols);
+                }
+                if s == 1.0 {
+                    assert_eq!(w.nnz(), 0);
+                    assert!(w.words().is_empty());
+                    assert!(w.tile_offsets().iter().all(|&o| o == 0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_of_a_single_entry() {
+        // 5 nonzeros in tile 0 → 8 words, the last three repeating entry 5; tile 1 empty.
+        let mut dense = vec![f16::ZERO; 64 * 70];
+        for c in 0..5 {
+            dense[3 * 70 + 10 + c] = f16::from_f32(c as f32 + 1.0);
+        }
+        let w = SparseWeight::from_dense(64, 70, &dense).unwrap();
+        assert_eq!(w.tile_offsets(), &[0, 8, 8]);
+        let last = pack_word(swizzled_pos(3, 14), f16::from_f32(5.0).to_bits());
+        assert_eq!(&w.words()[4..], &[last; 4]);
+        assert_eq!(w.nnz(), 5);
+        assert_eq!(w.to_dense(), dense);
+    }
+
+    #[test]
+    fn negative_zero_is_pruned() {
+        let dense = [f16::NEG_ZERO, f16::ONE, f16::ZERO, f16::NEG_ONE];
+        let w = SparseWeight::from_dense(2, 2, &dense).unwrap();
+        assert_eq!(w.nnz(), 2);
+        let back = w.to_dense();
+        assert_eq!(back[0].to_bits(), 0, "pruned entries decode to +0");
+        assert_eq!(back[3], f16::NEG_ONE);
+    }
+
+    #[test]
+    fn from_dense_rejects_bad_shapes() {
+        let d = vec![bf16::ONE; 6];
+        assert!(matches!(
+            SparseWeight::from_dense(0, 6, &d[..0]),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            SparseWeight::from_dense(6, 0, &d[..0]),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            SparseWeight::from_dense(2, 4, &d),
+            Err(Error::Shape(_))
+        ));
+        assert!(matches!(
+            SparseWeight::from_dense(usize::MAX, 2, &d),
+            Err(Error::Shape(_))
+        ));
+        assert!(SparseWeight::from_dense(2, 3, &d).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn pack_unpack_round_trip(
+            rows in 1usize..200, cols in 1usize..200,
+            sparsity in prop_oneof![Just(0.0), Just(1.0), 0.0f64..=1.0], seed: u64,
+        ) {
+            let mut rng = Rng::new(seed);
+            let d16 = random_sparse::<f16>(&mut rng, rows, cols, sparsity);
+            let w = SparseWeight::from_dense(rows, cols, &d16).unwrap();
+            check_layout(&w, &d16);
+            prop_assert_eq!(w.to_dense(), d16);
+            let back = SparseWeight::<f16>::from_parts(
+                rows, cols, w.tile_offsets().to_vec(), w.words().to_vec(), false).unwrap();
+            prop_assert_eq!(&back, &w);
+
+            let db = random_sparse::<bf16>(&mut rng, rows, cols, sparsity);
+            let w = SparseWeight::from_dense(rows, cols, &db).unwrap();
+            check_layout(&w, &db);
+            prop_assert_eq!(w.to_dense(), db);
+        }
+
+        #[test]
+        fn prune_keeps_exact_count_of_largest(
+            rows in 1usize..120, cols in 1usize..120, sparsity in 0.0f64..=1.0, seed: u64,
+            levels in 1u32..50,
+        ) {
+            // Few distinct magnitudes → many ties at the threshold.
+            let mut rng = Rng::new(seed);
+            let dense: Vec<bf16> = (0..rows * cols)
+                .map(|_| {
+                    let l = rng.below(levels as usize) as f32;
+                    let v = if rng.unit() < 0.5 { -l } else { l };
+                    bf16::from_f32(v)
+                })
+                .collect();
+            let nonzeros = dense.iter().filter(|v| !is_zero_bits(v.to_bits())).count();
+            let keep = ((1.0 - sparsity) * (rows * cols) as f64).round() as usize;
+            let w = SparseWeight::prune_magnitude(rows, cols, &dense, sparsity).unwrap();
+            prop_assert_eq!(w.nnz(), keep.min(nonzeros));
+            let pruned = w.to_dense();
+            // Kept entries are unchanged; every kept magnitude >= every dropped nonzero one,
+            // and among equal magnitudes the kept ones come first in index order.
+            let mut min_kept: Option<(u16, usize)> = None;
+            let mut max_dropped: Option<(u16, usize)> = None;
+            for (i, (&p, &d)) in pruned.iter().zip(&dense).enumerate() {
+                let key = magnitude_key(d.to_bits());
+                if is_zero_bits(p.to_bits()) {
+                    if key != 0 && max_dropped.is_none_or(|(k, _)| key >= k) {
+                        max_dropped = Some((key, i)); // later index wins among equal keys
+                    }
+                } else {
+                    prop_assert_eq!(p.to_bits(), d.to_bits());
+                    if min_kept.is_none_or(|(k, _)| key < k) {
+                        min_kept = Some((key, i));
+                    }
+                }
+            }
+            if let (Some((kk, _)), Some((dk, _))) = (min_kept, max_dropped) {
+                prop_assert!(kk >= dk);
+            }
+            // Tie order: no dropped entry at the threshold key precedes a kept one with it.
+            if let Some((t, _)) = min_kept {
+                let last_kept = (0..dense.len()).rev().find(|&i| {
+                    magnitude_key(dense[i].to_bits()) == t && !is_zero_bits(pruned[i].to_bits())
+                }).unwrap();
+                let first_dropped = (0..dense.len()).find(|&i| {
+                    magnitude_key(dense[i].to_bits()) == t && is_zero_bits(pruned[i].to_bits())
+                });
+                if let Some(fd) = first_dropped {
+                    prop_assert!(fd > last_kept);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn from_parts_never_panics_on_mutated_parts(
+            rows in 1usize..140, cols in 1usize..140, sparsity in 0.5f64..=1.0, seed: u64,
+            mutations in proptest::collection::vec((any::<usize>(), any::<u32>(), 0u8..4), 1..4),
+        ) {
+            // Start from valid parts and damage a few words or offsets: the result is either
+            // an error or a weight whose decode and re-encode work; never a panic.
+            let mut rng = Rng::new(seed);
+            let dense = random_sparse::<f16>(&mut rng, rows, cols, sparsity);
+            let w = SparseWeight::from_dense(rows, cols, &dense).unwrap();
+            let (mut offsets, mut words) = (w.tile_offsets().to_vec(), w.words().to_vec());
+            for (at, value, kind) in mutations {
+                match kind {
+                    0 if !words.is_empty() => { let i = at % words.len(); words[i] = value; }
+                    1 if !words.is_empty() => {
+                        let i = at % words.len();
+                        words[i] = (words[i] & 0xffff) | (value & 0x0fff_0000);
+                    }
+                    2 => { let i = at % offsets.len(); offsets[i] = value % 64; }
+                    _ => { words.push(value & 0x0fff_ffff); }
+                }
+            }
+            if let Ok(v) = SparseWeight::<f16>::from_parts(rows, cols, offsets, words, false) {
+                let d = v.to_dense();
+                prop_assert_eq!(d.len(), rows * cols);
+                let again = SparseWeight::<f16>::from_dense(rows, cols, &d).unwrap();
+                prop_assert!(again.nnz() <= v.nnz());
+            }
+        }
+    }
+
+    #[test]
+    fn prune_ranks_nan_and_inf_first() {
+        let dense = [
+            f16::from_f32(0.5),
+            f16::NAN,
+            f16::from_f32(-3.0),
+            f16::NEG_INFINITY,
+            f16::from_f32(2.0),
+            f16::ZERO,
+        ];
+        let keep = |s: f64| {
+            let w = SparseWeight::prune_magnitude(2, 3, &dense, s).unwrap();
+            w.to_dense()
+                .iter()
+                .map(|v| !is_zero_bits(v.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        // 6 entries: sparsity 5/6 keeps 1 → the NaN.
+        assert_eq!(keep(5.0 / 6.0), [false, true, false, false, false, false]);
+        assert_eq!(keep(4.0 / 6.0), [false, true, false, true, false, false]);
+        assert_eq!(keep(3.0 / 6.0), [false, true, true, true, false, false]);
+        assert_eq!(keep(0.0), [true, true, true, true, true, false]);
+        assert_eq!(keep(1.0), [false; 6]);
+        // Ties by index: 4 equal magnitudes, keep 2 → the first two.
+        let ties = [bf16::ONE, bf16::NEG_ONE, bf16::ONE, bf16::NEG_ONE];
+        let w = SparseWeight::prune_magnitude(1, 4, &ties, 0.5).unwrap();
+        assert_eq!(
+            w.to_dense(),
+            [bf16::ONE, bf16::NEG_ONE, bf16::ZERO, bf16::ZERO]
+        );
+    }
+
+    #[test]
+    fn prune_rejects_bad_sparsity() {
+        let d = vec![f16::ONE; 4];
+        for s in [-0.01, 1.01, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                SparseWeight::prune_magnitude(2, 2, &d, s),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert!(matches!(
+            SparseWeight::prune_magnitude(2, 3, &d, 0.5),
+            Err(Error::Shape(_))
+        ));
+    }
+
+    /// 70×70 weight (2×2 tiles, all partial except tile 0) with a few entries per tile.
+    fn sample() -> (Vec<u32>, Vec<u32>) {
+        let mut dense = vec![f16::ZERO; 70 * 70];
+        for &(r, c) in &[
+            (0, 0),
+            (0, 1),
+            (5, 63),
+            (0, 64),
+            (69, 0),
+            (69, 69),
+            (66, 68),
+        ] {
+            dense[r * 70 + c] = f16::from_f32((r + c) as f32 + 1.0);
+        }
+        let w = SparseWeight::from_dense(70, 70, &dense).unwrap();
+        (w.tile_offsets().to_vec(), w.words().to_vec())
+    }
+
+    fn parts_err(offsets: Vec<u32>, words: Vec<u32>) -> String {
+        match SparseWeight::<f16>::from_parts(70, 70, offsets, words, false) {
+            Err(Error::Format(m)) => m,
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn from_parts_accepts_valid_and_counts_distinct() {
+        let (o, w) = sample();
+        assert_eq!(o, [0, 4, 8, 12, 16]);
+        let sw = SparseWeight::<f16>::from_parts(70, 70, o.clone(), w.clone(), false).unwrap();
+        assert_eq!(sw.nnz(), 7);
+        // Any order inside a tile is accepted, and stored ±0 values count as entries.
+        let mut w2 = w.clone();
+        w2.swap(0, 2);
+        for x in &mut w2[4..8] {
+            *x = pack_word(word_pos(*x), 0x8000);
+        }
+        let sw = SparseWeight::<f16>::from_parts(70, 70, o, w2, true).unwrap();
+        assert_eq!(sw.nnz(), 7);
+        assert!(sw.is_reordered());
+    }
+
+    #[test]
+    fn from_parts_rejects_each_corruption() {
+        let (o, w) = sample();
+        // Shape.
+        assert!(matches!(
+            SparseWeight::<f16>::from_parts(0, 70, o.clone(), w.clone(), false),
+            Err(Error::Shape(_))
+        ));
+        // Offsets: length, first, decreasing, not multiple of 4, last != len.
+        assert!(parts_err(o[..4].to_vec(), w.clone()).contains("entries"));
+        assert!(parts_err(vec![4, 4, 8, 12, 16], w.clone()).contains("[0]"));
+        assert!(parts_err(vec![0, 8, 4, 12, 16], w.clone()).contains("decrease"));
+        assert!(parts_err(vec![0, 2, 8, 12, 16], w.clone()).contains("multiple of 4"));
+        assert!(parts_err(vec![0, 4, 8, 12, 12], w.clone()).contains("last tile offset"));
+        // Position >= 4096.
+        let mut bad = w.clone();
+        bad[0] = pack_word(4096, 0x3c00);
+        assert!(parts_err(o.clone(), bad).contains("outside a 64×64 tile"));
+        // Entry outside the matrix in partial edge tiles: tile 1 (words 4..8) has 6 valid
+        // columns, tile 2 (words 8..12) 6 valid rows, tile 3 (words 12..16) both.
+        for (at, r, c) in [
+            (4usize, 0usize, 6usize),
+            (8, 6, 0),
+            (12, 5, 6),
+            (12, 6, 5),
+            (12, 63, 63),
+        ] {
+            let mut bad = w.clone();
+            bad[at] = pack_word(swizzled_pos(r, c), 0x3c00);
+            assert!(
+                parts_err(o.clone(), bad).contains("outside the 70×70"),
+                "({r}, {c})"
+            );
+        }
+        // Same position twice with different values.
+        let mut bad = w.clone();
+        bad[1] = pack_word(word_pos(bad[0]), word_bits(bad[0]) ^ 1);
+        assert!(parts_err(o.clone(), bad).contains("twice"));
+        // Four more padding copies (a whole extra 16-byte group).
+        let mut bad = w.clone();
+        let last = bad[3];
+        bad.splice(4..4, [last; 4]);
+        assert!(parts_err(vec![0, 8, 12, 16, 20], bad).contains("padding"));
+    }
+}

@@ -1,0 +1,42 @@
+//! Sparse weights in the **Tiled-CSL** format consumed by the Tensor Core SpMM kernels.
+//!
+//! Flash-LLM's "Load-as-Sparse, Compute-as-Dense" idea: a pruned weight matrix travels through
+//! global memory in a compact sparse encoding, is expanded into a dense tile in shared memory,
+//! and then multiplied on the Tensor Cores as if it were dense. This module owns the host side
+//! of that encoding: building it from dense (optionally magnitude-pruned) matrices, validating
+//! it, reordering it for conflict-free shared-memory stores, and saving/loading it to files.
+//!
+//! # The format
+//!
+//! A weight `W` has `rows = M` (out features) and `cols = K` (in features), row-major. It is cut
+//! into tiles of [`TILE_M`] × [`TILE_K`] = 64 × 64 elements; tile `t = tm * tiles_k + tk` covers
+//! rows `64*tm ..` and columns `64*tk ..`. Edge tiles are partial: positions outside the matrix
+//! never appear.
+//!
+//! * `words`: every tile's nonzero entries, tile after tile. One entry is one `u32` word,
+//!   `(pos << 16) | value_bits`, where `pos` = [`swizzled_pos`]`(r, c)` is the element index of
+//!   tile-local entry `(r, c)` in the kernel's XOR-swizzled 64 × 64 shared-memory tile.
+//! * Each tile's list has a multiple of 4 words (the kernel loads 16 bytes at a time); it is
+//!   padded by repeating the tile's last real word (fewer than 4 padding words). Empty tiles
+//!   have no words.
+//! * `tile_offsets`: `tiles_m * tiles_k + 1` entries; tile `t` owns
+//!   `words[tile_offsets[t] .. tile_offsets[t + 1]]`.
+//!
+//! Inside a tile the words are in row-major `(r, c)` order, unless the weight was passed
+//! through [`SparseWeight::reorder_for_banks`], which permutes words inside aligned 128-word
+//! blocks so that the kernel's shared-memory stores hit distinct banks (see [`reorder`]).
+//!
+//! Files: see [`file`](mod@file) for the byte layout written by [`SparseWeight::save`].
+
+pub mod file;
+pub mod format;
+pub mod reorder;
+
+#[cfg(test)]
+pub(crate) mod test_util;
+
+pub use format::{
+    pack_word, swizzled_pos, unswizzle, word_bits, word_pos, SparseWeight, CHUNK_WORDS, TILE_ELEMS,
+    TILE_K, TILE_M, WORDS_PER_LOAD,
+};
+pub use reorder::{BLOCK_WORDS, SMEM_BANKS};

@@ -1,0 +1,149 @@
+//! Sparse (Tiled-CSL) Tensor Core `linear` against the f64 reference, the dense kernel and
+//! the CPU SpMM (GPU; skipped visibly without).
+
+mod common;
+
+use common::{assert_close, gpu, poison, random, Rng};
+use half::{bf16, f16};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use sparse_tc::{cpu, Element, Error, Gpu, LinearOptions, SparseWeight};
+
+/// Random weight where each entry survives with probability `1 - sparsity`.
+fn sparse_random<T: Element>(rng: &mut Rng, m: usize, k: usize, sparsity: f64) -> Vec<T> {
+    (0..m * k)
+        .map(|_| {
+            let keep = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 >= sparsity;
+            let v = rng.uniform();
+            T::from_f32(if keep { if v == 0.0 { 0.5 } else { v } } else { 0.0 })
+        })
+        .collect()
+}
+
+/// Runs the sparse kernel (plain and bank-reordered) on a poisoned output and checks it
+/// against the reference, the CPU SpMM and the dense kernel.
+fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>) {
+    let mut sw = SparseWeight::from_dense(m, k, w).unwrap();
+    let dx = gpu.upload(n, k, x).unwrap();
+    let dense = gpu.download(&gpu.linear(&dx, &gpu.upload(m, k, w).unwrap()).unwrap()).unwrap();
+    let cpu_y = cpu::linear_sparse(x, n, &sw).unwrap();
+    for reorder in [false, true] {
+        if reorder {
+            sw.reorder_for_banks();
+        }
+        let dw = gpu.upload_sparse(&sw).unwrap();
+        let mut y = gpu.zeros::<T>(n, m).unwrap();
+        gpu.fill(&mut y, poison()).unwrap();
+        let splits = splits.map(|s| s.min(k.div_ceil(64)));
+        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits }).unwrap();
+        let got = gpu.download(&y).unwrap();
+        assert_close(&got, x, w, n, m, k);
+        assert_close(&cpu_y, x, w, n, m, k);
+        if splits.is_none() {
+            // Same tiles, same MMA code and (automatic) split: the sparse kernel equals the
+            // dense one bit for bit, unless the two kernels' occupancy picked other splits.
+            let same = got.iter().zip(&dense).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+            if same != got.len() {
+                assert_close(&dense, x, w, n, m, k);
+            }
+        }
+    }
+}
+
+#[test]
+fn spmm_matches_reference_on_random_shapes_and_sparsities() {
+    let Some(gpu) = gpu("spmm_matches_reference_on_random_shapes_and_sparsities") else { return };
+    let sparsity = prop_oneof![Just(0.0), Just(0.5), Just(0.7), Just(0.8), Just(0.9), Just(0.99), Just(1.0), 0.0f64..1.0];
+    let strategy = (1usize..300, 1usize..400, prop_oneof![Just(1usize), 1usize..130], sparsity, prop_oneof![Just(None), (1usize..5).prop_map(Some)], any::<u64>());
+    TestRunner::new(Config { cases: common::cases(64), ..Config::default() })
+        .run(&strategy, |(m, k, n, s, splits, seed)| {
+            let mut rng = Rng::new(seed);
+            let w: Vec<f16> = sparse_random(&mut rng, m, k, s);
+            let x: Vec<f16> = random(&mut rng, n * k);
+            check(&gpu, &w, m, k, &x, n, splits);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn spmm_bf16_matches_reference() {
+    let Some(gpu) = gpu("spmm_bf16_matches_reference") else { return };
+    TestRunner::new(Config { cases: common::cases(24), ..Config::default() })
+        .run(&(1usize..200, 1usize..300, 1usize..70, 0.0f64..1.0, any::<u64>()), |(m, k, n, s, seed)| {
+            let mut rng = Rng::new(seed);
+            let w: Vec<bf16> = sparse_random(&mut rng, m, k, s);
+            let x: Vec<bf16> = random(&mut rng, n * k);
+            check(&gpu, &w, m, k, &x, n, None);
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Non-uniform sparsity: empty rows, empty tiles, fully dense tiles (4096 words = two
+/// chunks) next to empty ones, one nonzero in a corner.
+#[test]
+fn spmm_non_uniform_density() {
+    let Some(gpu) = gpu("spmm_non_uniform_density") else { return };
+    let (m, k, n) = (200, 330, 17);
+    let mut rng = Rng::new(11);
+    let mut w = vec![f16::ZERO; m * k];
+    for r in 0..m {
+        for c in 0..k {
+            let (tr, tc) = (r / 64, c / 64);
+            let v = f16::from_f32(rng.uniform() + 1.5);
+            let dense_tile = (tr + tc) % 3 == 0; // 100% dense
+            let half_tile = (tr + tc) % 3 == 1 && (r + c) % 2 == 0; // 50%
+            let empty_row = r % 7 == 3;
+            if (dense_tile || half_tile) && !empty_row {
+                w[r * k + c] = v;
+            }
+        }
+    }
+    w[(m - 1) * k + k - 1] = f16::from_f32(2.0);
+    let x: Vec<f16> = random(&mut rng, n * k);
+    for splits in [None, Some(1), Some(2), Some(6)] {
+        check(&gpu, &w, m, k, &x, n, splits);
+    }
+}
+
+#[test]
+fn spmm_propagates_nan_and_inf_like_dense_math() {
+    let Some(gpu) = gpu("spmm_propagates_nan_and_inf_like_dense_math") else { return };
+    let (m, k, n) = (130, 200, 4);
+    let mut rng = Rng::new(5);
+    let mut w: Vec<f16> = sparse_random(&mut rng, m, k, 0.9);
+    let mut x: Vec<f16> = random(&mut rng, n * k);
+    x[17] = f16::NAN;
+    x[k + 150] = f16::INFINITY; // meets pruned zeros → NaN, as in dense math
+    w[5 * k + 9] = f16::NEG_INFINITY;
+    check(&gpu, &w, m, k, &x, n, None);
+}
+
+/// Split-K results are bit-identical run to run.
+#[test]
+fn spmm_is_deterministic() {
+    let Some(gpu) = gpu("spmm_is_deterministic") else { return };
+    let (m, k, n) = (300, 5000, 32);
+    let mut rng = Rng::new(9);
+    let w: Vec<f16> = sparse_random(&mut rng, m, k, 0.8);
+    let x: Vec<f16> = random(&mut rng, n * k);
+    let dw = gpu.upload_sparse(&SparseWeight::from_dense(m, k, &w).unwrap()).unwrap();
+    let dx = gpu.upload(n, k, &x).unwrap();
+    for splits in [None, Some(5), Some(40)] {
+        let opts = LinearOptions { splits };
+        let a = gpu.download(&gpu.linear_with(&dx, &dw, opts).unwrap()).unwrap();
+        let b = gpu.download(&gpu.linear_with(&dx, &dw, opts).unwrap()).unwrap();
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert_close(&a, &x, &w, n, m, k);
+    }
+}
+
+#[test]
+fn spmm_rejects_shape_mismatch() {
+    let Some(gpu) = gpu("spmm_rejects_shape_mismatch") else { return };
+    let sw = SparseWeight::<f16>::from_dense(10, 20, &[f16::ZERO; 200]).unwrap();
+    let dw = gpu.upload_sparse(&sw).unwrap();
+    let x = gpu.zeros::<f16>(3, 21).unwrap();
+    assert!(matches!(gpu.linear(&x, &dw), Err(Error::Shape(_))));
+}
