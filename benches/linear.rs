@@ -164,7 +164,7 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
 
 enum Kernel<'a, T: Element> {
     Cublas(&'a DeviceMatrix<T>),
-    Dense(&'a DeviceMatrix<T>, Option<usize>),
+    Dense(&'a DeviceMatrix<T>, Option<usize>, Option<usize>),
     Sparse(&'a DeviceSparseWeight<T>),
 }
 
@@ -174,7 +174,7 @@ fn launch<T: Element>(gpu: &Gpu, cb: &Cublas, k: &Kernel<T>, x: &DeviceMatrix<T>
             cb.linear(T::DTYPE, w.rows(), x.rows(), w.cols(), w.device_ptr(), w.ld(), x.device_ptr(), x.ld(), y.device_ptr(), y.ld())
                 .unwrap()
         },
-        Kernel::Dense(w, s) => gpu.linear_into(x, *w, y, LinearOptions { splits: *s }).unwrap(),
+        Kernel::Dense(w, s, rt) => gpu.linear_into(x, *w, y, LinearOptions { splits: *s, row_tiles: *rt }).unwrap(),
         Kernel::Sparse(w) => gpu.linear_into(x, *w, y, LinearOptions::default()).unwrap(),
     }
 }
@@ -189,7 +189,7 @@ fn time_case<T: Element>(
 ) -> Vec<Timed> {
     let n = x.rows();
     let m = match &kernels[0].1[0] {
-        Kernel::Cublas(w) | Kernel::Dense(w, _) => w.rows(),
+        Kernel::Cublas(w) | Kernel::Dense(w, _, _) => w.rows(),
         Kernel::Sparse(w) => w.rows(),
     };
     let mut ys: Vec<DeviceMatrix<T>> = kernels.iter().map(|_| gpu.zeros(n, m).unwrap()).collect();
@@ -284,11 +284,14 @@ fn run<T: Element>(args: &Args) {
                 let io_bytes = (n * k + n * m) * 2;
                 let mut kernels: Vec<(String, Vec<Kernel<T>>, usize)> = vec![
                     ("cublas".into(), w_dense.iter().map(Kernel::Cublas).collect(), dense_bytes + io_bytes),
-                    ("dense".into(), w_dense.iter().map(|w| Kernel::Dense(w, None)).collect(), dense_bytes + io_bytes),
+                    ("dense".into(), w_dense.iter().map(|w| Kernel::Dense(w, None, None)).collect(), dense_bytes + io_bytes),
                 ];
                 if args.splits_sweep && sparsity == 0.0 {
-                    for s in [1, 2, 3, 4, 6, 8, 12, 16] {
-                        kernels.push((format!("dense_s{s}"), w_dense.iter().map(|w| Kernel::Dense(w, Some(s))).collect(), dense_bytes + io_bytes));
+                    for rt in [1, 2] {
+                        for s in [1, 2, 3, 4, 6, 8] {
+                            let name = format!("dense_r{rt}s{s}");
+                            kernels.push((name, w_dense.iter().map(|w| Kernel::Dense(w, Some(s), Some(rt))).collect(), dense_bytes + io_bytes));
+                        }
                     }
                 }
                 if let Some((plain, reord, bytes, _)) = &sparse {

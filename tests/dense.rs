@@ -9,7 +9,7 @@ use proptest::test_runner::{Config, TestRunner};
 use sparse_tc::{Element, Error, Gpu, LinearOptions};
 
 /// Runs one dense case: poisoned output, optional forced split count, checked element-wise.
-fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Option<usize>, seed: u64) {
+fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Option<usize>, row_tiles: Option<usize>, seed: u64) {
     let mut rng = Rng::new(seed);
     let w: Vec<T> = random(&mut rng, m * k);
     let x: Vec<T> = random(&mut rng, n * k);
@@ -19,21 +19,26 @@ fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Optio
     gpu.fill(&mut y, poison()).unwrap();
     let k_tiles = k.div_ceil(64);
     let splits = splits.map(|s| s.min(k_tiles));
-    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits }).unwrap();
+    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, row_tiles }).unwrap();
     let got = gpu.download(&y).unwrap();
     assert_close(&got, &x, &w, n, m, k);
 }
 
-fn shapes() -> impl Strategy<Value = (usize, usize, usize, Option<usize>, u64)> {
-    (1usize..300, 1usize..400, prop_oneof![Just(1usize), 1usize..80], prop_oneof![Just(None), (1usize..5).prop_map(Some)], any::<u64>())
+type Case = (usize, usize, usize, Option<usize>, Option<usize>, u64);
+
+/// (m, k, n, splits, row tiles, seed), N = 1 often, forced split counts and block heights.
+fn shapes() -> impl Strategy<Value = Case> {
+    let splits = prop_oneof![Just(None), (1usize..5).prop_map(Some)];
+    let rt = prop_oneof![Just(None), Just(Some(1)), Just(Some(2))];
+    (1usize..300, 1usize..400, prop_oneof![Just(1usize), 1usize..80], splits, rt, any::<u64>())
 }
 
 #[test]
 fn dense_f16_matches_reference_on_random_shapes() {
     let Some(gpu) = gpu("dense_f16_matches_reference_on_random_shapes") else { return };
     TestRunner::new(Config { cases: common::cases(48), ..Config::default() })
-        .run(&shapes(), |(m, k, n, s, seed)| {
-            check_case::<f16>(&gpu, m, k, n, s, seed);
+        .run(&shapes(), |(m, k, n, s, rt, seed)| {
+            check_case::<f16>(&gpu, m, k, n, s, rt, seed);
             Ok(())
         })
         .unwrap();
@@ -43,8 +48,8 @@ fn dense_f16_matches_reference_on_random_shapes() {
 fn dense_bf16_matches_reference_on_random_shapes() {
     let Some(gpu) = gpu("dense_bf16_matches_reference_on_random_shapes") else { return };
     TestRunner::new(Config { cases: common::cases(32), ..Config::default() })
-        .run(&shapes(), |(m, k, n, s, seed)| {
-            check_case::<bf16>(&gpu, m, k, n, s, seed);
+        .run(&shapes(), |(m, k, n, s, rt, seed)| {
+            check_case::<bf16>(&gpu, m, k, n, s, rt, seed);
             Ok(())
         })
         .unwrap();
@@ -55,7 +60,7 @@ fn dense_bf16_matches_reference_on_random_shapes() {
 fn dense_edge_shapes() {
     let Some(gpu) = gpu("dense_edge_shapes") else { return };
     for &(m, k, n) in &[(1, 1, 1), (64, 64, 8), (65, 63, 9), (128, 1000, 64), (200, 130, 65), (70, 520, 130), (4096, 4096, 16)] {
-        check_case::<f16>(&gpu, m, k, n, None, (m * 31 + k * 7 + n) as u64);
+        check_case::<f16>(&gpu, m, k, n, None, None, (m * 31 + k * 7 + n) as u64);
     }
 }
 
@@ -71,7 +76,7 @@ fn dense_split_k_is_deterministic() {
     let dw = gpu.upload(m, k, &w).unwrap();
     let dx = gpu.upload(n, k, &x).unwrap();
     for splits in [1, 2, 3, 7, 16, 64] {
-        let opts = LinearOptions { splits: Some(splits) };
+        let opts = LinearOptions { splits: Some(splits), ..Default::default() };
         let a = gpu.download(&gpu.linear_with(&dx, &dw, opts).unwrap()).unwrap();
         let b = gpu.download(&gpu.linear_with(&dx, &dw, opts).unwrap()).unwrap();
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "splits={splits} not deterministic");
@@ -104,7 +109,10 @@ fn dense_rejects_bad_shapes_and_options() {
     assert!(matches!(gpu.linear_into(&x, &w, &mut y, LinearOptions::default()), Err(Error::Shape(_))));
     for s in [0, 3] {
         // 100 columns = 2 K tiles
-        assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { splits: Some(s) }), Err(Error::InvalidArgument(_))));
+        assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { splits: Some(s), ..Default::default() }), Err(Error::InvalidArgument(_))));
+    }
+    for rt in [0, 3] {
+        assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { row_tiles: Some(rt), ..Default::default() }), Err(Error::InvalidArgument(_))));
     }
     assert!(matches!(gpu.upload::<f16>(0, 5, &[]), Err(Error::Shape(_))));
     assert!(matches!(gpu.upload(2, 5, &[f16::ZERO; 9]), Err(Error::Shape(_))));

@@ -8,10 +8,18 @@
 pub const TILE_M: usize = 64;
 /// Columns of W (input features) per pipeline step: 4 × k16 MMA steps.
 pub const TILE_K: usize = 64;
-/// Threads per block of the GEMM/SpMM kernels.
+/// Threads per 64-row tile: 4 warps × 16 rows. A block of `rt` row tiles has `rt · 128`
+/// threads.
 pub const THREADS: usize = 128;
-/// Warps per block.
+/// Warps per 64-row tile.
 pub const WARPS: usize = THREADS / 32;
+/// Rows of one Tiled-CSL tile of a sparse weight: 4 row tiles of 64, so one SpMM block
+/// (16 warps) rebuilds a 256×64 slice of W per pipeline step, and the per-step costs
+/// (barriers, the X tile, tile offsets) are spread over 4× the nonzeros. Flash-LLM uses 256
+/// rows for the same reason.
+pub const SPARSE_TILE_M: usize = 4 * TILE_M;
+/// Elements of one sparse tile (positions are `0..SPARSE_TILE_ELEMS`, 14 bits).
+pub const SPARSE_TILE_ELEMS: usize = SPARSE_TILE_M * TILE_K;
 /// Shared-memory pipeline depth (stages in flight) of both kernels.
 pub const STAGES: usize = 4;
 /// Sparse words one pipeline stage of the SpMM kernel carries (8 KiB, half a dense tile).
@@ -22,16 +30,26 @@ pub const TILE_BYTES: usize = TILE_M * TILE_K * 2;
 /// Bytes of one row of a shared tile (64 halves).
 pub const ROW_BYTES: usize = TILE_K * 2;
 
-/// Dynamic shared memory of the dense kernel with `nt` token tiles of 8:
-/// `STAGES × (W tile + X tile)`.
-pub const fn dense_smem_bytes(nt: usize) -> usize {
-    STAGES * (TILE_BYTES + nt * 8 * ROW_BYTES)
+/// Dynamic shared memory of the dense kernel with `rt` row tiles of 64 and `nt` token tiles
+/// of 8: `STAGES × (W tile + X tile)`.
+pub const fn dense_smem_bytes(rt: usize, nt: usize) -> usize {
+    STAGES * (rt * TILE_BYTES + nt * 8 * ROW_BYTES)
 }
 
-/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: two dense W tiles,
-/// `STAGES` chunk slots of `CHUNK_WORDS` words and `STAGES` X tiles.
+/// Row tiles of 64 per dense-kernel block by default, per token tile (`nt` × 8 tokens).
+/// Taller blocks read each X tile once for more rows of W (X traffic from L2 is
+/// `N / (64·rt)` of the W bytes), at the price of more shared memory per block.
+pub const fn dense_row_tiles(nt: usize) -> usize {
+    if nt <= 1 { 1 } else { 2 }
+}
+
+/// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).
+pub const SPMM_ROW_TILES: usize = SPARSE_TILE_M / TILE_M;
+
+/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: two dense
+/// `SPARSE_TILE_M`×64 W tiles, `STAGES` chunk slots of `CHUNK_WORDS` words and `STAGES` X tiles.
 pub const fn spmm_smem_bytes(nt: usize) -> usize {
-    2 * TILE_BYTES + STAGES * (CHUNK_WORDS * 4 + nt * 8 * ROW_BYTES)
+    2 * SPMM_ROW_TILES * TILE_BYTES + STAGES * (CHUNK_WORDS * 4 + nt * 8 * ROW_BYTES)
 }
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.
@@ -43,8 +61,8 @@ pub const fn swizzled_chunk_offset(row: usize, chunk: usize) -> usize {
     row * ROW_BYTES + ((chunk ^ (row % 8)) * 16)
 }
 
-/// Element index (in halves) of tile entry (`row`, `col`) in the swizzled shared tile.
-/// This is the 16-bit position stored in each sparse word.
+/// Element index (in halves) of tile entry (`row`, `col`) in the swizzled shared tile
+/// (any number of 128-byte rows). This is the 16-bit position stored in each sparse word.
 pub const fn swizzled_pos(row: usize, col: usize) -> usize {
     swizzled_chunk_offset(row, col / 8) / 2 + col % 8
 }

@@ -14,6 +14,9 @@ use crate::sparse::{unswizzle, word_bits, word_pos, SparseWeight, TILE_ELEMS, TI
 /// Multiply-adds below which one thread is used: spawning costs more than it saves.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
 
+// Tile-local row-major indices `r * TILE_K + c` are kept as u16.
+const _: () = assert!(TILE_ELEMS <= 1 << 16);
+
 /// Reference `Y[n×m] = X[n×k] · W[m×k]ᵀ`, products and sums in f64 (for tests).
 ///
 /// Products of two 16-bit floats are exact in f64, so the only error is the f64 summation.
@@ -127,12 +130,13 @@ pub fn linear_dense<T: Element>(x: &[T], n: usize, w: &[T], m: usize, k: usize) 
     y
 }
 
-/// One tile decoded for the CPU: values in a dense 64×64 scratch (zeros where pruned) plus
-/// the distinct stored entries in row-major order, grouped by row.
+/// One tile decoded for the CPU: values in a dense `TILE_M × TILE_K` = 256×64 scratch (zeros
+/// where pruned) plus the distinct stored entries in row-major order, grouped by row.
 struct TileScratch {
     dense: Vec<f32>,
     present: Vec<bool>,
-    /// Sorted indices `r * 64 + c` of the stored entries (padding duplicates removed).
+    /// Sorted indices `r * 64 + c` (< 16384, fits u16) of the stored entries (padding
+    /// duplicates removed).
     entries: Vec<u16>,
     /// `entries[row_start[r]..row_start[r + 1]]` are row `r`'s entries.
     row_start: [usize; TILE_M + 1],
@@ -334,6 +338,8 @@ mod tests {
             (3, 65, 130, 0.8),
             (1, 200, 64, 0.5),
             (16, 256, 192, 0.9),
+            (3, 300, 70, 0.8),
+            (2, 513, 130, 0.5),
         ] {
             let x = random_sparse::<f16>(&mut rng, n, k, 0.0);
             let w = random_sparse::<f16>(&mut rng, m, k, s);
@@ -348,7 +354,8 @@ mod tests {
     fn threaded_large_case() {
         // n·nnz and n·m·k above the single-thread threshold.
         let mut rng = Rng::new(11);
-        let (n, m, k) = (8, 512, 640);
+        // 5 tile rows of 256 (the last partial), so several threads get tile rows.
+        let (n, m, k) = (8, 1100, 640);
         let x = random_sparse::<f16>(&mut rng, n, k, 0.0);
         let w = random_sparse::<f16>(&mut rng, m, k, 0.7);
         assert!(n * m * k >= 2 * MIN_WORK_PER_THREAD);
@@ -357,7 +364,8 @@ mod tests {
 
     #[test]
     fn non_finite_inputs_follow_dense_semantics() {
-        let (n, m, k) = (5, 70, 70);
+        // 300×70: full, 256×6, 44×64 and 44×6 tiles.
+        let (n, m, k) = (5, 300, 70);
         let mut rng = Rng::new(5);
         let mut w = random_sparse::<f16>(&mut rng, m, k, 0.8);
         // Column 3: pruned in row 0, positive in row 1 (and negative in row 2).
@@ -382,6 +390,7 @@ mod tests {
         let mut w2 = w.clone();
         w2[5 * k + 7] = f16::INFINITY;
         w2[6 * k + 8] = f16::NAN;
+        w2[290 * k + 68] = f16::NEG_INFINITY; // in the 44×6 corner tile
         check_paths(&x, n, &w2, m, k);
     }
 
@@ -408,17 +417,23 @@ mod tests {
 
     #[test]
     fn padding_and_reordering_do_not_change_results() {
-        // 5 entries in one tile → 3 padding copies of the last; must count once.
-        let mut d = vec![f16::ZERO; 64 * 64];
-        d[..5].fill(f16::ONE);
-        let mut w = SparseWeight::from_dense(64, 64, &d).unwrap();
+        // 5 entries in one row of a 256×64 tile → 3 padding copies of the last; must count
+        // once.
+        let mut d = vec![f16::ZERO; 256 * 64];
+        d[200 * 64..200 * 64 + 5].fill(f16::ONE);
+        let mut w = SparseWeight::from_dense(256, 64, &d).unwrap();
         assert_eq!(w.words().len(), 8);
         let x = vec![f16::ONE; 64];
-        assert_eq!(linear_sparse(&x, 1, &w).unwrap()[0], f16::from_f32(5.0));
+        let y = linear_sparse(&x, 1, &w).unwrap();
+        assert_eq!(y[200], f16::from_f32(5.0));
+        assert!(y
+            .iter()
+            .enumerate()
+            .all(|(j, v)| j == 200 || *v == f16::ZERO));
         let mut rng = Rng::new(9);
-        let dense = random_sparse::<f16>(&mut rng, 130, 200, 0.8);
+        let dense = random_sparse::<f16>(&mut rng, 300, 200, 0.8);
         let x = random_sparse::<f16>(&mut rng, 4, 200, 0.0);
-        w = SparseWeight::from_dense(130, 200, &dense).unwrap();
+        w = SparseWeight::from_dense(300, 200, &dense).unwrap();
         let before = linear_sparse(&x, 4, &w).unwrap();
         w.reorder_for_banks();
         // Same summation order per row (entries are sorted on decode): bit-identical.
@@ -429,7 +444,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(40))]
         #[test]
         fn sparse_equals_dense_up_to_reassociation(
-            n in 1usize..6, m in 1usize..150, k in 1usize..150,
+            n in 1usize..6, m in 1usize..600, k in 1usize..150,
             sparsity in 0.0f64..=1.0, seed: u64, bf: bool,
         ) {
             let mut rng = Rng::new(seed);

@@ -4,7 +4,7 @@
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::layout::{dense_smem_bytes, spmm_smem_bytes, THREADS, TILE_K, TILE_M};
+use crate::layout::{dense_row_tiles, dense_smem_bytes, spmm_smem_bytes, SPMM_ROW_TILES, THREADS, TILE_K, TILE_M};
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
 use cust::memory::DeviceBuffer;
@@ -16,6 +16,9 @@ pub struct LinearOptions {
     /// Number of K splits; `None` chooses from the shape and the SM count. Values above the
     /// number of 64-wide K tiles are refused.
     pub splits: Option<usize>,
+    /// Dense kernel only: rows of W per block in units of 64 (1 or 2); `None` takes the tuned
+    /// default for the token count. A tuning knob for benchmarks; results are identical.
+    pub row_tiles: Option<usize>,
 }
 
 /// A weight `W[out_features × in_features]` that [`Gpu::linear`] accepts: a dense
@@ -133,14 +136,22 @@ impl Gpu {
         self.bind()?;
         let n_tile = n_tile_for(n);
         let nt = n_tile / 8;
-        let (family, smem) = match w.operand() {
-            Operand::Dense(_) => ("dense_linear", dense_smem_bytes(nt) as u32),
-            Operand::Sparse(_) => ("spmm_linear", spmm_smem_bytes(nt) as u32),
+        let dt = T::DTYPE.name();
+        let (name, rt, smem) = match w.operand() {
+            Operand::Dense(_) => {
+                let rt = match opts.row_tiles {
+                    None => dense_row_tiles(nt),
+                    Some(rt @ (1 | 2)) => rt,
+                    Some(rt) => return Err(Error::InvalidArgument(format!("row_tiles = {rt}: must be 1 or 2"))),
+                };
+                (format!("dense_linear_{dt}_n{n_tile}_r{rt}"), rt, dense_smem_bytes(rt, nt) as u32)
+            }
+            Operand::Sparse(_) => (format!("spmm_linear_{dt}_n{n_tile}"), SPMM_ROW_TILES, spmm_smem_bytes(nt) as u32),
         };
-        let name = format!("{family}_{}_n{n_tile}", T::DTYPE.name());
+        let threads = (THREADS * rt) as u32;
         let func = self.function(&name, smem)?;
         let k_tiles = k.div_ceil(TILE_K);
-        let grid = (m.div_ceil(TILE_M), n.div_ceil(n_tile));
+        let grid = (m.div_ceil(TILE_M * rt), n.div_ceil(n_tile));
         let splits = match opts.splits {
             Some(s) if s == 0 || s > k_tiles => {
                 return Err(Error::InvalidArgument(format!(
@@ -150,7 +161,7 @@ impl Gpu {
             Some(s) => s,
             None => {
                 let per_sm = func
-                    .max_active_blocks_per_multiprocessor(BlockSize::x(THREADS as u32), smem as usize)
+                    .max_active_blocks_per_multiprocessor(BlockSize::x(threads), smem as usize)
                     .map_err(|e| Error::driver("occupancy query", e))?
                     .max(1) as usize;
                 plan_splits(grid.0 * grid.1, k_tiles, per_sm * self.sm_count as usize)
@@ -166,13 +177,13 @@ impl Gpu {
             Operand::Dense(wd) => {
                 let (wp, ldw) = (wd.device_ptr(), wd.ld() as u32);
                 let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk];
-                self.launch(&func, grid3, THREADS as u32, smem, &mut args)?;
+                self.launch(&func, grid3, threads, smem, &mut args)?;
             }
             Operand::Sparse(ws) => {
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
                 let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk];
-                self.launch(&func, grid3, THREADS as u32, smem, &mut args)?;
+                self.launch(&func, grid3, threads, smem, &mut args)?;
             }
         }
         if splits > 1 {

@@ -2,13 +2,13 @@
 //! the proving ground of the DSL.
 //!
 //! # Tiling
-//! A block owns `TILE_M = 64` rows of W and `N_TILE = 8·NT` tokens, and walks its share of
+//! A block owns `64·RT` rows of W and `N_TILE = 8·NT` tokens, and walks its share of
 //! K in `TILE_K = 64` steps. Each step's W tile (64×64, 8 KiB) and X tile (N_TILE×64) stream
 //! into shared memory with `cp.async` through a `STAGES`-deep [`Pipeline`]; warps then run
 //! `ldmatrix` + `mma.sync.m16n8k16` on them.
 //!
 //! # Thread mapping
-//! 128 threads = 4 warps; warp w computes W rows `16w..16w+16` of the block against all
+//! 128·RT threads = 4·RT warps; warp w computes W rows `16w..16w+16` of the block against all
 //! N_TILE tokens (`NT` accumulator fragments of 16×8).
 //!
 //! # Split-K
@@ -17,7 +17,7 @@
 
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async;
-use crate::layout::{ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
+use crate::layout::{ROW_BYTES, STAGES, THREADS, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
 use crate::shared::dynamic_smem_base;
@@ -25,34 +25,35 @@ use crate::thread::{block_idx_x, block_idx_y, block_idx_z, grid_dim_z};
 
 
 /// # Safety
-/// Launched with `THREADS` threads, grid `(ceil(m/64), ceil(n/(8·NT)), splits)`,
-/// `layout::dense_smem_bytes(NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
+/// Launched with `THREADS·RT` threads, grid `(ceil(m/(64·RT)), ceil(n/(8·NT)), splits)`,
+/// `layout::dense_smem_bytes(RT, NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
 /// (16-byte aligned, `ld % 8 == 0`, `ld ≥ k`, columns `k..ld` zero), `y` is `n × ldy`
 /// (`ldy ≥ m`), `partial` has `splits·n·m` f32 when `splits > 1`; `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn dense_linear<E: MmaElement, const NT: usize>(
+pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const NT: usize>(
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
     partial: *mut f32, m: u32, n: u32, k: u32,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
-    let m0 = block_idx_x() as usize * TILE_M;
+    let m0 = block_idx_x() as usize * RT * TILE_M;
+    let threads = RT * THREADS;
     let n0 = block_idx_y() as usize * NT * 8;
     let (split, splits) = (block_idx_z() as usize, grid_dim_z() as usize);
     let (kt_begin, kt_end) = split_range(k.div_ceil(TILE_K), split, splits);
     let steps = kt_end - kt_begin;
 
-    // Stage s: W tile (64×64) then X tile (N_TILE×64), both swizzled.
+    // Stage s: W tile (64·RT × 64) then X tile (N_TILE × 64), both swizzled.
     let smem = dynamic_smem_base();
-    let stage_bytes = TILE_BYTES + NT * 8 * ROW_BYTES;
+    let stage_bytes = RT * TILE_BYTES + NT * 8 * ROW_BYTES;
     let w_tile = |s: usize| smem.offset(s * stage_bytes);
-    let x_tile = |s: usize| smem.offset(s * stage_bytes + TILE_BYTES);
+    let x_tile = |s: usize| smem.offset(s * stage_bytes + RT * TILE_BYTES);
     let load_step = |step: usize| {
         let s = Pipeline::<STAGES>::stage(step);
         let k0 = (kt_begin + step) * TILE_K;
-        load_tile_async(w_tile(s), TILE_M, w, ldw, m, m0, k, k0);
-        load_tile_async(x_tile(s), NT * 8, x, ldx, n, n0, k, k0);
+        load_tile_async(w_tile(s), RT * TILE_M, threads, w, ldw, m, m0, k, k0);
+        load_tile_async(x_tile(s), NT * 8, threads, x, ldx, n, n0, k, k0);
     };
 
     // Prologue: STAGES-1 steps in flight.

@@ -16,7 +16,7 @@ pub mod tile;
 use crate::mma::{Bf16, F16};
 
 macro_rules! dense_entries {
-    ($($name:ident: $elem:ty, $nt:literal;)*) => {$(
+    ($($name:ident: $elem:ty, $rt:literal, $nt:literal;)*) => {$(
         /// Dense `Y = X · Wᵀ` (see [`dense::dense_linear`]).
         ///
         /// # Safety
@@ -26,7 +26,7 @@ macro_rules! dense_entries {
             w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
             partial: *mut f32, m: u32, n: u32, k: u32,
         ) {
-            dense::dense_linear::<$elem, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
+            dense::dense_linear::<$elem, $rt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
         }
     )*};
 }
@@ -63,14 +63,22 @@ macro_rules! reduce_entries {
 }
 
 dense_entries! {
-    dense_linear_f16_n8: F16, 1;
-    dense_linear_f16_n16: F16, 2;
-    dense_linear_f16_n32: F16, 4;
-    dense_linear_f16_n64: F16, 8;
-    dense_linear_bf16_n8: Bf16, 1;
-    dense_linear_bf16_n16: Bf16, 2;
-    dense_linear_bf16_n32: Bf16, 4;
-    dense_linear_bf16_n64: Bf16, 8;
+    dense_linear_f16_n8_r1: F16, 1, 1;
+    dense_linear_f16_n16_r1: F16, 1, 2;
+    dense_linear_f16_n32_r1: F16, 1, 4;
+    dense_linear_f16_n64_r1: F16, 1, 8;
+    dense_linear_f16_n8_r2: F16, 2, 1;
+    dense_linear_f16_n16_r2: F16, 2, 2;
+    dense_linear_f16_n32_r2: F16, 2, 4;
+    dense_linear_f16_n64_r2: F16, 2, 8;
+    dense_linear_bf16_n8_r1: Bf16, 1, 1;
+    dense_linear_bf16_n16_r1: Bf16, 1, 2;
+    dense_linear_bf16_n32_r1: Bf16, 1, 4;
+    dense_linear_bf16_n64_r1: Bf16, 1, 8;
+    dense_linear_bf16_n8_r2: Bf16, 2, 1;
+    dense_linear_bf16_n16_r2: Bf16, 2, 2;
+    dense_linear_bf16_n32_r2: Bf16, 2, 4;
+    dense_linear_bf16_n64_r2: Bf16, 2, 8;
 }
 
 spmm_entries! {

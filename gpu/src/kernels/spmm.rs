@@ -2,7 +2,7 @@
 //! (after Flash-LLM, Xia et al., VLDB 2024).
 //!
 //! # Format
-//! W is cut into 64×64 tiles (row-major over tiles). Tile t's nonzeros are the 32-bit words
+//! W is cut into `SPARSE_TILE_M`×64 = 256×64 tiles (row-major over tiles). Tile t's nonzeros are the 32-bit words
 //! `words[tile_offsets[t] .. tile_offsets[t+1]]`, each `pos << 16 | value_bits`, where `pos`
 //! is the element's index in the *swizzled* shared tile (`layout::swizzled_pos`). Lists are
 //! padded to 4 words by repeating a real word.
@@ -22,14 +22,18 @@
 //! prefetch depth (`STAGES` chunks) does not cost registers and is the same for every density.
 //!
 //! # Thread mapping
-//! 128 threads. Scatter: thread t handles 16-byte groups `t + 128·i` (i < 4) of a chunk, so
-//! a warp's 32 stores of one instruction are the words `4·(128i + 32w + lane) + s`; the host's
-//! bank-aware reordering arranges each such set to hit distinct banks. MMA: as the dense
-//! kernel (warp w owns W rows `16w..16w+16`).
+//! `BLOCK_THREADS` = 512 threads (16 warps). Scatter: thread t handles the 16-byte groups
+//! `t + 512·i` of a chunk, so a warp's 32 stores of one instruction are the words
+//! `4·(32·(16i + w) + lane) + s`, i.e. one residue class mod 4 of an aligned 128-word block;
+//! the host's bank-aware reordering arranges each such set to hit distinct banks. MMA: as the
+//! dense kernel (warp w owns W rows `16w..16w+16` of the 256-row tile).
 
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async::{self, cp_async_16};
-use crate::layout::{CHUNK_WORDS, ROW_BYTES, STAGES, THREADS, TILE_BYTES, TILE_K, TILE_M};
+use crate::layout::{
+    CHUNK_WORDS, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, THREADS,
+    TILE_BYTES, TILE_K,
+};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
 use crate::shared::{dynamic_smem_base, ld_shared_v4_b32, st_shared_b16, st_shared_v4_b32, SmemAddr};
@@ -38,6 +42,10 @@ use crate::thread::{block_idx_x, block_idx_y, block_idx_z, grid_dim_z, thread_id
 
 /// Bytes of one chunk slot.
 pub const CHUNK_BYTES: usize = CHUNK_WORDS * 4;
+/// Threads per block: 16 warps, 16 rows of the 256-row tile each.
+pub const BLOCK_THREADS: usize = SPMM_ROW_TILES * THREADS;
+/// Bytes of one dense `SPARSE_TILE_M`×64 W tile in shared memory.
+const DENSE_BYTES: usize = SPMM_ROW_TILES * TILE_BYTES;
 
 
 /// The word range of one tile.
@@ -75,8 +83,8 @@ impl TileWords {
 unsafe fn load_chunk_async(slot: SmemAddr, src: *const u32, len: usize) {
     let tid = thread_idx_x() as usize;
     let mut i = 0;
-    while i < CHUNK_WORDS / 4 / THREADS {
-        let g = tid + i * THREADS;
+    while i < CHUNK_WORDS / 4 / BLOCK_THREADS {
+        let g = tid + i * BLOCK_THREADS;
         if 4 * g < len {
             cp_async_16(slot.offset(g * 16), src.add(4 * g) as *const u8);
         }
@@ -85,19 +93,19 @@ unsafe fn load_chunk_async(slot: SmemAddr, src: *const u32, len: usize) {
 }
 
 /// Writes the `len` words of a chunk slot into the dense tile at `dense`. Positions are
-/// masked to the tile (`& 0xFFF`): the host validates them, the mask keeps even a corrupted
-/// word inside this block's own tile.
+/// masked to the tile (`% SPARSE_TILE_ELEMS`, a power of two): the host validates them, the
+/// mask keeps even a corrupted word inside this block's own tile.
 #[inline(always)]
 unsafe fn scatter_chunk(slot: SmemAddr, len: usize, dense: SmemAddr) {
     let tid = thread_idx_x() as usize;
     let mut i = 0;
-    while i < CHUNK_WORDS / 4 / THREADS {
-        let g = tid + i * THREADS;
+    while i < CHUNK_WORDS / 4 / BLOCK_THREADS {
+        let g = tid + i * BLOCK_THREADS;
         if 4 * g < len {
             let words = ld_shared_v4_b32(slot.offset(g * 16));
             let mut s = 0;
             while s < 4 {
-                let pos = ((words[s] >> 16) & 0xFFF) as usize;
+                let pos = (words[s] >> 16) as usize % SPARSE_TILE_ELEMS;
                 st_shared_b16(dense.offset(pos * 2), words[s] as u16);
                 s += 1;
             }
@@ -106,19 +114,19 @@ unsafe fn scatter_chunk(slot: SmemAddr, len: usize, dense: SmemAddr) {
     }
 }
 
-/// Zeroes a dense 64×64 tile (each thread 4 × 16 bytes).
+/// Zeroes a dense `SPARSE_TILE_M`×64 tile (each thread 4 × 16 bytes).
 #[inline(always)]
 unsafe fn zero_tile(dense: SmemAddr) {
     let tid = thread_idx_x() as usize;
     let mut i = 0;
-    while i < TILE_BYTES / 16 / THREADS {
-        st_shared_v4_b32(dense.offset((tid + i * THREADS) * 16), [0; 4]);
+    while i < DENSE_BYTES / 16 / BLOCK_THREADS {
+        st_shared_v4_b32(dense.offset((tid + i * BLOCK_THREADS) * 16), [0; 4]);
         i += 1;
     }
 }
 
 /// # Safety
-/// Launched with `THREADS` threads, grid `(ceil(m/64), ceil(n/(8·NT)), splits)`,
+/// Launched with `BLOCK_THREADS` threads, grid `(ceil(m/256), ceil(n/(8·NT)), splits)`,
 /// `layout::spmm_smem_bytes(NT)` bytes of dynamic shared memory. `tile_offsets` / `words` form a Tiled-CSL
 /// matrix of `m × k` validated by the host (offsets non-decreasing multiples of 4, positions
 /// inside the matrix); `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`, `ldx ≥ k`, columns
@@ -132,20 +140,20 @@ pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
 ) {
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tile_row = block_idx_x() as usize;
-    let m0 = tile_row * TILE_M;
+    let m0 = tile_row * SPARSE_TILE_M;
     let n0 = block_idx_y() as usize * NT * 8;
     let (split, splits) = (block_idx_z() as usize, grid_dim_z() as usize);
     let tiles_k = k.div_ceil(TILE_K);
     let (kt_begin, kt_end) = split_range(tiles_k, split, splits);
     let tile = |kt: usize| TileWords::read(tile_offsets, tile_row * tiles_k + kt);
 
-    // Shared memory: dense[2] (64×64) | chunk slots[STAGES] | X tiles[STAGES] (N_TILE×64)
+    // Shared memory: dense[2] (256×64) | chunk slots[STAGES] | X tiles[STAGES] (N_TILE×64)
     let smem = dynamic_smem_base();
-    let dense = |kt: usize| smem.offset(((kt - kt_begin) % 2) * TILE_BYTES);
-    let chunk_slot = |step: usize| smem.offset(2 * TILE_BYTES + Pipeline::<STAGES>::stage(step) * CHUNK_BYTES);
+    let dense = |kt: usize| smem.offset(((kt - kt_begin) % 2) * DENSE_BYTES);
+    let chunk_slot = |step: usize| smem.offset(2 * DENSE_BYTES + Pipeline::<STAGES>::stage(step) * CHUNK_BYTES);
     let x_bytes = NT * 8 * ROW_BYTES;
     let x_tile = |kt: usize| {
-        smem.offset(2 * TILE_BYTES + STAGES * CHUNK_BYTES + ((kt - kt_begin) % STAGES) * x_bytes)
+        smem.offset(2 * DENSE_BYTES + STAGES * CHUNK_BYTES + ((kt - kt_begin) % STAGES) * x_bytes)
     };
 
     zero_tile(dense(kt_begin));
@@ -159,7 +167,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
             let src = words.add(t.start + p_chunk * CHUNK_WORDS);
             load_chunk_async(chunk_slot(p_step), src, t.chunk_len(p_chunk));
             if p_chunk == 0 {
-                load_tile_async(x_tile(p_kt), NT * 8, x, ldx, n, n0, k, p_kt * TILE_K);
+                load_tile_async(x_tile(p_kt), NT * 8, BLOCK_THREADS, x, ldx, n, n0, k, p_kt * TILE_K);
             }
             p_chunk += 1;
             if p_chunk == t.chunks() {

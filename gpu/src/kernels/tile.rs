@@ -3,7 +3,7 @@
 
 use crate::cp_async::{cp_async_16, cp_async_16_zfill};
 use crate::layout::{
-    frag_c_coord, ldmatrix_a_src, ldmatrix_b_src, swizzled_chunk_offset, THREADS, TILE_K,
+    frag_c_coord, ldmatrix_a_src, ldmatrix_b_src, swizzled_chunk_offset, TILE_K,
 };
 use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
 use crate::mma::{FragA, FragB, FragC, MmaElement};
@@ -19,12 +19,13 @@ use crate::thread::{lane_idx, thread_idx_x, warp_idx};
 /// `src` is a device allocation of at least `rows·ld` elements, 16-byte aligned, with
 /// `ld % 8 == 0`, `ld ≥ k`, and the columns `k..ld` of every row zero (so a chunk that starts
 /// before `k` may be copied whole). `dst` has `tile_rows · 128` bytes of dynamic shared memory.
-/// `tile_rows` is a compile-time constant at every call site (the loop unrolls).
+/// `tile_rows` and `threads` (the block size) are compile-time constants at every call site.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn load_tile_async(
     dst: SmemAddr,
     tile_rows: usize,
+    threads: usize,
     src: *const u16,
     ld: usize,
     rows: usize,
@@ -35,8 +36,8 @@ pub unsafe fn load_tile_async(
     let tid = thread_idx_x() as usize;
     let chunks = tile_rows * (TILE_K / 8);
     let mut i = 0;
-    while i < chunks.div_ceil(THREADS) {
-        let id = tid + i * THREADS;
+    while i < chunks.div_ceil(threads) {
+        let id = tid + i * threads;
         if id < chunks {
             let (r, c) = (id / 8, id % 8);
             let (gr, gk) = (row0 + r, k0 + c * 8);
@@ -51,7 +52,7 @@ pub unsafe fn load_tile_async(
     }
 }
 
-/// One warp's share of a 64×64 W tile times an `(8·NT)`×64 X tile:
+/// One warp's share of a block's (64·rt)×64 W tile times an `(8·NT)`×64 X tile:
 /// `acc[nt] += W[16·warp .. 16·warp+16, :] · X[8·nt .. 8·nt+8, :]ᵀ` as 4 k16 steps.
 /// Both tiles are swizzled (`layout::swizzled_chunk_offset`).
 ///

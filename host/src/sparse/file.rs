@@ -5,19 +5,27 @@
 //! | offset            | size             | field                                               |
 //! |-------------------|------------------|-----------------------------------------------------|
 //! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
-//! | 8                 | 4 (u32)          | version, = 1                                        |
+//! | 8                 | 4 (u32)          | version, = 2                                        |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags: bit 0 = words are bank-reordered; others 0   |
 //! | 14                | 2 (u16)          | reserved, = 0                                       |
 //! | 16                | 8 (u64)          | rows (M, out features), ≥ 1                         |
 //! | 24                | 8 (u64)          | cols (K, in features), ≥ 1                          |
-//! | 32                | 8 (u64)          | n_offsets = ceil(M/64)·ceil(K/64) + 1               |
-//! | 40                | 8 (u64)          | n_words (multiple of 4, ≤ 4096 · tiles)             |
+//! | 32                | 8 (u64)          | n_offsets = ceil(M/256)·ceil(K/64) + 1              |
+//! | 40                | 8 (u64)          | n_words (multiple of 4, ≤ 16384 · tiles)            |
 //! | 48                | 8 (u64)          | FNV-1a 64 of bytes 0..48                            |
 //! | 56                | 4 · n_offsets    | tile_offsets, u32 each                              |
 //! | 56 + 4·n_offsets  | 8 (u64)          | FNV-1a 64 of the tile_offsets bytes                 |
 //! | 64 + 4·n_offsets  | 4 · n_words      | words, u32 each (`pos << 16 \| value bits`)         |
 //! | end − 8           | 8 (u64)          | FNV-1a 64 of the words bytes                        |
+//!
+//! Tiles are 256 × 64 ([`TILE_M`] × [`TILE_K`]) and positions are `0..16384`, as described in
+//! the [module docs](super).
+//!
+//! Versions: 1 used 64 × 64 tiles (`n_offsets = ceil(M/64)·ceil(K/64) + 1`, positions
+//! `0..4096`); version 2 changed only the tile geometry to 256 × 64, so the byte layout is the
+//! same but the arrays mean something else. A version-1 file is rejected with a message saying
+//! so: re-encode the weight from its dense source (or convert by decoding with 64 × 64 tiles).
 //!
 //! Nothing may follow the last checksum. FNV-1a 64 (offset basis `0xcbf29ce484222325`, prime
 //! `0x100000001b3`) is not cryptographic, but it detects every change of a single byte: each
@@ -34,14 +42,18 @@
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
-use super::format::{tile_grid, validate_offsets, SparseWeight, TILE_ELEMS, WORDS_PER_LOAD};
+use super::format::{
+    tile_grid, validate_offsets, SparseWeight, TILE_ELEMS, TILE_K, TILE_M, WORDS_PER_LOAD,
+};
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 
 /// First 8 bytes of every sparse weight file.
 pub const MAGIC: [u8; 8] = *b"STCSPW\0\0";
-/// The file version this library writes and reads.
-pub const VERSION: u32 = 1;
+/// The file version this library writes and reads (2: 256 × 64 tiles).
+pub const VERSION: u32 = 2;
+/// The last version with 64 × 64 tiles; such files are rejected with an explanation.
+const VERSION_64X64_TILES: u32 = 1;
 /// Bytes of the fixed header, checksum included.
 pub const HEADER_BYTES: usize = 56;
 /// Bytes covered by the header checksum.
@@ -210,7 +222,9 @@ impl<T: Element> SparseWeight<T> {
 
     /// Reads and fully validates a weight written by [`save`](Self::save).
     ///
-    /// Errors: [`Error::Format`] for a wrong magic, unknown version, dtype different from `T`,
+    /// Errors: [`Error::Format`] for a wrong magic, a version other than [`VERSION`] (a
+    /// version-1 file, with 64×64 tiles, gets a message saying the tile geometry changed),
+    /// dtype different from `T`,
     /// checksum mismatch (naming the section), truncation, trailing bytes, or arrays that
     /// [`from_parts`](Self::from_parts) rejects; [`Error::Io`] if the reader fails.
     pub fn load<R: Read>(mut r: R) -> Result<Self> {
@@ -220,6 +234,13 @@ impl<T: Element> SparseWeight<T> {
             return Err(Error::Format("not a sparse weight file (bad magic)".into()));
         }
         let version = le_u32(&h, 8);
+        if version == VERSION_64X64_TILES {
+            return Err(Error::Format(format!(
+                "file version {version} uses 64×64 tiles, but the tile geometry changed to \
+                 {TILE_M}×{TILE_K} in version {VERSION}; re-encode the weight (this library \
+                 reads version {VERSION} only)"
+            )));
+        }
         if version != VERSION {
             return Err(Error::Format(format!(
                 "unsupported file version {version} (this library reads version {VERSION})"
@@ -324,8 +345,10 @@ mod tests {
 
     fn small_file() -> (SparseWeight<f16>, Vec<u8>) {
         let mut rng = Rng::new(7);
-        let dense = random_sparse::<f16>(&mut rng, 70, 90, 0.9);
-        let w = SparseWeight::from_dense(70, 90, &dense).unwrap();
+        // 2×2 tiles of 256×64, three of them partial; small enough for the exhaustive tests.
+        let dense = random_sparse::<f16>(&mut rng, 300, 90, 0.97);
+        let w = SparseWeight::from_dense(300, 90, &dense).unwrap();
+        assert_eq!(w.num_tiles(), 4);
         let mut bytes = Vec::new();
         w.save(&mut bytes).unwrap();
         (w, bytes)
@@ -353,13 +376,14 @@ mod tests {
         let n_words = w.words().len();
         assert_eq!(bytes.len(), HEADER_BYTES + 4 * n_off + 8 + 4 * n_words + 8);
         assert_eq!(&bytes[..8], b"STCSPW\0\0");
-        assert_eq!(le_u32(&bytes, 8), 1);
+        assert_eq!(le_u32(&bytes, 8), 2);
         assert_eq!(bytes[12], 0);
         assert_eq!(bytes[13], 0);
         assert_eq!(le_u16(&bytes, 14), 0);
-        assert_eq!(le_u64(&bytes, 16), 70);
+        assert_eq!(le_u64(&bytes, 16), 300);
         assert_eq!(le_u64(&bytes, 24), 90);
         assert_eq!(le_u64(&bytes, 32), n_off as u64);
+        assert_eq!(n_off, 300usize.div_ceil(256) * 90usize.div_ceil(64) + 1);
         assert_eq!(le_u64(&bytes, 40), n_words as u64);
         assert_eq!(le_u64(&bytes, 48), fnv1a64(&bytes[..48]));
         let off_end = HEADER_BYTES + 4 * n_off;
@@ -432,8 +456,8 @@ mod tests {
         b[0] = b'X';
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("magic"));
         let mut b = bytes.clone();
-        b[8] = 2;
-        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 2"));
+        b[8] = 3;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 3"));
         let mut b = bytes.clone();
         b[20] ^= 1;
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("header checksum"));
@@ -472,10 +496,40 @@ mod tests {
     }
 
     #[test]
+    fn version_1_files_are_rejected_as_old_tile_geometry() {
+        // A well-formed version-1 file (valid checksums) of a 64×64 weight: one 64×64 tile.
+        let (_, bytes) = small_file();
+        let mut b = raw_file(
+            Dtype::F16,
+            0,
+            64,
+            64,
+            &[0, 4],
+            &[crate::sparse::pack_word(0, 0x3c00); 4],
+            None,
+            None,
+        );
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let sum = fnv1a64(&b[..48]);
+        b[48..56].copy_from_slice(&sum.to_le_bytes());
+        for file in [&b[..], &b[..HEADER_BYTES]] {
+            let msg = format_err(SparseWeight::<f16>::load(file));
+            assert!(msg.contains("version 1"), "{msg}");
+            assert!(msg.contains("tile geometry changed"), "{msg}");
+            assert!(msg.contains("256×64"), "{msg}");
+        }
+        // Also a current file relabelled as version 1 (checksum not even looked at).
+        let mut b = bytes.clone();
+        b[8] = 1;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("tile geometry"));
+    }
+
+    #[test]
     fn huge_or_inconsistent_headers_fail_fast() {
-        // 2^31 × 2^31 with a consistent offsets count (2^50 + 1) and no body: must report
-        // truncation instead of trying to allocate petabytes.
-        let tiles = 1u64 << 50;
+        // 2^31 × 2^31 with a consistent offsets count (2^23 · 2^25 tiles of 256×64, + 1) and
+        // no body: must report truncation instead of trying to allocate petabytes.
+        let tiles = (1u64 << 31).div_ceil(256) * (1u64 << 31).div_ceil(64);
+        assert_eq!(tiles, 1 << 48);
         let b = raw_file(
             Dtype::F16,
             0,
@@ -491,9 +545,28 @@ mod tests {
         // Offsets count not implied by the dimensions.
         let b = raw_file(Dtype::F16, 0, 64, 64, &[0, 0], &[], Some(1 << 40), None);
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("tile offsets"));
-        // Too many words for the tile count.
-        let b = raw_file(Dtype::F16, 0, 64, 64, &[0, 0], &[], None, Some(4100));
-        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("words"));
+        // Too many words for the tile count: one 256×64 tile holds at most 16384.
+        let b = raw_file(Dtype::F16, 0, 256, 64, &[0, 0], &[], None, Some(16388));
+        let msg = format_err(SparseWeight::<f16>::load(&b[..]));
+        assert!(
+            msg.contains("16388 words") && msg.contains("up to 16384"),
+            "{msg}"
+        );
+        let b = raw_file(
+            Dtype::F16,
+            0,
+            300,
+            70,
+            &[0; 5],
+            &[],
+            None,
+            Some(4 * 16384 + 4),
+        );
+        let msg = format_err(SparseWeight::<f16>::load(&b[..]));
+        assert!(msg.contains("up to 65536"), "{msg}");
+        // 16384 words pass the header check (and then disagree with the offsets).
+        let b = raw_file(Dtype::F16, 0, 256, 64, &[0, 0], &[], None, Some(16384));
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("last tile offset"));
         // Zero rows, unknown flags, unknown dtype, overflowing dimensions.
         let b = raw_file(Dtype::F16, 0, 0, 64, &[0], &[], None, None);
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("1×1"));
@@ -523,8 +596,8 @@ mod tests {
     #[test]
     fn file_round_trip_on_disk() {
         let mut rng = Rng::new(99);
-        let dense = random_sparse::<bf16>(&mut rng, 130, 65, 0.7);
-        let mut w = SparseWeight::from_dense(130, 65, &dense).unwrap();
+        let dense = random_sparse::<bf16>(&mut rng, 300, 65, 0.7);
+        let mut w = SparseWeight::from_dense(300, 65, &dense).unwrap();
         w.reorder_for_banks();
         let dir = std::env::temp_dir().join(format!("sparse_tc_file_test_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -545,7 +618,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(32))]
         #[test]
         fn save_load_round_trip(
-            rows in 1usize..200, cols in 1usize..200, sparsity in 0.0f64..=1.0,
+            rows in 1usize..600, cols in 1usize..200, sparsity in 0.0f64..=1.0,
             seed: u64, reorder: bool,
         ) {
             let mut rng = Rng::new(seed);

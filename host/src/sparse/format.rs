@@ -5,44 +5,52 @@ use std::marker::PhantomData;
 
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
+use crate::layout;
 
-/// Rows of one tile (output features per thread block of the kernel).
-pub const TILE_M: usize = 64;
-/// Columns of one tile (reduction elements per pipeline stage of the kernel).
-pub const TILE_K: usize = 64;
-/// Elements of one tile; every word position is below this.
-pub const TILE_ELEMS: usize = TILE_M * TILE_K;
-/// The kernel consumes a tile's word list in chunks of this many words.
-pub const CHUNK_WORDS: usize = 2048;
+/// Rows of one tile: [`layout::SPARSE_TILE_M`] = 256, the rows of `W` one SpMM thread block
+/// rebuilds per pipeline step (4 row tiles of 64).
+pub const TILE_M: usize = layout::SPARSE_TILE_M;
+/// Columns of one tile (reduction elements per pipeline step of the kernel):
+/// [`layout::TILE_K`] = 64.
+pub const TILE_K: usize = layout::TILE_K;
+/// Elements of one tile, [`layout::SPARSE_TILE_ELEMS`] = 256 × 64 = 16384; every word
+/// position is below this.
+pub const TILE_ELEMS: usize = layout::SPARSE_TILE_ELEMS;
+/// The kernel consumes a tile's word list in chunks of this many words
+/// ([`layout::CHUNK_WORDS`]).
+pub const CHUNK_WORDS: usize = layout::CHUNK_WORDS;
 /// Words per 16-byte global load; every tile's list length is a multiple of this.
 pub const WORDS_PER_LOAD: usize = 4;
 
-/// Element index of tile-local entry `(r, c)` in the kernel's XOR-swizzled shared-memory tile.
+// The tile is `TILE_M × TILE_K`, and every position fits the 16-bit field of a word.
+const _: () = assert!(TILE_ELEMS == TILE_M * TILE_K);
+const _: () = assert!(TILE_ELEMS <= 1 << 16);
+// A full tile needs no padding, so a tile's list never exceeds `TILE_ELEMS` words.
+const _: () = assert!(TILE_ELEMS.is_multiple_of(WORDS_PER_LOAD));
+
+/// Element index of tile-local entry `(r, c)` in the kernel's XOR-swizzled shared-memory tile
+/// ([`layout::swizzled_pos`]).
 ///
 /// Row `r` of the tile occupies elements `64*r .. 64*r + 64`; its 16-byte chunk `c / 8`
 /// (8 halves) is stored at chunk `(c / 8) ^ (r % 8)`, which spreads the 8 rows that share
 /// a column chunk over all 8 chunk slots (conflict-free `ldmatrix`):
 ///
-/// `pos = r*64 + (((c/8) ^ (r%8)) * 8) + c%8`
+/// `pos = r*64 + (((c/8) ^ (r%8)) * 8) + c%8`, in `0..16384` for `r < 256`, `c < 64`.
 ///
-/// `r` and `c` must be below 64 (checked in debug builds; release builds use `r % 64`, `c % 64`).
+/// `r` must be below 256 and `c` below 64 (checked in debug builds; release builds use
+/// `r % 256`, `c % 64`).
 pub const fn swizzled_pos(r: usize, c: usize) -> u16 {
     debug_assert!(r < TILE_M && c < TILE_K);
-    let r = r % TILE_M;
-    let c = c % TILE_K;
-    (r * TILE_K + (((c / 8) ^ (r % 8)) * 8) + c % 8) as u16
+    layout::swizzled_pos(r % TILE_M, c % TILE_K) as u16
 }
 
-/// Inverse of [`swizzled_pos`]: the tile-local `(r, c)` stored at shared-memory element `pos`.
+/// Inverse of [`swizzled_pos`] ([`layout::unswizzle_pos`]): the tile-local `(r, c)` stored
+/// at shared-memory element `pos`.
 ///
-/// `pos` must be below 4096 (checked in debug builds; release builds use `pos % 4096`).
+/// `pos` must be below 16384 (checked in debug builds; release builds use `pos % 16384`).
 pub const fn unswizzle(pos: u16) -> (usize, usize) {
     debug_assert!((pos as usize) < TILE_ELEMS);
-    let pos = pos as usize % TILE_ELEMS;
-    let r = pos / TILE_K;
-    let chunk = (pos % TILE_K) / 8;
-    let c = ((chunk ^ (r % 8)) * 8) + pos % 8;
-    (r, c)
+    layout::unswizzle_pos(pos as usize % TILE_ELEMS)
 }
 
 /// One Tiled-CSL word: swizzled position in the high half, raw element bits in the low half.
@@ -273,8 +281,9 @@ impl<T: Element> SparseWeight<T> {
     ///
     /// Checks: `rows, cols >= 1` ([`Error::Shape`]); then, as [`Error::Format`]:
     /// `tile_offsets.len() == tiles_m * tiles_k + 1`, `tile_offsets[0] == 0`, non-decreasing,
-    /// every offset a multiple of 4, last offset `== words.len()`; every word's position is
-    /// below 4096 and decodes to an entry inside the matrix (edge tiles are partial); inside a
+    /// every offset a multiple of 4, last offset `== words.len()`; no tile has more than
+    /// [`TILE_ELEMS`] = 16384 words; every word's position is below 16384 (inside a 256×64
+    /// tile) and decodes to an entry inside the matrix (edge tiles are partial); inside a
     /// tile every position appears once, except exact duplicates of a word (padding), of
     /// which there are fewer than 4 per tile. Word order inside a tile is not checked (the
     /// kernel does not depend on it); `reordered` is recorded as given. Stored ±0 values are
@@ -329,7 +338,7 @@ impl<T: Element> SparseWeight<T> {
         self.nnz
     }
 
-    /// Tile rows: `ceil(rows / 64)`.
+    /// Tile rows: `ceil(rows / 256)`.
     pub fn tiles_m(&self) -> usize {
         self.rows.div_ceil(TILE_M)
     }
@@ -445,12 +454,20 @@ fn validate_tiles(
         let tile = &words[range[0] as usize..range[1] as usize];
         let (r0, c0) = ((t / tiles_k) * TILE_M, (t % tiles_k) * TILE_K);
         let (rn, cn) = (TILE_M.min(rows - r0), TILE_K.min(cols - c0));
+        // At most TILE_ELEMS distinct positions plus fewer than 4 padding words, and the
+        // length is a multiple of 4, so a valid tile never exceeds TILE_ELEMS words.
+        if tile.len() > TILE_ELEMS {
+            return Err(Error::Format(format!(
+                "tile {t} has {} words; a {TILE_M}×{TILE_K} tile holds at most {TILE_ELEMS}",
+                tile.len()
+            )));
+        }
         let mut distinct = 0usize;
         for (j, &w) in tile.iter().enumerate() {
             let pos = word_pos(w) as usize;
             if pos >= TILE_ELEMS {
                 return Err(Error::Format(format!(
-                    "tile {t}, word {j}: position {pos} is outside a 64×64 tile"
+                    "tile {t}, word {j}: position {pos} is outside a {TILE_M}×{TILE_K} tile"
                 )));
             }
             let (r, c) = unswizzle(pos as u16);
@@ -519,6 +536,15 @@ mod tests {
         assert_eq!(swizzled_pos(1, 0), 72);
         assert_eq!(swizzled_pos(3, 17), 192 + 8 + 1);
         assert_eq!(swizzled_pos(63, 63), 63 * 64 + 7);
+        // Rows past the old 64-row tile: same XOR pattern (r % 8), offset by 64 per row.
+        assert_eq!(swizzled_pos(64, 0), 4096);
+        assert_eq!(swizzled_pos(200, 9), 200 * 64 + 8 + 1);
+        assert_eq!(swizzled_pos(255, 63), 255 * 64 + 7);
+        assert_eq!(swizzled_pos(255, 0), 255 * 64 + 56);
+        assert_eq!(unswizzle(16383), (255, 7));
+        // 256 × 64 tile: positions 0..16384 use 14 of the 16 position bits.
+        assert_eq!((TILE_M, TILE_K, TILE_ELEMS), (256, 64, 16384));
+        assert!(TILE_ELEMS <= 1 << 14);
     }
 
     #[test]
@@ -526,9 +552,12 @@ mod tests {
         // The kernels take their constants and swizzle from `crate::layout` (shared with the
         // device crate); the packer must produce exactly what they decode.
         use crate::layout;
-        assert_eq!(TILE_M, layout::TILE_M);
+        assert_eq!(TILE_M, layout::SPARSE_TILE_M);
         assert_eq!(TILE_K, layout::TILE_K);
+        assert_eq!(TILE_ELEMS, layout::SPARSE_TILE_ELEMS);
         assert_eq!(CHUNK_WORDS, layout::CHUNK_WORDS);
+        // A sparse tile is a whole number of the kernel's 64-row tiles.
+        assert!(TILE_M.is_multiple_of(layout::TILE_M));
         assert_eq!(
             layout::THREADS % 32,
             0,
@@ -545,10 +574,12 @@ mod tests {
 
     #[test]
     fn words_pack_and_unpack() {
-        let w = pack_word(4095, 0xbeef);
-        assert_eq!(w, 0x0fff_beef);
-        assert_eq!(word_pos(w), 4095);
+        let w = pack_word(16383, 0xbeef);
+        assert_eq!(w, 0x3fff_beef);
+        assert_eq!(word_pos(w), 16383);
         assert_eq!(word_bits(w), 0xbeef);
+        let w = pack_word(swizzled_pos(255, 0), 0x3c00);
+        assert_eq!(unswizzle(word_pos(w)), (255, 0));
     }
 
     /// Checks the layout invariants against the dense source, including padding.
@@ -593,7 +624,17 @@ mod tests {
     #[test]
     fn extreme_sparsities_and_edge_shapes() {
         let mut rng = Rng::new(1);
-        for &(rows, cols) in &[(1, 1), (1, 200), (200, 1), (64, 64), (65, 63), (128, 129)] {
+        // Full 256×64 tiles, partial edge tiles in either direction, and several tile rows.
+        for &(rows, cols) in &[
+            (1, 1),
+            (1, 200),
+            (300, 1),
+            (64, 64),
+            (256, 64),
+            (257, 63),
+            (300, 70),
+            (512, 129),
+        ] {
             for &s in &[0.0, 0.5, 1.0] {
                 let dense = random_sparse::<f16>(&mut rng, rows, cols, s);
                 let w = SparseWeight::from_dense(rows, cols, &dense).unwrap();
@@ -613,16 +654,61 @@ mod tests {
 
     #[test]
     fn padding_of_a_single_entry() {
-        // 5 nonzeros in tile 0 → 8 words, the last three repeating entry 5; tile 1 empty.
-        let mut dense = vec![f16::ZERO; 64 * 70];
+        // 300×70: 2×2 tiles. 5 nonzeros in row 200 (inside tile 0, past the old 64-row tile)
+        // → 8 words, the last three repeating entry 5; tiles 1..3 empty.
+        let mut dense = vec![f16::ZERO; 300 * 70];
         for c in 0..5 {
-            dense[3 * 70 + 10 + c] = f16::from_f32(c as f32 + 1.0);
+            dense[200 * 70 + 10 + c] = f16::from_f32(c as f32 + 1.0);
         }
-        let w = SparseWeight::from_dense(64, 70, &dense).unwrap();
-        assert_eq!(w.tile_offsets(), &[0, 8, 8]);
-        let last = pack_word(swizzled_pos(3, 14), f16::from_f32(5.0).to_bits());
+        let w = SparseWeight::from_dense(300, 70, &dense).unwrap();
+        assert_eq!((w.tiles_m(), w.tiles_k()), (2, 2));
+        assert_eq!(w.tile_offsets(), &[0, 8, 8, 8, 8]);
+        let last = pack_word(swizzled_pos(200, 14), f16::from_f32(5.0).to_bits());
         assert_eq!(&w.words()[4..], &[last; 4]);
         assert_eq!(w.nnz(), 5);
+        assert_eq!(w.to_dense(), dense);
+    }
+
+    #[test]
+    fn fully_dense_tiles() {
+        // One full 256×64 tile: 16384 words, no padding, every position exactly once.
+        let mut rng = Rng::new(17);
+        let dense = random_sparse::<bf16>(&mut rng, 256, 64, 0.0);
+        let w = SparseWeight::from_dense(256, 64, &dense).unwrap();
+        assert_eq!(w.tile_offsets(), &[0, 16384]);
+        assert_eq!(w.nnz(), TILE_ELEMS);
+        let mut pos: Vec<u16> = w.words().iter().map(|&x| word_pos(x)).collect();
+        pos.sort_unstable();
+        assert!(pos.iter().enumerate().all(|(i, &p)| p as usize == i));
+        check_layout(&w, &dense);
+        assert_eq!(w.to_dense(), dense);
+        let back = SparseWeight::<bf16>::from_parts(
+            256,
+            64,
+            w.tile_offsets().to_vec(),
+            w.words().to_vec(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(back, w);
+        // A full tile plus one more 16-byte group is too long for any tile.
+        let mut words = w.words().to_vec();
+        words.extend_from_slice(&[words[0]; 4]);
+        match SparseWeight::<bf16>::from_parts(256, 64, vec![0, 16388], words, false) {
+            Err(Error::Format(m)) => assert!(m.contains("at most 16384"), "{m}"),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+
+        // Fully dense 300×70: full tile, 256×6, 44×64 and 44×6 edge tiles.
+        let dense = random_sparse::<f16>(&mut rng, 300, 70, 0.0);
+        let w = SparseWeight::from_dense(300, 70, &dense).unwrap();
+        let sizes = [256 * 64, 256 * 6, 44 * 64, 44 * 6];
+        let mut offsets = vec![0u32];
+        for s in sizes {
+            offsets.push(offsets.last().unwrap() + s as u32);
+        }
+        assert_eq!(w.tile_offsets(), &offsets[..]);
+        assert_eq!(w.nnz(), 300 * 70);
         assert_eq!(w.to_dense(), dense);
     }
 
@@ -662,7 +748,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn pack_unpack_round_trip(
-            rows in 1usize..200, cols in 1usize..200,
+            rows in 1usize..600, cols in 1usize..200,
             sparsity in prop_oneof![Just(0.0), Just(1.0), 0.0f64..=1.0], seed: u64,
         ) {
             let mut rng = Rng::new(seed);
@@ -738,7 +824,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
         fn from_parts_never_panics_on_mutated_parts(
-            rows in 1usize..140, cols in 1usize..140, sparsity in 0.5f64..=1.0, seed: u64,
+            rows in 1usize..400, cols in 1usize..140, sparsity in 0.5f64..=1.0, seed: u64,
             mutations in proptest::collection::vec((any::<usize>(), any::<u32>(), 0u8..4), 1..4),
         ) {
             // Start from valid parts and damage a few words or offsets: the result is either
@@ -752,10 +838,11 @@ mod tests {
                     0 if !words.is_empty() => { let i = at % words.len(); words[i] = value; }
                     1 if !words.is_empty() => {
                         let i = at % words.len();
-                        words[i] = (words[i] & 0xffff) | (value & 0x0fff_0000);
+                        // A position inside a 256×64 tile (maybe outside the matrix).
+                        words[i] = (words[i] & 0xffff) | (value & 0x3fff_0000);
                     }
                     2 => { let i = at % offsets.len(); offsets[i] = value % 64; }
-                    _ => { words.push(value & 0x0fff_ffff); }
+                    _ => { words.push(value & 0x3fff_ffff); }
                 }
             }
             if let Ok(v) = SparseWeight::<f16>::from_parts(rows, cols, offsets, words, false) {
@@ -814,26 +901,27 @@ mod tests {
         ));
     }
 
-    /// 70×70 weight (2×2 tiles, all partial except tile 0) with a few entries per tile.
+    /// 300×70 weight (2×2 tiles of 256×64: tile 0 full, tile 1 256×6, tile 2 44×64,
+    /// tile 3 44×6) with a few entries per tile.
     fn sample() -> (Vec<u32>, Vec<u32>) {
-        let mut dense = vec![f16::ZERO; 70 * 70];
+        let mut dense = vec![f16::ZERO; 300 * 70];
         for &(r, c) in &[
             (0, 0),
             (0, 1),
-            (5, 63),
+            (200, 63),
             (0, 64),
-            (69, 0),
-            (69, 69),
-            (66, 68),
+            (299, 0),
+            (299, 69),
+            (266, 68),
         ] {
             dense[r * 70 + c] = f16::from_f32((r + c) as f32 + 1.0);
         }
-        let w = SparseWeight::from_dense(70, 70, &dense).unwrap();
+        let w = SparseWeight::from_dense(300, 70, &dense).unwrap();
         (w.tile_offsets().to_vec(), w.words().to_vec())
     }
 
     fn parts_err(offsets: Vec<u32>, words: Vec<u32>) -> String {
-        match SparseWeight::<f16>::from_parts(70, 70, offsets, words, false) {
+        match SparseWeight::<f16>::from_parts(300, 70, offsets, words, false) {
             Err(Error::Format(m)) => m,
             other => panic!("expected a format error, got {other:?}"),
         }
@@ -843,7 +931,7 @@ mod tests {
     fn from_parts_accepts_valid_and_counts_distinct() {
         let (o, w) = sample();
         assert_eq!(o, [0, 4, 8, 12, 16]);
-        let sw = SparseWeight::<f16>::from_parts(70, 70, o.clone(), w.clone(), false).unwrap();
+        let sw = SparseWeight::<f16>::from_parts(300, 70, o.clone(), w.clone(), false).unwrap();
         assert_eq!(sw.nnz(), 7);
         // Any order inside a tile is accepted, and stored ±0 values count as entries.
         let mut w2 = w.clone();
@@ -851,9 +939,26 @@ mod tests {
         for x in &mut w2[4..8] {
             *x = pack_word(word_pos(*x), 0x8000);
         }
-        let sw = SparseWeight::<f16>::from_parts(70, 70, o, w2, true).unwrap();
+        let sw = SparseWeight::<f16>::from_parts(300, 70, o.clone(), w2, true).unwrap();
         assert_eq!(sw.nnz(), 7);
         assert!(sw.is_reordered());
+        // Positions at the far edges of each (partial) tile are inside the matrix: rows 64..256
+        // of full-height tiles, the last valid row / column of edge tiles.
+        for (at, r, c) in [
+            (0usize, 64usize, 0usize),
+            (0, 255, 63),
+            (4, 255, 5),
+            (8, 43, 63),
+            (12, 43, 0),
+            (12, 0, 5),
+        ] {
+            let mut ok = w.clone();
+            ok[at] = pack_word(swizzled_pos(r, c), 0x3c00);
+            let sw = SparseWeight::<f16>::from_parts(300, 70, o.clone(), ok, false)
+                .unwrap_or_else(|e| panic!("({r}, {c}) in word {at}: {e}"));
+            let (r0, c0) = sw.tile_origin(at / 4);
+            assert_eq!(sw.to_dense()[(r0 + r) * 70 + c0 + c], f16::ONE);
+        }
     }
 
     #[test]
@@ -861,7 +966,7 @@ mod tests {
         let (o, w) = sample();
         // Shape.
         assert!(matches!(
-            SparseWeight::<f16>::from_parts(0, 70, o.clone(), w.clone(), false),
+            SparseWeight::<f16>::from_parts(0, 300, o.clone(), w.clone(), false),
             Err(Error::Shape(_))
         ));
         // Offsets: length, first, decreasing, not multiple of 4, last != len.
@@ -870,25 +975,28 @@ mod tests {
         assert!(parts_err(vec![0, 8, 4, 12, 16], w.clone()).contains("decrease"));
         assert!(parts_err(vec![0, 2, 8, 12, 16], w.clone()).contains("multiple of 4"));
         assert!(parts_err(vec![0, 4, 8, 12, 12], w.clone()).contains("last tile offset"));
-        // Position >= 4096.
-        let mut bad = w.clone();
-        bad[0] = pack_word(4096, 0x3c00);
-        assert!(parts_err(o.clone(), bad).contains("outside a 64×64 tile"));
+        // Position >= 16384 (past the 256×64 tile; the old 64×64 limit 4096 is valid now).
+        for pos in [16384u16, 16385, 0xffff] {
+            let mut bad = w.clone();
+            bad[0] = pack_word(pos, 0x3c00);
+            let m = parts_err(o.clone(), bad);
+            assert!(m.contains("outside a 256×64 tile"), "{m}");
+        }
         // Entry outside the matrix in partial edge tiles: tile 1 (words 4..8) has 6 valid
-        // columns, tile 2 (words 8..12) 6 valid rows, tile 3 (words 12..16) both.
+        // columns, tile 2 (words 8..12) 44 valid rows, tile 3 (words 12..16) both.
         for (at, r, c) in [
             (4usize, 0usize, 6usize),
-            (8, 6, 0),
-            (12, 5, 6),
-            (12, 6, 5),
-            (12, 63, 63),
+            (4, 255, 63),
+            (8, 44, 0),
+            (8, 255, 0),
+            (12, 43, 6),
+            (12, 44, 5),
+            (12, 255, 63),
         ] {
             let mut bad = w.clone();
             bad[at] = pack_word(swizzled_pos(r, c), 0x3c00);
-            assert!(
-                parts_err(o.clone(), bad).contains("outside the 70×70"),
-                "({r}, {c})"
-            );
+            let m = parts_err(o.clone(), bad);
+            assert!(m.contains("outside the 300×70"), "({r}, {c}): {m}");
         }
         // Same position twice with different values.
         let mut bad = w.clone();

@@ -9,16 +9,21 @@
 //! # The format
 //!
 //! A weight `W` has `rows = M` (out features) and `cols = K` (in features), row-major. It is cut
-//! into tiles of [`TILE_M`] × [`TILE_K`] = 64 × 64 elements; tile `t = tm * tiles_k + tk` covers
-//! rows `64*tm ..` and columns `64*tk ..`. Edge tiles are partial: positions outside the matrix
-//! never appear.
+//! into tiles of [`TILE_M`] × [`TILE_K`] = 256 × 64 elements (the slice of `W` one SpMM thread
+//! block rebuilds per pipeline step; the constants come from the shared
+//! [`layout`](crate::layout) module: `SPARSE_TILE_M`, `TILE_K`). With
+//! `tiles_m = ceil(M / 256)` and `tiles_k = ceil(K / 64)`, tile `t = tm * tiles_k + tk` covers
+//! rows `256*tm ..` and columns `64*tk ..`. Edge tiles are partial: positions outside the
+//! matrix never appear.
 //!
 //! * `words`: every tile's nonzero entries, tile after tile. One entry is one `u32` word,
-//!   `(pos << 16) | value_bits`, where `pos` = [`swizzled_pos`]`(r, c)` is the element index of
-//!   tile-local entry `(r, c)` in the kernel's XOR-swizzled 64 × 64 shared-memory tile.
+//!   `(pos << 16) | value_bits`, where `pos` = [`swizzled_pos`]`(r, c)` =
+//!   `r*64 + ((c/8) ^ (r%8))*8 + c%8` is the element index of tile-local entry `(r, c)` in the
+//!   kernel's XOR-swizzled 256 × 64 shared-memory tile, so `pos < 16384` ([`TILE_ELEMS`]).
 //! * Each tile's list has a multiple of 4 words (the kernel loads 16 bytes at a time); it is
 //!   padded by repeating the tile's last real word (fewer than 4 padding words). Empty tiles
-//!   have no words.
+//!   have no words; a fully dense tile has exactly 16384 (no padding). The kernel consumes a
+//!   list in chunks of [`CHUNK_WORDS`] words.
 //! * `tile_offsets`: `tiles_m * tiles_k + 1` entries; tile `t` owns
 //!   `words[tile_offsets[t] .. tile_offsets[t + 1]]`.
 //!
