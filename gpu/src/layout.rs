@@ -38,9 +38,10 @@ pub const fn dense_smem_bytes(rt: usize, nt: usize) -> usize {
 
 /// Row tiles of 64 per dense-kernel block by default, per token tile (`nt` × 8 tokens).
 /// Taller blocks read each X tile once for more rows of W (X traffic from L2 is
-/// `N / (64·rt)` of the W bytes), at the price of more shared memory per block.
+/// `N / (64·rt)` of the W bytes), at the price of more shared memory per block; on the H100
+/// that pays from 32 tokens on (benches/linear.rs `--splits-sweep`).
 pub const fn dense_row_tiles(nt: usize) -> usize {
-    if nt <= 1 { 1 } else { 2 }
+    if nt <= 2 { 1 } else { 2 }
 }
 
 /// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).

@@ -78,19 +78,32 @@ pub(crate) fn n_tile_for(n: usize) -> usize {
     N_TILES.into_iter().find(|&t| t >= n).unwrap_or(64)
 }
 
-/// Split-K choice. Memory-bound kernels want every SM busy until the end: pick the smallest
-/// split count whose last wave of blocks is at least 90% full (`blocks / (waves · slots)`),
-/// else the fullest one, with each split keeping ≥ 4 K tiles for the pipeline to stream.
-pub(crate) fn plan_splits(output_blocks: usize, k_tiles: usize, slots: usize) -> usize {
+/// Split-K choice from the number of output blocks, the K tiles, the SM count and the
+/// resident blocks per SM (`slots` = SMs × occupancy). Measured on an H100
+/// (`benches/linear.rs --splits-sweep`):
+/// - the dense kernel is bandwidth-bound: two resident blocks per SM already saturate HBM,
+///   and extra splits cost partial-sum traffic and pipeline warm-up, so it takes the fewest
+///   splits that give every SM two blocks, unless that leaves a short last wave (< 80% full);
+/// - the sparse kernel is latency-bound (a block's steps are serial), so an idle SM in the
+///   last wave costs its full share: it takes the fewest splits that fill waves ≥ 90%.
+///
+/// Each split keeps at least 4 K tiles for the pipeline to stream.
+pub(crate) fn plan_splits(blocks: usize, k_tiles: usize, sms: usize, slots: usize, latency_bound: bool) -> usize {
     let max_splits = (k_tiles / 4).clamp(1, 32);
     let fill = |s: usize| {
-        let blocks = output_blocks * s;
-        blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
+        let b = blocks * s;
+        b as f64 / (b.div_ceil(slots) * slots) as f64
     };
-    if let Some(s) = (1..=max_splits).find(|&s| fill(s) >= 0.9) {
-        return s;
-    }
-    (1..=max_splits).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1)
+    let good = |s: usize| {
+        if latency_bound {
+            fill(s) >= 0.9
+        } else {
+            blocks * s >= 2 * sms && (blocks * s <= slots || fill(s) >= 0.8)
+        }
+    };
+    (1..=max_splits)
+        .find(|&s| good(s))
+        .unwrap_or_else(|| (1..=max_splits).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1))
 }
 
 impl Gpu {
@@ -164,7 +177,9 @@ impl Gpu {
                     .max_active_blocks_per_multiprocessor(BlockSize::x(threads), smem as usize)
                     .map_err(|e| Error::driver("occupancy query", e))?
                     .max(1) as usize;
-                plan_splits(grid.0 * grid.1, k_tiles, per_sm * self.sm_count as usize)
+                let sms = self.sm_count as usize;
+                let latency_bound = matches!(w.operand(), Operand::Sparse(_));
+                plan_splits(grid.0 * grid.1, k_tiles, sms, per_sm * sms, latency_bound)
             }
         };
         let partial = self.workspace_ptr(if splits > 1 { splits * n * m } else { 0 })?;
@@ -261,16 +276,24 @@ mod tests {
     }
 
     #[test]
-    fn splits_fill_the_last_wave() {
-        // 576 row tiles on 792 slots: one split leaves the GPU 27% idle; 4 splits fill 97%.
-        assert_eq!(plan_splits(576, 144, 792), 4);
-        // Plenty of blocks: no split.
-        assert_eq!(plan_splits(5000, 144, 528), 1);
+    fn dense_splits_give_each_sm_two_blocks_without_a_short_last_wave() {
+        // 576 blocks fit the 660 slots at once and cover 132 SMs twice: no split.
+        assert_eq!(plan_splits(576, 144, 132, 660, false), 1);
+        // 144 blocks: two splits.
+        assert_eq!(plan_splits(144, 576, 132, 792, false), 2);
+        // 288 blocks on 264 slots leave a 9% last wave; 3 splits fill 82%.
+        assert_eq!(plan_splits(288, 144, 132, 264, false), 3);
         // Too few K tiles to split.
-        assert_eq!(plan_splits(1, 3, 528), 1);
-        for (blocks, kt, slots) in [(1, 1000, 528), (7, 8, 100), (300, 64, 792)] {
-            let s = plan_splits(blocks, kt, slots);
-            assert!(s >= 1 && s <= (kt / 4).max(1));
+        assert_eq!(plan_splits(1, 3, 132, 264, false), 1);
+    }
+
+    #[test]
+    fn sparse_splits_fill_waves() {
+        // 144 blocks on 264 slots: 5 splits fill 720/792 = 91%.
+        assert_eq!(plan_splits(144, 144, 132, 264, true), 5);
+        for (blocks, kt) in [(1, 1000), (7, 8), (300, 64)] {
+            let s = plan_splits(blocks, kt, 132, 264, true);
+            assert!(s >= 1 && s <= (kt / 4).clamp(1, 32));
         }
     }
 }
