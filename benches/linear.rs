@@ -3,16 +3,18 @@
 //! ```text
 //! cargo bench --bench linear -- [--shapes 36864x9216,...] [--n 1,8,16,32,64]
 //!     [--sparsity 0.5,0.7,0.8,0.9] [--reps 100] [--dtype f16|bf16] [--csv out.csv]
-//!     [--no-sparse] [--splits-sweep]
+//!     [--no-sparse] [--tune]
 //! ```
 //! Every kernel of a case is timed in the same loop (round-robin, so clock drift hits all
 //! alike), each launch between two events, after warm-up; the median is reported. Weights
 //! smaller than 3× the L2 cache are rotated among several copies so no run is served from
 //! L2. Every timed result is checked against cuBLAS; a mismatch is reported as FAIL.
+//! `--tune` also times every compiled block shape and several split counts (the data behind
+//! the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`).
 
 use half::{bf16, f16};
 use sparse_tc::cublas::{self, Cublas};
-use sparse_tc::{DeviceMatrix, DeviceSparseWeight, Dtype, Element, Gpu, LinearOptions, SparseWeight};
+use sparse_tc::{BlockShape, DeviceMatrix, DeviceSparseWeight, Dtype, Element, Gpu, LinearOptions, SparseWeight};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Instant;
@@ -28,7 +30,7 @@ struct Args {
     reps: usize,
     dtype: Dtype,
     csv: Option<String>,
-    splits_sweep: bool,
+    tune: bool,
 }
 
 fn parse_args() -> Args {
@@ -39,7 +41,7 @@ fn parse_args() -> Args {
         reps: 100,
         dtype: Dtype::F16,
         csv: None,
-        splits_sweep: false,
+        tune: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,8 +68,8 @@ fn parse_args() -> Args {
                 i += 1;
                 continue;
             }
-            "--splits-sweep" => {
-                a.splits_sweep = true;
+            "--tune" => {
+                a.tune = true;
                 i += 1;
                 continue;
             }
@@ -164,8 +166,8 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
 
 enum Kernel<'a, T: Element> {
     Cublas(&'a DeviceMatrix<T>),
-    Dense(&'a DeviceMatrix<T>, Option<usize>, Option<usize>),
-    Sparse(&'a DeviceSparseWeight<T>),
+    Dense(&'a DeviceMatrix<T>, LinearOptions),
+    Sparse(&'a DeviceSparseWeight<T>, LinearOptions),
 }
 
 fn launch<T: Element>(gpu: &Gpu, cb: &Cublas, k: &Kernel<T>, x: &DeviceMatrix<T>, y: &mut DeviceMatrix<T>) {
@@ -174,8 +176,8 @@ fn launch<T: Element>(gpu: &Gpu, cb: &Cublas, k: &Kernel<T>, x: &DeviceMatrix<T>
             cb.linear(T::DTYPE, w.rows(), x.rows(), w.cols(), w.device_ptr(), w.ld(), x.device_ptr(), x.ld(), y.device_ptr(), y.ld())
                 .unwrap()
         },
-        Kernel::Dense(w, s, rt) => gpu.linear_into(x, *w, y, LinearOptions { splits: *s, row_tiles: *rt }).unwrap(),
-        Kernel::Sparse(w) => gpu.linear_into(x, *w, y, LinearOptions::default()).unwrap(),
+        Kernel::Dense(w, o) => gpu.linear_into(x, *w, y, *o).unwrap(),
+        Kernel::Sparse(w, o) => gpu.linear_into(x, *w, y, *o).unwrap(),
     }
 }
 
@@ -189,8 +191,8 @@ fn time_case<T: Element>(
 ) -> Vec<Timed> {
     let n = x.rows();
     let m = match &kernels[0].1[0] {
-        Kernel::Cublas(w) | Kernel::Dense(w, _, _) => w.rows(),
-        Kernel::Sparse(w) => w.rows(),
+        Kernel::Cublas(w) | Kernel::Dense(w, _) => w.rows(),
+        Kernel::Sparse(w, _) => w.rows(),
     };
     let mut ys: Vec<DeviceMatrix<T>> = kernels.iter().map(|_| gpu.zeros(n, m).unwrap()).collect();
     // Warm-up (module load, cuBLAS heuristics, clocks).
@@ -284,19 +286,36 @@ fn run<T: Element>(args: &Args) {
                 let io_bytes = (n * k + n * m) * 2;
                 let mut kernels: Vec<(String, Vec<Kernel<T>>, usize)> = vec![
                     ("cublas".into(), w_dense.iter().map(Kernel::Cublas).collect(), dense_bytes + io_bytes),
-                    ("dense".into(), w_dense.iter().map(|w| Kernel::Dense(w, None, None)).collect(), dense_bytes + io_bytes),
+                    ("dense".into(), w_dense.iter().map(|w| Kernel::Dense(w, LinearOptions::default())).collect(), dense_bytes + io_bytes),
                 ];
-                if args.splits_sweep && sparsity == 0.0 {
-                    for rt in [1, 2] {
-                        for s in [1, 2, 3, 4, 6, 8] {
-                            let name = format!("dense_r{rt}s{s}");
-                            kernels.push((name, w_dense.iter().map(|w| Kernel::Dense(w, Some(s), Some(rt))).collect(), dense_bytes + io_bytes));
+                let k_tiles = k.div_ceil(64);
+                let tune_splits = [None, Some(1), Some(2), Some(3), Some(4), Some(6), Some(8)];
+                if args.tune && sparsity == 0.0 {
+                    for (row_tiles, warp_m_tiles) in sparse_tc::layout::DENSE_CONFIGS {
+                        for s in tune_splits.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles)) {
+                            let name = format!("dense_r{row_tiles}m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
+                            let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles, warp_m_tiles }) };
+                            kernels.push((name, w_dense.iter().map(|w| Kernel::Dense(w, o)).collect(), dense_bytes + io_bytes));
                         }
                     }
                 }
                 if let Some((plain, reord, bytes, _)) = &sparse {
-                    kernels.push(("sparse_plain".into(), plain.iter().map(Kernel::Sparse).collect(), bytes + io_bytes));
-                    kernels.push(("sparse".into(), reord.iter().map(Kernel::Sparse).collect(), bytes + io_bytes));
+                    let d = LinearOptions::default();
+                    kernels.push(("sparse_plain".into(), plain.iter().map(|w| Kernel::Sparse(w, d)).collect(), bytes + io_bytes));
+                    kernels.push(("sparse".into(), reord.iter().map(|w| Kernel::Sparse(w, d)).collect(), bytes + io_bytes));
+                    if args.tune {
+                        let n_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+                        for warp_m_tiles in sparse_tc::layout::SPMM_CONFIGS {
+                            if n_tile / 8 > sparse_tc::layout::spmm_max_nt(warp_m_tiles) {
+                                continue;
+                            }
+                            for s in tune_splits.into_iter().chain([Some(12), Some(16)]).filter(|s| s.is_none_or(|s| s <= k_tiles)) {
+                                let name = format!("sparse_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
+                                let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }) };
+                                kernels.push((name, reord.iter().map(|w| Kernel::Sparse(w, o)).collect(), bytes + io_bytes));
+                            }
+                        }
+                    }
                 }
                 let results = time_case(&gpu, &cb, &kernels, &x, args.reps);
                 let base = results[0].median();

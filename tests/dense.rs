@@ -6,10 +6,11 @@ use common::{assert_close, gpu, poison, random, Rng};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sparse_tc::{Element, Error, Gpu, LinearOptions};
+use sparse_tc::layout::DENSE_CONFIGS;
+use sparse_tc::{BlockShape, Element, Error, Gpu, LinearOptions};
 
 /// Runs one dense case: poisoned output, optional forced split count, checked element-wise.
-fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Option<usize>, row_tiles: Option<usize>, seed: u64) {
+fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Option<usize>, block: Option<BlockShape>, seed: u64) {
     let mut rng = Rng::new(seed);
     let w: Vec<T> = random(&mut rng, m * k);
     let x: Vec<T> = random(&mut rng, n * k);
@@ -19,17 +20,20 @@ fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Optio
     gpu.fill(&mut y, poison()).unwrap();
     let k_tiles = k.div_ceil(64);
     let splits = splits.map(|s| s.min(k_tiles));
-    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, row_tiles }).unwrap();
+    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, block }).unwrap();
     let got = gpu.download(&y).unwrap();
     assert_close(&got, &x, &w, n, m, k);
 }
 
-type Case = (usize, usize, usize, Option<usize>, Option<usize>, u64);
+type Case = (usize, usize, usize, Option<usize>, Option<BlockShape>, u64);
 
-/// (m, k, n, splits, row tiles, seed), N = 1 often, forced split counts and block heights.
+/// (m, k, n, splits, block shape, seed): N = 1 often, forced split counts, every compiled
+/// block shape.
 fn shapes() -> impl Strategy<Value = Case> {
     let splits = prop_oneof![Just(None), (1usize..5).prop_map(Some)];
-    let rt = prop_oneof![Just(None), Just(Some(1)), Just(Some(2))];
+    let rt = (0..=DENSE_CONFIGS.len()).prop_map(|i| {
+        DENSE_CONFIGS.get(i).map(|&(row_tiles, warp_m_tiles)| BlockShape { row_tiles, warp_m_tiles })
+    });
     (1usize..300, 1usize..400, prop_oneof![Just(1usize), 1usize..80], splits, rt, any::<u64>())
 }
 
@@ -111,8 +115,9 @@ fn dense_rejects_bad_shapes_and_options() {
         // 100 columns = 2 K tiles
         assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { splits: Some(s), ..Default::default() }), Err(Error::InvalidArgument(_))));
     }
-    for rt in [0, 3] {
-        assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { row_tiles: Some(rt), ..Default::default() }), Err(Error::InvalidArgument(_))));
+    for (row_tiles, warp_m_tiles) in [(0, 1), (3, 1), (1, 2), (4, 4)] {
+        let block = Some(BlockShape { row_tiles, warp_m_tiles });
+        assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { block, ..Default::default() }), Err(Error::InvalidArgument(_))));
     }
     assert!(matches!(gpu.upload::<f16>(0, 5, &[]), Err(Error::Shape(_))));
     assert!(matches!(gpu.upload(2, 5, &[f16::ZERO; 9]), Err(Error::Shape(_))));

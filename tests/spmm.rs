@@ -7,7 +7,7 @@ use common::{assert_close, gpu, poison, random, Rng};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sparse_tc::{cpu, Element, Error, Gpu, LinearOptions, SparseWeight};
+use sparse_tc::{cpu, BlockShape, Element, Error, Gpu, LinearOptions, SparseWeight};
 
 /// Random weight where each entry survives with probability `1 - sparsity`.
 fn sparse_random<T: Element>(rng: &mut Rng, m: usize, k: usize, sparsity: f64) -> Vec<T> {
@@ -23,6 +23,13 @@ fn sparse_random<T: Element>(rng: &mut Rng, m: usize, k: usize, sparsity: f64) -
 /// Runs the sparse kernel (plain and bank-reordered) on a poisoned output and checks it
 /// against the reference, the CPU SpMM and the dense kernel.
 fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>) {
+    check_with(gpu, w, m, k, x, n, splits, None)
+}
+
+/// As [`check`] with a forced warp height (m16 tiles per warp).
+#[allow(clippy::too_many_arguments)]
+fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>, warp_m_tiles: Option<usize>) {
+    let block = warp_m_tiles.map(|warp_m_tiles| BlockShape { row_tiles: 4, warp_m_tiles });
     let mut sw = SparseWeight::from_dense(m, k, w).unwrap();
     let dx = gpu.upload(n, k, x).unwrap();
     let dense = gpu.download(&gpu.linear(&dx, &gpu.upload(m, k, w).unwrap()).unwrap()).unwrap();
@@ -35,7 +42,7 @@ fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, 
         let mut y = gpu.zeros::<T>(n, m).unwrap();
         gpu.fill(&mut y, poison()).unwrap();
         let splits = splits.map(|s| s.min(k.div_ceil(64)));
-        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, ..Default::default() }).unwrap();
+        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, block }).unwrap();
         let got = gpu.download(&y).unwrap();
         assert_close(&got, x, w, n, m, k);
         assert_close(&cpu_y, x, w, n, m, k);
@@ -54,13 +61,17 @@ fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, 
 fn spmm_matches_reference_on_random_shapes_and_sparsities() {
     let Some(gpu) = gpu("spmm_matches_reference_on_random_shapes_and_sparsities") else { return };
     let sparsity = prop_oneof![Just(0.0), Just(0.5), Just(0.7), Just(0.8), Just(0.9), Just(0.99), Just(1.0), 0.0f64..1.0];
-    let strategy = (1usize..300, 1usize..400, prop_oneof![Just(1usize), 1usize..130], sparsity, prop_oneof![Just(None), (1usize..5).prop_map(Some)], any::<u64>());
+    let splits = prop_oneof![Just(None), (1usize..5).prop_map(Some)];
+    let warp_m = prop_oneof![Just(None), Just(Some(1)), Just(Some(2)), Just(Some(4))];
+    let strategy = (1usize..600, 1usize..400, prop_oneof![Just(1usize), 1usize..130], sparsity, splits, warp_m, any::<u64>());
     TestRunner::new(Config { cases: common::cases(64), ..Config::default() })
-        .run(&strategy, |(m, k, n, s, splits, seed)| {
+        .run(&strategy, |(m, k, n, s, splits, warp_m, seed)| {
             let mut rng = Rng::new(seed);
             let w: Vec<f16> = sparse_random(&mut rng, m, k, s);
             let x: Vec<f16> = random(&mut rng, n * k);
-            check(&gpu, &w, m, k, &x, n, splits);
+            // 4 m16 tiles per warp are compiled up to 32 tokens only
+            let warp_m = warp_m.filter(|&mt| mt < 4 || n <= 32);
+            check_with(&gpu, &w, m, k, &x, n, splits, warp_m);
             Ok(())
         })
         .unwrap();
@@ -103,7 +114,9 @@ fn spmm_non_uniform_density() {
     w[(m - 1) * k + k - 1] = f16::from_f32(2.0);
     let x: Vec<f16> = random(&mut rng, n * k);
     for splits in [None, Some(1), Some(2), Some(6)] {
-        check(&gpu, &w, m, k, &x, n, splits);
+        for warp_m in [None, Some(1), Some(2), Some(4)] {
+            check_with(&gpu, &w, m, k, &x, n, splits, warp_m);
+        }
     }
 }
 
@@ -146,4 +159,10 @@ fn spmm_rejects_shape_mismatch() {
     let dw = gpu.upload_sparse(&sw).unwrap();
     let x = gpu.zeros::<f16>(3, 21).unwrap();
     assert!(matches!(gpu.linear(&x, &dw), Err(Error::Shape(_))));
+    let x = gpu.zeros::<f16>(40, 20).unwrap();
+    for (row_tiles, warp_m_tiles) in [(1, 1), (4, 3), (4, 4)] {
+        // (4, 4) is compiled only up to 32 tokens
+        let block = Some(BlockShape { row_tiles, warp_m_tiles });
+        assert!(matches!(gpu.linear_with(&x, &dw, LinearOptions { block, ..Default::default() }), Err(Error::InvalidArgument(_))));
+    }
 }

@@ -36,12 +36,35 @@ pub const fn dense_smem_bytes(rt: usize, nt: usize) -> usize {
     STAGES * (rt * TILE_BYTES + nt * 8 * ROW_BYTES)
 }
 
-/// Row tiles of 64 per dense-kernel block by default, per token tile (`nt` × 8 tokens).
-/// Taller blocks read each X tile once for more rows of W (X traffic from L2 is
-/// `N / (64·rt)` of the W bytes), at the price of more shared memory per block; on the H100
-/// that pays from 32 tokens on (benches/linear.rs `--splits-sweep`).
-pub const fn dense_row_tiles(nt: usize) -> usize {
-    if nt <= 2 { 1 } else { 2 }
+/// Dense-kernel block shapes compiled into the PTX, as (row tiles of 64 per block, m16
+/// tiles per warp): a block has `64·rt` rows and `4·rt/mt` warps. Taller blocks read each X
+/// tile once for more rows of W (X traffic from L2 is `N / (64·rt)` of the W bytes); warps
+/// with more rows reuse each B fragment for `mt` MMAs (less shared-memory traffic).
+pub const DENSE_CONFIGS: [(usize, usize); 4] = [(1, 1), (2, 1), (2, 2), (4, 2)];
+
+/// The dense block shape used by default for `nt` token tiles of 8 (tuned on an H100 with
+/// `benches/linear.rs --tune`).
+pub const fn dense_default_config(nt: usize) -> (usize, usize) {
+    match nt {
+        1 => (1, 1),
+        2 => (1, 1),
+        _ => (2, 2),
+    }
+}
+
+/// SpMM warp heights compiled into the PTX (m16 tiles per warp; `16/mt` warps per block),
+/// for token tiles up to `spmm_max_nt(mt)`.
+pub const SPMM_CONFIGS: [usize; 3] = [1, 2, 4];
+
+/// Largest token-tile count compiled for SpMM warp height `mt` (accumulators must fit in
+/// registers: `mt · nt · 4` floats per thread).
+pub const fn spmm_max_nt(mt: usize) -> usize {
+    if mt >= 4 { 4 } else { 8 }
+}
+
+/// The SpMM warp height used by default for `nt` token tiles of 8.
+pub const fn spmm_default_mt(nt: usize) -> usize {
+    if nt <= 2 { 4 } else { 2 }
 }
 
 /// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).

@@ -41,7 +41,7 @@ pub mod layout;
 pub use element::{Dtype, Element};
 pub use error::{Error, Result};
 pub use gpu::Gpu;
-pub use linear::{LinearOptions, LinearWeight};
+pub use linear::{BlockShape, LinearOptions, LinearWeight};
 pub use matrix::{DeviceMatrix, DeviceSparseWeight};
 pub use sparse::SparseWeight;
 

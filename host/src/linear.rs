@@ -4,7 +4,10 @@
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::layout::{dense_row_tiles, dense_smem_bytes, spmm_smem_bytes, SPMM_ROW_TILES, THREADS, TILE_K, TILE_M};
+use crate::layout::{
+    dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_smem_bytes, DENSE_CONFIGS, SPMM_CONFIGS,
+    SPMM_ROW_TILES, TILE_K, TILE_M,
+};
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
 use cust::memory::DeviceBuffer;
@@ -16,9 +19,21 @@ pub struct LinearOptions {
     /// Number of K splits; `None` chooses from the shape and the SM count. Values above the
     /// number of 64-wide K tiles are refused.
     pub splits: Option<usize>,
-    /// Dense kernel only: rows of W per block in units of 64 (1 or 2); `None` takes the tuned
-    /// default for the token count. A tuning knob for benchmarks; results are identical.
-    pub row_tiles: Option<usize>,
+    /// Block shape; `None` takes the tuned default for the kernel and token count. A tuning
+    /// knob for benchmarks: every shape computes the same result.
+    pub block: Option<BlockShape>,
+}
+
+/// The shape of a thread block: `64·row_tiles` rows of W, warps of `16·warp_m_tiles` rows
+/// (`128·row_tiles/warp_m_tiles` threads). The dense kernel is compiled for
+/// `layout::DENSE_CONFIGS`; the sparse one has `row_tiles = 4` (the format's 256-row tiles)
+/// and `warp_m_tiles` in `layout::SPMM_CONFIGS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockShape {
+    /// Rows of W per block, in units of 64.
+    pub row_tiles: usize,
+    /// Rows of W per warp, in units of 16.
+    pub warp_m_tiles: usize,
 }
 
 /// A weight `W[out_features × in_features]` that [`Gpu::linear`] accepts: a dense
@@ -150,18 +165,29 @@ impl Gpu {
         let n_tile = n_tile_for(n);
         let nt = n_tile / 8;
         let dt = T::DTYPE.name();
-        let (name, rt, smem) = match w.operand() {
+        let (name, block, smem) = match w.operand() {
             Operand::Dense(_) => {
-                let rt = match opts.row_tiles {
-                    None => dense_row_tiles(nt),
-                    Some(rt @ (1 | 2)) => rt,
-                    Some(rt) => return Err(Error::InvalidArgument(format!("row_tiles = {rt}: must be 1 or 2"))),
-                };
-                (format!("dense_linear_{dt}_n{n_tile}_r{rt}"), rt, dense_smem_bytes(rt, nt) as u32)
+                let (rt, mt) = dense_default_config(nt);
+                let b = opts.block.unwrap_or(BlockShape { row_tiles: rt, warp_m_tiles: mt });
+                if !DENSE_CONFIGS.contains(&(b.row_tiles, b.warp_m_tiles)) {
+                    return Err(Error::InvalidArgument(format!("dense block {b:?}: compiled shapes are {DENSE_CONFIGS:?}")));
+                }
+                let name = format!("dense_linear_{dt}_n{n_tile}_r{}_m{}", b.row_tiles, b.warp_m_tiles);
+                (name, b, dense_smem_bytes(b.row_tiles, nt) as u32)
             }
-            Operand::Sparse(_) => (format!("spmm_linear_{dt}_n{n_tile}"), SPMM_ROW_TILES, spmm_smem_bytes(nt) as u32),
+            Operand::Sparse(_) => {
+                let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: spmm_default_mt(nt) });
+                let mt = b.warp_m_tiles;
+                if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
+                    return Err(Error::InvalidArgument(format!(
+                        "sparse block {b:?} for {n_tile} tokens: row_tiles must be {SPMM_ROW_TILES}, warp_m_tiles one of {SPMM_CONFIGS:?} (4 only up to 32 tokens)"
+                    )));
+                }
+                (format!("spmm_linear_{dt}_n{n_tile}_m{mt}"), b, spmm_smem_bytes(nt) as u32)
+            }
         };
-        let threads = (THREADS * rt) as u32;
+        let rt = block.row_tiles;
+        let threads = (128 * rt / block.warp_m_tiles) as u32;
         let func = self.function(&name, smem)?;
         let k_tiles = k.div_ceil(TILE_K);
         let grid = (m.div_ceil(TILE_M * rt), n.div_ceil(n_tile));

@@ -8,8 +8,8 @@
 //! `ldmatrix` + `mma.sync.m16n8k16` on them.
 //!
 //! # Thread mapping
-//! 128·RT threads = 4·RT warps; warp w computes W rows `16w..16w+16` of the block against all
-//! N_TILE tokens (`NT` accumulator fragments of 16×8).
+//! `4·RT/MT` warps; warp w computes W rows `16·MT·w .. 16·MT·(w+1)` of the block against all
+//! N_TILE tokens (`MT × NT` accumulator fragments of 16×8).
 //!
 //! # Split-K
 //! Grid z splits K into contiguous ranges; with more than one split the blocks write f32
@@ -17,7 +17,7 @@
 
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async;
-use crate::layout::{ROW_BYTES, STAGES, THREADS, TILE_BYTES, TILE_K, TILE_M};
+use crate::layout::{ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
 use crate::shared::dynamic_smem_base;
@@ -25,20 +25,20 @@ use crate::thread::{block_idx_x, block_idx_y, block_idx_z, grid_dim_z};
 
 
 /// # Safety
-/// Launched with `THREADS·RT` threads, grid `(ceil(m/(64·RT)), ceil(n/(8·NT)), splits)`,
+/// Launched with `128·RT/MT` threads, grid `(ceil(m/(64·RT)), ceil(n/(8·NT)), splits)`,
 /// `layout::dense_smem_bytes(RT, NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
 /// (16-byte aligned, `ld % 8 == 0`, `ld ≥ k`, columns `k..ld` zero), `y` is `n × ldy`
 /// (`ldy ≥ m`), `partial` has `splits·n·m` f32 when `splits > 1`; `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const NT: usize>(
+pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, const NT: usize>(
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
     partial: *mut f32, m: u32, n: u32, k: u32,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
     let m0 = block_idx_x() as usize * RT * TILE_M;
-    let threads = RT * THREADS;
+    let threads = RT * TILE_M / (16 * MT) * 32;
     let n0 = block_idx_y() as usize * NT * 8;
     let (split, splits) = (block_idx_z() as usize, grid_dim_z() as usize);
     let (kt_begin, kt_end) = split_range(k.div_ceil(TILE_K), split, splits);
@@ -66,7 +66,7 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const NT: usize>(
         step += 1;
     }
 
-    let mut acc = [FragC::default(); NT]; // NT × (16×8 f32)
+    let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
     let mut i = 0;
     while i < steps {
         Pipeline::<STAGES>::consumer_wait();
@@ -75,11 +75,11 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const NT: usize>(
         }
         Pipeline::<STAGES>::producer_commit();
         let s = Pipeline::<STAGES>::stage(i);
-        warp_mma_tile::<E, NT>(w_tile(s), x_tile(s), &mut acc);
+        warp_mma_tile::<E, MT, NT>(w_tile(s), x_tile(s), &mut acc);
         i += 1;
     }
     cp_async::wait_group::<0>();
 
     let out = Epilogue { y, ldy: ldy as usize, partial, m, n, split, splits };
-    out.store::<E, NT>(&acc, m0, n0);
+    out.store::<E, MT, NT>(&acc, m0, n0);
 }

@@ -16,7 +16,7 @@ pub mod tile;
 use crate::mma::{Bf16, F16};
 
 macro_rules! dense_entries {
-    ($($name:ident: $elem:ty, $rt:literal, $nt:literal;)*) => {$(
+    ($($name:ident: $elem:ty, $rt:literal, $mt:literal, $nt:literal;)*) => {$(
         /// Dense `Y = X · Wᵀ` (see [`dense::dense_linear`]).
         ///
         /// # Safety
@@ -26,13 +26,13 @@ macro_rules! dense_entries {
             w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
             partial: *mut f32, m: u32, n: u32, k: u32,
         ) {
-            dense::dense_linear::<$elem, $rt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
+            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
         }
     )*};
 }
 
 macro_rules! spmm_entries {
-    ($($name:ident: $elem:ty, $nt:literal;)*) => {$(
+    ($($name:ident: $elem:ty, $mt:literal, $nt:literal;)*) => {$(
         /// Sparse `Y = X · Wᵀ` on Tiled-CSL weights (see [`spmm::spmm_linear`]).
         ///
         /// # Safety
@@ -42,7 +42,9 @@ macro_rules! spmm_entries {
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
             y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
         ) {
-            spmm::spmm_linear::<$elem, $nt>(tile_offsets, words, x, ldx, y, ldy, partial, m, n, k);
+            spmm::spmm_linear::<$elem, $mt, $nt, { spmm::block_threads($mt) }>(
+                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k,
+            );
         }
     )*};
 }
@@ -63,33 +65,63 @@ macro_rules! reduce_entries {
 }
 
 dense_entries! {
-    dense_linear_f16_n8_r1: F16, 1, 1;
-    dense_linear_f16_n16_r1: F16, 1, 2;
-    dense_linear_f16_n32_r1: F16, 1, 4;
-    dense_linear_f16_n64_r1: F16, 1, 8;
-    dense_linear_f16_n8_r2: F16, 2, 1;
-    dense_linear_f16_n16_r2: F16, 2, 2;
-    dense_linear_f16_n32_r2: F16, 2, 4;
-    dense_linear_f16_n64_r2: F16, 2, 8;
-    dense_linear_bf16_n8_r1: Bf16, 1, 1;
-    dense_linear_bf16_n16_r1: Bf16, 1, 2;
-    dense_linear_bf16_n32_r1: Bf16, 1, 4;
-    dense_linear_bf16_n64_r1: Bf16, 1, 8;
-    dense_linear_bf16_n8_r2: Bf16, 2, 1;
-    dense_linear_bf16_n16_r2: Bf16, 2, 2;
-    dense_linear_bf16_n32_r2: Bf16, 2, 4;
-    dense_linear_bf16_n64_r2: Bf16, 2, 8;
+    dense_linear_f16_n8_r1_m1: F16, 1, 1, 1;
+    dense_linear_f16_n16_r1_m1: F16, 1, 1, 2;
+    dense_linear_f16_n32_r1_m1: F16, 1, 1, 4;
+    dense_linear_f16_n64_r1_m1: F16, 1, 1, 8;
+    dense_linear_f16_n8_r2_m1: F16, 2, 1, 1;
+    dense_linear_f16_n16_r2_m1: F16, 2, 1, 2;
+    dense_linear_f16_n32_r2_m1: F16, 2, 1, 4;
+    dense_linear_f16_n64_r2_m1: F16, 2, 1, 8;
+    dense_linear_f16_n8_r2_m2: F16, 2, 2, 1;
+    dense_linear_f16_n16_r2_m2: F16, 2, 2, 2;
+    dense_linear_f16_n32_r2_m2: F16, 2, 2, 4;
+    dense_linear_f16_n64_r2_m2: F16, 2, 2, 8;
+    dense_linear_f16_n8_r4_m2: F16, 4, 2, 1;
+    dense_linear_f16_n16_r4_m2: F16, 4, 2, 2;
+    dense_linear_f16_n32_r4_m2: F16, 4, 2, 4;
+    dense_linear_f16_n64_r4_m2: F16, 4, 2, 8;
+    dense_linear_bf16_n8_r1_m1: Bf16, 1, 1, 1;
+    dense_linear_bf16_n16_r1_m1: Bf16, 1, 1, 2;
+    dense_linear_bf16_n32_r1_m1: Bf16, 1, 1, 4;
+    dense_linear_bf16_n64_r1_m1: Bf16, 1, 1, 8;
+    dense_linear_bf16_n8_r2_m1: Bf16, 2, 1, 1;
+    dense_linear_bf16_n16_r2_m1: Bf16, 2, 1, 2;
+    dense_linear_bf16_n32_r2_m1: Bf16, 2, 1, 4;
+    dense_linear_bf16_n64_r2_m1: Bf16, 2, 1, 8;
+    dense_linear_bf16_n8_r2_m2: Bf16, 2, 2, 1;
+    dense_linear_bf16_n16_r2_m2: Bf16, 2, 2, 2;
+    dense_linear_bf16_n32_r2_m2: Bf16, 2, 2, 4;
+    dense_linear_bf16_n64_r2_m2: Bf16, 2, 2, 8;
+    dense_linear_bf16_n8_r4_m2: Bf16, 4, 2, 1;
+    dense_linear_bf16_n16_r4_m2: Bf16, 4, 2, 2;
+    dense_linear_bf16_n32_r4_m2: Bf16, 4, 2, 4;
+    dense_linear_bf16_n64_r4_m2: Bf16, 4, 2, 8;
 }
 
 spmm_entries! {
-    spmm_linear_f16_n8: F16, 1;
-    spmm_linear_f16_n16: F16, 2;
-    spmm_linear_f16_n32: F16, 4;
-    spmm_linear_f16_n64: F16, 8;
-    spmm_linear_bf16_n8: Bf16, 1;
-    spmm_linear_bf16_n16: Bf16, 2;
-    spmm_linear_bf16_n32: Bf16, 4;
-    spmm_linear_bf16_n64: Bf16, 8;
+    spmm_linear_f16_n8_m1: F16, 1, 1;
+    spmm_linear_f16_n16_m1: F16, 1, 2;
+    spmm_linear_f16_n32_m1: F16, 1, 4;
+    spmm_linear_f16_n64_m1: F16, 1, 8;
+    spmm_linear_f16_n8_m2: F16, 2, 1;
+    spmm_linear_f16_n16_m2: F16, 2, 2;
+    spmm_linear_f16_n32_m2: F16, 2, 4;
+    spmm_linear_f16_n64_m2: F16, 2, 8;
+    spmm_linear_f16_n8_m4: F16, 4, 1;
+    spmm_linear_f16_n16_m4: F16, 4, 2;
+    spmm_linear_f16_n32_m4: F16, 4, 4;
+    spmm_linear_bf16_n8_m1: Bf16, 1, 1;
+    spmm_linear_bf16_n16_m1: Bf16, 1, 2;
+    spmm_linear_bf16_n32_m1: Bf16, 1, 4;
+    spmm_linear_bf16_n64_m1: Bf16, 1, 8;
+    spmm_linear_bf16_n8_m2: Bf16, 2, 1;
+    spmm_linear_bf16_n16_m2: Bf16, 2, 2;
+    spmm_linear_bf16_n32_m2: Bf16, 2, 4;
+    spmm_linear_bf16_n64_m2: Bf16, 2, 8;
+    spmm_linear_bf16_n8_m4: Bf16, 4, 1;
+    spmm_linear_bf16_n16_m4: Bf16, 4, 2;
+    spmm_linear_bf16_n32_m4: Bf16, 4, 4;
 }
 
 reduce_entries! {

@@ -2,10 +2,10 @@
 //! (after Flash-LLM, Xia et al., VLDB 2024).
 //!
 //! # Format
-//! W is cut into `SPARSE_TILE_M`×64 = 256×64 tiles (row-major over tiles). Tile t's nonzeros are the 32-bit words
-//! `words[tile_offsets[t] .. tile_offsets[t+1]]`, each `pos << 16 | value_bits`, where `pos`
-//! is the element's index in the *swizzled* shared tile (`layout::swizzled_pos`). Lists are
-//! padded to 4 words by repeating a real word.
+//! W is cut into `SPARSE_TILE_M`×64 = 256×64 tiles (row-major over tiles). Tile t's nonzeros
+//! are the 32-bit words `words[tile_offsets[t] .. tile_offsets[t+1]]`, each
+//! `pos << 16 | value_bits`, where `pos` is the element's index in the *swizzled* shared tile
+//! (`layout::swizzled_pos`). Lists are padded to 4 words by repeating a real word.
 //!
 //! # Pipeline
 //! The unit of the `STAGES`-deep `cp.async` pipeline is a *chunk*: up to `CHUNK_WORDS` words
@@ -13,26 +13,28 @@
 //! density from 0 to 100% is handled (Flash-LLM stages a tile in registers sized for 50%
 //! density and corrupts denser tiles). The first chunk of a tile also brings the tile's X
 //! tile into a separate `STAGES`-deep ring. Per chunk, after the barrier:
-//! 1. the producer issues the chunk `STAGES-1` ahead (global → shared, 16-byte `cp.async`);
-//! 2. every thread scatters its ≤ 16 words of the current chunk into the dense W tile;
-//! 3. after a tile's last chunk: barrier, zero the *other* dense buffer (the next tile's),
-//!    and run the same `ldmatrix` + `mma.sync` code as the dense kernel.
+//! 1. the dense buffer of the previous tile (its MMAs are finished: barrier) is cleared for
+//!    reuse — by writing zeros back at the positions each thread scattered, when that tile
+//!    was one chunk (the thread kept its words in registers), else by zeroing it whole;
+//! 2. the producer issues the chunk `STAGES-1` ahead (global → shared, 16-byte `cp.async`);
+//! 3. every thread scatters its words of the current chunk into the tile's dense buffer;
+//! 4. after a tile's last chunk: barrier, then `ldmatrix` + `mma.sync` exactly as the dense
+//!    kernel does.
 //!
-//! Compared with Flash-LLM's register staging, the words wait in shared memory, so the
-//! prefetch depth (`STAGES` chunks) does not cost registers and is the same for every density.
+//! The words wait in shared memory rather than registers (Flash-LLM's choice), so the
+//! prefetch depth (`STAGES` chunks) costs no registers and is the same for every density.
 //!
 //! # Thread mapping
-//! `BLOCK_THREADS` = 512 threads (16 warps). Scatter: thread t handles the 16-byte groups
-//! `t + 512·i` of a chunk, so a warp's 32 stores of one instruction are the words
-//! `4·(32·(16i + w) + lane) + s`, i.e. one residue class mod 4 of an aligned 128-word block;
-//! the host's bank-aware reordering arranges each such set to hit distinct banks. MMA: as the
-//! dense kernel (warp w owns W rows `16w..16w+16` of the 256-row tile).
+//! `16/MT` warps, warp w owning W rows `16·MT·w ..` of the 256-row tile. Scatter: thread t
+//! handles the 16-byte groups `t + threads·i` of a chunk, so a warp's 32 stores of one
+//! instruction are one residue class mod 4 of an aligned 128-word block of the list; the
+//! host's bank-aware reordering arranges each such set to hit distinct banks.
 
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async::{self, cp_async_16};
 use crate::layout::{
-    CHUNK_WORDS, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, THREADS,
-    TILE_BYTES, TILE_K,
+    CHUNK_WORDS, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
+    TILE_K,
 };
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
@@ -42,11 +44,17 @@ use crate::thread::{block_idx_x, block_idx_y, block_idx_z, grid_dim_z, thread_id
 
 /// Bytes of one chunk slot.
 pub const CHUNK_BYTES: usize = CHUNK_WORDS * 4;
-/// Threads per block: 16 warps, 16 rows of the 256-row tile each.
-pub const BLOCK_THREADS: usize = SPMM_ROW_TILES * THREADS;
 /// Bytes of one dense `SPARSE_TILE_M`×64 W tile in shared memory.
 const DENSE_BYTES: usize = SPMM_ROW_TILES * TILE_BYTES;
+/// Capacity for the 16-byte groups of one chunk a thread handles: 4 at 128 threads; sized
+/// to `unroll!`'s limit so constant indices never exceed it (unused entries are dead code
+/// and take no registers).
+const MAX_GROUPS: usize = 8;
 
+/// Threads of a block whose warps own `16·mt` rows each.
+pub const fn block_threads(mt: usize) -> usize {
+    SPARSE_TILE_M / (16 * mt) * 32
+}
 
 /// The word range of one tile.
 #[derive(Clone, Copy)]
@@ -78,66 +86,88 @@ impl TileWords {
     }
 }
 
+/// One thread's share of a chunk, kept in registers after the scatter so the same positions
+/// can be zeroed again once the tile's MMAs are done.
+struct Scattered {
+    words: [[u32; 4]; MAX_GROUPS],
+    len: usize,
+}
+
 /// Copies `len` words (a multiple of 4) from `src` into a chunk slot.
 #[inline(always)]
-unsafe fn load_chunk_async(slot: SmemAddr, src: *const u32, len: usize) {
+unsafe fn load_chunk_async<const THREADS: usize>(slot: SmemAddr, src: *const u32, len: usize) {
     let tid = thread_idx_x() as usize;
-    let mut i = 0;
-    while i < CHUNK_WORDS / 4 / BLOCK_THREADS {
-        let g = tid + i * BLOCK_THREADS;
+    unroll!(i in 0..CHUNK_WORDS / 4 / THREADS => {
+        let g = tid + i * THREADS;
         if 4 * g < len {
             cp_async_16(slot.offset(g * 16), src.add(4 * g) as *const u8);
         }
-        i += 1;
-    }
+    });
 }
 
-/// Writes the `len` words of a chunk slot into the dense tile at `dense`. Positions are
-/// masked to the tile (`% SPARSE_TILE_ELEMS`, a power of two): the host validates them, the
-/// mask keeps even a corrupted word inside this block's own tile.
+/// Writes `value` (the word's own value, or 0) at the dense-tile position of each word.
+/// Positions are reduced modulo the tile (a power of two): the host validates them, the mask
+/// keeps even a corrupted word inside this block's own tile.
 #[inline(always)]
-unsafe fn scatter_chunk(slot: SmemAddr, len: usize, dense: SmemAddr) {
+unsafe fn store_words(dense: SmemAddr, words: [u32; 4], zero: bool) {
+    unroll!(s in 0..4 => {
+        let pos = (words[s] >> 16) as usize % SPARSE_TILE_ELEMS;
+        st_shared_b16(dense.offset(pos * 2), if zero { 0 } else { words[s] as u16 });
+    });
+}
+
+/// Scatters this thread's groups of a chunk slot (`len` words) into the dense tile and
+/// returns them.
+#[inline(always)]
+unsafe fn scatter_chunk<const THREADS: usize>(slot: SmemAddr, len: usize, dense: SmemAddr) -> Scattered {
     let tid = thread_idx_x() as usize;
-    let mut i = 0;
-    while i < CHUNK_WORDS / 4 / BLOCK_THREADS {
-        let g = tid + i * BLOCK_THREADS;
+    let mut kept = Scattered { words: [[0; 4]; MAX_GROUPS], len };
+    unroll!(i in 0..CHUNK_WORDS / 4 / THREADS => {
+        let g = tid + i * THREADS;
         if 4 * g < len {
-            let words = ld_shared_v4_b32(slot.offset(g * 16));
-            let mut s = 0;
-            while s < 4 {
-                let pos = (words[s] >> 16) as usize % SPARSE_TILE_ELEMS;
-                st_shared_b16(dense.offset(pos * 2), words[s] as u16);
-                s += 1;
-            }
+            kept.words[i] = ld_shared_v4_b32(slot.offset(g * 16));
+            store_words(dense, kept.words[i], false);
         }
-        i += 1;
-    }
+    });
+    kept
 }
 
-/// Zeroes a dense `SPARSE_TILE_M`×64 tile (each thread 4 × 16 bytes).
+/// Undoes [`scatter_chunk`]: zeros at the same positions.
 #[inline(always)]
-unsafe fn zero_tile(dense: SmemAddr) {
+unsafe fn unscatter_chunk<const THREADS: usize>(kept: &Scattered, dense: SmemAddr) {
+    let tid = thread_idx_x() as usize;
+    unroll!(i in 0..CHUNK_WORDS / 4 / THREADS => {
+        if 4 * (tid + i * THREADS) < kept.len {
+            store_words(dense, kept.words[i], true);
+        }
+    });
+}
+
+/// Zeroes a whole dense `SPARSE_TILE_M`×64 tile.
+#[inline(always)]
+unsafe fn zero_tile<const THREADS: usize>(dense: SmemAddr) {
     let tid = thread_idx_x() as usize;
     let mut i = 0;
-    while i < DENSE_BYTES / 16 / BLOCK_THREADS {
-        st_shared_v4_b32(dense.offset((tid + i * BLOCK_THREADS) * 16), [0; 4]);
+    while i < DENSE_BYTES / 16 / THREADS {
+        st_shared_v4_b32(dense.offset((tid + i * THREADS) * 16), [0; 4]);
         i += 1;
     }
 }
 
 /// # Safety
-/// Launched with `BLOCK_THREADS` threads, grid `(ceil(m/256), ceil(n/(8·NT)), splits)`,
-/// `layout::spmm_smem_bytes(NT)` bytes of dynamic shared memory. `tile_offsets` / `words` form a Tiled-CSL
-/// matrix of `m × k` validated by the host (offsets non-decreasing multiples of 4, positions
-/// inside the matrix); `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`, `ldx ≥ k`, columns
-/// `k..ldx` zero); `y` is `n × ldy` (`ldy ≥ m`); `partial` has `splits·n·m` f32 when
-/// `splits > 1`; `m, n, k ≥ 1`.
+/// Launched with `block_threads(MT)` threads, grid `(ceil(m/256), ceil(n/(8·NT)), splits)`,
+/// `layout::spmm_smem_bytes(NT)` bytes of dynamic shared memory. `tile_offsets` / `words`
+/// form a Tiled-CSL matrix of `m × k` validated by the host (offsets non-decreasing multiples
+/// of 4, positions inside the matrix); `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`,
+/// `ldx ≥ k`, columns `k..ldx` zero); `y` is `n × ldy` (`ldy ≥ m`); `partial` has
+/// `splits·n·m` f32 when `splits > 1`; `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
+pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const THREADS: usize>(
     tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32, y: *mut u16,
     ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
 ) {
+    const { assert!(THREADS == block_threads(MT) && CHUNK_WORDS / 4 / THREADS <= MAX_GROUPS) };
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tile_row = block_idx_x() as usize;
     let m0 = tile_row * SPARSE_TILE_M;
@@ -156,8 +186,8 @@ pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
         smem.offset(2 * DENSE_BYTES + STAGES * CHUNK_BYTES + ((kt - kt_begin) % STAGES) * x_bytes)
     };
 
-    zero_tile(dense(kt_begin));
-    zero_tile(dense(kt_begin + 1));
+    zero_tile::<THREADS>(dense(kt_begin));
+    zero_tile::<THREADS>(dense(kt_begin + 1));
 
     // Producer cursor: the chunk `p_chunk` of tile `p_kt` is pipeline step `p_step`.
     let (mut p_kt, mut p_chunk, mut p_step) = (kt_begin, 0usize, 0usize);
@@ -165,9 +195,9 @@ pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
         if p_kt < kt_end {
             let t = tile(p_kt);
             let src = words.add(t.start + p_chunk * CHUNK_WORDS);
-            load_chunk_async(chunk_slot(p_step), src, t.chunk_len(p_chunk));
+            load_chunk_async::<THREADS>(chunk_slot(p_step), src, t.chunk_len(p_chunk));
             if p_chunk == 0 {
-                load_tile_async(x_tile(p_kt), NT * 8, BLOCK_THREADS, x, ldx, n, n0, k, p_kt * TILE_K);
+                load_tile_async(x_tile(p_kt), NT * 8, THREADS, x, ldx, n, n0, k, p_kt * TILE_K);
             }
             p_chunk += 1;
             if p_chunk == t.chunks() {
@@ -185,19 +215,30 @@ pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
         s += 1;
     }
 
-    let mut acc = [FragC::default(); NT]; // NT × (16×8 f32)
+    let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
     let (mut c_kt, mut c_chunk, mut c_step) = (kt_begin, 0usize, 0usize);
+    // The dense buffer of the last finished tile still holds its values; cleared after the
+    // next barrier. `kept` is this thread's share of that tile when it was a single chunk.
+    let mut dirty: Option<(usize, bool)> = None; // (tile, single chunk)
+    let mut kept = Scattered { words: [[0; 4]; MAX_GROUPS], len: 0 };
     while c_kt < kt_end {
         Pipeline::<STAGES>::consumer_wait();
+        if let Some((kt, single)) = dirty.take() {
+            if single {
+                unscatter_chunk::<THREADS>(&kept, dense(kt));
+            } else {
+                zero_tile::<THREADS>(dense(kt));
+            }
+        }
         issue_next();
         let t = tile(c_kt);
-        scatter_chunk(chunk_slot(c_step), t.chunk_len(c_chunk), dense(c_kt));
+        kept = scatter_chunk::<THREADS>(chunk_slot(c_step), t.chunk_len(c_chunk), dense(c_kt));
         c_step += 1;
         c_chunk += 1;
         if c_chunk == t.chunks() {
             bar_sync(); // the dense tile is complete
-            zero_tile(dense(c_kt + 1));
-            warp_mma_tile::<E, NT>(dense(c_kt), x_tile(c_kt), &mut acc);
+            warp_mma_tile::<E, MT, NT>(dense(c_kt), x_tile(c_kt), &mut acc);
+            dirty = Some((c_kt, t.chunks() == 1));
             c_kt += 1;
             c_chunk = 0;
         }
@@ -205,5 +246,5 @@ pub unsafe fn spmm_linear<E: MmaElement, const NT: usize>(
     cp_async::wait_group::<0>();
 
     let out = Epilogue { y, ldy: ldy as usize, partial, m, n, split, splits };
-    out.store::<E, NT>(&acc, m0, n0);
+    out.store::<E, MT, NT>(&acc, m0, n0);
 }

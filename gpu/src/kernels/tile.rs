@@ -52,39 +52,48 @@ pub unsafe fn load_tile_async(
     }
 }
 
-/// One warp's share of a block's (64·rt)×64 W tile times an `(8·NT)`×64 X tile:
-/// `acc[nt] += W[16·warp .. 16·warp+16, :] · X[8·nt .. 8·nt+8, :]ᵀ` as 4 k16 steps.
+/// One warp's share of a block's W tile times an `(8·NT)`×64 X tile. The warp owns `16·MT`
+/// rows starting at `16·MT·warp` and computes, as 4 k16 steps,
+/// `acc[mt][nt] += W[rows of m-tile mt, :] · X[8·nt .. 8·nt+8, :]ᵀ`.
+/// The B fragments of a k step are loaded once and reused by all `MT` m-tiles, so a warp
+/// with more rows reads the X tile from shared memory fewer times per row of W.
 /// Both tiles are swizzled (`layout::swizzled_chunk_offset`).
 ///
 /// # Safety
 /// All threads of the warp call it together; both tiles are complete and visible (barrier).
 #[inline(always)]
-pub unsafe fn warp_mma_tile<E: MmaElement, const NT: usize>(
+pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     w_tile: SmemAddr,
     x_tile: SmemAddr,
-    acc: &mut [FragC; NT],
+    acc: &mut [[FragC; NT]; MT],
 ) {
     const { assert!(NT == 1 || (NT % 2 == 0 && NT <= 8)) };
+    const { assert!(MT >= 1 && MT <= 4) };
     let lane = lane_idx() as usize;
-    let warp_row0 = warp_idx() as usize * 16;
+    let warp_row0 = warp_idx() as usize * 16 * MT;
     unroll!(kk in 0..4 => {
-        // A: 16 rows × 16 k of W  (16×16)
-        let (ar, ac) = ldmatrix_a_src(lane, warp_row0, kk);
-        let a = FragA(ldmatrix_x4(w_tile.offset(swizzled_chunk_offset(ar, ac))));
+        // B: 8·NT tokens × 16 k of X (NT × 16×8)
+        let mut b = [FragB::default(); NT];
         if NT == 1 {
-            // B: 8 tokens × 16 k of X, lanes 0–15 supply addresses (16×8)
+            // lanes 0–15 supply the addresses of ldmatrix.x2
             let (br, bc) = ldmatrix_b_src(lane % 16, 0, kk);
-            let b = FragB(ldmatrix_x2(x_tile.offset(swizzled_chunk_offset(br, bc))));
-            E::mma_m16n8k16(&mut acc[0], &a, &b);
+            b[0] = FragB(ldmatrix_x2(x_tile.offset(swizzled_chunk_offset(br, bc))));
         } else {
             unroll!(pair in 0..NT / 2 => {
-                // B for n-tiles 2·pair and 2·pair+1 (2 × 16×8)
                 let (br, bc) = ldmatrix_b_src(lane, 2 * pair, kk);
                 let [b0, b1, b2, b3] = ldmatrix_x4(x_tile.offset(swizzled_chunk_offset(br, bc)));
-                E::mma_m16n8k16(&mut acc[2 * pair], &a, &FragB([b0, b1]));
-                E::mma_m16n8k16(&mut acc[2 * pair + 1], &a, &FragB([b2, b3]));
+                b[2 * pair] = FragB([b0, b1]);
+                b[2 * pair + 1] = FragB([b2, b3]);
             });
         }
+        unroll!(mt in 0..MT => {
+            // A: 16 rows × 16 k of W (16×16)
+            let (ar, ac) = ldmatrix_a_src(lane, warp_row0 + 16 * mt, kk);
+            let a = FragA(ldmatrix_x4(w_tile.offset(swizzled_chunk_offset(ar, ac))));
+            unroll!(nt in 0..NT => {
+                E::mma_m16n8k16(&mut acc[mt][nt], &a, &b[nt]);
+            });
+        });
     });
 }
 
@@ -107,27 +116,34 @@ pub struct Epilogue {
 }
 
 impl Epilogue {
-    /// Stores one warp's accumulators for W rows `m0 + 16·warp ..` and tokens `n0 ..`,
+    /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..`,
     /// dropping elements outside `m × n`.
     ///
     /// # Safety
     /// `y` / `partial` are allocations of the sizes documented on the fields.
     #[inline(always)]
-    pub unsafe fn store<E: MmaElement, const NT: usize>(&self, acc: &[FragC; NT], m0: usize, n0: usize) {
+    pub unsafe fn store<E: MmaElement, const MT: usize, const NT: usize>(
+        &self,
+        acc: &[[FragC; NT]; MT],
+        m0: usize,
+        n0: usize,
+    ) {
         let lane = lane_idx() as usize;
-        let row0 = m0 + warp_idx() as usize * 16;
-        unroll!(nt in 0..NT => {
-            unroll!(i in 0..4 => {
-                let (r, c) = frag_c_coord(lane, i);
-                let (gm, gn) = (row0 + r, n0 + nt * 8 + c);
-                if gm < self.m && gn < self.n {
-                    let v = acc[nt].0[i];
-                    if self.splits == 1 {
-                        *self.y.add(gn * self.ldy + gm) = E::from_f32(v);
-                    } else {
-                        *self.partial.add((self.split * self.n + gn) * self.m + gm) = v;
+        let warp_row0 = m0 + warp_idx() as usize * 16 * MT;
+        unroll!(mt in 0..MT => {
+            unroll!(nt in 0..NT => {
+                unroll!(i in 0..4 => {
+                    let (r, c) = frag_c_coord(lane, i);
+                    let (gm, gn) = (warp_row0 + 16 * mt + r, n0 + nt * 8 + c);
+                    if gm < self.m && gn < self.n {
+                        let v = acc[mt][nt].0[i];
+                        if self.splits == 1 {
+                            *self.y.add(gn * self.ldy + gm) = E::from_f32(v);
+                        } else {
+                            *self.partial.add((self.split * self.n + gn) * self.m + gm) = v;
+                        }
                     }
-                }
+                });
             });
         });
     }
