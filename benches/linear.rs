@@ -1,139 +1,198 @@
-//! Benchmark: our dense and sparse `linear` against cuBLAS, on one stream, with CUDA events.
+//! Benchmark suite: cuBLAS vs our dense and sparse `linear`, against the memory roofline.
 //!
 //! ```text
+//! cargo bench --bench linear                      # the default sweep (see `Args::default`)
 //! cargo bench --bench linear -- [--shapes 36864x9216,...] [--n 1,8,16,32,64]
-//!     [--sparsity 0.5,0.7,0.8,0.9] [--reps 100] [--dtype f16|bf16] [--csv out.csv]
-//!     [--no-sparse] [--tune]
+//!     [--sparsity 0.5,0.7,0.8,0.9] [--rows-pattern 0.8|none] [--reps 100] [--dtype f16|bf16]
+//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|all]
 //! ```
-//! Every kernel of a case is timed in the same loop (round-robin, so clock drift hits all
-//! alike), each launch between two events, after warm-up; the median is reported. Weights
-//! smaller than 3× the L2 cache are rotated among several copies so no run is served from
-//! L2. Every timed result is checked against cuBLAS; a mismatch is reported as FAIL.
-//! `--tune` also times every compiled block shape and several split counts (the data behind
-//! the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`).
+//! Method, in one process and on one stream:
+//! - every kernel of a case is timed in the same loop, round-robin (clock drift hits all
+//!   alike), each launch between two CUDA events, after warm-up; median, p10 and p90 of
+//!   `--reps` launches (≥ 50);
+//! - weights smaller than 3× the L2 cache are rotated among several copies, so no launch is
+//!   served from L2;
+//! - a 1 GiB device-to-device copy is timed in the same run: the bandwidth ceiling that
+//!   "% of copy bandwidth" refers to (bytes read + written);
+//! - every timed result is compared with cuBLAS on the same (pruned) weight; a case whose max
+//!   relative error exceeds 4·u (u = unit roundoff of the dtype) is reported as FAIL, never
+//!   as a fast result, and makes the program exit non-zero.
+//!
+//! Kernels: `cublas` (`cublasGemmEx`, f32 accumulate — the denominator of every speedup),
+//! `dense` (ours), `sparse_plain` (Tiled-CSL, words in row order) and `sparse` (bank-reordered).
+//! `--tune KIND` also times every compiled block shape and several split counts (the data
+//! behind the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`).
 
+use cust::event::{Event, EventFlags};
 use half::{bf16, f16};
 use sparse_tc::cublas::{self, Cublas};
+use sparse_tc::layout::{spmm_max_nt, DENSE_CONFIGS, SPMM_CONFIGS};
 use sparse_tc::{BlockShape, DeviceMatrix, DeviceSparseWeight, Dtype, Element, Gpu, LinearOptions, SparseWeight};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Instant;
 
-use cust::event::{Event, EventFlags};
-
 const L2_BYTES: usize = 50 << 20;
+
+/// Shapes of the default sweep (M = out_features × K = in_features).
+const SWEEP_SHAPES: [(&str, usize, usize); 19] = [
+    ("OPT-30B", 21504, 7168),
+    ("OPT-30B", 7168, 7168),
+    ("OPT-30B", 28672, 7168),
+    ("OPT-30B", 7168, 28672),
+    ("OPT-66B", 27648, 9216),
+    ("OPT-66B", 9216, 9216),
+    ("OPT-66B", 36864, 9216),
+    ("OPT-66B", 9216, 36864),
+    ("OPT-175B", 36864, 12288),
+    ("OPT-175B", 12288, 12288),
+    ("OPT-175B", 49152, 12288),
+    ("OPT-175B", 12288, 49152),
+    ("LLaMA-2-7B", 12288, 4096),
+    ("LLaMA-2-7B", 4096, 4096),
+    ("LLaMA-2-7B", 22016, 4096),
+    ("LLaMA-2-7B", 4096, 11008),
+    ("Llama-3-8B", 6144, 4096),
+    ("Llama-3-8B", 28672, 4096),
+    ("Llama-3-8B", 4096, 14336),
+];
 
 struct Args {
     shapes: Vec<(usize, usize)>,
     ns: Vec<usize>,
     sparsities: Vec<f64>,
+    /// Mean sparsity of the non-uniform "rows" pattern, if it is part of the run.
+    rows_pattern: Option<f64>,
     reps: usize,
     dtype: Dtype,
     csv: Option<String>,
-    tune: bool,
+    tune: Option<String>,
+}
+
+impl Default for Args {
+    /// The default sweep: all model shapes, N = 1…64, 50–90% uniform sparsity plus the
+    /// non-uniform row pattern at 80%, f16, 60 timed launches per kernel.
+    fn default() -> Self {
+        Args {
+            shapes: SWEEP_SHAPES.iter().map(|&(_, m, k)| (m, k)).collect(),
+            ns: vec![1, 8, 16, 32, 64],
+            sparsities: vec![0.5, 0.6, 0.7, 0.8, 0.9],
+            rows_pattern: Some(0.8),
+            reps: 60,
+            dtype: Dtype::F16,
+            csv: Some("sweep.csv".into()),
+            tune: None,
+        }
+    }
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        shapes: vec![(36864, 9216), (9216, 36864), (11008, 4096)],
-        ns: vec![1, 8, 16, 32, 64],
-        sparsities: vec![0.5, 0.7, 0.8, 0.9],
-        reps: 100,
-        dtype: Dtype::F16,
-        csv: None,
-        tune: false,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
+    let mut a = Args::default();
+    let argv: Vec<String> = std::env::args().skip(1).filter(|s| s != "--bench").collect();
     let list = |s: &str| s.split(',').map(|v| v.trim().to_string()).collect::<Vec<_>>();
+    let mut i = 0;
     while i < argv.len() {
-        let val = argv.get(i + 1).cloned().unwrap_or_default();
-        match argv[i].as_str() {
+        let flag = argv[i].as_str();
+        if flag == "--no-sparse" {
+            a.sparsities.clear();
+            a.rows_pattern = None;
+            i += 1;
+            continue;
+        }
+        let val = argv.get(i + 1).cloned().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag {
             "--shapes" => {
                 a.shapes = list(&val)
                     .iter()
                     .map(|s| {
-                        let (m, k) = s.split_once('x').expect("shape as MxK");
-                        (m.parse().unwrap(), k.parse().unwrap())
+                        let (m, k) = s.split_once('x').expect("shapes are MxK");
+                        (m.parse().expect("M"), k.parse().expect("K"))
                     })
                     .collect()
             }
-            "--n" => a.ns = list(&val).iter().map(|v| v.parse().unwrap()).collect(),
-            "--sparsity" => a.sparsities = list(&val).iter().map(|v| v.parse().unwrap()).collect(),
-            "--reps" => a.reps = val.parse().unwrap(),
-            "--dtype" => a.dtype = if val == "bf16" { Dtype::Bf16 } else { Dtype::F16 },
+            "--n" => a.ns = list(&val).iter().map(|v| v.parse().expect("N")).collect(),
+            "--sparsity" => a.sparsities = list(&val).iter().map(|v| v.parse().expect("sparsity")).collect(),
+            "--rows-pattern" => a.rows_pattern = if val == "none" { None } else { Some(val.parse().expect("mean sparsity")) },
+            "--reps" => a.reps = val.parse().expect("reps"),
+            "--dtype" => {
+                a.dtype = match val.as_str() {
+                    "f16" => Dtype::F16,
+                    "bf16" => Dtype::Bf16,
+                    other => panic!("unknown dtype {other}"),
+                }
+            }
             "--csv" => a.csv = Some(val),
-            "--no-sparse" => {
-                a.sparsities.clear();
-                i += 1;
-                continue;
-            }
-            "--tune" => {
-                a.tune = true;
-                i += 1;
-                continue;
-            }
-            "--bench" => {
-                i += 1;
-                continue;
-            }
+            "--tune" => a.tune = Some(val),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
     }
+    assert!(a.reps >= 10, "--reps must be at least 10");
     a
 }
 
-/// One timed kernel of a case.
-struct Timed {
-    name: String,
-    times_us: Vec<f32>,
-    max_rel_err: f64,
-    bytes: usize,
+/// How a weight is pruned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pattern {
+    /// No pruning: the dense baseline case.
+    Dense,
+    /// Each entry kept with probability `1 - sparsity`.
+    Uniform(f64),
+    /// Row r kept with probability `2·(1 - mean)·u_r`, u_r uniform in [0, 1): rows from empty
+    /// to twice the mean density, as magnitude pruning of real layers produces.
+    Rows(f64),
 }
 
-impl Timed {
-    fn median(&self) -> f64 {
-        pct(&self.times_us, 0.5)
+impl Pattern {
+    fn name(self) -> &'static str {
+        match self {
+            Pattern::Dense => "dense",
+            Pattern::Uniform(_) => "uniform",
+            Pattern::Rows(_) => "rows",
+        }
     }
 }
 
-fn pct(v: &[f32], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f32::total_cmp);
-    s[((s.len() - 1) as f64 * p).round() as usize] as f64
-}
-
-/// xorshift64* for weights.
+/// xorshift64*.
 struct Rng(u64);
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
     fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        self.unit() as f32 * 2.0 - 1.0
     }
 }
 
-/// Random weights with each entry kept with probability `1 - sparsity`, generated in
-/// parallel (deterministic per row block).
-fn random_weight<T: Element>(m: usize, k: usize, sparsity: f64, seed: u64) -> Vec<T> {
+/// Random weights in ±0.1 pruned by `pattern`, generated in parallel, deterministic.
+fn random_weight<T: Element>(m: usize, k: usize, pattern: Pattern, seed: u64) -> Vec<T> {
     let mut w = vec![T::from_f32(0.0); m * k];
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
-    let rows_per = m.div_ceil(threads);
-    let keep = ((1.0 - sparsity) * (1u64 << 32) as f64) as u64;
+    let rows_per = m.div_ceil(threads).max(1);
     std::thread::scope(|s| {
         for (t, chunk) in w.chunks_mut(rows_per * k).enumerate() {
             s.spawn(move || {
-                let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                for v in chunk {
-                    let r = rng.next();
-                    if (r >> 32) < keep {
-                        let val = rng.uniform() * 0.1;
-                        *v = T::from_f32(if val == 0.0 { 0.01 } else { val });
+                let mut rng = Rng::new(seed ^ (t as u64 + 1) << 20);
+                for row in chunk.chunks_mut(k) {
+                    let keep = match pattern {
+                        Pattern::Dense => 1.0,
+                        Pattern::Uniform(s) => 1.0 - s,
+                        Pattern::Rows(mean) => 2.0 * (1.0 - mean) * rng.unit(),
+                    };
+                    for v in row {
+                        if rng.unit() < keep {
+                            let val = rng.uniform() * 0.1;
+                            *v = T::from_f32(if val == 0.0 { 0.01 } else { val });
+                        }
                     }
                 }
             });
@@ -142,9 +201,16 @@ fn random_weight<T: Element>(m: usize, k: usize, sparsity: f64, seed: u64) -> Ve
     w
 }
 
+fn pct(v: &[f32], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f32::total_cmp);
+    s[((s.len() - 1) as f64 * p).round() as usize] as f64
+}
+
 /// Device-to-device copy bandwidth (bytes read + written per second), median of 20.
 fn copy_bandwidth(gpu: &Gpu) -> f64 {
     let bytes = 1usize << 30;
+    // SAFETY: plain byte buffers; their contents do not matter for a copy.
     let src = unsafe { cust::memory::DeviceBuffer::<u8>::uninitialized(bytes) }.unwrap();
     let dst = unsafe { cust::memory::DeviceBuffer::<u8>::uninitialized(bytes) }.unwrap();
     let mut times = vec![];
@@ -152,9 +218,10 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
         let (a, b) = (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
         a.record(gpu.stream()).unwrap();
         // SAFETY: two live allocations of `bytes`, copied on our stream.
-        unsafe {
-            cust::sys::cuMemcpyDtoDAsync_v2(dst.as_device_ptr().as_raw(), src.as_device_ptr().as_raw(), bytes, gpu.stream().as_inner());
-        }
+        let rc = unsafe {
+            cust::sys::cuMemcpyDtoDAsync_v2(dst.as_device_ptr().as_raw(), src.as_device_ptr().as_raw(), bytes, gpu.stream().as_inner())
+        };
+        assert_eq!(rc, cust::sys::cudaError_enum::CUDA_SUCCESS);
         b.record(gpu.stream()).unwrap();
         b.synchronize().unwrap();
         if i >= 5 {
@@ -170,191 +237,341 @@ enum Kernel<'a, T: Element> {
     Sparse(&'a DeviceSparseWeight<T>, LinearOptions),
 }
 
-fn launch<T: Element>(gpu: &Gpu, cb: &Cublas, k: &Kernel<T>, x: &DeviceMatrix<T>, y: &mut DeviceMatrix<T>) {
-    match k {
-        Kernel::Cublas(w) => unsafe {
-            cb.linear(T::DTYPE, w.rows(), x.rows(), w.cols(), w.device_ptr(), w.ld(), x.device_ptr(), x.ld(), y.device_ptr(), y.ld())
-                .unwrap()
-        },
-        Kernel::Dense(w, o) => gpu.linear_into(x, *w, y, *o).unwrap(),
-        Kernel::Sparse(w, o) => gpu.linear_into(x, *w, y, *o).unwrap(),
+impl<T: Element> Kernel<'_, T> {
+    fn rows(&self) -> usize {
+        match self {
+            Kernel::Cublas(w) | Kernel::Dense(w, _) => w.rows(),
+            Kernel::Sparse(w, _) => w.rows(),
+        }
+    }
+
+    fn launch(&self, gpu: &Gpu, cb: &Cublas, x: &DeviceMatrix<T>, y: &mut DeviceMatrix<T>) {
+        match self {
+            // SAFETY: live device matrices of the stated shapes, in the current context; cuBLAS
+            // runs on the handle's stream.
+            Kernel::Cublas(w) => unsafe {
+                cb.linear(T::DTYPE, w.rows(), x.rows(), w.cols(), w.device_ptr(), w.ld(), x.device_ptr(), x.ld(), y.device_ptr(), y.ld())
+                    .unwrap()
+            },
+            Kernel::Dense(w, o) => gpu.linear_into(x, *w, y, *o).unwrap(),
+            Kernel::Sparse(w, o) => gpu.linear_into(x, *w, y, *o).unwrap(),
+        }
     }
 }
 
-/// Times `kernels` (each entry: name, one kernel per weight copy, bytes) round-robin.
-fn time_case<T: Element>(
-    gpu: &Gpu,
-    cb: &Cublas,
-    kernels: &[(String, Vec<Kernel<T>>, usize)],
-    x: &DeviceMatrix<T>,
-    reps: usize,
-) -> Vec<Timed> {
-    let n = x.rows();
-    let m = match &kernels[0].1[0] {
-        Kernel::Cublas(w) | Kernel::Dense(w, _) => w.rows(),
-        Kernel::Sparse(w, _) => w.rows(),
-    };
-    let mut ys: Vec<DeviceMatrix<T>> = kernels.iter().map(|_| gpu.zeros(n, m).unwrap()).collect();
-    // Warm-up (module load, cuBLAS heuristics, clocks).
-    for _ in 0..5 {
-        for (kernel, y) in kernels.iter().zip(ys.iter_mut()) {
-            for kc in &kernel.1 {
-                launch(gpu, cb, kc, x, y);
+/// One kernel of a case: its name, one launchable per weight copy, and the bytes it must move.
+struct Entry<'a, T: Element> {
+    name: String,
+    copies: Vec<Kernel<'a, T>>,
+    bytes: usize,
+}
+
+fn sparse_entry<T: Element>(name: String, ws: &[DeviceSparseWeight<T>], o: LinearOptions, bytes: usize) -> Entry<'_, T> {
+    Entry { name, copies: ws.iter().map(|w| Kernel::Sparse(w, o)).collect(), bytes }
+}
+
+/// A timed kernel.
+struct Timed {
+    name: String,
+    times_us: Vec<f32>,
+    max_rel_err: f64,
+    bytes: usize,
+}
+
+/// Times all entries round-robin; entry 0 (cuBLAS) is the reference of the error check.
+fn time_case<T: Element>(gpu: &Gpu, cb: &Cublas, entries: &[Entry<T>], x: &DeviceMatrix<T>, reps: usize) -> Vec<Timed> {
+    let (n, m) = (x.rows(), entries[0].copies[0].rows());
+    let mut ys: Vec<DeviceMatrix<T>> = entries.iter().map(|_| gpu.zeros(n, m).unwrap()).collect();
+    for _ in 0..3 {
+        for (e, y) in entries.iter().zip(ys.iter_mut()) {
+            for k in &e.copies {
+                k.launch(gpu, cb, x, y);
             }
         }
     }
     gpu.synchronize().unwrap();
-    let events: Vec<Vec<(Event, Event)>> = kernels
-        .iter()
-        .map(|_| (0..reps).map(|_| (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap())).collect())
-        .collect();
+    let new_pair = || (Event::new(EventFlags::DEFAULT).unwrap(), Event::new(EventFlags::DEFAULT).unwrap());
+    let events: Vec<Vec<(Event, Event)>> = entries.iter().map(|_| (0..reps).map(|_| new_pair()).collect()).collect();
     for r in 0..reps {
-        for (i, (kernel, y)) in kernels.iter().zip(ys.iter_mut()).enumerate() {
-            let kc = &kernel.1[r % kernel.1.len()];
+        for (i, (e, y)) in entries.iter().zip(ys.iter_mut()).enumerate() {
             events[i][r].0.record(gpu.stream()).unwrap();
-            launch(gpu, cb, kc, x, y);
+            e.copies[r % e.copies.len()].launch(gpu, cb, x, y);
             events[i][r].1.record(gpu.stream()).unwrap();
         }
     }
     gpu.synchronize().unwrap();
     let reference: Vec<f32> = gpu.download(&ys[0]).unwrap().iter().map(|v| v.to_f32()).collect();
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6) as f64;
-    kernels
+    entries
         .iter()
-        .enumerate()
-        .map(|(i, (name, _, bytes))| {
-            let got = gpu.download(&ys[i]).unwrap();
-            let err = got.iter().zip(&reference).map(|(g, r)| ((g.to_f32() - r).abs() as f64) / scale).fold(0.0, f64::max);
-            let err = if got.iter().any(|v| v.to_f32().is_nan()) { f64::INFINITY } else { err };
+        .zip(&ys)
+        .zip(&events)
+        .map(|((e, y), ev)| {
+            let got = gpu.download(y).unwrap();
+            let mut err = 0f64;
+            for (g, r) in got.iter().zip(&reference) {
+                let d = (g.to_f32() - r).abs() as f64 / scale;
+                err = if d.is_nan() { f64::INFINITY } else { err.max(d) };
+            }
             Timed {
-                name: name.clone(),
-                times_us: events[i].iter().map(|(a, b)| b.elapsed_time_f32(a).unwrap() * 1000.0).collect(),
+                name: e.name.clone(),
+                times_us: ev.iter().map(|(a, b)| b.elapsed_time_f32(a).unwrap() * 1000.0).collect(),
                 max_rel_err: err,
-                bytes: *bytes,
+                bytes: e.bytes,
             }
         })
         .collect()
 }
 
-fn run<T: Element>(args: &Args) {
+/// Progress on stderr: cases done, elapsed, estimated time left.
+struct Progress {
+    total: usize,
+    done: usize,
+    start: Instant,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let el = self.start.elapsed().as_secs_f64();
+        let eta = el / self.done as f64 * (self.total - self.done) as f64;
+        let width = 30;
+        let filled = width * self.done / self.total.max(1);
+        eprint!(
+            "\r[{}{}] {}/{} {:>4.0}s elapsed, ~{:>4.0}s left  {what:<40}",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.done,
+            self.total,
+            el,
+            eta
+        );
+        if self.done == self.total {
+            eprintln!();
+        }
+    }
+}
+
+/// Result rows kept for the summary.
+struct Row {
+    shape: (usize, usize),
+    n: usize,
+    pattern: Pattern,
+    sparsity: f64,
+    kernel: String,
+    median: f64,
+    speedup: f64,
+    pct_bw: f64,
+    ok: bool,
+}
+
+fn geomean(v: impl Iterator<Item = f64>) -> (f64, usize) {
+    let (mut s, mut c) = (0.0, 0);
+    for x in v {
+        s += x.ln();
+        c += 1;
+    }
+    ((s / c.max(1) as f64).exp(), c)
+}
+
+fn run<T: Element>(args: &Args) -> i32 {
     let gpu = match Gpu::new() {
         Ok(g) => g,
         Err(e) => {
             println!("SKIPPED benchmark: no usable GPU ({e})");
-            return;
+            return 0;
         }
     };
     let cb = match cublas::load() {
         Ok(c) => c,
         Err(e) => {
             println!("SKIPPED benchmark: cuBLAS not found ({e})");
-            return;
+            return 0;
         }
     };
     cb.set_stream(gpu.stream().as_inner()).unwrap();
+    let mut driver = 0i32;
+    // SAFETY: writes one int.
+    unsafe { cust::sys::cuDriverGetVersion(&mut driver) };
+    let driver = format!("CUDA {}.{}", driver / 1000, driver % 1000 / 10);
     let copy_bw = copy_bandwidth(&gpu);
-    println!("device: {} ({} SMs), cuBLAS {} from {}", gpu.name(), gpu.sm_count(), cb.version().unwrap_or(0), cb.path().display());
+    println!("device: {} ({} SMs), driver API {driver}, cuBLAS {} ({})", gpu.name(), gpu.sm_count(), cb.version().unwrap_or(0), cb.path().display());
     println!("device-to-device copy: {:.3} TB/s (read + write)", copy_bw / 1e12);
-    let mut csv = String::from("device,dtype,m,k,n,sparsity,kernel,median_us,p10_us,p90_us,tflops,bytes,tb_per_s,pct_copy_bw,speedup_vs_cublas,max_rel_err\n");
-    let mut summary = String::new();
+
+    let mut patterns = vec![Pattern::Dense];
+    patterns.extend(args.sparsities.iter().map(|&s| Pattern::Uniform(s)));
+    patterns.extend(args.rows_pattern.map(Pattern::Rows));
+    let mut progress = Progress { total: args.shapes.len() * patterns.len() * args.ns.len(), done: 0, start: Instant::now() };
+    let mut csv = String::from(
+        "device,driver,dtype,m,k,n,sparsity,pattern,kernel,median_us,p10_us,p90_us,tflops,bytes,tb_per_s,pct_copy_bw,speedup_vs_cublas,max_rel_err,status\n",
+    );
+    let mut rows: Vec<Row> = vec![];
     let tol = 4.0 * T::DTYPE.unit_roundoff();
-    let mut failures = 0;
-    let mut levels: Vec<f64> = vec![0.0];
-    levels.extend(&args.sparsities);
-    for &(m, k) in &args.shapes {
-        for &sparsity in &levels {
-            let t0 = Instant::now();
-            let w_host: Vec<T> = random_weight(m, k, sparsity, (m * 31 + k) as u64 ^ sparsity.to_bits());
+    let tuning = |kind: &str| args.tune.as_deref().is_some_and(|t| t == kind || t == "all");
+
+    for (si, &(m, k)) in args.shapes.iter().enumerate() {
+        for (pi, &pattern) in patterns.iter().enumerate() {
+            let seed = (si * 1000 + pi) as u64;
+            let w_host: Vec<T> = random_weight(m, k, pattern, seed);
             let dense_bytes = m * k * 2;
-            let copies = (3 * L2_BYTES).div_ceil(dense_bytes).max(1);
+            let copies = (3 * L2_BYTES).div_ceil(dense_bytes);
             let w_dense: Vec<DeviceMatrix<T>> = (0..copies).map(|_| gpu.upload(m, k, &w_host).unwrap()).collect();
-            let sparse = (sparsity > 0.0).then(|| {
-                let sw = SparseWeight::from_dense(m, k, &w_host).unwrap();
-                let mut swr = sw.clone();
-                swr.reorder_for_banks();
-                let sc = (3 * L2_BYTES).div_ceil(sw.stored_bytes()).max(1);
-                let plain: Vec<_> = (0..sc).map(|_| gpu.upload_sparse(&sw).unwrap()).collect();
-                let reord: Vec<_> = (0..sc).map(|_| gpu.upload_sparse(&swr).unwrap()).collect();
-                (plain, reord, sw.stored_bytes(), sw.density())
+            let sparse = (pattern != Pattern::Dense).then(|| {
+                let plain = SparseWeight::from_dense(m, k, &w_host).unwrap();
+                let mut reordered = plain.clone();
+                reordered.reorder_for_banks();
+                let c = (3 * L2_BYTES).div_ceil(plain.stored_bytes());
+                let up = |w: &SparseWeight<T>| (0..c).map(|_| gpu.upload_sparse(w).unwrap()).collect::<Vec<_>>();
+                (up(&plain), up(&reordered), plain.stored_bytes(), 1.0 - plain.density())
             });
             drop(w_host);
-            eprintln!("[prep {m}x{k} sparsity {sparsity}: {:.1} s]", t0.elapsed().as_secs_f64());
+            let sparsity = sparse.as_ref().map_or(0.0, |s| s.3);
             for &n in &args.ns {
-                let mut rng = Rng(n as u64 + 99);
+                let mut rng = Rng::new(n as u64 + 99);
                 let xh: Vec<T> = (0..n * k).map(|_| T::from_f32(rng.uniform())).collect();
                 let x = gpu.upload(n, k, &xh).unwrap();
-                let io_bytes = (n * k + n * m) * 2;
-                let mut kernels: Vec<(String, Vec<Kernel<T>>, usize)> = vec![
-                    ("cublas".into(), w_dense.iter().map(Kernel::Cublas).collect(), dense_bytes + io_bytes),
-                    ("dense".into(), w_dense.iter().map(|w| Kernel::Dense(w, LinearOptions::default())).collect(), dense_bytes + io_bytes),
+                let io = (n * k + n * m) * 2;
+                let dense_entry = |name: String, o: LinearOptions| Entry { name, copies: w_dense.iter().map(|w| Kernel::Dense(w, o)).collect(), bytes: dense_bytes + io };
+                let mut entries = vec![
+                    Entry { name: "cublas".into(), copies: w_dense.iter().map(Kernel::Cublas).collect(), bytes: dense_bytes + io },
+                    dense_entry("dense".into(), LinearOptions::default()),
                 ];
                 let k_tiles = k.div_ceil(64);
-                let tune_splits = [None, Some(1), Some(2), Some(3), Some(4), Some(6), Some(8)];
-                if args.tune && sparsity == 0.0 {
-                    for (row_tiles, warp_m_tiles) in sparse_tc::layout::DENSE_CONFIGS {
-                        for s in tune_splits.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles)) {
+                let splits = [None, Some(1), Some(2), Some(3), Some(4), Some(6), Some(8), Some(12)];
+                let splits = splits.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles));
+                if tuning("dense") && pattern == Pattern::Dense {
+                    for (row_tiles, warp_m_tiles) in DENSE_CONFIGS {
+                        for s in splits.clone() {
                             let name = format!("dense_r{row_tiles}m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
-                            let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles, warp_m_tiles }) };
-                            kernels.push((name, w_dense.iter().map(|w| Kernel::Dense(w, o)).collect(), dense_bytes + io_bytes));
+                            entries.push(dense_entry(name, LinearOptions { splits: s, block: Some(BlockShape { row_tiles, warp_m_tiles }) }));
                         }
                     }
                 }
-                if let Some((plain, reord, bytes, _)) = &sparse {
-                    let d = LinearOptions::default();
-                    kernels.push(("sparse_plain".into(), plain.iter().map(|w| Kernel::Sparse(w, d)).collect(), bytes + io_bytes));
-                    kernels.push(("sparse".into(), reord.iter().map(|w| Kernel::Sparse(w, d)).collect(), bytes + io_bytes));
-                    if args.tune {
-                        let n_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
-                        for warp_m_tiles in sparse_tc::layout::SPMM_CONFIGS {
-                            if n_tile / 8 > sparse_tc::layout::spmm_max_nt(warp_m_tiles) {
-                                continue;
-                            }
-                            for s in tune_splits.into_iter().chain([Some(12), Some(16)]).filter(|s| s.is_none_or(|s| s <= k_tiles)) {
+                if let Some((plain, reordered, bytes, _)) = &sparse {
+                    let sparse_entry = |name: String, ws, o| sparse_entry(name, ws, o, bytes + io);
+                    entries.push(sparse_entry("sparse_plain".into(), plain, LinearOptions::default()));
+                    entries.push(sparse_entry("sparse".into(), reordered, LinearOptions::default()));
+                    let n_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+                    if tuning("sparse") {
+                        for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
+                            for s in splits.clone() {
                                 let name = format!("sparse_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
                                 let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }) };
-                                kernels.push((name, reord.iter().map(|w| Kernel::Sparse(w, o)).collect(), bytes + io_bytes));
+                                entries.push(sparse_entry(name, reordered, o));
                             }
                         }
                     }
                 }
-                let results = time_case(&gpu, &cb, &kernels, &x, args.reps);
+                let results = time_case(&gpu, &cb, &entries, &x, args.reps);
                 let base = results[0].median();
-                let mut line = format!("{m:>6}x{k:<6} n={n:<3} s={sparsity:<4}");
                 for r in &results {
                     let med = r.median();
-                    let tbs = r.bytes as f64 / (med * 1e-6) / 1e12;
+                    let tbs = r.bytes as f64 / (med * 1e-6);
                     let ok = r.max_rel_err <= tol;
-                    if !ok {
-                        failures += 1;
-                    }
                     let _ = writeln!(
                         csv,
-                        "{},{},{m},{k},{n},{sparsity},{},{med:.2},{:.2},{:.2},{:.2},{},{tbs:.3},{:.1},{:.3},{:.2e}",
-                        gpu.name(), T::DTYPE.name(), r.name, pct(&r.times_us, 0.1), pct(&r.times_us, 0.9),
-                        2.0 * (m * k * n) as f64 / (med * 1e-6) / 1e12, r.bytes, 100.0 * tbs * 1e12 / copy_bw, base / med, r.max_rel_err
+                        "{},{driver},{},{m},{k},{n},{sparsity:.4},{},{},{med:.2},{:.2},{:.2},{:.2},{},{:.3},{:.1},{:.3},{:.2e},{}",
+                        gpu.name(),
+                        T::DTYPE.name(),
+                        pattern.name(),
+                        r.name,
+                        pct(&r.times_us, 0.1),
+                        pct(&r.times_us, 0.9),
+                        2.0 * (m * k * n) as f64 / (med * 1e-6) / 1e12,
+                        r.bytes,
+                        tbs / 1e12,
+                        100.0 * tbs / copy_bw,
+                        base / med,
+                        r.max_rel_err,
+                        if ok { "ok" } else { "FAIL" }
                     );
-                    let _ = write!(line, " | {} {med:.1}us {:.2}x {tbs:.2}TB/s{}", r.name, base / med, if ok { "" } else { " FAIL" });
+                    rows.push(Row {
+                        shape: (m, k),
+                        n,
+                        pattern,
+                        sparsity,
+                        kernel: r.name.clone(),
+                        median: med,
+                        speedup: base / med,
+                        pct_bw: 100.0 * tbs / copy_bw,
+                        ok,
+                    });
                 }
-                println!("{line}");
-                let _ = writeln!(summary, "{line}");
+                progress.step(&format!("{m}x{k} {} n={n}", pattern.name()));
             }
         }
     }
     if let Some(path) = &args.csv {
-        std::fs::File::create(path).unwrap().write_all(csv.as_bytes()).unwrap();
+        std::fs::File::create(path).and_then(|mut f| f.write_all(csv.as_bytes())).unwrap_or_else(|e| panic!("writing {path}: {e}"));
         println!("wrote {path}");
     }
-    println!("\n==== summary ({}, copy {:.3} TB/s) ====\n{summary}", gpu.name(), copy_bw / 1e12);
-    if failures > 0 {
-        println!("{failures} kernel results disagreed with cuBLAS (max rel err > {tol:.1e})");
-        std::process::exit(1);
+    summary(&gpu, copy_bw, &rows, &patterns, &args.ns);
+    let failures: Vec<&Row> = rows.iter().filter(|r| !r.ok).collect();
+    for f in &failures {
+        println!("FAIL: {}x{} n={} {:?} {}: result disagrees with cuBLAS", f.shape.0, f.shape.1, f.n, f.pattern, f.kernel);
+    }
+    i32::from(!failures.is_empty())
+}
+
+/// The summary printed last: geometric-mean speedups of each kernel per sparsity and N, the
+/// worst case, and where the sparse kernel is furthest below the roofline.
+fn summary(gpu: &Gpu, copy_bw: f64, rows: &[Row], patterns: &[Pattern], ns: &[usize]) {
+    println!("\n==== summary: {} (copy {:.2} TB/s); geometric mean over shapes of cuBLAS time / kernel time ====", gpu.name(), copy_bw / 1e12);
+    let mut header = format!("{:<16}{:<14}", "pattern", "kernel");
+    for n in ns {
+        let _ = write!(header, "{:>9}", format!("N={n}"));
+    }
+    println!("{header}{:>9}", "all N");
+    for &p in patterns {
+        for kernel in ["dense", "sparse_plain", "sparse"] {
+            let sel = |n: Option<usize>| rows.iter().filter(move |r| r.ok && r.pattern == p && r.kernel == kernel && n.is_none_or(|n| r.n == n));
+            if sel(None).next().is_none() {
+                continue;
+            }
+            let label = match p {
+                Pattern::Dense => "dense".to_string(),
+                Pattern::Uniform(s) => format!("uniform {:.0}%", s * 100.0),
+                Pattern::Rows(s) => format!("rows ~{:.0}%", s * 100.0),
+            };
+            let mut line = format!("{label:<16}{kernel:<14}");
+            for &n in ns {
+                let _ = write!(line, "{:>8.2}×", geomean(sel(Some(n)).map(|r| r.speedup)).0);
+            }
+            println!("{line}{:>8.2}×", geomean(sel(None).map(|r| r.speedup)).0);
+        }
+    }
+    let sparse: Vec<&Row> = rows.iter().filter(|r| r.ok && r.kernel == "sparse").collect();
+    if let Some(w) = sparse.iter().min_by(|a, b| a.speedup.total_cmp(&b.speedup)) {
+        println!(
+            "worst sparse case: {}x{} N={} {} sparsity {:.0}%: {:.2}× ({:.1} µs)",
+            w.shape.0, w.shape.1, w.n, w.pattern.name(), w.sparsity * 100.0, w.speedup, w.median
+        );
+    }
+    if let Some(w) = sparse.iter().min_by(|a, b| a.pct_bw.total_cmp(&b.pct_bw)) {
+        println!(
+            "furthest below the roofline: {}x{} N={} {} sparsity {:.0}%: {:.0}% of copy bandwidth",
+            w.shape.0, w.shape.1, w.n, w.pattern.name(), w.sparsity * 100.0, w.pct_bw
+        );
+    }
+    for kernel in ["cublas", "dense", "sparse"] {
+        let (g, c) = geomean(rows.iter().filter(|r| r.ok && r.kernel == kernel).map(|r| r.pct_bw));
+        if c > 0 {
+            println!("{kernel:<8} geometric-mean % of copy bandwidth over {c} cases: {g:.0}%");
+        }
+    }
+}
+
+impl Timed {
+    fn median(&self) -> f64 {
+        pct(&self.times_us, 0.5)
     }
 }
 
 fn main() {
     let args = parse_args();
-    match args.dtype {
+    let code = match args.dtype {
         Dtype::F16 => run::<f16>(&args),
         Dtype::Bf16 => run::<bf16>(&args),
-    }
+    };
+    std::process::exit(code);
 }

@@ -44,12 +44,8 @@ pub const DENSE_CONFIGS: [(usize, usize); 4] = [(1, 1), (2, 1), (2, 2), (4, 2)];
 
 /// The dense block shape used by default for `nt` token tiles of 8 (tuned on an H100 with
 /// `benches/linear.rs --tune`).
-pub const fn dense_default_config(nt: usize) -> (usize, usize) {
-    match nt {
-        1 => (1, 1),
-        2 => (1, 1),
-        _ => (2, 2),
-    }
+pub const fn dense_default_config(_nt: usize) -> (usize, usize) {
+    (1, 1)
 }
 
 /// SpMM warp heights compiled into the PTX (m16 tiles per warp; `16/mt` warps per block),
@@ -62,7 +58,8 @@ pub const fn spmm_max_nt(mt: usize) -> usize {
     if mt >= 4 { 4 } else { 8 }
 }
 
-/// The SpMM warp height used by default for `nt` token tiles of 8.
+/// The SpMM warp height used by default for `nt` token tiles of 8 (tuned on an H100 with
+/// `benches/linear.rs --tune sparse`: 4 warps per block up to 16 tokens, 8 above).
 pub const fn spmm_default_mt(nt: usize) -> usize {
     if nt <= 2 { 4 } else { 2 }
 }

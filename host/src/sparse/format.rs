@@ -25,6 +25,8 @@ pub const WORDS_PER_LOAD: usize = 4;
 // The tile is `TILE_M × TILE_K`, and every position fits the 16-bit field of a word.
 const _: () = assert!(TILE_ELEMS == TILE_M * TILE_K);
 const _: () = assert!(TILE_ELEMS <= 1 << 16);
+// `Source::encode_tiles_with` masks tile word indices with `TILE_ELEMS - 1`.
+const _: () = assert!(TILE_ELEMS.is_power_of_two());
 // A full tile needs no padding, so a tile's list never exceeds `TILE_ELEMS` words.
 const _: () = assert!(TILE_ELEMS.is_multiple_of(WORDS_PER_LOAD));
 
@@ -129,7 +131,7 @@ fn check_dense_len(rows: usize, cols: usize, len: usize) -> Result<()> {
 }
 
 /// Which entries `prune_magnitude` keeps, as a function of key (`bits & 0x7fff`) and index.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Keep {
     /// Keep nothing.
     Nothing,
@@ -137,16 +139,6 @@ enum Keep {
     AllNonzero,
     /// Keep keys above `key`, and keys equal to `key` at indices `<= last_index`.
     Above { key: u16, last_index: usize },
-}
-
-impl Keep {
-    fn keeps(self, key: u16, index: usize) -> bool {
-        match self {
-            Keep::Nothing => false,
-            Keep::AllNonzero => true,
-            Keep::Above { key: t, last_index } => key > t || (key == t && index <= last_index),
-        }
-    }
 }
 
 /// Magnitude ordering key of a 16-bit float: `bits & 0x7fff`.
@@ -158,15 +150,269 @@ const fn magnitude_key(bits: u16) -> u16 {
     bits & 0x7fff
 }
 
+/// Below this many elements per thread, [`SparseWeight::from_dense`] and
+/// [`SparseWeight::prune_magnitude`] do not start another thread (so matrices under 1M
+/// elements are encoded on the calling thread).
+const MIN_ELEMS_PER_THREAD: usize = 1 << 19;
+
+/// Threads for `work` units of work: `available_parallelism()`, but no more than one per
+/// `min_per_thread` units, and at least 1.
+pub(super) fn worker_threads(work: usize, min_per_thread: usize) -> usize {
+    let avail = std::thread::available_parallelism().map_or(1, |n| n.get());
+    avail.min(work / min_per_thread.max(1)).max(1)
+}
+
+/// Cuts `0..n` into at most `parts` (at least 1) contiguous non-empty ranges `(start, end)`
+/// of nearly equal length, in order. For `n == 0`, the single range `(0, 0)`.
+fn split_evenly(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, n.max(1));
+    let (q, r) = (n / parts, n % parts);
+    let mut out = Vec::with_capacity(parts);
+    let mut start = 0;
+    for i in 0..parts {
+        let len = q + usize::from(i < r);
+        out.push((start, start + len));
+        start += len;
+    }
+    debug_assert_eq!(start, n);
+    out
+}
+
+/// Joins a scoped thread, re-raising its panic on the caller.
+fn join<R>(h: std::thread::ScopedJoinHandle<'_, R>) -> R {
+    h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// Concatenates `parts` in order; with several parts the copies run in parallel (one
+/// thread per part) into one zero-initialized allocation.
+fn concat_parallel(mut parts: Vec<Vec<u32>>) -> Vec<u32> {
+    if parts.len() <= 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let total = parts.iter().map(Vec::len).sum();
+    let mut out = vec![0u32; total];
+    std::thread::scope(|s| {
+        let mut rest: &mut [u32] = &mut out;
+        for part in parts {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(part.len());
+            rest = tail;
+            s.spawn(move || dst.copy_from_slice(&part));
+        }
+    });
+    out
+}
+
+/// The input of [`SparseWeight::build`], shared by its threads.
+struct Source<'a, T> {
+    rows: usize,
+    cols: usize,
+    tiles_k: usize,
+    dense: &'a [T],
+    rule: Keep,
+}
+
+// Manual impls: `derive` would require `T: Copy` through the reference.
+impl<T> Clone for Source<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Source<'_, T> {}
+
+/// The encoding of a contiguous range of tiles.
+struct Encoded {
+    /// The tiles' words, padded, tile after tile.
+    words: Vec<u32>,
+    /// Word count of each tile of the range (at most `TILE_ELEMS`).
+    lens: Vec<u32>,
+    /// Stored entries (padding not counted).
+    nnz: usize,
+}
+
+impl<T: Element> Source<'_, T> {
+    /// Encodes tiles `t0..t1` (`t = tm * tiles_k + tk`), each in row-major `(r, c)` order,
+    /// padded to a multiple of 4 words with its last word.
+    fn encode_tiles(self, t0: usize, t1: usize) -> Encoded {
+        // One copy of the loop per rule, with a branch-free test (`&`, `|`: no short
+        // circuit).
+        match self.rule {
+            Keep::Nothing => self.encode_tiles_with(t0, t1, |_, _| false),
+            Keep::AllNonzero => self.encode_tiles_with(t0, t1, |_, _| true),
+            Keep::Above { key, last_index } => self.encode_tiles_with(t0, t1, move |k, i| {
+                (k > key) | ((k == key) & (i <= last_index))
+            }),
+        }
+    }
+
+    /// [`encode_tiles`](Self::encode_tiles) keeping the nonzero entries for which
+    /// `keeps(magnitude key, row-major index)` holds.
+    fn encode_tiles_with(
+        self,
+        t0: usize,
+        t1: usize,
+        keeps: impl Fn(u16, usize) -> bool,
+    ) -> Encoded {
+        let Source {
+            rows,
+            cols,
+            tiles_k,
+            dense,
+            ..
+        } = self;
+        // One tile's words. Every candidate word is written at `n`, which only advances
+        // when the entry is kept (no branch on the data); `n` stays below the number of
+        // entries visited, so below TILE_ELEMS, and the mask only lets the compiler see it.
+        let mut tile: Box<[u32; TILE_ELEMS]> = vec![0u32; TILE_ELEMS]
+            .into_boxed_slice()
+            .try_into()
+            .expect("TILE_ELEMS words");
+        let mut words: Vec<u32> = Vec::new();
+        let mut lens = Vec::with_capacity(t1 - t0);
+        let mut nnz = 0usize;
+        for t in t0..t1 {
+            let (r0, c0) = ((t / tiles_k) * TILE_M, (t % tiles_k) * TILE_K);
+            let (rn, cn) = (TILE_M.min(rows - r0), TILE_K.min(cols - c0));
+            let mut n = 0usize;
+            for r in 0..rn {
+                let base = (r0 + r) * cols + c0;
+                for (c, v) in dense[base..base + cn].iter().enumerate() {
+                    let bits = v.to_bits();
+                    let keep = !is_zero_bits(bits) & keeps(magnitude_key(bits), base + c);
+                    tile[n & (TILE_ELEMS - 1)] = pack_word(swizzled_pos(r, c), bits);
+                    n += usize::from(keep);
+                }
+            }
+            nnz += n;
+            words.extend_from_slice(&tile[..n]);
+            if n > 0 {
+                let padded = n.next_multiple_of(WORDS_PER_LOAD);
+                words.resize(words.len() + padded - n, tile[n - 1]);
+                n = padded;
+            }
+            // At most TILE_ELEMS (a full tile needs no padding), which fits in u32.
+            lens.push(n as u32);
+        }
+        Encoded { words, lens, nnz }
+    }
+}
+
+/// The [`Keep`] rule of [`SparseWeight::prune_magnitude`]: keep the
+/// `round((1 - sparsity) * len)` largest magnitudes, ties in increasing index order.
+///
+/// The histogram and the scan for the last tied index run on up to `threads` threads over
+/// contiguous chunks of `dense`; the rule does not depend on `threads`.
+fn prune_rule<T: Element>(dense: &[T], sparsity: f64, threads: usize) -> Keep {
+    let total = dense.len();
+    let keep = (((1.0 - sparsity) * total as f64).round() as usize).min(total);
+    if keep == 0 {
+        return Keep::Nothing;
+    }
+    let chunks: Vec<&[T]> = split_evenly(total, threads)
+        .into_iter()
+        .map(|(a, b)| &dense[a..b])
+        .collect();
+
+    // Histogram of magnitude keys (per chunk, then summed), then walk down from the
+    // largest key.
+    let histogram = |chunk: &[T]| {
+        let mut hist = vec![0usize; 1 << 15];
+        for v in chunk {
+            hist[magnitude_key(v.to_bits()) as usize] += 1;
+        }
+        hist
+    };
+    let hist = if chunks.len() == 1 {
+        histogram(chunks[0])
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|&c| s.spawn(move || histogram(c)))
+                .collect();
+            let mut hist = vec![0usize; 1 << 15];
+            for h in handles {
+                for (a, b) in hist.iter_mut().zip(join(h)) {
+                    *a += b;
+                }
+            }
+            hist
+        })
+    };
+
+    let mut above = 0usize;
+    // Key 0 (±0) is never stored, so stop at 1: if the nonzeros do not reach `keep`, every
+    // nonzero is kept.
+    for key in (1..=0x7fffu16).rev() {
+        let here = hist[key as usize];
+        if above + here >= keep {
+            let need = keep - above; // 1..=here
+            let last_index = nth_with_key(dense, &chunks, key, need);
+            return Keep::Above { key, last_index };
+        }
+        above += here;
+    }
+    Keep::AllNonzero
+}
+
+/// Index in `dense` of the `need`-th (1-based) entry whose magnitude key is `key`; `chunks`
+/// are contiguous pieces of `dense`, in order. With several chunks, each chunk's count of
+/// `key` is taken in parallel, and only the chunk holding the answer is scanned for it.
+fn nth_with_key<T: Element>(dense: &[T], chunks: &[&[T]], key: u16, need: usize) -> usize {
+    debug_assert!(need >= 1);
+    let find = |chunk: &[T], need: usize| -> Option<usize> {
+        let mut seen = 0usize;
+        for (i, v) in chunk.iter().enumerate() {
+            if magnitude_key(v.to_bits()) == key {
+                seen += 1;
+                if seen == need {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    };
+    if chunks.len() <= 1 {
+        return find(dense, need).expect("the histogram counted `need` entries with this key");
+    }
+    let counts: Vec<usize> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|&c| {
+                s.spawn(move || {
+                    c.iter()
+                        .filter(|v| magnitude_key(v.to_bits()) == key)
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(join).collect()
+    });
+    let (mut before, mut offset) = (0usize, 0usize);
+    for (chunk, count) in chunks.iter().zip(counts) {
+        if before + count >= need {
+            let i = find(chunk, need - before).expect("the chunk holds the entry");
+            return offset + i;
+        }
+        before += count;
+        offset += chunk.len();
+    }
+    unreachable!("the histogram counted `need` entries with this key")
+}
+
 impl<T: Element> SparseWeight<T> {
     /// Encodes a dense row-major `rows` × `cols` matrix, storing every entry that is not ±0.
+    ///
+    /// Matrices of 1M elements or more are encoded on several threads (up to
+    /// [`std::thread::available_parallelism`], one per contiguous range of tiles); the result
+    /// is the same for any thread count.
     ///
     /// Errors: [`Error::Shape`] if a dimension is zero, `dense.len() != rows * cols`, or the
     /// encoding would exceed `u32::MAX` words.
     pub fn from_dense(rows: usize, cols: usize, dense: &[T]) -> Result<Self> {
         tile_grid(rows, cols)?;
         check_dense_len(rows, cols, dense.len())?;
-        Self::build(rows, cols, dense, Keep::AllNonzero)
+        let threads = worker_threads(dense.len(), MIN_ELEMS_PER_THREAD);
+        Self::build(rows, cols, dense, Keep::AllNonzero, threads)
     }
 
     /// Magnitude pruning: keeps the `round((1 - sparsity) * rows * cols)` entries of largest
@@ -178,6 +424,9 @@ impl<T: Element> SparseWeight<T> {
     /// (only possible when the matrix has fewer nonzeros than the count) are not stored,
     /// so [`nnz`](Self::nnz) is `min(count, nonzeros of dense)`.
     ///
+    /// Multi-threaded like [`from_dense`](Self::from_dense) (the threshold search too); the
+    /// result is the same for any thread count.
+    ///
     /// Errors: [`Error::InvalidArgument`] if `sparsity` is not in `[0, 1]` (or is NaN);
     /// the shape errors of [`from_dense`](Self::from_dense).
     pub fn prune_magnitude(rows: usize, cols: usize, dense: &[T], sparsity: f64) -> Result<Self> {
@@ -188,84 +437,57 @@ impl<T: Element> SparseWeight<T> {
         }
         tile_grid(rows, cols)?;
         check_dense_len(rows, cols, dense.len())?;
-        let total = dense.len();
-        let keep = (((1.0 - sparsity) * total as f64).round() as usize).min(total);
-
-        // Histogram of magnitude keys, then walk down from the largest key.
-        let mut hist = vec![0usize; 1 << 15];
-        for v in dense {
-            hist[magnitude_key(v.to_bits()) as usize] += 1;
-        }
-        let mut rule = Keep::AllNonzero;
-        if keep == 0 {
-            rule = Keep::Nothing;
-        } else {
-            let mut above = 0usize;
-            // Key 0 (±0) is never stored, so stop at 1: if the nonzeros do not reach `keep`,
-            // every nonzero is kept.
-            for key in (1..=0x7fffu16).rev() {
-                let here = hist[key as usize];
-                if above + here >= keep {
-                    let need = keep - above; // 1..=here
-                    let mut seen = 0usize;
-                    let mut last_index = 0usize;
-                    for (i, v) in dense.iter().enumerate() {
-                        if magnitude_key(v.to_bits()) == key {
-                            seen += 1;
-                            if seen == need {
-                                last_index = i;
-                                break;
-                            }
-                        }
-                    }
-                    rule = Keep::Above { key, last_index };
-                    break;
-                }
-                above += here;
-            }
-        }
-        Self::build(rows, cols, dense, rule)
+        let threads = worker_threads(dense.len(), MIN_ELEMS_PER_THREAD);
+        let rule = prune_rule(dense, sparsity, threads);
+        Self::build(rows, cols, dense, rule, threads)
     }
 
     /// Shared encoder: stores the nonzero entries selected by `rule`, tile by tile, each tile
     /// in row-major `(r, c)` order, padded to a multiple of 4 words with its last word.
-    fn build(rows: usize, cols: usize, dense: &[T], rule: Keep) -> Result<Self> {
-        let (tiles_m, tiles_k, tiles) = tile_grid(rows, cols)?;
+    ///
+    /// The tiles are cut into at most `threads` contiguous ranges encoded in parallel (see
+    /// [`Source::encode_tiles`]) and concatenated in tile order, so the result does not depend on
+    /// `threads`.
+    fn build(rows: usize, cols: usize, dense: &[T], rule: Keep, threads: usize) -> Result<Self> {
+        let (_, tiles_k, tiles) = tile_grid(rows, cols)?;
+        let src = Source {
+            rows,
+            cols,
+            tiles_k,
+            dense,
+            rule,
+        };
+        let parts = split_evenly(tiles, threads);
+        let encoded: Vec<Encoded> = if parts.len() == 1 {
+            vec![src.encode_tiles(0, tiles)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .map(|&(t0, t1)| s.spawn(move || src.encode_tiles(t0, t1)))
+                    .collect();
+                handles.into_iter().map(join).collect()
+            })
+        };
+
+        let total: usize = encoded.iter().map(|e| e.words.len()).sum();
+        if u32::try_from(total).is_err() {
+            return Err(Error::Shape(format!(
+                "sparse weight {rows}×{cols} needs more than u32::MAX words"
+            )));
+        }
+        let nnz = encoded.iter().map(|e| e.nnz).sum();
         let mut tile_offsets = Vec::with_capacity(tiles + 1);
         tile_offsets.push(0u32);
-        let mut words: Vec<u32> = Vec::new();
-        let mut nnz = 0usize;
-        for tm in 0..tiles_m {
-            let r0 = tm * TILE_M;
-            let rn = TILE_M.min(rows - r0);
-            for tk in 0..tiles_k {
-                let c0 = tk * TILE_K;
-                let cn = TILE_K.min(cols - c0);
-                let start = words.len();
-                for r in 0..rn {
-                    let base = (r0 + r) * cols + c0;
-                    for (c, v) in dense[base..base + cn].iter().enumerate() {
-                        let bits = v.to_bits();
-                        if !is_zero_bits(bits) && rule.keeps(magnitude_key(bits), base + c) {
-                            words.push(pack_word(swizzled_pos(r, c), bits));
-                        }
-                    }
-                }
-                nnz += words.len() - start;
-                if words.len() > start {
-                    let last = words[words.len() - 1];
-                    while !(words.len() - start).is_multiple_of(WORDS_PER_LOAD) {
-                        words.push(last);
-                    }
-                }
-                let end = u32::try_from(words.len()).map_err(|_| {
-                    Error::Shape(format!(
-                        "sparse weight {rows}×{cols} needs more than u32::MAX words"
-                    ))
-                })?;
+        let mut end = 0u32;
+        for e in &encoded {
+            for &len in &e.lens {
+                end += len; // the total fits in u32 (checked above)
                 tile_offsets.push(end);
             }
         }
+        debug_assert_eq!(tile_offsets.len(), tiles + 1);
+        let words = concat_parallel(encoded.into_iter().map(|e| e.words).collect());
         Ok(Self {
             rows,
             cols,
@@ -710,6 +932,57 @@ mod tests {
         assert_eq!(w.tile_offsets(), &offsets[..]);
         assert_eq!(w.nnz(), 300 * 70);
         assert_eq!(w.to_dense(), dense);
+    }
+
+    #[test]
+    fn split_evenly_covers_in_order() {
+        assert_eq!(split_evenly(0, 4), [(0, 0)]);
+        assert_eq!(split_evenly(5, 0), [(0, 5)]);
+        assert_eq!(split_evenly(5, 1), [(0, 5)]);
+        assert_eq!(split_evenly(3, 8), [(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(split_evenly(10, 4), [(0, 3), (3, 6), (6, 8), (8, 10)]);
+        assert!(worker_threads(0, 1 << 19) == 1 && worker_threads((1 << 20) - 1, 1 << 19) == 1);
+    }
+
+    #[test]
+    fn thread_count_does_not_change_the_encoding() {
+        // 1100×700 at 70% sparsity: 5×11 tiles with partial edge tiles in both directions;
+        // under 1M elements, so the public functions use one thread.
+        let (rows, cols) = (1100, 700);
+        let mut rng = Rng::new(0x7ead);
+        let dense = random_sparse::<f16>(&mut rng, rows, cols, 0.7);
+        let one = SparseWeight::build(rows, cols, &dense, Keep::AllNonzero, 1).unwrap();
+        assert_eq!(one, SparseWeight::from_dense(rows, cols, &dense).unwrap());
+        check_layout(&one, &dense);
+        for threads in [2, 3, 4, 7, 16, 55, 1000] {
+            let many = SparseWeight::build(rows, cols, &dense, Keep::AllNonzero, threads).unwrap();
+            assert_eq!(many, one, "{threads} threads");
+        }
+
+        // Pruning, also with few distinct magnitudes (many ties at the threshold).
+        let levels: Vec<bf16> = (0..rows * cols)
+            .map(|_| bf16::from_f32(rng.below(20) as f32 - 10.0))
+            .collect();
+        for sparsity in [0.0, 0.3, 0.7, 0.95, 1.0] {
+            let rule = prune_rule(&dense, sparsity, 1);
+            let one = SparseWeight::build(rows, cols, &dense, rule, 1).unwrap();
+            let public = SparseWeight::prune_magnitude(rows, cols, &dense, sparsity).unwrap();
+            assert_eq!(one, public);
+            let rule_l = prune_rule(&levels, sparsity, 1);
+            let one_l = SparseWeight::build(rows, cols, &levels, rule_l, 1).unwrap();
+            assert_eq!(
+                one_l,
+                SparseWeight::prune_magnitude(rows, cols, &levels, sparsity).unwrap()
+            );
+            for threads in [2, 3, 16] {
+                assert_eq!(prune_rule(&dense, sparsity, threads), rule, "{threads}");
+                let many = SparseWeight::build(rows, cols, &dense, rule, threads).unwrap();
+                assert_eq!(many, one, "{sparsity} sparsity, {threads} threads");
+                assert_eq!(prune_rule(&levels, sparsity, threads), rule_l, "{threads}");
+                let many = SparseWeight::build(rows, cols, &levels, rule_l, threads).unwrap();
+                assert_eq!(many, one_l, "{sparsity} sparsity, {threads} threads");
+            }
+        }
     }
 
     #[test]

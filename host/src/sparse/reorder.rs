@@ -34,7 +34,7 @@
 //! and reordering is idempotent; keeping the better of old and new guarantees the total
 //! [`SparseWeight::bank_conflict_wavefronts`] never increases.
 
-use super::format::{word_pos, SparseWeight, CHUNK_WORDS, WORDS_PER_LOAD};
+use super::format::{word_pos, worker_threads, SparseWeight, CHUNK_WORDS, WORDS_PER_LOAD};
 use crate::element::Element;
 
 /// Words moved by one warp-wide 16-byte load: 32 lanes × 4 words.
@@ -55,81 +55,111 @@ const fn smem_word(word: u32) -> u16 {
     word_pos(word) / 2
 }
 
+/// Bits of a [`Seen`] set: one per 32-bit shared-memory word a word can address
+/// (`pos / 2 < 2^15` for any 16-bit position, valid or not).
+const SEEN_WORDS: usize = (1 << 15) / 64;
+
+/// Scratch set of 32-bit shared-memory words (one bit each), empty between uses.
+type Seen = [u64; SEEN_WORDS];
+
 /// Conflict degree of one store instruction writing `set` (at most 32 words): the largest
 /// number of distinct 32-bit shared-memory words falling into one bank. 0 for an empty set.
-fn conflict_degree(set: impl Iterator<Item = u32>) -> u32 {
-    let mut keys = [0u16; BLOCK_WORDS];
-    let mut n = 0;
-    for w in set {
-        keys[n] = smem_word(w);
-        n += 1;
-    }
-    let keys = &mut keys[..n];
-    keys.sort_unstable();
+/// `seen` must be empty, and is left empty.
+fn conflict_degree(seen: &mut Seen, set: impl Iterator<Item = u32> + Clone) -> u32 {
     let mut per_bank = [0u32; SMEM_BANKS];
     let mut degree = 0;
-    for (i, &k) in keys.iter().enumerate() {
-        if i == 0 || keys[i - 1] != k {
-            let b = k as usize % SMEM_BANKS;
+    for w in set.clone() {
+        let k = smem_word(w) as usize;
+        let (i, bit) = (k / 64, 1u64 << (k % 64));
+        if seen[i] & bit == 0 {
+            seen[i] |= bit;
+            let b = k % SMEM_BANKS;
             per_bank[b] += 1;
             degree = degree.max(per_bank[b]);
         }
+    }
+    for w in set {
+        seen[smem_word(w) as usize / 64] = 0;
     }
     degree
 }
 
 /// Extra wavefronts of the four stores of one aligned block (length a multiple of 4).
-fn block_cost(block: &[u32]) -> u64 {
+/// `seen` must be empty, and is left empty.
+fn block_cost(seen: &mut Seen, block: &[u32]) -> u64 {
     (0..WORDS_PER_LOAD)
         .map(|s| {
-            let d = conflict_degree(block.iter().skip(s).step_by(WORDS_PER_LOAD).copied());
-            u64::from(d.saturating_sub(1))
+            let set = block.iter().skip(s).step_by(WORDS_PER_LOAD).copied();
+            u64::from(conflict_degree(seen, set).saturating_sub(1))
         })
         .sum()
 }
 
-/// Greedy low-conflict arrangement of a block's words (see the module docs). Depends only on
-/// the multiset of `block`; the result has the same length and multiset.
-fn arrange_block(block: &[u32]) -> Vec<u32> {
+/// Greedy low-conflict arrangement of a block's words (see the module docs), written to
+/// `out` (same length as `block`, a multiple of 4, at most [`BLOCK_WORDS`]). Depends only on
+/// the multiset of `block`; `out` gets the same multiset. Works on the stack (no allocation).
+fn arrange_block(block: &[u32], out: &mut [u32]) {
     let len = block.len();
+    assert!(len <= BLOCK_WORDS && out.len() == len);
     let cap = len / WORDS_PER_LOAD; // words per store set
-    let mut sorted = block.to_vec();
+    let mut sorted = [0u32; BLOCK_WORDS];
+    let sorted = &mut sorted[..len];
+    sorted.copy_from_slice(block);
     sorted.sort_unstable();
 
-    // Groups of words sharing one 32-bit shared-memory word: (start, len) into `sorted`.
-    let mut groups: Vec<(usize, usize)> = Vec::new();
+    // Groups of words sharing one 32-bit shared-memory word: (start, len) into `sorted`, in
+    // increasing position order.
+    let mut groups = [(0usize, 0usize); BLOCK_WORDS];
+    let mut n_groups = 0;
     for (i, &w) in sorted.iter().enumerate() {
-        match groups.last_mut() {
-            Some((s, n)) if smem_word(sorted[*s]) == smem_word(w) => *n += 1,
-            _ => groups.push((i, 1)),
+        if n_groups > 0 && smem_word(sorted[groups[n_groups - 1].0]) == smem_word(w) {
+            groups[n_groups - 1].1 += 1;
+        } else {
+            groups[n_groups] = (i, 1);
+            n_groups += 1;
         }
     }
-    // Most contended banks first; inside a bank, by position (stable sort keeps that order).
+    let groups = &groups[..n_groups];
+    // Most contended banks first (ties: lower bank first); inside a bank, by position. That
+    // is a stable sort of `groups` by `(Reverse(groups of the bank), bank)`, done here as a
+    // counting sort: banks in that order, each bank's groups in their order.
     let mut groups_per_bank = [0usize; SMEM_BANKS];
-    for &(s, _) in &groups {
+    for &(s, _) in groups {
         groups_per_bank[bank(sorted[s])] += 1;
     }
-    groups.sort_by_key(|&(s, _)| {
-        let b = bank(sorted[s]);
-        (std::cmp::Reverse(groups_per_bank[b]), b)
-    });
+    let mut bank_order: [usize; SMEM_BANKS] = std::array::from_fn(|b| b);
+    bank_order.sort_unstable_by_key(|&b| (std::cmp::Reverse(groups_per_bank[b]), b));
+    let mut next = [0usize; SMEM_BANKS]; // next slot of each bank's groups in `order`
+    let mut at = 0;
+    for &b in &bank_order {
+        next[b] = at;
+        at += groups_per_bank[b];
+    }
+    let mut order = [(0usize, 0usize); BLOCK_WORDS];
+    for &g in groups {
+        let b = bank(sorted[g.0]);
+        order[next[b]] = g;
+        next[b] += 1;
+    }
 
-    let mut sets: [Vec<u32>; WORDS_PER_LOAD] = Default::default();
+    let mut sets = [[0u32; BLOCK_WORDS / WORDS_PER_LOAD]; WORDS_PER_LOAD];
+    let mut size = [0usize; WORDS_PER_LOAD]; // words in each set
     let mut load = [[0u32; SMEM_BANKS]; WORDS_PER_LOAD];
     let mut degree = [0u32; WORDS_PER_LOAD];
-    for &(start, n) in &groups {
+    for &(start, n) in &order[..n_groups] {
         let b = bank(sorted[start]);
         let words = &sorted[start..start + n];
         // Whole group into a set with room: preferably one whose conflict degree it does not
         // raise, then the fewest groups of this bank, then the most room, then lowest index.
         let best = (0..WORDS_PER_LOAD)
-            .filter(|&s| cap - sets[s].len() >= n)
+            .filter(|&s| cap - size[s] >= n)
             .min_by_key(|&s| {
                 let grows = load[s][b] + 1 > degree[s];
-                (grows, load[s][b], std::cmp::Reverse(cap - sets[s].len()), s)
+                (grows, load[s][b], std::cmp::Reverse(cap - size[s]), s)
             });
         if let Some(s) = best {
-            sets[s].extend_from_slice(words);
+            sets[s][size[s]..size[s] + n].copy_from_slice(words);
+            size[s] += n;
             load[s][b] += 1;
             degree[s] = degree[s].max(load[s][b]);
             continue;
@@ -139,31 +169,79 @@ fn arrange_block(block: &[u32]) -> Vec<u32> {
         let mut used = [false; WORDS_PER_LOAD];
         for &w in words {
             let s = (0..WORDS_PER_LOAD)
-                .filter(|&s| sets[s].len() < cap)
-                .min_by_key(|&s| {
-                    (
-                        !used[s],
-                        load[s][b],
-                        std::cmp::Reverse(cap - sets[s].len()),
-                        s,
-                    )
-                })
+                .filter(|&s| size[s] < cap)
+                .min_by_key(|&s| (!used[s], load[s][b], std::cmp::Reverse(cap - size[s]), s))
                 .expect("total capacity equals the block length");
             if !used[s] {
                 used[s] = true;
                 load[s][b] += 1;
                 degree[s] = degree[s].max(load[s][b]);
             }
-            sets[s].push(w);
+            sets[s][size[s]] = w;
+            size[s] += 1;
         }
     }
 
-    // Set s goes to the block indices that are s mod 4.
-    let mut out = vec![0u32; len];
+    // Set s goes to the block indices that are s mod 4 (every set is full: 4 × cap = len).
     for (s, set) in sets.iter().enumerate() {
-        for (j, &w) in set.iter().enumerate() {
+        debug_assert_eq!(size[s], cap);
+        for (j, &w) in set[..cap].iter().enumerate() {
             out[WORDS_PER_LOAD * j + s] = w;
         }
+    }
+}
+
+/// Below this many words per thread, [`SparseWeight::reorder_for_banks`] does not start
+/// another thread (about 150 ns of work per word).
+const MIN_WORDS_PER_THREAD: usize = 1 << 15;
+
+/// Reorders every block of the tiles whose offsets are `offsets` (`tiles + 1` entries,
+/// absolute), stored in `words`, which starts at word `offsets[0]` of the weight.
+fn reorder_tiles(words: &mut [u32], offsets: &[u32]) {
+    let base = offsets[0] as usize;
+    let mut candidate = [0u32; BLOCK_WORDS];
+    let mut seen: Seen = [0; SEEN_WORDS];
+    for pair in offsets.windows(2) {
+        let (a, b) = (pair[0] as usize - base, pair[1] as usize - base);
+        for block in words[a..b].chunks_mut(BLOCK_WORDS) {
+            // A conflict-free block cannot improve: skip the arrangement.
+            let cost = block_cost(&mut seen, block);
+            if cost == 0 {
+                continue;
+            }
+            let candidate = &mut candidate[..block.len()];
+            arrange_block(block, candidate);
+            if block_cost(&mut seen, candidate) < cost {
+                block.copy_from_slice(candidate);
+            }
+        }
+    }
+}
+
+/// Cuts the tiles of `offsets` (`tiles + 1` tile offsets) into at most `parts` contiguous
+/// ranges `(t0, t1)` of about equal word counts, in order, covering all tiles; empty ranges
+/// are dropped (a weight without tiles or words gives at most one range).
+fn tile_ranges_by_words(offsets: &[u32], parts: usize) -> Vec<(usize, usize)> {
+    let tiles = offsets.len() - 1;
+    let total = offsets[tiles] as u64;
+    let parts = parts.max(1) as u64;
+    let mut out = Vec::new();
+    let mut t0 = 0usize;
+    for i in 1..parts {
+        // First tile starting at or after the i-th target word.
+        let target = total * i / parts;
+        let t1 = offsets
+            .partition_point(|&o| u64::from(o) < target)
+            .min(tiles);
+        if t1 > t0 && offsets[t1] > offsets[t0] {
+            out.push((t0, t1));
+            t0 = t1;
+        }
+    }
+    // The rest; trailing tiles without words join the previous range.
+    match out.last_mut() {
+        Some(last) if offsets[t0] == offsets[tiles] => last.1 = tiles,
+        _ => out.push((t0, tiles)),
     }
     out
 }
@@ -175,18 +253,38 @@ impl<T: Element> SparseWeight<T> {
     /// The decoded matrix, each tile's word multiset and the list lengths are unchanged;
     /// [`bank_conflict_wavefronts`](Self::bank_conflict_wavefronts) never increases.
     /// Idempotent. Sets [`is_reordered`](Self::is_reordered).
+    ///
+    /// Weights of 64K words or more are reordered on several threads (up to
+    /// [`std::thread::available_parallelism`], one per contiguous range of tiles); the result
+    /// is the same for any thread count.
     pub fn reorder_for_banks(&mut self) {
-        for t in 0..self.num_tiles() {
-            let (a, b) = (
-                self.tile_offsets[t] as usize,
-                self.tile_offsets[t + 1] as usize,
-            );
-            for block in self.words[a..b].chunks_mut(BLOCK_WORDS) {
-                let candidate = arrange_block(block);
-                if block_cost(&candidate) < block_cost(block) {
-                    block.copy_from_slice(&candidate);
+        let threads = worker_threads(self.words.len(), MIN_WORDS_PER_THREAD);
+        self.reorder_with_threads(threads);
+    }
+
+    /// [`reorder_for_banks`](Self::reorder_for_banks) on at most `threads` threads: the tiles
+    /// are cut into contiguous ranges of about equal word counts, and each range's words (a
+    /// disjoint piece of `words`, since blocks never cross tiles) are reordered by their own
+    /// thread. Every block is rearranged independently, so the result does not depend on
+    /// `threads`.
+    pub(super) fn reorder_with_threads(&mut self, threads: usize) {
+        let offsets = &self.tile_offsets[..];
+        let bounds = tile_ranges_by_words(offsets, threads);
+        if bounds.len() <= 1 {
+            reorder_tiles(&mut self.words, offsets);
+        } else {
+            std::thread::scope(|s| {
+                let mut rest: &mut [u32] = &mut self.words;
+                let mut done = 0usize; // words before `rest`
+                for &(t0, t1) in &bounds {
+                    let end = offsets[t1] as usize;
+                    let (part, tail) = std::mem::take(&mut rest).split_at_mut(end - done);
+                    rest = tail;
+                    done = end;
+                    let part_offsets = &offsets[t0..=t1];
+                    s.spawn(move || reorder_tiles(part, part_offsets));
                 }
-            }
+            });
         }
         self.reordered = true;
     }
@@ -194,9 +292,10 @@ impl<T: Element> SparseWeight<T> {
     /// Total extra shared-memory wavefronts of the kernel's word stores over the whole
     /// weight: the sum over all store instructions of `conflict degree - 1`.
     pub fn bank_conflict_wavefronts(&self) -> u64 {
+        let mut seen: Seen = [0; SEEN_WORDS];
         (0..self.num_tiles())
             .flat_map(|t| self.tile_words(t).chunks(BLOCK_WORDS))
-            .map(block_cost)
+            .map(|block| block_cost(&mut seen, block))
             .sum()
     }
 }
@@ -204,7 +303,7 @@ impl<T: Element> SparseWeight<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sparse::format::pack_word;
+    use crate::sparse::format::{pack_word, TILE_ELEMS};
     use crate::sparse::test_util::{random_sparse, Rng};
     use half::{bf16, f16};
     use proptest::prelude::*;
@@ -213,11 +312,20 @@ mod tests {
     fn degree_counts_distinct_smem_words() {
         // Same 32-bit word (pos 0 and 1) and an exact duplicate: no conflict.
         let set = [pack_word(0, 1), pack_word(1, 1), pack_word(0, 1)];
-        assert_eq!(conflict_degree(set.into_iter()), 1);
+        let seen = &mut [0; SEEN_WORDS];
+        assert_eq!(conflict_degree(seen, set.into_iter()), 1);
         // pos 0 and pos 64 are both bank 0, different 32-bit words: degree 2.
         let set = [pack_word(0, 1), pack_word(64, 1), pack_word(2, 1)];
-        assert_eq!(conflict_degree(set.into_iter()), 2);
-        assert_eq!(conflict_degree(std::iter::empty()), 0);
+        assert_eq!(conflict_degree(seen, set.into_iter()), 2);
+        assert_eq!(conflict_degree(seen, std::iter::empty()), 0);
+        // Positions past the tile (from unvalidated words) are counted too.
+        let set = [
+            pack_word(0xffff, 1),
+            pack_word(0xffbf, 1),
+            pack_word(0xfffe, 1),
+        ];
+        assert_eq!(conflict_degree(seen, set.into_iter()), 2);
+        assert!(seen.iter().all(|&x| x == 0), "left empty");
     }
 
     #[test]
@@ -291,6 +399,179 @@ mod tests {
         );
     }
 
+    #[test]
+    fn thread_count_does_not_change_the_reorder() {
+        // 1100×700 at 70% sparsity: 5×11 tiles, partial edge tiles in both directions.
+        let mut rng = Rng::new(0x7eed);
+        let dense = random_sparse::<f16>(&mut rng, 1100, 700, 0.7);
+        let w = SparseWeight::from_dense(1100, 700, &dense).unwrap();
+        let mut one = w.clone();
+        one.reorder_with_threads(1);
+        assert_ne!(one.words(), w.words());
+        assert!(one.is_reordered());
+        for threads in [2, 3, 4, 7, 16, 55, 1000] {
+            let mut many = w.clone();
+            many.reorder_with_threads(threads);
+            assert_eq!(many, one, "{threads} threads");
+        }
+        let mut public = w.clone();
+        public.reorder_for_banks();
+        assert_eq!(public, one);
+        // Same as the former single-threaded, allocating implementation.
+        let mut reference = w.clone();
+        for t in 0..w.num_tiles() {
+            let (a, b) = (
+                w.tile_offsets()[t] as usize,
+                w.tile_offsets()[t + 1] as usize,
+            );
+            for block in reference.words[a..b].chunks_mut(BLOCK_WORDS) {
+                let candidate = arrange_block_reference(block);
+                if block_cost_reference(&candidate) < block_cost_reference(block) {
+                    block.copy_from_slice(&candidate);
+                }
+            }
+        }
+        assert_eq!(one.words(), reference.words());
+        assert_eq!(one.to_dense(), dense);
+    }
+
+    #[test]
+    fn tile_ranges_cover_all_tiles_in_order() {
+        let cases: [&[u32]; 6] = [
+            &[0, 0],
+            &[0, 0, 0, 0],
+            &[0, 128],
+            &[0, 0, 8, 8, 16, 400, 400, 1000, 1000, 1000],
+            &[0, 4, 8, 12, 16, 20, 24, 28],
+            &[0, 0, 0, 4000, 4000],
+        ];
+        for offsets in cases {
+            let tiles = offsets.len() - 1;
+            for parts in [0, 1, 2, 3, 5, 16, 100] {
+                let r = tile_ranges_by_words(offsets, parts);
+                assert!(
+                    !r.is_empty() && r.len() <= parts.max(1),
+                    "{offsets:?} {parts}: {r:?}"
+                );
+                assert_eq!(r[0].0, 0);
+                assert_eq!(r.last().unwrap().1, tiles);
+                assert!(r.windows(2).all(|p| p[0].1 == p[1].0));
+                assert!(r.iter().all(|&(a, b)| a < b || tiles == 0));
+                if r.len() > 1 {
+                    // Every range has words.
+                    assert!(r.iter().all(|&(a, b)| offsets[b] > offsets[a]), "{r:?}");
+                }
+            }
+        }
+        // Even word counts give even ranges.
+        let offsets: Vec<u32> = (0..=64).map(|t| 128 * t).collect();
+        assert_eq!(
+            tile_ranges_by_words(&offsets, 4),
+            [(0, 16), (16, 32), (32, 48), (48, 64)]
+        );
+    }
+
+    /// The sort-based `block_cost` this module had before it used a bit set.
+    fn block_cost_reference(block: &[u32]) -> u64 {
+        (0..WORDS_PER_LOAD)
+            .map(|s| {
+                let mut keys: Vec<u16> = block
+                    .iter()
+                    .skip(s)
+                    .step_by(WORDS_PER_LOAD)
+                    .map(|&w| smem_word(w))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let mut per_bank = [0u32; SMEM_BANKS];
+                for k in keys {
+                    per_bank[k as usize % SMEM_BANKS] += 1;
+                }
+                u64::from(per_bank.iter().max().unwrap().saturating_sub(1))
+            })
+            .sum()
+    }
+
+    /// The allocating, sort-based `arrange_block` this module had before it was rewritten to
+    /// work on the stack: the rewrite must give exactly its output.
+    fn arrange_block_reference(block: &[u32]) -> Vec<u32> {
+        let len = block.len();
+        let cap = len / WORDS_PER_LOAD; // words per store set
+        let mut sorted = block.to_vec();
+        sorted.sort_unstable();
+
+        // Groups of words sharing one 32-bit shared-memory word: (start, len) into `sorted`.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
+        for (i, &w) in sorted.iter().enumerate() {
+            match groups.last_mut() {
+                Some((s, n)) if smem_word(sorted[*s]) == smem_word(w) => *n += 1,
+                _ => groups.push((i, 1)),
+            }
+        }
+        // Most contended banks first; inside a bank, by position (stable sort keeps that order).
+        let mut groups_per_bank = [0usize; SMEM_BANKS];
+        for &(s, _) in &groups {
+            groups_per_bank[bank(sorted[s])] += 1;
+        }
+        groups.sort_by_key(|&(s, _)| {
+            let b = bank(sorted[s]);
+            (std::cmp::Reverse(groups_per_bank[b]), b)
+        });
+
+        let mut sets: [Vec<u32>; WORDS_PER_LOAD] = Default::default();
+        let mut load = [[0u32; SMEM_BANKS]; WORDS_PER_LOAD];
+        let mut degree = [0u32; WORDS_PER_LOAD];
+        for &(start, n) in &groups {
+            let b = bank(sorted[start]);
+            let words = &sorted[start..start + n];
+            // Whole group into a set with room: preferably one whose conflict degree it does not
+            // raise, then the fewest groups of this bank, then the most room, then lowest index.
+            let best = (0..WORDS_PER_LOAD)
+                .filter(|&s| cap - sets[s].len() >= n)
+                .min_by_key(|&s| {
+                    let grows = load[s][b] + 1 > degree[s];
+                    (grows, load[s][b], std::cmp::Reverse(cap - sets[s].len()), s)
+                });
+            if let Some(s) = best {
+                sets[s].extend_from_slice(words);
+                load[s][b] += 1;
+                degree[s] = degree[s].max(load[s][b]);
+                continue;
+            }
+            // No set has room for the whole group: split it, word by word, preferring sets that
+            // already hold part of it (free), then the least loaded with room.
+            let mut used = [false; WORDS_PER_LOAD];
+            for &w in words {
+                let s = (0..WORDS_PER_LOAD)
+                    .filter(|&s| sets[s].len() < cap)
+                    .min_by_key(|&s| {
+                        (
+                            !used[s],
+                            load[s][b],
+                            std::cmp::Reverse(cap - sets[s].len()),
+                            s,
+                        )
+                    })
+                    .expect("total capacity equals the block length");
+                if !used[s] {
+                    used[s] = true;
+                    load[s][b] += 1;
+                    degree[s] = degree[s].max(load[s][b]);
+                }
+                sets[s].push(w);
+            }
+        }
+
+        // Set s goes to the block indices that are s mod 4.
+        let mut out = vec![0u32; len];
+        for (s, set) in sets.iter().enumerate() {
+            for (j, &w) in set.iter().enumerate() {
+                out[WORDS_PER_LOAD * j + s] = w;
+            }
+        }
+        out
+    }
+
     /// A lower bound on the extra wavefronts of any within-block permutation: the four stores
     /// of a block together must write every distinct 32-bit word of bank `b` at least once,
     /// so `Σ_s degree_s >= D_b` for every bank, i.e. extra `>= max_b D_b - 4`.
@@ -353,11 +634,41 @@ mod tests {
             // not changed.
             let mut block: Vec<u32> = words.iter().map(|w| w & 0x3fff_ffff).collect();
             while !block.len().is_multiple_of(4) { block.push(block[0]); }
-            let mut got = arrange_block(&block);
+            let mut got = vec![0; block.len()];
+            arrange_block(&block, &mut got);
+            prop_assert_eq!(&got, &arrange_block_reference(&block));
             let mut want = block.clone();
             got.sort_unstable();
             want.sort_unstable();
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn arrange_block_matches_the_reference(
+            groups in 1usize..=32, seed: u64, mode in 0u8..4,
+        ) {
+            // Blocks of 4..=128 words built to stress the greedy: random positions, few
+            // positions (large groups, exact duplicates, splits), or one hot bank.
+            let mut rng = Rng::new(seed);
+            let block: Vec<u32> = (0..4 * groups)
+                .map(|_| {
+                    let pos = match mode {
+                        0 => rng.below(TILE_ELEMS),
+                        1 => rng.below(24),
+                        2 => 64 * rng.below(256) + rng.below(2),
+                        _ => 64 * rng.below(16) + rng.below(8) * 16 + rng.below(2),
+                    };
+                    let bits = if mode == 1 { rng.below(3) } else { rng.below(1 << 16) };
+                    pack_word(pos as u16, bits as u16)
+                })
+                .collect();
+            let mut got = vec![0; block.len()];
+            arrange_block(&block, &mut got);
+            prop_assert_eq!(&got, &arrange_block_reference(&block));
+            let seen = &mut [0; SEEN_WORDS];
+            prop_assert_eq!(block_cost(seen, &block), block_cost_reference(&block));
+            prop_assert_eq!(block_cost(seen, &got), block_cost_reference(&got));
+            prop_assert!(seen.iter().all(|&x| x == 0));
         }
     }
 }
