@@ -13,10 +13,9 @@
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
 //! - [`convert`]: f32 → f16/bf16 rounding.
-//! - [`global`]: `atom.add`, `fence.acq_rel.gpu`, L2-only loads (split-K fix-up).
 //! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`.
 //! - [`layout`]: tile shapes and lane→element maps (pure Rust, shared with the host).
-//! - [`kernels`]: the dense GEMM and the sparse SpMM.
+//! - [`kernels`]: the dense GEMM, the sparse SpMM and the split-K reduction.
 
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)]
@@ -37,7 +36,6 @@ macro_rules! unroll {
 
 pub mod convert;
 pub mod cp_async;
-pub mod global;
 pub mod kernels;
 pub mod layout;
 pub mod ldmatrix;

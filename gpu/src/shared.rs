@@ -69,23 +69,3 @@ pub unsafe fn ld_shared_v4_b32(addr: SmemAddr) -> [u32; 4] {
     );
     [a, b, c, d]
 }
-
-/// `st.shared.b32`: stores 32 bits.
-///
-/// # Safety
-/// `addr` must be 4-byte aligned and inside the launch's dynamic shared memory.
-#[inline(always)]
-pub unsafe fn st_shared_b32(addr: SmemAddr, v: u32) {
-    asm!("st.shared.b32 [{0}], {1};", in(reg32) addr.0, in(reg32) v, options(nostack));
-}
-
-/// `ld.shared.b32`: loads 32 bits.
-///
-/// # Safety
-/// As [`ld_shared_v4_b32`], 4-byte aligned.
-#[inline(always)]
-pub unsafe fn ld_shared_b32(addr: SmemAddr) -> u32 {
-    let v: u32;
-    asm!("ld.shared.b32 {0}, [{1}];", out(reg32) v, in(reg32) addr.0, options(nostack, readonly));
-    v
-}

@@ -39,13 +39,6 @@ pub fn block_dim_x() -> u32 {
     unsafe { nvptx::_block_dim_x() as u32 }
 }
 
-/// `%nctaid.x`: blocks in the grid along x.
-#[inline(always)]
-pub fn grid_dim_x() -> u32 {
-    // SAFETY: as above.
-    unsafe { nvptx::_grid_dim_x() as u32 }
-}
-
 /// `%nctaid.z`: blocks in the grid along z.
 #[inline(always)]
 pub fn grid_dim_z() -> u32 {

@@ -208,7 +208,7 @@ impl Gpu {
                 plan_splits(grid.0 * grid.1, k_tiles, sms, per_sm * sms, latency_bound)
             }
         };
-        let (partial, counters) = if splits > 1 { self.split_k_workspace(splits * n * m, grid.0 * grid.1)? } else { (0, 0) };
+        let partial = self.workspace_ptr(if splits > 1 { splits * n * m } else { 0 })?;
 
         let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
         let xp = x.device_ptr();
@@ -217,15 +217,23 @@ impl Gpu {
         match w.operand() {
             Operand::Dense(wd) => {
                 let (wp, ldw) = (wd.device_ptr(), wd.ld() as u32);
-                let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, counters, mm, nn, kk];
+                let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk];
                 self.launch(&func, grid3, threads, smem, &mut args)?;
             }
             Operand::Sparse(ws) => {
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
-                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, counters, mm, nn, kk];
+                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk];
                 self.launch(&func, grid3, threads, smem, &mut args)?;
             }
+        }
+        if splits > 1 {
+            let reduce = self.function(&format!("splitk_reduce_{}", T::DTYPE.name()), 0)?;
+            let threads = 256u32;
+            let blocks = (n * m).div_ceil(threads as usize) as u32;
+            let s = splits as u32;
+            let mut args = args![partial, yp, ldy, mm, nn, s];
+            self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;
         }
         Ok(())
     }
@@ -247,31 +255,21 @@ impl Gpu {
         Ok(func)
     }
 
-    /// Device addresses of the split-K workspace: at least `floats` f32 partial sums and
-    /// `tiles` arrival counters. Both grow on demand and are reused; the counters are zeroed
-    /// when allocated and every launch leaves them zero again.
-    fn split_k_workspace(&self, floats: usize, tiles: usize) -> Result<(u64, u64)> {
-        let mut partial = self.workspace.borrow_mut();
-        let mut counters = self.counters.borrow_mut();
-        let grow_partial = partial.as_ref().is_none_or(|b| b.len() < floats);
-        let grow_counters = counters.as_ref().is_none_or(|b| b.len() < tiles);
-        if grow_partial || grow_counters {
-            // The stream may still use the old buffers: wait before freeing them.
+    /// Device address of a workspace of at least `floats` f32 (0 when none is needed).
+    fn workspace_ptr(&self, floats: usize) -> Result<u64> {
+        if floats == 0 {
+            return Ok(0);
+        }
+        let mut ws = self.workspace.borrow_mut();
+        if ws.as_ref().is_none_or(|b| b.len() < floats) {
+            // The stream may still use the old buffer: wait before freeing it.
             self.synchronize()?;
+            *ws = None;
+            // SAFETY: f32 has no invalid bit patterns, and every element the reduction reads
+            // is written by the split kernel first.
+            *ws = Some(unsafe { DeviceBuffer::uninitialized(floats) }.map_err(|e| Error::driver("workspace", e))?);
         }
-        if grow_partial {
-            *partial = None;
-            // SAFETY: f32 has no invalid bit patterns; every partial the kernels read was
-            // written earlier in the same launch.
-            *partial = Some(unsafe { DeviceBuffer::uninitialized(floats) }.map_err(|e| Error::driver("split-K workspace", e))?);
-        }
-        if grow_counters {
-            *counters = None;
-            *counters = Some(DeviceBuffer::zeroed(tiles).map_err(|e| Error::driver("split-K counters", e))?);
-        }
-        let partial = partial.as_ref().map_or(0, |b| b.as_device_ptr().as_raw());
-        let counters = counters.as_ref().map_or(0, |b| b.as_device_ptr().as_raw());
-        Ok((partial, counters))
+        Ok(ws.as_ref().map_or(0, |b| b.as_device_ptr().as_raw()))
     }
 
     /// Launches on this handle's stream.

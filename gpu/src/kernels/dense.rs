@@ -13,8 +13,7 @@
 //!
 //! # Split-K
 //! Grid z splits K into contiguous ranges; with more than one split the blocks write f32
-//! partials and the last block of each output tile sums them in split order
-//! ([`super::tile::Epilogue`]): deterministic, and no second kernel launch.
+//! partials and [`super::reduce`] sums them in a fixed order (deterministic).
 
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async;
@@ -29,13 +28,12 @@ use crate::thread::{block_idx_x, block_idx_y, block_idx_z, grid_dim_z};
 /// Launched with `128·RT/MT` threads, grid `(ceil(m/(64·RT)), ceil(n/(8·NT)), splits)`,
 /// `layout::dense_smem_bytes(RT, NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
 /// (16-byte aligned, `ld % 8 == 0`, `ld ≥ k`, columns `k..ld` zero), `y` is `n × ldy`
-/// (`ldy ≥ m`), `partial` has `splits·n·m` f32 and `counters` one zeroed u32 per (x, y) block when
-/// `splits > 1`; `m, n, k ≥ 1`.
+/// (`ldy ≥ m`), `partial` has `splits·n·m` f32 when `splits > 1`; `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, const NT: usize>(
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
-    partial: *mut f32, counters: *mut u32, m: u32, n: u32, k: u32,
+    partial: *mut f32, m: u32, n: u32, k: u32,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
@@ -82,6 +80,6 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     }
     cp_async::wait_group::<0>();
 
-    let out = Epilogue { y, ldy: ldy as usize, partial, counters, m, n, split, splits };
-    out.finish::<E, MT, NT>(&acc, m0, n0, smem);
+    let out = Epilogue { y, ldy: ldy as usize, partial, m, n, split, splits };
+    out.store::<E, MT, NT>(&acc, m0, n0);
 }

@@ -9,6 +9,7 @@
 //! `layout::{dense,spmm}_smem_bytes` (shared with the host).
 
 pub mod dense;
+pub mod reduce;
 pub mod spmm;
 pub mod tile;
 
@@ -23,9 +24,9 @@ macro_rules! dense_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
             w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
-            partial: *mut f32, counters: *mut u32, m: u32, n: u32, k: u32,
+            partial: *mut f32, m: u32, n: u32, k: u32,
         ) {
-            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, counters, m, n, k);
+            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
         }
     )*};
 }
@@ -39,11 +40,26 @@ macro_rules! spmm_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
-            y: *mut u16, ldy: u32, partial: *mut f32, counters: *mut u32, m: u32, n: u32, k: u32,
+            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
         ) {
             spmm::spmm_linear::<$elem, $mt, $nt, { spmm::block_threads($mt) }>(
-                tile_offsets, words, x, ldx, y, ldy, partial, counters, m, n, k,
+                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k,
             );
+        }
+    )*};
+}
+
+macro_rules! reduce_entries {
+    ($($name:ident: $elem:ty;)*) => {$(
+        /// Deterministic split-K reduction (see [`reduce::splitk_reduce`]).
+        ///
+        /// # Safety
+        /// See [`reduce::splitk_reduce`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(
+            partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32,
+        ) {
+            reduce::splitk_reduce::<$elem>(partial, y, ldy, m, n, splits);
         }
     )*};
 }
@@ -106,4 +122,9 @@ spmm_entries! {
     spmm_linear_bf16_n8_m4: Bf16, 4, 1;
     spmm_linear_bf16_n16_m4: Bf16, 4, 2;
     spmm_linear_bf16_n32_m4: Bf16, 4, 4;
+}
+
+reduce_entries! {
+    splitk_reduce_f16: F16;
+    splitk_reduce_bf16: Bf16;
 }

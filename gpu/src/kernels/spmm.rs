@@ -160,12 +160,12 @@ unsafe fn zero_tile<const THREADS: usize>(dense: SmemAddr) {
 /// form a Tiled-CSL matrix of `m × k` validated by the host (offsets non-decreasing multiples
 /// of 4, positions inside the matrix); `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`,
 /// `ldx ≥ k`, columns `k..ldx` zero); `y` is `n × ldy` (`ldy ≥ m`); `partial` has
-/// `splits·n·m` f32 and `counters` one zeroed u32 per (x, y) block when `splits > 1`; `m, n, k ≥ 1`.
+/// `splits·n·m` f32 when `splits > 1`; `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const THREADS: usize>(
     tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32, y: *mut u16,
-    ldy: u32, partial: *mut f32, counters: *mut u32, m: u32, n: u32, k: u32,
+    ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
 ) {
     const { assert!(THREADS == block_threads(MT) && CHUNK_WORDS / 4 / THREADS <= MAX_GROUPS) };
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
@@ -245,6 +245,6 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     }
     cp_async::wait_group::<0>();
 
-    let out = Epilogue { y, ldy: ldy as usize, partial, counters, m, n, split, splits };
-    out.finish::<E, MT, NT>(&acc, m0, n0, smem);
+    let out = Epilogue { y, ldy: ldy as usize, partial, m, n, split, splits };
+    out.store::<E, MT, NT>(&acc, m0, n0);
 }

@@ -2,16 +2,13 @@
 //! tile into a swizzled shared tile, one warp's MMAs over a 64×64 W tile, and the epilogue.
 
 use crate::cp_async::{cp_async_16, cp_async_16_zfill};
-use crate::global::{atom_add_u32, fence_acq_rel_gpu, ld_global_cg_f32};
-use crate::shared::{ld_shared_b32, st_shared_b32};
-use crate::sync::bar_sync;
 use crate::layout::{
     frag_c_coord, ldmatrix_a_src, ldmatrix_b_src, swizzled_chunk_offset, TILE_K,
 };
 use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
 use crate::mma::{FragA, FragB, FragC, MmaElement};
 use crate::shared::SmemAddr;
-use crate::thread::{block_idx_x, block_idx_y, grid_dim_x, lane_idx, thread_idx_x, warp_idx};
+use crate::thread::{lane_idx, thread_idx_x, warp_idx};
 
 /// Issues `cp.async` copies of the `tile_rows × TILE_K` tile at (`row0`, `k0`) of a row-major
 /// 16-bit matrix (`rows` × `k`, leading dimension `ld` elements) into the swizzled shared tile
@@ -100,37 +97,37 @@ pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     });
 }
 
-/// Where a block's results go, and how split-K partial sums are combined.
-///
-/// With one split the block rounds its accumulators and writes `Y`. With several, every block
-/// writes its f32 partial tile to `partial[split]`, then counts itself in with an atomic on
-/// the output tile's counter; the block that arrives last sums the `splits` partials in split
-/// order (so the result does not depend on which block is last: bit-identical run to run),
-/// writes `Y`, and resets the counter to 0 for the next launch. No second kernel is launched.
+/// Where a block's results go.
 pub struct Epilogue {
-    /// Output `Y` (`n × ldy` elements).
+    /// Output `Y` (`n × ldy` elements), written when `splits == 1`.
     pub y: *mut u16,
     /// Leading dimension of `Y`.
     pub ldy: usize,
-    /// f32 partial sums `[splits][n][m]` (used when `splits > 1`).
+    /// f32 partial sums `[splits][n][m]`, written when `splits > 1`.
     pub partial: *mut f32,
-    /// One arrival counter per output tile, zero between launches (used when `splits > 1`).
-    pub counters: *mut u32,
     /// Rows of W (= columns of Y).
     pub m: usize,
     /// Tokens (= rows of Y).
     pub n: usize,
-    /// This block's split index.
+    /// This block's split index and the number of splits.
     pub split: usize,
     /// Number of K splits (grid z).
     pub splits: usize,
 }
 
 impl Epilogue {
-    /// Calls `f(mt, nt, i, gm, gn)` for each accumulator element of this thread that lies
-    /// inside `m × n` (warp rows from `m0 + 16·MT·warp`, tokens from `n0`).
+    /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..`,
+    /// dropping elements outside `m × n`.
+    ///
+    /// # Safety
+    /// `y` / `partial` are allocations of the sizes documented on the fields.
     #[inline(always)]
-    fn for_each_element<const MT: usize, const NT: usize>(&self, m0: usize, n0: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    pub unsafe fn store<E: MmaElement, const MT: usize, const NT: usize>(
+        &self,
+        acc: &[[FragC; NT]; MT],
+        m0: usize,
+        n0: usize,
+    ) {
         let lane = lane_idx() as usize;
         let warp_row0 = m0 + warp_idx() as usize * 16 * MT;
         unroll!(mt in 0..MT => {
@@ -139,61 +136,16 @@ impl Epilogue {
                     let (r, c) = frag_c_coord(lane, i);
                     let (gm, gn) = (warp_row0 + 16 * mt + r, n0 + nt * 8 + c);
                     if gm < self.m && gn < self.n {
-                        f(mt, nt, i, gm, gn);
+                        let v = acc[mt][nt].0[i];
+                        if self.splits == 1 {
+                            *self.y.add(gn * self.ldy + gm) = E::from_f32(v);
+                        } else {
+                            *self.partial.add((self.split * self.n + gn) * self.m + gm) = v;
+                        }
                     }
                 });
             });
         });
-    }
-
-    /// Writes the block's results (see the type's docs). `flag` is 4 bytes of shared memory
-    /// no warp reads any more.
-    ///
-    /// # Safety
-    /// Called once by every thread of the block (it contains barriers), after the last MMA;
-    /// `y`, `partial` and `counters` are allocations of the documented sizes.
-    #[inline(always)]
-    pub unsafe fn finish<E: MmaElement, const MT: usize, const NT: usize>(
-        &self,
-        acc: &[[FragC; NT]; MT],
-        m0: usize,
-        n0: usize,
-        flag: SmemAddr,
-    ) {
-        if self.splits == 1 {
-            self.for_each_element::<MT, NT>(m0, n0, |mt, nt, i, gm, gn| {
-                *self.y.add(gn * self.ldy + gm) = E::from_f32(acc[mt][nt].0[i]);
-            });
-            return;
-        }
-        let slice = |s: usize| self.partial.add(s * self.n * self.m);
-        self.for_each_element::<MT, NT>(m0, n0, |mt, nt, i, gm, gn| {
-            *slice(self.split).add(gn * self.m + gm) = acc[mt][nt].0[i];
-        });
-        fence_acq_rel_gpu(); // release: the partial tile before the arrival
-        bar_sync();
-        let counter = self.counters.add(block_idx_x() as usize + block_idx_y() as usize * grid_dim_x() as usize);
-        if thread_idx_x() == 0 {
-            let last = atom_add_u32(counter, 1) as usize == self.splits - 1;
-            st_shared_b32(flag, last as u32);
-        }
-        bar_sync();
-        if ld_shared_b32(flag) == 0 {
-            return;
-        }
-        fence_acq_rel_gpu(); // acquire: every other split's partial tile
-        self.for_each_element::<MT, NT>(m0, n0, |_, _, _, gm, gn| {
-            let mut sum = 0.0f32;
-            let mut s = 0;
-            while s < self.splits {
-                sum += ld_global_cg_f32(slice(s).add(gn * self.m + gm));
-                s += 1;
-            }
-            *self.y.add(gn * self.ldy + gm) = E::from_f32(sum);
-        });
-        if thread_idx_x() == 0 {
-            *counter = 0;
-        }
     }
 }
 
