@@ -49,8 +49,9 @@ pub const fn dense_default_config(_nt: usize) -> (usize, usize) {
 }
 
 /// SpMM warp heights compiled into the PTX (m16 tiles per warp; `16/mt` warps per block),
-/// for token tiles up to `spmm_max_nt(mt)`.
-pub const SPMM_CONFIGS: [usize; 3] = [1, 2, 4];
+/// for token tiles up to `spmm_max_nt(mt)`. (One m-tile per warp, 512 threads, was never
+/// the fastest and leaves only 128 registers per thread: not compiled.)
+pub const SPMM_CONFIGS: [usize; 2] = [2, 4];
 
 /// Largest token-tile count compiled for SpMM warp height `mt` (accumulators must fit in
 /// registers: `mt · nt · 4` floats per thread).

@@ -189,6 +189,16 @@ impl Gpu {
         let rt = block.row_tiles;
         let threads = (128 * rt / block.warp_m_tiles) as u32;
         let func = self.function(&name, smem)?;
+        // Registers per thread × threads must fit the SM; every compiled shape does (at most
+        // 256 threads), this keeps a future one from failing at launch instead of here.
+        let max_threads = func
+            .get_attribute(cust::function::FunctionAttribute::MaxThreadsPerBlock)
+            .map_err(|e| Error::driver("kernel attributes", e))?;
+        if threads as i32 > max_threads {
+            return Err(Error::UnsupportedDevice(format!(
+                "{name} needs {threads} threads per block, the device allows {max_threads} with its register use"
+            )));
+        }
         let k_tiles = k.div_ceil(TILE_K);
         let grid = (m.div_ceil(TILE_M * rt), n.div_ceil(n_tile));
         let splits = match opts.splits {

@@ -100,10 +100,6 @@ dense_entries! {
 }
 
 spmm_entries! {
-    spmm_linear_f16_n8_m1: F16, 1, 1;
-    spmm_linear_f16_n16_m1: F16, 1, 2;
-    spmm_linear_f16_n32_m1: F16, 1, 4;
-    spmm_linear_f16_n64_m1: F16, 1, 8;
     spmm_linear_f16_n8_m2: F16, 2, 1;
     spmm_linear_f16_n16_m2: F16, 2, 2;
     spmm_linear_f16_n32_m2: F16, 2, 4;
@@ -111,10 +107,6 @@ spmm_entries! {
     spmm_linear_f16_n8_m4: F16, 4, 1;
     spmm_linear_f16_n16_m4: F16, 4, 2;
     spmm_linear_f16_n32_m4: F16, 4, 4;
-    spmm_linear_bf16_n8_m1: Bf16, 1, 1;
-    spmm_linear_bf16_n16_m1: Bf16, 1, 2;
-    spmm_linear_bf16_n32_m1: Bf16, 1, 4;
-    spmm_linear_bf16_n64_m1: Bf16, 1, 8;
     spmm_linear_bf16_n8_m2: Bf16, 2, 1;
     spmm_linear_bf16_n16_m2: Bf16, 2, 2;
     spmm_linear_bf16_n32_m2: Bf16, 2, 4;
