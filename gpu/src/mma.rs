@@ -34,53 +34,34 @@ pub enum F16 {}
 /// bfloat16.
 pub enum Bf16 {}
 
-impl MmaElement for F16 {
-    /// `mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32`.
-    #[inline(always)]
-    fn mma_m16n8k16(d: &mut FragC, a: &FragA, b: &FragB) {
-        let c = d.0;
-        // SAFETY: register-only instruction; warp convergence is the caller's contract
-        // (kernels call it from warp-uniform control flow).
-        unsafe {
-            asm!(
-                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 \
-                 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, \
-                 {{{10}, {11}, {12}, {13}}};",
-                out(reg32) d.0[0], out(reg32) d.0[1], out(reg32) d.0[2], out(reg32) d.0[3],
-                in(reg32) a.0[0], in(reg32) a.0[1], in(reg32) a.0[2], in(reg32) a.0[3],
-                in(reg32) b.0[0], in(reg32) b.0[1],
-                in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3],
-                options(pure, nomem, nostack)
-            );
+/// Implements [`MmaElement`] for one input type: its `mma.sync` instruction and its `cvt`.
+macro_rules! mma_element {
+    ($ty:ty, $instr:literal, $cvt:path) => {
+        impl MmaElement for $ty {
+            #[doc = concat!("`", $instr, "`.")]
+            #[inline(always)]
+            fn mma_m16n8k16(d: &mut FragC, a: &FragA, b: &FragB) {
+                let c = d.0;
+                // SAFETY: register-only instruction; warp convergence is the caller's contract
+                // (kernels call it from warp-uniform control flow).
+                unsafe {
+                    asm!(
+                        concat!($instr, " {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{10}, {11}, {12}, {13}}};"),
+                        out(reg32) d.0[0], out(reg32) d.0[1], out(reg32) d.0[2], out(reg32) d.0[3],
+                        in(reg32) a.0[0], in(reg32) a.0[1], in(reg32) a.0[2], in(reg32) a.0[3],
+                        in(reg32) b.0[0], in(reg32) b.0[1],
+                        in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3],
+                        options(pure, nomem, nostack)
+                    );
+                }
+            }
+            #[inline(always)]
+            fn from_f32(v: f32) -> u16 {
+                $cvt(v)
+            }
         }
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> u16 {
-        crate::convert::f32_to_f16_rn(v)
-    }
+    };
 }
 
-impl MmaElement for Bf16 {
-    /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`.
-    #[inline(always)]
-    fn mma_m16n8k16(d: &mut FragC, a: &FragA, b: &FragB) {
-        let c = d.0;
-        // SAFETY: as for F16.
-        unsafe {
-            asm!(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 \
-                 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, \
-                 {{{10}, {11}, {12}, {13}}};",
-                out(reg32) d.0[0], out(reg32) d.0[1], out(reg32) d.0[2], out(reg32) d.0[3],
-                in(reg32) a.0[0], in(reg32) a.0[1], in(reg32) a.0[2], in(reg32) a.0[3],
-                in(reg32) b.0[0], in(reg32) b.0[1],
-                in(reg32) c[0], in(reg32) c[1], in(reg32) c[2], in(reg32) c[3],
-                options(pure, nomem, nostack)
-            );
-        }
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> u16 {
-        crate::convert::f32_to_bf16_rn(v)
-    }
-}
+mma_element!(F16, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", crate::convert::f32_to_f16_rn);
+mma_element!(Bf16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", crate::convert::f32_to_bf16_rn);
