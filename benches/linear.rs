@@ -3,7 +3,7 @@
 //! ```text
 //! cargo bench --bench linear                      # the default sweep (see `Args::default`)
 //! cargo bench --bench linear -- [--shapes 36864x9216,...] [--n 1,8,16,32,64]
-//!     [--sparsity 0.5,0.7,0.8,0.9] [--rows-pattern 0.8|none] [--reps 100] [--dtype f16|bf16]
+//!     [--sparsity 0.5,0.7,0.8,0.9] [--rows-pattern 0.8|none] [--reps 100] [--dtype f16,bf16]
 //!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|all]
 //! ```
 //! Method, in one process and on one stream:
@@ -64,14 +64,14 @@ struct Args {
     /// Mean sparsity of the non-uniform "rows" pattern, if it is part of the run.
     rows_pattern: Option<f64>,
     reps: usize,
-    dtype: Dtype,
+    dtypes: Vec<Dtype>,
     csv: Option<String>,
     tune: Option<String>,
 }
 
 impl Default for Args {
     /// The default sweep: all model shapes, N = 1…64, 50–90% uniform sparsity plus the
-    /// non-uniform row pattern at 80%, f16, 60 timed launches per kernel.
+    /// non-uniform row pattern at 80%, f16 then bf16, 60 timed launches per kernel.
     fn default() -> Self {
         Args {
             shapes: SWEEP_SHAPES.iter().map(|&(_, m, k)| (m, k)).collect(),
@@ -79,7 +79,7 @@ impl Default for Args {
             sparsities: vec![0.5, 0.6, 0.7, 0.8, 0.9],
             rows_pattern: Some(0.8),
             reps: 60,
-            dtype: Dtype::F16,
+            dtypes: vec![Dtype::F16, Dtype::Bf16],
             csv: Some("sweep.csv".into()),
             tune: None,
         }
@@ -115,11 +115,14 @@ fn parse_args() -> Args {
             "--rows-pattern" => a.rows_pattern = if val == "none" { None } else { Some(val.parse().expect("mean sparsity")) },
             "--reps" => a.reps = val.parse().expect("reps"),
             "--dtype" => {
-                a.dtype = match val.as_str() {
-                    "f16" => Dtype::F16,
-                    "bf16" => Dtype::Bf16,
-                    other => panic!("unknown dtype {other}"),
-                }
+                a.dtypes = list(&val)
+                    .iter()
+                    .map(|d| match d.as_str() {
+                        "f16" => Dtype::F16,
+                        "bf16" => Dtype::Bf16,
+                        other => panic!("unknown dtype {other}"),
+                    })
+                    .collect()
             }
             "--csv" => a.csv = Some(val),
             "--tune" => a.tune = Some(val),
@@ -374,37 +377,48 @@ fn geomean(v: impl Iterator<Item = f64>) -> (f64, usize) {
     ((s / c.max(1) as f64).exp(), c)
 }
 
-fn run<T: Element>(args: &Args) -> i32 {
+/// What every sweep of one run shares.
+struct Bench {
+    gpu: Gpu,
+    cublas: Cublas,
+    driver: String,
+    copy_bw: f64,
+}
+
+fn setup() -> Option<Bench> {
     let gpu = match Gpu::new() {
         Ok(g) => g,
         Err(e) => {
             println!("SKIPPED benchmark: no usable GPU ({e})");
-            return 0;
+            return None;
         }
     };
-    let cb = match cublas::load() {
+    let cublas = match cublas::load() {
         Ok(c) => c,
         Err(e) => {
             println!("SKIPPED benchmark: cuBLAS not found ({e})");
-            return 0;
+            return None;
         }
     };
-    cb.set_stream(gpu.stream().as_inner()).unwrap();
+    cublas.set_stream(gpu.stream().as_inner()).unwrap();
     let mut driver = 0i32;
     // SAFETY: writes one int.
     unsafe { cust::sys::cuDriverGetVersion(&mut driver) };
     let driver = format!("CUDA {}.{}", driver / 1000, driver % 1000 / 10);
     let copy_bw = copy_bandwidth(&gpu);
-    println!("device: {} ({} SMs), driver API {driver}, cuBLAS {} ({})", gpu.name(), gpu.sm_count(), cb.version().unwrap_or(0), cb.path().display());
+    println!("device: {} ({} SMs), driver API {driver}, cuBLAS {} ({})", gpu.name(), gpu.sm_count(), cublas.version().unwrap_or(0), cublas.path().display());
     println!("device-to-device copy: {:.3} TB/s (read + write)", copy_bw / 1e12);
+    Some(Bench { gpu, cublas, driver, copy_bw })
+}
 
+/// Runs the sweep for one element type, appending CSV rows; returns the result rows.
+fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
+    let Bench { gpu, cublas: cb, driver, copy_bw } = bench;
+    let copy_bw = *copy_bw;
     let mut patterns = vec![Pattern::Dense];
     patterns.extend(args.sparsities.iter().map(|&s| Pattern::Uniform(s)));
     patterns.extend(args.rows_pattern.map(Pattern::Rows));
     let mut progress = Progress { total: args.shapes.len() * patterns.len() * args.ns.len(), done: 0, start: Instant::now() };
-    let mut csv = String::from(
-        "device,driver,dtype,m,k,n,sparsity,pattern,kernel,median_us,p10_us,p90_us,tflops,bytes,tb_per_s,pct_copy_bw,speedup_vs_cublas,max_rel_err,status\n",
-    );
     let mut rows: Vec<Row> = vec![];
     let tol = 4.0 * T::DTYPE.unit_roundoff();
     let tuning = |kind: &str| args.tune.as_deref().is_some_and(|t| t == kind || t == "all");
@@ -501,22 +515,19 @@ fn run<T: Element>(args: &Args) -> i32 {
             }
         }
     }
-    if let Some(path) = &args.csv {
-        std::fs::File::create(path).and_then(|mut f| f.write_all(csv.as_bytes())).unwrap_or_else(|e| panic!("writing {path}: {e}"));
-        println!("wrote {path}");
-    }
-    summary(&gpu, copy_bw, &rows, &patterns, &args.ns);
-    let failures: Vec<&Row> = rows.iter().filter(|r| !r.ok).collect();
-    for f in &failures {
-        println!("FAIL: {}x{} n={} {:?} {}: result disagrees with cuBLAS", f.shape.0, f.shape.1, f.n, f.pattern, f.kernel);
-    }
-    i32::from(!failures.is_empty())
+    summary(gpu, T::DTYPE, copy_bw, &rows, &patterns, &args.ns);
+    rows
 }
 
 /// The summary printed last: geometric-mean speedups of each kernel per sparsity and N, the
 /// worst case, and where the sparse kernel is furthest below the roofline.
-fn summary(gpu: &Gpu, copy_bw: f64, rows: &[Row], patterns: &[Pattern], ns: &[usize]) {
-    println!("\n==== summary: {} (copy {:.2} TB/s); geometric mean over shapes of cuBLAS time / kernel time ====", gpu.name(), copy_bw / 1e12);
+fn summary(gpu: &Gpu, dtype: Dtype, copy_bw: f64, rows: &[Row], patterns: &[Pattern], ns: &[usize]) {
+    println!(
+        "\n==== summary, {}: {} (copy {:.2} TB/s); geometric mean over shapes of cuBLAS time / kernel time ====",
+        dtype.name(),
+        gpu.name(),
+        copy_bw / 1e12
+    );
     let mut header = format!("{:<16}{:<14}", "pattern", "kernel");
     for n in ns {
         let _ = write!(header, "{:>9}", format!("N={n}"));
@@ -569,9 +580,24 @@ impl Timed {
 
 fn main() {
     let args = parse_args();
-    let code = match args.dtype {
-        Dtype::F16 => run::<f16>(&args),
-        Dtype::Bf16 => run::<bf16>(&args),
-    };
-    std::process::exit(code);
+    let Some(bench) = setup() else { return };
+    let mut csv = String::from(
+        "device,driver,dtype,m,k,n,sparsity,pattern,kernel,median_us,p10_us,p90_us,tflops,bytes,tb_per_s,pct_copy_bw,speedup_vs_cublas,max_rel_err,status\n",
+    );
+    let mut failures = vec![];
+    for &dtype in &args.dtypes {
+        let rows = match dtype {
+            Dtype::F16 => run::<f16>(&bench, &args, &mut csv),
+            Dtype::Bf16 => run::<bf16>(&bench, &args, &mut csv),
+        };
+        failures.extend(rows.into_iter().filter(|r| !r.ok).map(|r| (dtype, r)));
+    }
+    if let Some(path) = &args.csv {
+        std::fs::File::create(path).and_then(|mut f| f.write_all(csv.as_bytes())).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        println!("wrote {path}");
+    }
+    for (dtype, f) in &failures {
+        println!("FAIL: {} {}x{} n={} {:?} {}: result disagrees with cuBLAS", dtype.name(), f.shape.0, f.shape.1, f.n, f.pattern, f.kernel);
+    }
+    std::process::exit(i32::from(!failures.is_empty()));
 }

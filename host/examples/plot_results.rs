@@ -461,13 +461,23 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
 
     let device = unique(data.rows.iter().map(|r| r.device.as_str()));
-    let dtype = unique(data.rows.iter().map(|r| r.dtype.as_str()));
     let driver = unique(data.rows.iter().map(|r| r.driver.as_str()));
     let driver = if driver.is_empty() { "?".to_string() } else { driver };
+    let dtypes: BTreeSet<String> = data.rows.iter().map(|r| r.dtype.clone()).collect();
 
+    // One pair of plots per element type, in `<out>/<dtype>/`.
     let mut written = Vec::new();
-    written.extend(plot_speedup(&data, out, &device, &dtype, &driver)?);
-    written.extend(plot_roofline(&data, out, &device, &dtype)?);
+    let failed = data.failed;
+    let mut rows = data.rows;
+    for dtype in &dtypes {
+        let (mine, rest): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| &r.dtype == dtype);
+        rows = rest;
+        let part = Data { rows: mine, failed };
+        let dir = out.join(dtype);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        written.extend(plot_speedup(&part, &dir, &device, dtype, &driver)?);
+        written.extend(plot_roofline(&part, &dir, &device, dtype)?);
+    }
     ensure!(!written.is_empty(), "nothing to plot in {csv}");
     println!();
     for p in &written {
