@@ -100,7 +100,7 @@ pub const fn unswizzle_pos(pos: usize) -> (usize, usize) {
 // mma.m16n8k16 with floating point type"). groupID = lane / 4, threadID_in_group = lane % 4.
 
 /// A (16×16, row-major): register half `i` (0..8, a0..a7 as the ISA numbers them, two per
-/// 32-bit register) of `lane` holds A[row][col].
+/// 32-bit register) of `lane` holds `A[row][col]`.
 pub const fn frag_a_coord(lane: usize, i: usize) -> (usize, usize) {
     let group = lane / 4;
     let tig = lane % 4;
@@ -109,13 +109,13 @@ pub const fn frag_a_coord(lane: usize, i: usize) -> (usize, usize) {
     (row, col)
 }
 
-/// B (16×8, K×N "col"): register half `i` (0..4, b0..b3) of `lane` holds B[k][n].
+/// B (16×8, K×N "col"): register half `i` (0..4, b0..b3) of `lane` holds `B[k][n]`.
 pub const fn frag_b_coord(lane: usize, i: usize) -> (usize, usize) {
     let k = (lane % 4) * 2 + (i & 1) + if i >= 2 { 8 } else { 0 };
     (k, lane / 4)
 }
 
-/// C/D (16×8, f32): element `i` (0..4, c0..c3) of `lane` holds C[row][col].
+/// C/D (16×8, f32): element `i` (0..4, c0..c3) of `lane` holds `C[row][col]`.
 pub const fn frag_c_coord(lane: usize, i: usize) -> (usize, usize) {
     let row = lane / 4 + if i >= 2 { 8 } else { 0 };
     (row, (lane % 4) * 2 + (i & 1))
