@@ -95,7 +95,7 @@ pub(crate) fn n_tile_for(n: usize) -> usize {
 
 /// Split-K choice from the number of output blocks, the K tiles, the SM count and the
 /// resident blocks per SM (`slots` = SMs × occupancy). Measured on an H100
-/// (`benches/linear.rs --splits-sweep`):
+/// (`benches/linear.rs --tune all`):
 /// - the dense kernel is bandwidth-bound: two resident blocks per SM already saturate HBM,
 ///   and extra splits cost partial-sum traffic and pipeline warm-up, so it takes the fewest
 ///   splits that give every SM two blocks, unless that leaves a short last wave (< 80% full);

@@ -3,7 +3,7 @@
 //!
 //! # Tiling
 //! A block owns `64·RT` rows of W and `N_TILE = 8·NT` tokens, and walks its share of
-//! K in `TILE_K = 64` steps. Each step's W tile (64×64, 8 KiB) and X tile (N_TILE×64) stream
+//! K in `TILE_K = 64` steps. Each step's W tile (64·RT × 64) and X tile (N_TILE × 64) stream
 //! into shared memory with `cp.async` through a `STAGES`-deep [`Pipeline`]; warps then run
 //! `ldmatrix` + `mma.sync.m16n8k16` on them.
 //!

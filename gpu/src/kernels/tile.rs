@@ -1,5 +1,6 @@
 //! Building blocks shared by the dense and the sparse kernel: streaming a 16-bit row-major
-//! tile into a swizzled shared tile, one warp's MMAs over a 64×64 W tile, and the epilogue.
+//! tile into a swizzled shared tile, one warp's MMAs over its rows of the block's W tile, and the
+//! epilogue.
 
 use crate::cp_async::{cp_async_16, cp_async_16_zfill};
 use crate::layout::{
