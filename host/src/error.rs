@@ -11,7 +11,7 @@ pub enum Error {
     /// Two operands do not fit together, or a dimension is zero or too large.
     #[error("shape mismatch: {0}")]
     Shape(String),
-    /// The element type is not supported by this operation or on this device.
+    /// The element type does not match (e.g. a bf16 weight file loaded as f16).
     #[error("unsupported dtype: {0}")]
     UnsupportedDtype(String),
     /// No CUDA driver or no CUDA-capable device is present.

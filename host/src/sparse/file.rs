@@ -257,7 +257,7 @@ impl<T: Element> SparseWeight<T> {
             code => return Err(Error::Format(format!("unknown dtype code {code} in file"))),
         };
         if dtype != T::DTYPE {
-            return Err(Error::Format(format!(
+            return Err(Error::UnsupportedDtype(format!(
                 "file holds {} weights, but {} was requested",
                 dtype.name(),
                 T::DTYPE.name()
@@ -438,14 +438,20 @@ mod tests {
 
     #[test]
     fn dtype_mismatch_names_the_file_dtype() {
+        fn dtype_err<T: std::fmt::Debug>(r: Result<T>) -> String {
+            match r {
+                Err(Error::UnsupportedDtype(msg)) => msg,
+                other => panic!("expected Error::UnsupportedDtype, got {other:?}"),
+            }
+        }
         let (_, bytes) = small_file();
-        let msg = format_err(SparseWeight::<bf16>::load(&bytes[..]));
+        let msg = dtype_err(SparseWeight::<bf16>::load(&bytes[..]));
         assert!(msg.contains("file holds f16"), "{msg}");
         let dense = vec![bf16::ONE; 4];
         let w = SparseWeight::from_dense(2, 2, &dense).unwrap();
         let mut b = Vec::new();
         w.save(&mut b).unwrap();
-        let msg = format_err(SparseWeight::<f16>::load(&b[..]));
+        let msg = dtype_err(SparseWeight::<f16>::load(&b[..]));
         assert!(msg.contains("file holds bf16"), "{msg}");
     }
 
