@@ -130,7 +130,7 @@ fn parse_args() -> Args {
         }
         i += 2;
     }
-    assert!(a.reps >= 10, "--reps must be at least 10");
+    assert!(a.reps >= 50, "--reps must be at least 50 (the reported medians are over that many launches)");
     a
 }
 
