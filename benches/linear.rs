@@ -281,6 +281,12 @@ struct Timed {
     bytes: usize,
 }
 
+impl Timed {
+    fn median(&self) -> f64 {
+        pct(&self.times_us, 0.5)
+    }
+}
+
 /// Times all entries round-robin; entry 0 (cuBLAS) is the reference of the error check.
 fn time_case<T: Element>(gpu: &Gpu, cb: &Cublas, entries: &[Entry<T>], x: &DeviceMatrix<T>, reps: usize) -> Vec<Timed> {
     let (n, m) = (x.rows(), entries[0].copies[0].rows());
@@ -462,16 +468,15 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                     }
                 }
                 if let Some((plain, reordered, bytes, _)) = &sparse {
-                    let sparse_entry = |name: String, ws, o| sparse_entry(name, ws, o, bytes + io);
-                    entries.push(sparse_entry("sparse_plain".into(), plain, LinearOptions::default()));
-                    entries.push(sparse_entry("sparse".into(), reordered, LinearOptions::default()));
+                    entries.push(sparse_entry("sparse_plain".into(), plain, LinearOptions::default(), bytes + io));
+                    entries.push(sparse_entry("sparse".into(), reordered, LinearOptions::default(), bytes + io));
                     let n_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
                     if tuning("sparse") {
                         for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
                             for s in splits.clone() {
                                 let name = format!("sparse_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
                                 let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }) };
-                                entries.push(sparse_entry(name, reordered, o));
+                                entries.push(sparse_entry(name, reordered, o, bytes + io));
                             }
                         }
                     }
@@ -569,12 +574,6 @@ fn summary(gpu: &Gpu, dtype: Dtype, copy_bw: f64, rows: &[Row], patterns: &[Patt
         if c > 0 {
             println!("{kernel:<8} geometric-mean % of copy bandwidth over {c} cases: {g:.0}%");
         }
-    }
-}
-
-impl Timed {
-    fn median(&self) -> f64 {
-        pct(&self.times_us, 0.5)
     }
 }
 

@@ -36,6 +36,15 @@ pub const fn dense_smem_bytes(rt: usize, nt: usize) -> usize {
     STAGES * (rt * TILE_BYTES + nt * 8 * ROW_BYTES)
 }
 
+/// Threads of a GEMM/SpMM block of `rt` row tiles of 64 whose warps own `mt` m16 tiles each:
+/// `64·rt / (16·mt)` warps.
+pub const fn block_threads(rt: usize, mt: usize) -> usize {
+    rt * TILE_M / (16 * mt) * 32
+}
+
+/// Threads per block of the split-K reduction kernel.
+pub const REDUCE_THREADS: usize = 256;
+
 /// Dense-kernel block shapes compiled into the PTX, as (row tiles of 64 per block, m16
 /// tiles per warp): a block has `64·rt` rows and `4·rt/mt` warps. Taller blocks read each X
 /// tile once for more rows of W (X traffic from L2 is `N / (64·rt)` of the W bytes); warps

@@ -17,6 +17,9 @@ pub struct Gpu {
     pub(crate) module: Module,
     /// Split-K partial sums, grown on demand and reused (no allocation per call).
     pub(crate) workspace: RefCell<Option<cust::memory::DeviceBuffer<f32>>>,
+    /// Per kernel name: launch set-up done (smem limit raised) and its resident blocks on the
+    /// GPU, so a `linear` call does no driver queries beyond the kernel lookup.
+    pub(crate) kernels: RefCell<std::collections::HashMap<String, usize>>,
     pub(crate) sm_count: u32,
     name: String,
     compute_capability: (i32, i32),
@@ -53,7 +56,7 @@ impl Gpu {
         let context = Context::new(device).map_err(|e| Error::driver("creating context", e))?;
         let module = Module::from_ptx(crate::PTX, &[]).map_err(|e| Error::driver("loading PTX module", e))?;
         let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| Error::driver("creating stream", e))?;
-        Ok(Gpu { stream, module, workspace: RefCell::new(None), sm_count, name, compute_capability: cc, context })
+        Ok(Gpu { stream, module, workspace: RefCell::new(None), kernels: RefCell::default(), sm_count, name, compute_capability: cc, context })
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".

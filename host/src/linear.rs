@@ -5,8 +5,8 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::layout::{
-    dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_smem_bytes, DENSE_CONFIGS, SPMM_CONFIGS,
-    SPMM_ROW_TILES, TILE_K, TILE_M,
+    block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_smem_bytes, DENSE_CONFIGS, SPMM_CONFIGS,
+    REDUCE_THREADS, SPMM_ROW_TILES, TILE_K, TILE_M,
 };
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
@@ -187,18 +187,8 @@ impl Gpu {
             }
         };
         let rt = block.row_tiles;
-        let threads = (128 * rt / block.warp_m_tiles) as u32;
-        let func = self.function(&name, smem)?;
-        // Registers per thread × threads must fit the SM; every compiled shape does (at most
-        // 256 threads), this keeps a future one from failing at launch instead of here.
-        let max_threads = func
-            .get_attribute(cust::function::FunctionAttribute::MaxThreadsPerBlock)
-            .map_err(|e| Error::driver("kernel attributes", e))?;
-        if threads as i32 > max_threads {
-            return Err(Error::UnsupportedDevice(format!(
-                "{name} needs {threads} threads per block, the device allows {max_threads} with its register use"
-            )));
-        }
+        let threads = block_threads(rt, block.warp_m_tiles) as u32;
+        let (func, slots) = self.kernel(&name, threads, smem)?;
         let k_tiles = k.div_ceil(TILE_K);
         let grid = (m.div_ceil(TILE_M * rt), n.div_ceil(n_tile));
         let splits = match opts.splits {
@@ -209,13 +199,8 @@ impl Gpu {
             }
             Some(s) => s,
             None => {
-                let per_sm = func
-                    .max_active_blocks_per_multiprocessor(BlockSize::x(threads), smem as usize)
-                    .map_err(|e| Error::driver("occupancy query", e))?
-                    .max(1) as usize;
-                let sms = self.sm_count as usize;
                 let latency_bound = matches!(w.operand(), Operand::Sparse(_));
-                plan_splits(grid.0 * grid.1, k_tiles, sms, per_sm * sms, latency_bound)
+                plan_splits(grid.0 * grid.1, k_tiles, self.sm_count as usize, slots, latency_bound)
             }
         };
         let partial = self.workspace_ptr(if splits > 1 { splits * n * m } else { 0 })?;
@@ -238,9 +223,9 @@ impl Gpu {
             }
         }
         if splits > 1 {
-            let reduce = self.function(&format!("splitk_reduce_{}", T::DTYPE.name()), 0)?;
-            let threads = 256u32;
-            let blocks = (n * m).div_ceil(threads as usize) as u32;
+            let threads = REDUCE_THREADS as u32;
+            let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), threads, 0)?;
+            let blocks = (n * m).div_ceil(REDUCE_THREADS) as u32;
             let s = splits as u32;
             let mut args = args![partial, yp, ldy, mm, nn, s];
             self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;
@@ -248,9 +233,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// Looks a kernel up and allows it `smem` bytes of dynamic shared memory.
-    fn function(&self, name: &str, smem: u32) -> Result<Function<'_>> {
+    /// Looks a kernel up, with its launch set-up done once per handle and kernel: the dynamic
+    /// shared-memory limit raised to `smem`, the block size checked against what the kernel's
+    /// register use allows, and the resident-block count (SMs × occupancy) for split planning.
+    fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
         let func = self.module.get_function(name).map_err(|e| Error::driver("kernel lookup", e))?;
+        if let Some(&slots) = self.kernels.borrow().get(name) {
+            return Ok((func, slots));
+        }
         // SAFETY: a plain attribute set on a valid function handle of our loaded module.
         let rc = unsafe {
             cust::sys::cuFuncSetAttribute(
@@ -262,7 +252,23 @@ impl Gpu {
         if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
             return Err(Error::Driver { context: "setting max dynamic shared memory", name: format!("{rc:?}") });
         }
-        Ok(func)
+        // Registers per thread × threads must fit the SM; every compiled shape does (at most
+        // 256 threads), this keeps a future one from failing at launch instead of here.
+        let max_threads = func
+            .get_attribute(cust::function::FunctionAttribute::MaxThreadsPerBlock)
+            .map_err(|e| Error::driver("kernel attributes", e))?;
+        if threads as i32 > max_threads {
+            return Err(Error::UnsupportedDevice(format!(
+                "{name} needs {threads} threads per block, the device allows {max_threads} with its register use"
+            )));
+        }
+        let per_sm = func
+            .max_active_blocks_per_multiprocessor(BlockSize::x(threads), smem as usize)
+            .map_err(|e| Error::driver("occupancy query", e))?
+            .max(1) as usize;
+        let slots = per_sm * self.sm_count as usize;
+        self.kernels.borrow_mut().insert(name.to_string(), slots);
+        Ok((func, slots))
     }
 
     /// Device address of a workspace of at least `floats` f32 (0 when none is needed).

@@ -17,7 +17,7 @@
 
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async;
-use crate::layout::{ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
+use crate::layout::{block_threads, ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
 use crate::shared::dynamic_smem_base;
@@ -38,7 +38,7 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
     let m0 = block_idx_x() as usize * RT * TILE_M;
-    let threads = RT * TILE_M / (16 * MT) * 32;
+    let threads = block_threads(RT, MT);
     let n0 = block_idx_y() as usize * NT * 8;
     let (split, splits) = (block_idx_z() as usize, grid_dim_z() as usize);
     let (kt_begin, kt_end) = split_range(k.div_ceil(TILE_K), split, splits);

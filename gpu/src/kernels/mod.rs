@@ -42,7 +42,7 @@ macro_rules! spmm_entries {
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
             y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
         ) {
-            spmm::spmm_linear::<$elem, $mt, $nt, { spmm::block_threads($mt) }>(
+            spmm::spmm_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
                 tile_offsets, words, x, ldx, y, ldy, partial, m, n, k,
             );
         }

@@ -4,11 +4,8 @@
 use crate::mma::MmaElement;
 use crate::thread::{block_dim_x, block_idx_x, thread_idx_x};
 
-/// Threads per block of the reduction.
-pub const REDUCE_THREADS: usize = 256;
-
 /// # Safety
-/// Launched with `REDUCE_THREADS` threads and `ceil(m·n / REDUCE_THREADS)` blocks;
+/// Launched with `layout::REDUCE_THREADS` threads and `ceil(m·n / REDUCE_THREADS)` blocks;
 /// `partial` holds `splits·n·m` f32, `y` is `n × ldy` with `ldy ≥ m`.
 #[inline(always)]
 pub unsafe fn splitk_reduce<E: MmaElement>(

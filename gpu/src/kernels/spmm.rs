@@ -33,7 +33,7 @@
 use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
 use crate::cp_async::{self, cp_async_16};
 use crate::layout::{
-    CHUNK_WORDS, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
+    block_threads, CHUNK_WORDS, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
     TILE_K,
 };
 use crate::mma::{FragC, MmaElement};
@@ -51,10 +51,6 @@ const DENSE_BYTES: usize = SPMM_ROW_TILES * TILE_BYTES;
 /// and take no registers).
 const MAX_GROUPS: usize = 8;
 
-/// Threads of a block whose warps own `16·mt` rows each.
-pub const fn block_threads(mt: usize) -> usize {
-    SPARSE_TILE_M / (16 * mt) * 32
-}
 
 /// The word range of one tile.
 #[derive(Clone, Copy)]
@@ -155,7 +151,7 @@ unsafe fn zero_tile<const THREADS: usize>(dense: SmemAddr) {
 }
 
 /// # Safety
-/// Launched with `block_threads(MT)` threads, grid `(ceil(m/256), ceil(n/(8·NT)), splits)`,
+/// Launched with `layout::block_threads(SPMM_ROW_TILES, MT)` threads, grid `(ceil(m/256), ceil(n/(8·NT)), splits)`,
 /// `layout::spmm_smem_bytes(NT)` bytes of dynamic shared memory. `tile_offsets` / `words`
 /// form a Tiled-CSL matrix of `m × k` validated by the host (offsets non-decreasing multiples
 /// of 4, positions inside the matrix); `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`,
@@ -167,7 +163,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32, y: *mut u16,
     ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
 ) {
-    const { assert!(THREADS == block_threads(MT) && CHUNK_WORDS / 4 / THREADS <= MAX_GROUPS) };
+    const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT) && CHUNK_WORDS / 4 / THREADS <= MAX_GROUPS) };
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tile_row = block_idx_x() as usize;
     let m0 = tile_row * SPARSE_TILE_M;
