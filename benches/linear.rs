@@ -463,7 +463,13 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                     for (row_tiles, warp_m_tiles) in DENSE_CONFIGS {
                         for s in splits.clone() {
                             let name = format!("dense_r{row_tiles}m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
-                            entries.push(dense_entry(name, LinearOptions { splits: s, block: Some(BlockShape { row_tiles, warp_m_tiles }) }));
+                            entries.push(dense_entry(name, LinearOptions { splits: s, block: Some(BlockShape { row_tiles, warp_m_tiles }), ..Default::default() }));
+                        }
+                        // Whole row tiles for ⌊R / SMs⌋ rounds, the rest split (`t` = tail).
+                        let (r, sms) = (m.div_ceil(64 * row_tiles), gpu.sm_count() as usize);
+                        for s in [2, 3, 5, 8, 11].into_iter().filter(|&s| r >= sms && s <= k_tiles) {
+                            let o = LinearOptions { splits: Some(s), unsplit_row_tiles: Some(r / sms * sms), block: Some(BlockShape { row_tiles, warp_m_tiles }) };
+                            entries.push(dense_entry(format!("dense_r{row_tiles}m{warp_m_tiles}t{s}"), o));
                         }
                     }
                 }
@@ -475,7 +481,7 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                         for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
                             for s in splits.clone() {
                                 let name = format!("sparse_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
-                                let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }) };
+                                let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }), ..Default::default() };
                                 entries.push(sparse_entry(name, reordered, o, bytes + io));
                             }
                         }

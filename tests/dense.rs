@@ -9,8 +9,11 @@ use proptest::test_runner::{Config, TestRunner};
 use sparse_tc::layout::DENSE_CONFIGS;
 use sparse_tc::{BlockShape, Element, Error, Gpu, LinearOptions};
 
-/// Runs one dense case: poisoned output, optional forced split count, checked element-wise.
-fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Option<usize>, block: Option<BlockShape>, seed: u64) {
+/// A forced schedule: K splits, and how many row tiles stay whole (`None`: all split).
+type Sched = Option<(usize, Option<usize>)>;
+
+/// Runs one dense case: poisoned output, optional forced schedule, checked element-wise.
+fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, sched: Sched, block: Option<BlockShape>, seed: u64) {
     let mut rng = Rng::new(seed);
     let w: Vec<T> = random(&mut rng, m * k);
     let x: Vec<T> = random(&mut rng, n * k);
@@ -19,18 +22,25 @@ fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, splits: Optio
     let mut y = gpu.zeros::<T>(n, m).unwrap();
     gpu.fill(&mut y, poison()).unwrap();
     let k_tiles = k.div_ceil(64);
-    let splits = splits.map(|s| s.min(k_tiles));
-    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, block }).unwrap();
+    let splits = sched.map(|(s, _)| s.min(k_tiles));
+    let unsplit_row_tiles = sched.and_then(|(_, u)| u);
+    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, block }).unwrap();
     let got = gpu.download(&y).unwrap();
     assert_close(&got, &x, &w, n, m, k);
 }
 
-type Case = (usize, usize, usize, Option<usize>, Option<BlockShape>, u64);
+type Case = (usize, usize, usize, Sched, Option<BlockShape>, u64);
 
-/// (m, k, n, splits, block shape, seed): N = 1 often, forced split counts, every compiled
+/// A schedule strategy: automatic, every row tile split, or the first few whole and the
+/// rest split (the schedule automatic planning picks for large layers).
+pub fn schedules() -> impl Strategy<Value = Sched> {
+    prop_oneof![Just(None), (1usize..5, prop_oneof![Just(None), (0usize..6).prop_map(Some)]).prop_map(Some)]
+}
+
+/// (m, k, n, schedule, block shape, seed): N = 1 often, forced schedules, every compiled
 /// block shape.
 fn shapes() -> impl Strategy<Value = Case> {
-    let splits = prop_oneof![Just(None), (1usize..5).prop_map(Some)];
+    let splits = schedules();
     let rt = (0..=DENSE_CONFIGS.len()).prop_map(|i| {
         DENSE_CONFIGS.get(i).map(|&(row_tiles, warp_m_tiles)| BlockShape { row_tiles, warp_m_tiles })
     });
@@ -65,6 +75,10 @@ fn dense_edge_shapes() {
     let Some(gpu) = gpu("dense_edge_shapes") else { return };
     for &(m, k, n) in &[(1, 1, 1), (64, 64, 8), (65, 63, 9), (128, 1000, 64), (200, 130, 65), (70, 520, 130), (4096, 4096, 16)] {
         check_case::<f16>(&gpu, m, k, n, None, None, (m * 31 + k * 7 + n) as u64);
+    }
+    // Whole row tiles next to split ones, with a ragged last tile.
+    for &(m, k, n, s, u) in &[(300, 700, 8, 3, 3), (64 * 5 + 1, 300, 33, 2, 4), (1000, 256, 1, 4, 0), (130, 640, 16, 5, 9)] {
+        check_case::<f16>(&gpu, m, k, n, Some((s, Some(u))), None, (m + k + n) as u64);
     }
 }
 

@@ -23,12 +23,15 @@ fn sparse_random<T: Element>(rng: &mut Rng, m: usize, k: usize, sparsity: f64) -
 /// Runs the sparse kernel (plain and bank-reordered) on a poisoned output and checks it
 /// against the reference, the CPU SpMM and the dense kernel.
 fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>) {
-    check_with(gpu, w, m, k, x, n, splits, None)
+    check_with(gpu, w, m, k, x, n, splits.map(|s| (s, None)), None)
 }
+
+/// A forced schedule: K splits, and how many row tiles stay whole (`None`: all split).
+type Sched = Option<(usize, Option<usize>)>;
 
 /// As [`check`] with a forced warp height (m16 tiles per warp).
 #[allow(clippy::too_many_arguments)]
-fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>, warp_m_tiles: Option<usize>) {
+fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, sched: Sched, warp_m_tiles: Option<usize>) {
     let block = warp_m_tiles.map(|warp_m_tiles| BlockShape { row_tiles: 4, warp_m_tiles });
     let mut sw = SparseWeight::from_dense(m, k, w).unwrap();
     let dx = gpu.upload(n, k, x).unwrap();
@@ -41,8 +44,9 @@ fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: us
         let dw = gpu.upload_sparse(&sw).unwrap();
         let mut y = gpu.zeros::<T>(n, m).unwrap();
         gpu.fill(&mut y, poison()).unwrap();
-        let splits = splits.map(|s| s.min(k.div_ceil(64)));
-        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, block }).unwrap();
+        let splits = sched.map(|(s, _)| s.min(k.div_ceil(64)));
+        let unsplit_row_tiles = sched.and_then(|(_, u)| u);
+        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, block }).unwrap();
         let got = gpu.download(&y).unwrap();
         assert_close(&got, x, w, n, m, k);
         assert_close(&cpu_y, x, w, n, m, k);
@@ -61,7 +65,7 @@ fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: us
 fn spmm_matches_reference_on_random_shapes_and_sparsities() {
     let Some(gpu) = gpu("spmm_matches_reference_on_random_shapes_and_sparsities") else { return };
     let sparsity = prop_oneof![Just(0.0), Just(0.5), Just(0.7), Just(0.8), Just(0.9), Just(0.99), Just(1.0), 0.0f64..1.0];
-    let splits = prop_oneof![Just(None), (1usize..5).prop_map(Some)];
+    let splits = prop_oneof![Just(None), (1usize..5, prop_oneof![Just(None), (0usize..3).prop_map(Some)]).prop_map(Some)];
     let warp_m = prop_oneof![Just(None), Just(Some(2)), Just(Some(4))];
     let strategy = (1usize..600, 1usize..400, prop_oneof![Just(1usize), 1usize..130], sparsity, splits, warp_m, any::<u64>());
     TestRunner::new(Config { cases: common::cases(64), ..Config::default() })
@@ -91,8 +95,9 @@ fn spmm_bf16_matches_reference() {
         .unwrap();
 }
 
-/// Non-uniform sparsity: empty rows, empty tiles, fully dense 256×64 tiles (16384 words =
-/// 8 pipeline chunks) next to empty and half-dense ones, one nonzero in a corner.
+/// Non-uniform sparsity: empty rows, empty tiles, fully dense 256×64 tiles (16384 words = two
+/// full chunks of the 8192-word ring), 75% tiles (a full chunk and a partial one) next to
+/// empty and half-dense ones (about one chunk), one nonzero in a corner.
 #[test]
 fn spmm_non_uniform_density() {
     let Some(gpu) = gpu("spmm_non_uniform_density") else { return };
@@ -103,17 +108,18 @@ fn spmm_non_uniform_density() {
         for c in 0..k {
             let (tr, tc) = (r / 256, c / 64);
             let v = f16::from_f32(rng.uniform() + 1.5);
-            let dense_tile = (tr + tc) % 3 == 0; // 100% dense
-            let half_tile = (tr + tc) % 3 == 1 && (r + c) % 2 == 0; // 50%
+            let dense_tile = (tr + tc) % 4 == 0; // 100% dense
+            let half_tile = (tr + tc) % 4 == 1 && (r + c) % 2 == 0; // 50%
+            let three_quarter_tile = (tr + tc) % 4 == 2 && (r + c) % 4 != 0; // 75%
             let empty_row = r % 7 == 3;
-            if (dense_tile || half_tile) && !empty_row {
+            if (dense_tile || half_tile || three_quarter_tile) && !empty_row {
                 w[r * k + c] = v;
             }
         }
     }
     w[(m - 1) * k + k - 1] = f16::from_f32(2.0);
     let x: Vec<f16> = random(&mut rng, n * k);
-    for splits in [None, Some(1), Some(2), Some(6)] {
+    for splits in [None, Some((1, None)), Some((2, None)), Some((6, None)), Some((3, Some(1)))] {
         for warp_m in [None, Some(2), Some(4)] {
             check_with(&gpu, &w, m, k, &x, n, splits, warp_m);
         }

@@ -22,9 +22,10 @@ pub const SPARSE_TILE_M: usize = 4 * TILE_M;
 pub const SPARSE_TILE_ELEMS: usize = SPARSE_TILE_M * TILE_K;
 /// Shared-memory pipeline depth (stages in flight) of both kernels.
 pub const STAGES: usize = 4;
-/// Sparse words one pipeline stage of the SpMM kernel carries (8 KiB, half a dense tile).
-/// Denser tiles take several stages, so any density from 0 to 100% works.
-pub const CHUNK_WORDS: usize = 2048;
+/// Words of the SpMM kernel's shared-memory word ring (32 KiB): the largest chunk of a tile's
+/// list staged at once. A tile of at most 50% density is one chunk; denser tiles take
+/// several, so any density from 0 to 100% works.
+pub const CHUNK_WORDS: usize = 8192;
 /// Bytes of one dense 64×64 16-bit tile in shared memory (rows of 128 B).
 pub const TILE_BYTES: usize = TILE_M * TILE_K * 2;
 /// Bytes of one row of a shared tile (64 halves).
@@ -51,10 +52,13 @@ pub const REDUCE_THREADS: usize = 256;
 /// with more rows reuse each B fragment for `mt` MMAs (less shared-memory traffic).
 pub const DENSE_CONFIGS: [(usize, usize); 4] = [(1, 1), (2, 1), (2, 2), (4, 2)];
 
-/// The dense block shape used by default for `nt` token tiles of 8 (tuned on an H100 with
-/// `benches/linear.rs --tune`).
-pub const fn dense_default_config(_nt: usize) -> (usize, usize) {
-    (1, 1)
+/// The dense block shape used by default for a weight of `m` rows on `sms` SMs (tuned on an
+/// H100 with `benches/linear.rs --tune dense`): 64-row blocks of 4 warps, or 256-row blocks
+/// of 8 warps when there are at least as many of those as SMs — one such block keeps four
+/// times the bytes in flight, so a round of whole 256-row tiles already saturates HBM and
+/// only the last partial round needs splitting (`host/src/linear.rs: plan_schedule`).
+pub const fn dense_default_config(m: usize, sms: usize) -> (usize, usize) {
+    if m >= 4 * TILE_M * sms { (4, 2) } else { (1, 1) }
 }
 
 /// SpMM warp heights compiled into the PTX (m16 tiles per warp; `16/mt` warps per block),
@@ -77,10 +81,11 @@ pub const fn spmm_default_mt(nt: usize) -> usize {
 /// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).
 pub const SPMM_ROW_TILES: usize = SPARSE_TILE_M / TILE_M;
 
-/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: two dense
-/// `SPARSE_TILE_M`×64 W tiles, `STAGES` chunk slots of `CHUNK_WORDS` words and `STAGES` X tiles.
+/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: one dense
+/// `SPARSE_TILE_M`×64 W tile, the ring of `CHUNK_WORDS` words and `STAGES` X tiles
+/// (68 KiB at 8 tokens, 72 KiB at 16: three blocks per SM; 80 KiB at 32).
 pub const fn spmm_smem_bytes(nt: usize) -> usize {
-    2 * SPMM_ROW_TILES * TILE_BYTES + STAGES * (CHUNK_WORDS * 4 + nt * 8 * ROW_BYTES)
+    SPMM_ROW_TILES * TILE_BYTES + CHUNK_WORDS * 4 + STAGES * nt * 8 * ROW_BYTES
 }
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.

@@ -21,13 +21,14 @@
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)]
 #![allow(clippy::missing_safety_doc)]
 
-/// `unroll!(i in 0..N => { body })`: the body for i = 0, 1, …, N-1, written out (N ≤ 8 and a
+/// `unroll!(i in 0..N => { body })`: the body for i = 0, 1, …, N-1, written out (N ≤ 16 and a
 /// compile-time constant). Register arrays such as MMA accumulators must only ever be indexed
 /// by constants, or they move to local memory; this makes the unrolling explicit instead of
 /// hoping the optimiser does it.
 macro_rules! unroll {
     ($i:ident in 0..$n:expr => $body:block) => {{
-        unroll!(@each $i, $n, $body, 0 1 2 3 4 5 6 7);
+        const { assert!($n <= 16, "unroll! handles at most 16 iterations") };
+        unroll!(@each $i, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
     }};
     (@each $i:ident, $n:expr, $body:block, $($j:literal)*) => {
         $( if $j < $n { #[allow(non_upper_case_globals)] const $i: usize = $j; $body } )*

@@ -51,3 +51,22 @@ impl<const STAGES: usize> Pipeline<STAGES> {
         bar_sync();
     }
 }
+
+/// Waits until at most `pending` (0..=7) of this thread's committed `cp.async` groups are still
+/// in flight, for pipelines whose groups are not one per step (a run-time count; the
+/// instruction takes an immediate, so this selects among the eight forms). Counts above 7
+/// wait for everything.
+#[inline(always)]
+pub fn wait_pending(pending: u32) {
+    match pending {
+        0 => cp_async::wait_group::<0>(),
+        1 => cp_async::wait_group::<1>(),
+        2 => cp_async::wait_group::<2>(),
+        3 => cp_async::wait_group::<3>(),
+        4 => cp_async::wait_group::<4>(),
+        5 => cp_async::wait_group::<5>(),
+        6 => cp_async::wait_group::<6>(),
+        7 => cp_async::wait_group::<7>(),
+        _ => cp_async::wait_group::<0>(),
+    }
+}

@@ -1,4 +1,4 @@
-//! Block-wide barrier.
+//! Block-wide and warp-wide barriers.
 
 use core::arch::asm;
 
@@ -14,4 +14,15 @@ use core::arch::asm;
 #[inline(always)]
 pub unsafe fn bar_sync() {
     asm!("bar.sync 0;", options(nostack));
+}
+
+/// `bar.warp.sync 0xffffffff` (PTX ISA 9.7.13.5): waits until all 32 lanes of the warp arrive,
+/// and orders their memory accesses before it against those after it (e.g. a warp's
+/// `ldmatrix` reads of shared memory before its own stores to the same bytes).
+///
+/// # Safety
+/// All 32 lanes of the warp must execute the same call (warp-uniform control flow).
+#[inline(always)]
+pub unsafe fn bar_warp_sync() {
+    asm!("bar.warp.sync 0xffffffff;", options(nostack));
 }

@@ -19,6 +19,11 @@ pub struct LinearOptions {
     /// Number of K splits; `None` chooses from the shape and the SM count. Values above the
     /// number of 64-wide K tiles are refused.
     pub splits: Option<usize>,
+    /// With `splits`: the number of row tiles (blocks of output rows, counted from the top)
+    /// computed whole, only the rest being split. `None` splits every row tile. Automatic
+    /// planning (`splits: None`) uses this form to give every SM the same share when the row
+    /// tiles do not divide evenly among the SMs. Refused without `splits`.
+    pub unsplit_row_tiles: Option<usize>,
     /// Block shape; `None` takes the tuned default for the kernel and token count. A tuning
     /// knob for benchmarks: every shape computes the same result.
     pub block: Option<BlockShape>,
@@ -93,22 +98,81 @@ pub(crate) fn n_tile_for(n: usize) -> usize {
     N_TILES.into_iter().find(|&t| t >= n).unwrap_or(64)
 }
 
-/// Split-K choice from the number of output blocks, the K tiles, the SM count and the
-/// resident blocks per SM (`slots` = SMs × occupancy). Measured on an H100
-/// (`benches/linear.rs --tune all`):
-/// - the dense kernel is bandwidth-bound: two resident blocks per SM already saturate HBM,
-///   and extra splits cost partial-sum traffic and pipeline warm-up, so it takes the fewest
+/// How a launch covers the row tiles (blocks of `64·row_tiles` output rows): the first `full`
+/// whole, each of the others split `splits` ways along K (`gpu::kernels::tile::WorkItem`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    pub full: usize,
+    pub splits: usize,
+}
+
+impl Schedule {
+    /// Every row tile whole.
+    pub fn whole(row_tiles: usize) -> Self {
+        Schedule { full: row_tiles, splits: 1 }
+    }
+
+    /// Thread blocks along grid x.
+    pub fn blocks(&self, row_tiles: usize) -> usize {
+        self.full + (row_tiles - self.full) * self.splits
+    }
+
+    /// Whether some row tiles are split (partials and a reduction are needed).
+    pub fn has_splits(&self, row_tiles: usize) -> bool {
+        self.splits > 1 && self.full < row_tiles
+    }
+}
+
+/// Share of the last wave that is busy when `blocks` equal blocks run on `slots` places.
+fn wave_fill(blocks: usize, slots: usize) -> f64 {
+    blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
+}
+
+/// The schedule from the row tiles (of `rows_per_tile` rows), token blocks, K tiles, SM
+/// count and resident blocks (`slots` = SMs × occupancy). Measured on an H100
+/// (`benches/linear.rs --tune all`, `benches/results/NOTES.md` item 10):
+/// - the dense kernel is bandwidth-bound and the memory system serves the SMs about
+///   equally, so what matters is that every SM gets the same number of bytes. When the
+///   `⌊R / SMs⌋` rounds of whole row tiles keep at least 128 rows streaming per SM (two
+///   64-row blocks, or one of 256 rows), those stay whole and the remaining few are split
+///   finely enough to spread over all SMs (fewest splits that fill ≥ 95% of a round). With
+///   at least one row tile per SM otherwise, rows are split in two only when each half still
+///   streams ≥ 128 K tiles (shorter layers lose more to partial sums and the second launch
+///   than to the imbalance). With fewer row tiles than SMs, every tile is split: the fewest
 ///   splits that give every SM two blocks, unless that leaves a short last wave (< 80% full);
 /// - the sparse kernel is latency-bound (a block's steps are serial), so an idle SM in the
-///   last wave costs its full share: it takes the fewest splits that fill waves ≥ 90%.
+///   last wave costs its full share: every tile is split, the fewest splits that fill waves
+///   of resident blocks ≥ 90%.
 ///
 /// Each split keeps at least 4 K tiles for the pipeline to stream.
-pub(crate) fn plan_splits(blocks: usize, k_tiles: usize, sms: usize, slots: usize, latency_bound: bool) -> usize {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_schedule(
+    row_tiles: usize,
+    rows_per_tile: usize,
+    n_blocks: usize,
+    k_tiles: usize,
+    sms: usize,
+    slots: usize,
+    latency_bound: bool,
+) -> Schedule {
     let max_splits = (k_tiles / 4).clamp(1, 32);
-    let fill = |s: usize| {
-        let b = blocks * s;
-        b as f64 / (b.div_ceil(slots) * slots) as f64
+    let fewest = |good: &dyn Fn(usize) -> bool, fill: &dyn Fn(usize) -> f64| {
+        (1..=max_splits)
+            .find(|&s| good(s))
+            .unwrap_or_else(|| (1..=max_splits).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1))
     };
+    if !latency_bound && n_blocks == 1 && row_tiles >= sms {
+        let full = row_tiles / sms * sms;
+        let rest = row_tiles - full;
+        if (full / sms) * rows_per_tile >= 2 * TILE_M {
+            let fill = |s: usize| wave_fill(rest * s, sms);
+            let splits = if rest == 0 { 1 } else { fewest(&|s| fill(s) >= 0.95, &fill) };
+            return if splits == 1 { Schedule::whole(row_tiles) } else { Schedule { full, splits } };
+        }
+        return if k_tiles / 2 >= 128 { Schedule { full: 0, splits: 2 } } else { Schedule::whole(row_tiles) };
+    }
+    let blocks = row_tiles * n_blocks;
+    let fill = |s: usize| wave_fill(blocks * s, slots);
     let good = |s: usize| {
         if latency_bound {
             fill(s) >= 0.9
@@ -116,9 +180,8 @@ pub(crate) fn plan_splits(blocks: usize, k_tiles: usize, sms: usize, slots: usiz
             blocks * s >= 2 * sms && (blocks * s <= slots || fill(s) >= 0.8)
         }
     };
-    (1..=max_splits)
-        .find(|&s| good(s))
-        .unwrap_or_else(|| (1..=max_splits).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1))
+    let splits = fewest(&good, &fill);
+    if splits == 1 { Schedule::whole(row_tiles) } else { Schedule { full: 0, splits } }
 }
 
 impl Gpu {
@@ -167,7 +230,7 @@ impl Gpu {
         let dt = T::DTYPE.name();
         let (name, block, smem) = match w.operand() {
             Operand::Dense(_) => {
-                let (rt, mt) = dense_default_config(nt);
+                let (rt, mt) = dense_default_config(m, self.sm_count as usize);
                 let b = opts.block.unwrap_or(BlockShape { row_tiles: rt, warp_m_tiles: mt });
                 if !DENSE_CONFIGS.contains(&(b.row_tiles, b.warp_m_tiles)) {
                     return Err(Error::InvalidArgument(format!("dense block {b:?}: compiled shapes are {DENSE_CONFIGS:?}")));
@@ -190,44 +253,56 @@ impl Gpu {
         let threads = block_threads(rt, block.warp_m_tiles) as u32;
         let (func, slots) = self.kernel(&name, threads, smem)?;
         let k_tiles = k.div_ceil(TILE_K);
-        let grid = (m.div_ceil(TILE_M * rt), n.div_ceil(n_tile));
-        let splits = match opts.splits {
-            Some(s) if s == 0 || s > k_tiles => {
+        let rows_per_tile = TILE_M * rt;
+        let row_tiles = m.div_ceil(rows_per_tile);
+        let n_blocks = n.div_ceil(n_tile);
+        let sched = match (opts.splits, opts.unsplit_row_tiles) {
+            (Some(s), _) if s == 0 || s > k_tiles => {
                 return Err(Error::InvalidArgument(format!(
                     "splits = {s}: must be between 1 and the {k_tiles} K tiles of 64"
                 )))
             }
-            Some(s) => s,
-            None => {
+            (Some(s), u) => Schedule { full: u.unwrap_or(0).min(row_tiles), splits: s },
+            (None, Some(_)) => {
+                return Err(Error::InvalidArgument("unsplit_row_tiles needs splits".into()));
+            }
+            (None, None) => {
                 let latency_bound = matches!(w.operand(), Operand::Sparse(_));
-                plan_splits(grid.0 * grid.1, k_tiles, self.sm_count as usize, slots, latency_bound)
+                plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, latency_bound)
             }
         };
-        let partial = self.workspace_ptr(if splits > 1 { splits * n * m } else { 0 })?;
+        // Rows split_m0.. are computed in splits; their partials are [splits][n][m - split_m0].
+        let split_m0 = (sched.full * rows_per_tile).min(m);
+        let split = sched.has_splits(row_tiles);
+        let partial = self.workspace_ptr(if split { sched.splits * n * (m - split_m0) } else { 0 })?;
 
         let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
+        let (full, splits) = (sched.full as u32, sched.splits as u32);
         let xp = x.device_ptr();
         let yp = y.device_ptr();
-        let grid3 = (grid.0 as u32, grid.1 as u32, splits as u32);
+        let grid = (sched.blocks(row_tiles) as u32, n_blocks as u32, 1);
         match w.operand() {
             Operand::Dense(wd) => {
                 let (wp, ldw) = (wd.device_ptr(), wd.ld() as u32);
-                let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk];
-                self.launch(&func, grid3, threads, smem, &mut args)?;
+                let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
+                self.launch(&func, grid, threads, smem, &mut args)?;
             }
             Operand::Sparse(ws) => {
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
-                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk];
-                self.launch(&func, grid3, threads, smem, &mut args)?;
+                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
+                self.launch(&func, grid, threads, smem, &mut args)?;
             }
         }
-        if splits > 1 {
+        if split {
             let threads = REDUCE_THREADS as u32;
             let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), threads, 0)?;
-            let blocks = (n * m).div_ceil(REDUCE_THREADS) as u32;
-            let s = splits as u32;
-            let mut args = args![partial, yp, ldy, mm, nn, s];
+            let split_m = m - split_m0;
+            let blocks = (n * split_m).div_ceil(REDUCE_THREADS) as u32;
+            // The reduction writes columns split_m0.. of Y: its view of Y starts there.
+            let y_split = yp + (split_m0 * std::mem::size_of::<T>()) as u64;
+            let sm = split_m as u32;
+            let mut args = args![partial, y_split, ldy, sm, nn, splits];
             self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;
         }
         Ok(())
@@ -318,24 +393,45 @@ mod tests {
     }
 
     #[test]
-    fn dense_splits_give_each_sm_two_blocks_without_a_short_last_wave() {
-        // 576 blocks fit the 660 slots at once and cover 132 SMs twice: no split.
-        assert_eq!(plan_splits(576, 144, 132, 660, false), 1);
-        // 144 blocks: two splits.
-        assert_eq!(plan_splits(144, 576, 132, 792, false), 2);
-        // 288 blocks on 264 slots leave a 9% last wave; 3 splits fill 82%.
-        assert_eq!(plan_splits(288, 144, 132, 264, false), 3);
+    fn dense_schedule_balances_sms() {
+        let p = |r, rows, nb, kt, slots| plan_schedule(r, rows, nb, kt, 132, slots, false);
+        // 576 row tiles of 64 on 132 SMs: 528 whole, the other 48 split 8 ways (384 blocks
+        // fill 97% of three rounds of 132).
+        assert_eq!(p(576, 64, 1, 144, 660), Schedule { full: 528, splits: 8 });
+        // 144 tiles of 256 rows: one round whole, 12 tiles split 11 ways (132 blocks).
+        assert_eq!(p(144, 256, 1, 144, 264), Schedule { full: 132, splits: 11 });
+        // A multiple of the SM count, or a remainder that nearly fills a round: no split.
+        assert_eq!(p(528, 64, 1, 144, 528), Schedule::whole(528));
+        assert_eq!(p(390, 64, 1, 144, 528), Schedule::whole(390));
+        // One round of 64-row tiles: split in two only for long rows.
+        assert_eq!(p(172, 64, 1, 64, 528), Schedule::whole(172));
+        assert_eq!(p(144, 64, 1, 576, 528), Schedule { full: 0, splits: 2 });
+        // Fewer tiles than SMs: every tile split, each SM two blocks.
+        assert_eq!(p(100, 64, 1, 576, 792), Schedule { full: 0, splits: 3 });
+        assert_eq!(p(72, 64, 2, 144, 264), Schedule { full: 0, splits: 3 });
+        // Several token blocks: the whole-tile form is not used.
+        assert_eq!(p(144, 64, 2, 576, 792), Schedule::whole(144));
         // Too few K tiles to split.
-        assert_eq!(plan_splits(1, 3, 132, 264, false), 1);
+        assert_eq!(p(1, 64, 1, 3, 264), Schedule::whole(1));
     }
 
     #[test]
-    fn sparse_splits_fill_waves() {
+    fn sparse_schedule_fills_waves() {
         // 144 blocks on 264 slots: 5 splits fill 720/792 = 91%.
-        assert_eq!(plan_splits(144, 144, 132, 264, true), 5);
-        for (blocks, kt) in [(1, 1000), (7, 8), (300, 64)] {
-            let s = plan_splits(blocks, kt, 132, 264, true);
-            assert!(s >= 1 && s <= (kt / 4).clamp(1, 32));
+        assert_eq!(plan_schedule(144, 256, 1, 144, 132, 264, true), Schedule { full: 0, splits: 5 });
+        for (tiles, kt) in [(1, 1000), (7, 8), (300, 64)] {
+            let s = plan_schedule(tiles, 256, 1, kt, 132, 264, true);
+            assert!(s.splits >= 1 && s.splits <= (kt / 4).clamp(1, 32));
+            assert!(s.full == tiles || s.full == 0);
         }
+    }
+
+    #[test]
+    fn schedule_block_counts() {
+        let s = Schedule { full: 528, splits: 5 };
+        assert_eq!(s.blocks(576), 528 + 48 * 5);
+        assert!(s.has_splits(576));
+        assert!(!Schedule::whole(576).has_splits(576));
+        assert!(!Schedule { full: 576, splits: 4 }.has_splits(576));
     }
 }

@@ -11,38 +11,41 @@
 //! `4·RT/MT` warps; warp w computes W rows `16·MT·w .. 16·MT·(w+1)` of the block against all
 //! N_TILE tokens (`MT × NT` accumulator fragments of 16×8).
 //!
-//! # Split-K
-//! Grid z splits K into contiguous ranges; with more than one split the blocks write f32
+//! # Schedule and split-K
+//! Grid x enumerates work items ([`WorkItem`]): the first `full` row tiles whole, then every
+//! remaining row tile split `splits` ways along K (contiguous ranges). Split blocks write f32
 //! partials and [`super::reduce`] sums them in a fixed order (deterministic).
 
-use super::tile::{load_tile_async, split_range, warp_mma_tile, Epilogue};
+use super::tile::{load_tile_async, warp_mma_tile, Epilogue, WorkItem};
 use crate::cp_async;
 use crate::layout::{block_threads, ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
 use crate::shared::dynamic_smem_base;
-use crate::thread::{block_idx_x, block_idx_y, block_idx_z, grid_dim_z};
+use crate::thread::{block_idx_x, block_idx_y};
 
 
 /// # Safety
-/// Launched with `128·RT/MT` threads, grid `(ceil(m/(64·RT)), ceil(n/(8·NT)), splits)`,
+/// Launched with `128·RT/MT` threads, grid `(full + (R - full)·splits, ceil(n/(8·NT)), 1)`
+/// where `R = ceil(m/(64·RT))` and `full ≤ R`, `splits ≥ 1`;
 /// `layout::dense_smem_bytes(RT, NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
 /// (16-byte aligned, `ld % 8 == 0`, `ld ≥ k`, columns `k..ld` zero), `y` is `n × ldy`
-/// (`ldy ≥ m`), `partial` has `splits·n·m` f32 when `splits > 1`; `m, n, k ≥ 1`.
+/// (`ldy ≥ m`), `partial` has `splits·n·(m - 64·RT·full)` f32 when `splits > 1` and
+/// `full < R`; `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, const NT: usize>(
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
-    partial: *mut f32, m: u32, n: u32, k: u32,
+    partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
-    let m0 = block_idx_x() as usize * RT * TILE_M;
+    let work = WorkItem::decode(block_idx_x() as usize, full as usize, splits as usize, k.div_ceil(TILE_K));
+    let m0 = work.row_tile * RT * TILE_M;
     let threads = block_threads(RT, MT);
     let n0 = block_idx_y() as usize * NT * 8;
-    let (split, splits) = (block_idx_z() as usize, grid_dim_z() as usize);
-    let (kt_begin, kt_end) = split_range(k.div_ceil(TILE_K), split, splits);
-    let steps = kt_end - kt_begin;
+    let kt_begin = work.kt_begin;
+    let steps = work.kt_end - kt_begin;
 
     // Stage s: W tile (64·RT × 64) then X tile (N_TILE × 64), both swizzled.
     let smem = dynamic_smem_base();
@@ -80,6 +83,7 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     }
     cp_async::wait_group::<0>();
 
-    let out = Epilogue { y, ldy: ldy as usize, partial, m, n, split, splits };
+    let split_m0 = full as usize * RT * TILE_M;
+    let out = Epilogue { y, ldy: ldy as usize, partial, split_m0, m, n, split: work.split, splits: work.splits };
     out.store::<E, MT, NT>(&acc, m0, n0);
 }

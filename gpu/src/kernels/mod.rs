@@ -4,8 +4,9 @@
 //! (`f16`, `bf16`) and per token-tile width `N_TILE = 8·NT` (8, 16, 32, 64). The host picks
 //! the entry by name: `{kernel}_{dtype}_n{N_TILE}`.
 //!
-//! Common launch shape of the GEMM-like kernels: `THREADS` threads, grid
-//! `(ceil(M / TILE_M), ceil(N / N_TILE), splits)`, dynamic shared memory as given by the
+//! Common launch shape of the GEMM-like kernels: grid `(work items, ceil(N / N_TILE), 1)`,
+//! where the work items are `full` whole row tiles followed by the remaining row tiles split
+//! `splits` ways along K (`tile::WorkItem`); dynamic shared memory as given by
 //! `layout::{dense,spmm}_smem_bytes` (shared with the host).
 
 pub mod dense;
@@ -24,9 +25,9 @@ macro_rules! dense_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
             w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
-            partial: *mut f32, m: u32, n: u32, k: u32,
+            partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
         ) {
-            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k);
+            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k, full, splits);
         }
     )*};
 }
@@ -40,10 +41,10 @@ macro_rules! spmm_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
-            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32,
+            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
         ) {
             spmm::spmm_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
-                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k,
+                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, full, splits,
             );
         }
     )*};

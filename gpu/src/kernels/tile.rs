@@ -4,11 +4,12 @@
 
 use crate::cp_async::{cp_async_16, cp_async_16_zfill};
 use crate::layout::{
-    frag_c_coord, ldmatrix_a_src, ldmatrix_b_src, swizzled_chunk_offset, TILE_K,
+    frag_c_coord, ldmatrix_a_src, ldmatrix_b_src, swizzled_chunk_offset, ROW_BYTES, TILE_K,
 };
 use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
 use crate::mma::{FragA, FragB, FragC, MmaElement};
-use crate::shared::SmemAddr;
+use crate::shared::{st_shared_v4_b32, SmemAddr};
+use crate::sync::bar_warp_sync;
 use crate::thread::{lane_idx, thread_idx_x, warp_idx};
 
 /// Issues `cp.async` copies of the `tile_rows × TILE_K` tile at (`row0`, `k0`) of a row-major
@@ -98,21 +99,74 @@ pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     });
 }
 
+/// Zeroes the `16·MT` rows of a W tile that this warp reads in [`warp_mma_tile`] (rows
+/// `16·MT·warp ..`, 128 B each: one contiguous range), after the warp's reads of them.
+/// No other warp reads these rows, so no block barrier is needed: the SpMM kernel clears its
+/// rebuilt tile this way, each warp right after its MMAs.
+///
+/// # Safety
+/// All threads of the warp call it together, after their `warp_mma_tile` on the same tile.
+#[inline(always)]
+pub unsafe fn warp_zero_rows<const MT: usize>(w_tile: SmemAddr) {
+    let lane = lane_idx() as usize;
+    let rows = w_tile.offset(warp_idx() as usize * 16 * MT * ROW_BYTES);
+    bar_warp_sync(); // the warp's ldmatrix reads of these rows come first
+    unroll!(i in 0..4 * MT => {
+        st_shared_v4_b32(rows.offset((i * 32 + lane) * 16), [0; 4]);
+    });
+}
+
+/// The share of the output and of K one block computes under the schedule "`full` row tiles
+/// whole, the rest split `splits` ways along K" (a bandwidth-bound kernel then gives every SM
+/// the same number of bytes even when the row tiles do not divide evenly among the SMs).
+#[derive(Clone, Copy)]
+pub struct WorkItem {
+    /// Row tile (of the block's height) this block computes.
+    pub row_tile: usize,
+    /// K split index and split count of this row tile (`splits == 1`: whole K, final output).
+    pub split: usize,
+    /// Number of K splits of this row tile.
+    pub splits: usize,
+    /// K tiles `[kt_begin, kt_end)` this block walks.
+    pub kt_begin: usize,
+    /// End of the K range (exclusive).
+    pub kt_end: usize,
+}
+
+impl WorkItem {
+    /// Decodes block `block` (grid x): blocks `0..full` own row tiles `0..full` with all of K;
+    /// block `full + j` owns split `j % splits` of row tile `full + j / splits`.
+    #[inline(always)]
+    pub fn decode(block: usize, full: usize, splits: usize, k_tiles: usize) -> Self {
+        let splits = splits.max(1); // a launch never passes 0; this lets the compiler know
+        let (row_tile, split, splits) = if block < full {
+            (block, 0, 1)
+        } else {
+            let j = block - full;
+            (full + j / splits, j % splits, splits)
+        };
+        let (kt_begin, kt_end) = split_range(k_tiles, split, splits);
+        WorkItem { row_tile, split, splits, kt_begin, kt_end }
+    }
+}
+
 /// Where a block's results go.
 pub struct Epilogue {
-    /// Output `Y` (`n × ldy` elements), written when `splits == 1`.
+    /// Output `Y` (`n × ldy` elements), written when the block's row tile is not split.
     pub y: *mut u16,
     /// Leading dimension of `Y`.
     pub ldy: usize,
-    /// f32 partial sums `[splits][n][m]`, written when `splits > 1`.
+    /// f32 partial sums `[splits][n][m - split_m0]` of the split rows `split_m0..m`.
     pub partial: *mut f32,
+    /// First row of W that is computed in splits (rows of the whole tiles come before it).
+    pub split_m0: usize,
     /// Rows of W (= columns of Y).
     pub m: usize,
     /// Tokens (= rows of Y).
     pub n: usize,
-    /// This block's split index and the number of splits.
+    /// This block's split index and split count.
     pub split: usize,
-    /// Number of K splits (grid z).
+    /// Number of K splits of this block's row tile.
     pub splits: usize,
 }
 
@@ -121,7 +175,8 @@ impl Epilogue {
     /// dropping elements outside `m × n`.
     ///
     /// # Safety
-    /// `y` / `partial` are allocations of the sizes documented on the fields.
+    /// `y` / `partial` are allocations of the sizes documented on the fields, and a split
+    /// block's rows are `≥ split_m0`.
     #[inline(always)]
     pub unsafe fn store<E: MmaElement, const MT: usize, const NT: usize>(
         &self,
@@ -131,6 +186,7 @@ impl Epilogue {
     ) {
         let lane = lane_idx() as usize;
         let warp_row0 = m0 + warp_idx() as usize * 16 * MT;
+        let split_m = self.m.saturating_sub(self.split_m0);
         unroll!(mt in 0..MT => {
             unroll!(nt in 0..NT => {
                 unroll!(i in 0..4 => {
@@ -141,7 +197,7 @@ impl Epilogue {
                         if self.splits == 1 {
                             *self.y.add(gn * self.ldy + gm) = E::from_f32(v);
                         } else {
-                            *self.partial.add((self.split * self.n + gn) * self.m + gm) = v;
+                            *self.partial.add((self.split * self.n + gn) * split_m + gm - self.split_m0) = v;
                         }
                     }
                 });
