@@ -22,10 +22,17 @@ pub const SPARSE_TILE_M: usize = 4 * TILE_M;
 pub const SPARSE_TILE_ELEMS: usize = SPARSE_TILE_M * TILE_K;
 /// Shared-memory pipeline depth (stages in flight) of both kernels.
 pub const STAGES: usize = 4;
-/// Words of the SpMM kernel's shared-memory word ring (32 KiB): the largest chunk of a tile's
-/// list staged at once. A tile of at most 50% density is one chunk; denser tiles take
-/// several, so any density from 0 to 100% works.
+/// Words of the largest SpMM word ring (32 KiB): the largest chunk of a tile's list the
+/// kernel stages at once. Denser tiles take several chunks, so any density from 0 to 100%
+/// works. Every ring size is a multiple of 128 words (one warp's 16-byte loads).
 pub const CHUNK_WORDS: usize = 8192;
+
+/// Words of the SpMM kernel's shared-memory word ring for `nt` token tiles of 8: 8192 (a
+/// tile of ≤ 50% density is one chunk) up to 16 tokens, 6144 (≤ 37.5%) above, where the
+/// larger X tiles need the room for three blocks to share an SM.
+pub const fn spmm_ring_words(nt: usize) -> usize {
+    if nt >= 4 { 6144 } else { CHUNK_WORDS }
+}
 /// Bytes of one dense 64×64 16-bit tile in shared memory (rows of 128 B).
 pub const TILE_BYTES: usize = TILE_M * TILE_K * 2;
 /// Bytes of one row of a shared tile (64 halves).
@@ -73,19 +80,19 @@ pub const fn spmm_max_nt(mt: usize) -> usize {
 }
 
 /// The SpMM warp height used by default for `nt` token tiles of 8 (tuned on an H100 with
-/// `benches/linear.rs --tune sparse`: 4 warps per block up to 16 tokens, 8 above).
+/// `benches/linear.rs --tune sparse`: 4 warps per block up to 32 tokens, 8 above).
 pub const fn spmm_default_mt(nt: usize) -> usize {
-    if nt <= 2 { 4 } else { 2 }
+    if nt <= 4 { 4 } else { 2 }
 }
 
 /// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).
 pub const SPMM_ROW_TILES: usize = SPARSE_TILE_M / TILE_M;
 
 /// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: one dense
-/// `SPARSE_TILE_M`×64 W tile, the ring of `CHUNK_WORDS` words and `STAGES` X tiles
-/// (68 KiB at 8 tokens, 72 KiB at 16: three blocks per SM; 80 KiB at 32).
+/// `SPARSE_TILE_M`×64 W tile, the word ring and `STAGES` X tiles (68, 72 and 72 KiB at 8,
+/// 16 and 32 tokens: three blocks per SM).
 pub const fn spmm_smem_bytes(nt: usize) -> usize {
-    SPMM_ROW_TILES * TILE_BYTES + CHUNK_WORDS * 4 + STAGES * nt * 8 * ROW_BYTES
+    SPMM_ROW_TILES * TILE_BYTES + spmm_ring_words(nt) * 4 + STAGES * nt * 8 * ROW_BYTES
 }
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.

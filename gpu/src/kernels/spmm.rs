@@ -8,10 +8,10 @@
 //! (`layout::swizzled_pos`). Lists are padded to 4 words by repeating a real word.
 //!
 //! # Pipeline
-//! The words stream through a shared-memory **ring** of `CHUNK_WORDS` words with 16-byte
-//! `cp.async` copies. The unit of the pipeline is a *chunk*: a whole tile's list when it fits
-//! the ring (density ≤ 50%: every tile of a pruned weight), else consecutive `CHUNK_WORDS`
-//! pieces of it, so any density from 0 to 100% works (Flash-LLM stages a tile in registers
+//! The words stream through a shared-memory **ring** (`layout::spmm_ring_words`: 8192 words,
+//! 6144 from 32 tokens on) with 16-byte `cp.async` copies. The unit of the pipeline is a
+//! *chunk*: a whole tile's list when it fits the ring (density ≤ 50% / 37.5%: every tile of a
+//! pruned weight), else consecutive ring-sized pieces of it, so any density from 0 to 100% works (Flash-LLM stages a tile in registers
 //! sized for 50% density and corrupts denser tiles). Chunks are variable-sized, so the
 //! prefetch depth adapts to the density: as many chunks are in flight as the ring holds
 //! (two tiles at 80%, the `STAGES - 1` tile limit of the X ring at 90%). Each chunk is one
@@ -34,14 +34,14 @@
 //! instruction are one residue class mod 4 of an aligned 128-word block of the list; the
 //! host's bank-aware reordering arranges each such set to hit distinct banks.
 //!
-//! Word and ring counters are `u32` (the host limits a weight to fewer than 2³² words), so
+//! Word offsets and ring positions are `u32` (the host limits a weight to fewer than 2³² words), so
 //! the per-chunk bookkeeping is 32-bit arithmetic, and the per-word loops run exactly as many
 //! times as the chunk has groups for the thread (no predicated-off iterations).
 
 use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, WorkItem};
 use crate::cp_async::{self, cp_async_16};
 use crate::layout::{
-    block_threads, CHUNK_WORDS, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
+    block_threads, spmm_ring_words, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
     TILE_K,
 };
 use crate::mma::{FragC, MmaElement};
@@ -50,8 +50,6 @@ use crate::shared::{dynamic_smem_base, ld_shared_v4_b32, st_shared_b16, st_share
 use crate::sync::bar_sync;
 use crate::thread::{block_idx_x, block_idx_y, thread_idx_x};
 
-/// Bytes of the word ring.
-pub const RING_BYTES: usize = CHUNK_WORDS * 4;
 /// Bytes of one dense `SPARSE_TILE_M`×64 W tile in shared memory.
 const DENSE_BYTES: usize = SPMM_ROW_TILES * TILE_BYTES;
 
@@ -95,19 +93,19 @@ impl TileCursor {
         self.end - self.start
     }
 
-    /// Chunks the current tile takes (at least one, so empty tiles still multiply X by zeros
-    /// and Inf/NaN propagate as in dense math).
+    /// Chunks of at most `ring` words the current tile takes (at least one, so empty tiles
+    /// still multiply X by zeros and Inf/NaN propagate as in dense math).
     #[inline(always)]
-    fn chunks(&self) -> u32 {
+    fn chunks(&self, ring: u32) -> u32 {
         let len = self.len();
-        if len == 0 { 1 } else { len.div_ceil(CHUNK_WORDS as u32) }
+        if len == 0 { 1 } else { len.div_ceil(ring) }
     }
 
     /// Words in chunk `c` of the current tile.
     #[inline(always)]
-    fn chunk_len(&self, c: u32) -> u32 {
-        let rest = self.len().saturating_sub(c * CHUNK_WORDS as u32);
-        if rest < CHUNK_WORDS as u32 { rest } else { CHUNK_WORDS as u32 }
+    fn chunk_len(&self, c: u32, ring: u32) -> u32 {
+        let rest = self.len().saturating_sub(c * ring);
+        if rest < ring { rest } else { ring }
     }
 
     /// Moves to the next tile.
@@ -125,25 +123,43 @@ impl TileCursor {
     }
 }
 
-/// Shared address of ring word `word` (a multiple of 4; the counter wraps around the ring).
-#[inline(always)]
-fn ring_addr(ring: SmemAddr, word: u32) -> SmemAddr {
-    SmemAddr(ring.0 + (word % CHUNK_WORDS as u32) * 4)
+/// The shared-memory word ring: `words` 32-bit words from `base` on. Positions are kept in
+/// `0..words`; a chunk may wrap around the end (its 16-byte groups never straddle it, as
+/// chunks and the ring are multiples of 4 words).
+#[derive(Clone, Copy)]
+struct Ring {
+    base: SmemAddr,
+    words: u32,
 }
 
-/// Copies `len` words (a multiple of 4) from `src` into the ring from word `at` on: thread t
-/// copies the 16-byte groups `t, t + THREADS, …` (two per iteration).
+impl Ring {
+    /// Position `at + w` wrapped into the ring (`at < words`, `w < words`).
+    #[inline(always)]
+    fn wrap(self, at: u32, w: u32) -> u32 {
+        let p = at + w;
+        if p >= self.words { p - self.words } else { p }
+    }
+
+    /// Shared address of the 16-byte group at position `at + w`.
+    #[inline(always)]
+    fn addr(self, at: u32, w: u32) -> SmemAddr {
+        SmemAddr(self.base.0 + self.wrap(at, w) * 4)
+    }
+}
+
+/// Copies `len` words (a multiple of 4) from `src` into the ring from position `at` on:
+/// thread t copies the 16-byte groups `t, t + THREADS, …` (two per iteration).
 #[inline(always)]
-unsafe fn load_chunk_async<const THREADS: usize>(ring: SmemAddr, at: u32, src: *const u32, len: u32) {
+unsafe fn load_chunk_async<const THREADS: usize>(ring: Ring, at: u32, src: *const u32, len: u32) {
     let step = 4 * THREADS as u32;
     let mut w = 4 * thread_idx_x();
     while w + step < len {
-        cp_async_16(ring_addr(ring, at + w), src.add(w as usize) as *const u8);
-        cp_async_16(ring_addr(ring, at + w + step), src.add((w + step) as usize) as *const u8);
+        cp_async_16(ring.addr(at, w), src.add(w as usize) as *const u8);
+        cp_async_16(ring.addr(at, w + step), src.add((w + step) as usize) as *const u8);
         w += 2 * step;
     }
     if w < len {
-        cp_async_16(ring_addr(ring, at + w), src.add(w as usize) as *const u8);
+        cp_async_16(ring.addr(at, w), src.add(w as usize) as *const u8);
     }
 }
 
@@ -158,21 +174,21 @@ unsafe fn store_words(dense: SmemAddr, words: [u32; 4]) {
     });
 }
 
-/// Scatters the chunk at ring word `at` (`len` words) into the dense tile: thread t takes the
-/// 16-byte groups `t, t + THREADS, …` (two at a time, so their loads overlap).
+/// Scatters the chunk at ring position `at` (`len` words) into the dense tile: thread t
+/// takes the 16-byte groups `t, t + THREADS, …` (two at a time, so their loads overlap).
 #[inline(always)]
-unsafe fn scatter_chunk<const THREADS: usize>(ring: SmemAddr, at: u32, len: u32, dense: SmemAddr) {
+unsafe fn scatter_chunk<const THREADS: usize>(ring: Ring, at: u32, len: u32, dense: SmemAddr) {
     let step = 4 * THREADS as u32;
     let mut w = 4 * thread_idx_x();
     while w + step < len {
-        let a = ld_shared_v4_b32(ring_addr(ring, at + w));
-        let b = ld_shared_v4_b32(ring_addr(ring, at + w + step));
+        let a = ld_shared_v4_b32(ring.addr(at, w));
+        let b = ld_shared_v4_b32(ring.addr(at, w + step));
         store_words(dense, a);
         store_words(dense, b);
         w += 2 * step;
     }
     if w < len {
-        store_words(dense, ld_shared_v4_b32(ring_addr(ring, at + w)));
+        store_words(dense, ld_shared_v4_b32(ring.addr(at, w)));
     }
 }
 
@@ -201,7 +217,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
-    const { assert!(CHUNK_WORDS.is_power_of_two()) };
+    const { assert!(spmm_ring_words(NT).is_multiple_of(128)) };
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tiles_k = k.div_ceil(TILE_K);
     let work = WorkItem::decode(block_idx_x() as usize, full as usize, splits as usize, tiles_k);
@@ -210,65 +226,75 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let row_base = work.row_tile * tiles_k;
     let (first_tile, end_tile) = (row_base + work.kt_begin, row_base + work.kt_end);
 
-    // Shared memory: dense W tile (256×64) | word ring (CHUNK_WORDS) | X tiles[STAGES]
-    // (N_TILE×64). Tile i of the block's range (i = tile - first_tile) uses X slot i % STAGES.
+    // Shared memory: dense W tile (256×64) | word ring | X tiles[STAGES] (N_TILE×64).
+    // Tile i of the block's range (i = tile - first_tile) uses X slot i % STAGES.
     let smem = dynamic_smem_base();
     let dense = smem;
-    let ring = smem.offset(DENSE_BYTES);
+    let ring_words = spmm_ring_words(NT);
+    let ring = Ring { base: smem.offset(DENSE_BYTES), words: ring_words as u32 };
     let x_bytes = NT * 8 * ROW_BYTES;
-    let x_tile = |tile: usize| smem.offset(DENSE_BYTES + RING_BYTES + ((tile - first_tile) % STAGES) * x_bytes);
+    let x_tile = |tile: usize| smem.offset(DENSE_BYTES + ring_words * 4 + ((tile - first_tile) % STAGES) * x_bytes);
 
     zero_tile::<THREADS>(dense);
 
-    // Producer: the next chunk to issue is chunk `p_chunk` of tile `p.tile`; `issued` counts
-    // the words put in the ring (mod 2³²) and `issued_chunks` the cp.async groups.
-    // Consumer: chunk `c_chunk` of tile `c.tile`; `consumed` counts the words taken out.
-    let mut p = TileCursor::new(tile_offsets, first_tile, end_tile);
-    let mut c = TileCursor::new(tile_offsets, first_tile, end_tile);
-    let (mut p_chunk, mut issued, mut issued_chunks) = (0u32, 0u32, 0u32);
-    let (mut c_chunk, mut consumed, mut consumed_chunks) = (0u32, 0u32, 0u32);
-
+    // Producer: the next chunk to issue, where it goes in the ring, the ring's fill, and the
+    // cp.async groups committed (one per chunk).
+    struct Producer {
+        tile: TileCursor,
+        chunk: u32,
+        at: u32,
+        used: u32,
+        groups: u32,
+    }
+    let mut p = Producer { tile: TileCursor::new(tile_offsets, first_tile, end_tile), chunk: 0, at: 0, used: 0, groups: 0 };
     // Issues chunks while the ring has room and the X ring a free slot (tiles at most
     // STAGES - 1 ahead of `c_tile`, the tile whose MMAs come next). The chunk the consumer
     // needs next always fits: when it is not yet issued, the ring is empty.
-    let refill = |p: &mut TileCursor, p_chunk: &mut u32, issued: &mut u32, issued_chunks: &mut u32, consumed: u32, c_tile: usize| {
-        while p.active() && p.tile < c_tile + STAGES {
-            let len = p.chunk_len(*p_chunk);
-            if issued.wrapping_sub(consumed) + len > CHUNK_WORDS as u32 {
+    let refill = |p: &mut Producer, c_tile: usize| {
+        while p.tile.active() && p.tile.tile < c_tile + STAGES {
+            let len = p.tile.chunk_len(p.chunk, ring.words);
+            if p.used + len > ring.words {
                 break;
             }
-            let src = words.add((p.start + *p_chunk * CHUNK_WORDS as u32) as usize);
-            load_chunk_async::<THREADS>(ring, *issued, src, len);
-            if *p_chunk == 0 {
-                load_tile_async(x_tile(p.tile), NT * 8, THREADS, x, ldx, n, n0, k, (p.tile - row_base) * TILE_K);
+            let src = words.add((p.tile.start + p.chunk * ring.words) as usize);
+            load_chunk_async::<THREADS>(ring, p.at, src, len);
+            if p.chunk == 0 {
+                let k0 = (p.tile.tile - row_base) * TILE_K;
+                load_tile_async(x_tile(p.tile.tile), NT * 8, THREADS, x, ldx, n, n0, k, k0);
             }
             cp_async::commit_group();
-            *issued = issued.wrapping_add(len);
-            *issued_chunks += 1;
-            *p_chunk += 1;
-            if *p_chunk == p.chunks() {
-                p.advance(tile_offsets);
-                *p_chunk = 0;
+            p.at = ring.wrap(p.at, len);
+            p.used += len;
+            p.groups += 1;
+            p.chunk += 1;
+            if p.chunk == p.tile.chunks(ring.words) {
+                p.tile.advance(tile_offsets);
+                p.chunk = 0;
             }
         }
     };
-    refill(&mut p, &mut p_chunk, &mut issued, &mut issued_chunks, consumed, first_tile);
+    refill(&mut p, first_tile);
 
+    // Consumer: chunk `c_chunk` of tile `c.tile`, at ring position `c_at`; `c_groups` counts
+    // the chunks taken.
+    let mut c = TileCursor::new(tile_offsets, first_tile, end_tile);
+    let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
-        wait_pending(issued_chunks - consumed_chunks - 1);
+        wait_pending(p.groups - c_groups - 1);
         bar_sync();
-        let len = c.chunk_len(c_chunk);
-        scatter_chunk::<THREADS>(ring, consumed, len, dense);
-        consumed = consumed.wrapping_add(len);
-        consumed_chunks += 1;
+        let len = c.chunk_len(c_chunk, ring.words);
+        scatter_chunk::<THREADS>(ring, c_at, len, dense);
+        c_at = ring.wrap(c_at, len);
+        c_groups += 1;
         c_chunk += 1;
         // Every thread is done with the chunk's ring words (and, after a tile's last chunk,
         // the dense tile is complete): the ring can take more.
         bar_sync();
-        refill(&mut p, &mut p_chunk, &mut issued, &mut issued_chunks, consumed, c.tile);
-        if c_chunk == c.chunks() {
+        p.used -= len;
+        refill(&mut p, c.tile);
+        if c_chunk == c.chunks(ring.words) {
             warp_mma_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc);
             warp_zero_rows::<MT>(dense);
             c.advance(tile_offsets);
