@@ -20,10 +20,11 @@
 //!   `(pos << 16) | value_bits`, where `pos` = [`swizzled_pos`]`(r, c)` =
 //!   `r*64 + ((c/8) ^ (r%8))*8 + c%8` is the element index of tile-local entry `(r, c)` in the
 //!   kernel's XOR-swizzled 256 × 64 shared-memory tile, so `pos < 16384` ([`TILE_ELEMS`]).
-//! * Each tile's list has a multiple of 4 words (the kernel loads 16 bytes at a time); it is
-//!   padded by repeating the tile's last real word (fewer than 4 padding words). Empty tiles
-//!   have no words; a fully dense tile has exactly 16384 (no padding). The kernel consumes a
-//!   list in chunks of [`CHUNK_WORDS`] words.
+//! * Each tile's list has a multiple of 4 words (the kernel loads 16 bytes at a time); the
+//!   packer pads it to a multiple of [`LIST_ALIGN_WORDS`] = 32 words (128 bytes, so lists
+//!   start on cache lines) by repeating the tile's last real word. Empty tiles have no words;
+//!   a fully dense tile has exactly 16384 (no padding). The kernel consumes a list in chunks
+//!   of at most [`CHUNK_WORDS`] words (its shared-memory ring).
 //! * `tile_offsets`: `tiles_m * tiles_k + 1` entries; tile `t` owns
 //!   `words[tile_offsets[t] .. tile_offsets[t + 1]]`.
 //!
@@ -41,7 +42,7 @@ pub mod reorder;
 pub(crate) mod test_util;
 
 pub use format::{
-    pack_word, swizzled_pos, unswizzle, word_bits, word_pos, SparseWeight, CHUNK_WORDS, TILE_ELEMS,
-    TILE_K, TILE_M, WORDS_PER_LOAD,
+    pack_word, swizzled_pos, unswizzle, word_bits, word_pos, SparseWeight, CHUNK_WORDS, LIST_ALIGN_WORDS,
+    TILE_ELEMS, TILE_K, TILE_M, WORDS_PER_LOAD,
 };
 pub use reorder::{BLOCK_WORDS, SMEM_BANKS};

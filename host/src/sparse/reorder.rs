@@ -2,11 +2,10 @@
 //!
 //! # How the kernel stores words
 //!
-//! A tile's word list is consumed in chunks of [`CHUNK_WORDS`] words by the `T` threads of an
-//! SpMM block (`T` is a multiple of 32; 512 = 16 warps for the 256×64 tiles). Thread `t` loads
-//! the 16-byte groups `g = t + T*i` (`i = 0 .. CHUNK_WORDS / (4T)`) of the chunk — words
-//! `4g .. 4g+4` — and then issues four shared-memory stores, sub-step `s` storing word
-//! `4g + s`. One store instruction of warp `w` at step `(i, s)` therefore writes the words
+//! A tile's word list is consumed in chunks of at most [`CHUNK_WORDS`] words (multiples of 128
+//! words) by the `T` threads of an SpMM block (`T` is a multiple of 32: 128 or 256). Thread `t`
+//! loads the 16-byte groups `g = t + T*i` (`i = 0, 1, …`) of the chunk — words `4g .. 4g+4` —
+//! and then issues four shared-memory stores, sub-step `s` storing word `4g + s`. One store instruction of warp `w` at step `(i, s)` therefore writes the words
 //! `{ 4*(T*i + 32w + lane) + s : lane = 0..32 }`: inside the aligned [`BLOCK_WORDS`]-word
 //! block starting at word `4*(T*i + 32w)` of the list (chunks are multiples of 128 words, so
 //! blocks never straddle chunks), the 32 words whose index is `s` mod 4. Lanes whose group lies
@@ -304,7 +303,7 @@ impl<T: Element> SparseWeight<T> {
 mod tests {
     use super::*;
     use crate::sparse::format::{pack_word, TILE_ELEMS};
-    use crate::sparse::test_util::{random_sparse, Rng};
+    use crate::sparse::test_util::{pad_to_4, random_sparse, Rng};
     use half::{bf16, f16};
     use proptest::prelude::*;
 
@@ -345,7 +344,7 @@ mod tests {
                 dense[r * cols] = f16::ONE;
                 dense[r * cols + 1] = f16::from_f32(2.0);
             }
-            let mut w = SparseWeight::from_dense(rows, cols, &dense).unwrap();
+            let mut w = pad_to_4(&SparseWeight::from_dense(rows, cols, &dense).unwrap());
             assert_eq!(w.words().len(), rows / 4);
             assert!(w.words().iter().all(|&x| bank(x) == 0));
             assert_eq!(w.bank_conflict_wavefronts(), before);

@@ -54,3 +54,23 @@ pub(crate) fn random_sparse<T: Element>(
         })
         .collect()
 }
+
+/// The same weight with every tile's list padded only to a multiple of 4 words (the minimum
+/// the kernel needs; how files written before 128-byte list alignment look), so tests can
+/// state exact word counts and offsets.
+pub(crate) fn pad_to_4<T: Element>(w: &super::SparseWeight<T>) -> super::SparseWeight<T> {
+    let mut offsets = vec![0u32];
+    let mut words = Vec::new();
+    for t in 0..w.tile_offsets().len() - 1 {
+        let list = w.tile_words(t);
+        // Padding repeats the last real word (positions are unique otherwise).
+        let mut real = list.len();
+        while real > 1 && list[real - 2] == list[real - 1] {
+            real -= 1;
+        }
+        words.extend_from_slice(&list[..real]);
+        words.resize(words.len() + real.next_multiple_of(4) - real, list.last().copied().unwrap_or(0));
+        offsets.push(words.len() as u32);
+    }
+    super::SparseWeight::from_parts(w.rows(), w.cols(), offsets, words, w.is_reordered()).unwrap()
+}
