@@ -163,14 +163,49 @@ unsafe fn load_chunk_async<const THREADS: usize>(ring: Ring, at: u32, src: *cons
     }
 }
 
-/// Writes each word's value at its dense-tile position. Positions are reduced modulo the
-/// tile (a power of two): the host validates them, the mask keeps even a corrupted word
-/// inside this block's own tile.
+/// Writes each word's value (or 0, to clear) at its dense-tile position. Positions are
+/// reduced modulo the tile (a power of two): the host validates them, the mask keeps even a
+/// corrupted word inside this block's own tile.
 #[inline(always)]
-unsafe fn store_words(dense: SmemAddr, words: [u32; 4]) {
+unsafe fn store_words(dense: SmemAddr, words: [u32; 4], clear: bool) {
     unroll!(s in 0..4 => {
         let pos = (words[s] >> 16) % SPARSE_TILE_ELEMS as u32;
-        st_shared_b16(SmemAddr(dense.0 + pos * 2), words[s] as u16);
+        st_shared_b16(SmemAddr(dense.0 + pos * 2), if clear { 0 } else { words[s] as u16 });
+    });
+}
+
+/// 16-byte groups per thread up to which a tile's words stay in registers after the scatter
+/// (2048 words at 128 threads: tiles of ≤ 12.5% density), so the tile is cleared by writing
+/// zeros back at the same positions instead of zeroing all of it.
+const KEEP_GROUPS: usize = 4;
+
+/// One thread's groups of a kept tile.
+type Kept = [[u32; 4]; KEEP_GROUPS];
+
+/// Scatters a tile of `len ≤ 16·THREADS` words at ring position `at` and returns this
+/// thread's groups of it.
+#[inline(always)]
+unsafe fn scatter_keep<const THREADS: usize>(ring: Ring, at: u32, len: u32, dense: SmemAddr) -> Kept {
+    let tid = thread_idx_x();
+    let mut kept = [[0; 4]; KEEP_GROUPS];
+    unroll!(i in 0..KEEP_GROUPS => {
+        let w = 4 * (tid + (i * THREADS) as u32);
+        if w < len {
+            kept[i] = ld_shared_v4_b32(ring.addr(at, w));
+            store_words(dense, kept[i], false);
+        }
+    });
+    kept
+}
+
+/// Undoes [`scatter_keep`]: zeros at the same positions.
+#[inline(always)]
+unsafe fn unscatter<const THREADS: usize>(kept: &Kept, len: u32, dense: SmemAddr) {
+    let tid = thread_idx_x();
+    unroll!(i in 0..KEEP_GROUPS => {
+        if 4 * (tid + (i * THREADS) as u32) < len {
+            store_words(dense, kept[i], true);
+        }
     });
 }
 
@@ -183,12 +218,12 @@ unsafe fn scatter_chunk<const THREADS: usize>(ring: Ring, at: u32, len: u32, den
     while w + step < len {
         let a = ld_shared_v4_b32(ring.addr(at, w));
         let b = ld_shared_v4_b32(ring.addr(at, w + step));
-        store_words(dense, a);
-        store_words(dense, b);
+        store_words(dense, a, false);
+        store_words(dense, b, false);
         w += 2 * step;
     }
     if w < len {
-        store_words(dense, ld_shared_v4_b32(ring.addr(at, w)));
+        store_words(dense, ld_shared_v4_b32(ring.addr(at, w)), false);
     }
 }
 
@@ -280,12 +315,29 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let mut c = TileCursor::new(tile_offsets, first_tile, end_tile);
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
+    // A sparse one-chunk tile keeps its words in registers (`kept`, `kept_len` > 0) and is
+    // cleared after the next barrier by writing zeros back (one more barrier, far fewer
+    // shared-memory writes than zeroing 32 KiB); other tiles are cleared by their warps' rows.
+    // (Not from 32 tokens on: the registers would cost the third block per SM.)
+    let keep_cap = if NT < 4 { (16 * THREADS) as u32 } else { 0 };
+    let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
         wait_pending(p.groups - c_groups - 1);
         bar_sync();
+        if kept_len > 0 {
+            // Every warp's MMAs of the previous tile are done (barrier above).
+            unscatter::<THREADS>(&kept, kept_len, dense);
+            kept_len = 0;
+            bar_sync();
+        }
         let len = c.chunk_len(c_chunk, ring.words);
-        scatter_chunk::<THREADS>(ring, c_at, len, dense);
+        let keep = NT < 4 && c.len() <= keep_cap;
+        if keep {
+            kept = scatter_keep::<THREADS>(ring, c_at, len, dense);
+        } else {
+            scatter_chunk::<THREADS>(ring, c_at, len, dense);
+        }
         c_at = ring.wrap(c_at, len);
         c_groups += 1;
         c_chunk += 1;
@@ -296,7 +348,11 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
         refill(&mut p, c.tile);
         if c_chunk == c.chunks(ring.words) {
             warp_mma_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc);
-            warp_zero_rows::<MT>(dense);
+            if keep {
+                kept_len = len;
+            } else {
+                warp_zero_rows::<MT>(dense);
+            }
             c.advance(tile_offsets);
             c_chunk = 0;
         }
