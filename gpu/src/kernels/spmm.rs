@@ -5,28 +5,34 @@
 //! W is cut into `SPARSE_TILE_M`×64 = 256×64 tiles (row-major over tiles). Tile t's nonzeros
 //! are the 32-bit words `words[tile_offsets[t] .. tile_offsets[t+1]]`, each
 //! `pos << 16 | value_bits`, where `pos` is the element's index in the *swizzled* shared tile
-//! (`layout::swizzled_pos`). Lists are padded to 4 words by repeating a real word.
+//! (`layout::swizzled_pos`). Lists are padded by repeating a real word, to a multiple of 32
+//! words by the packer (128 bytes: each list starts on a cache line); any multiple of 4 works.
 //!
 //! # Pipeline
 //! The words stream through a shared-memory **ring** (`layout::spmm_ring_words`: 8192 words,
 //! 6144 from 32 tokens on) with 16-byte `cp.async` copies. The unit of the pipeline is a
 //! *chunk*: a whole tile's list when it fits the ring (density ≤ 50% / 37.5%: every tile of a
-//! pruned weight), else consecutive ring-sized pieces of it, so any density from 0 to 100% works (Flash-LLM stages a tile in registers
-//! sized for 50% density and corrupts denser tiles). Chunks are variable-sized, so the
-//! prefetch depth adapts to the density: as many chunks are in flight as the ring holds
-//! (two tiles at 80%, the `STAGES - 1` tile limit of the X ring at 90%). Each chunk is one
-//! `cp.async` group; the first chunk of a tile also brings the tile's X tile into a
-//! `STAGES`-deep ring.
+//! pruned weight), else consecutive ring-sized pieces of it, so any density from 0 to 100%
+//! works (Flash-LLM stages a tile in registers sized for 50% density and corrupts denser
+//! tiles). Chunks are variable-sized, so the prefetch depth adapts to the density: as many
+//! chunks are in flight as the ring holds (two tiles at 80%, the `STAGES - 1` tile limit of
+//! the X ring at 90%). Each chunk is one `cp.async` group; the first chunk of a tile also
+//! brings the tile's X tile into a `STAGES`-deep ring.
 //!
 //! Per chunk: wait for its group, barrier; scatter the chunk's words into the dense tile;
 //! barrier; refill the ring (the chunk's words are free once every thread passed the
 //! barrier). After a tile's last chunk, `ldmatrix` + `mma.sync` exactly as the dense kernel
-//! does, and each warp then zeroes the rows it read (`tile::warp_zero_rows`; no other warp
-//! reads them), so the tile is clean again when the next chunk's barrier lets the scatter
-//! in — without an extra barrier or a per-word "unscatter". One dense tile is enough: the
-//! first barrier of a step already waits for every warp's MMAs of the previous one, so a
-//! second buffer would buy no overlap, and the 32 KiB it would take are what lets three
-//! blocks share an SM (68–72 KiB of shared memory up to 16 tokens).
+//! does. Then the tile is cleared for the next one, in one of two ways:
+//! - each warp zeroes the rows it read (`tile::warp_zero_rows`; no other warp reads them), so
+//!   the tile is clean when the next chunk's barrier lets the scatter in, with no extra
+//!   barrier;
+//! - a tile of ≤ 12.5% density (up to 16 tokens) keeps each thread's words in registers and
+//!   writes zeros back at their positions after the next barrier, followed by one more
+//!   barrier: at 90% sparsity that is a third of the shared-memory stores of zeroing.
+//!
+//! One dense tile is enough: the first barrier of a step already waits for every warp's
+//! MMAs of the previous one, so a second buffer would buy no overlap, and the 32 KiB it would
+//! take are what lets three blocks share an SM (68–72 KiB of shared memory up to 32 tokens).
 //!
 //! # Thread mapping
 //! `16/MT` warps, warp w owning W rows `16·MT·w ..` of the 256-row tile. Scatter: thread t
@@ -34,9 +40,10 @@
 //! instruction are one residue class mod 4 of an aligned 128-word block of the list; the
 //! host's bank-aware reordering arranges each such set to hit distinct banks.
 //!
-//! Word offsets and ring positions are `u32` (the host limits a weight to fewer than 2³² words), so
-//! the per-chunk bookkeeping is 32-bit arithmetic, and the per-word loops run exactly as many
-//! times as the chunk has groups for the thread (no predicated-off iterations).
+//! Word offsets and ring positions are `u32` (the host limits a weight to fewer than 2³²
+//! words), so the per-chunk bookkeeping is 32-bit arithmetic, and the copy and scatter loops
+//! run exactly as many times as the chunk has groups for the thread (only the register-kept
+//! path has a fixed, predicated count of four).
 
 use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, WorkItem};
 use crate::cp_async::{self, cp_async_16};
