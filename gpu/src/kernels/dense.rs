@@ -16,7 +16,7 @@
 //! remaining row tile split `splits` ways along K (contiguous ranges). Split blocks write f32
 //! partials and [`super::reduce`] sums them in a fixed order (deterministic).
 
-use super::tile::{load_tile_async, warp_mma_tile, Epilogue, WorkItem};
+use super::tile::{warp_mma_tile, Epilogue, TileStream, WorkItem};
 use crate::cp_async;
 use crate::layout::{block_threads, ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
@@ -52,11 +52,13 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     let stage_bytes = RT * TILE_BYTES + NT * 8 * ROW_BYTES;
     let w_tile = |s: usize| smem.offset(s * stage_bytes);
     let x_tile = |s: usize| smem.offset(s * stage_bytes + RT * TILE_BYTES);
+    let w_stream = TileStream::new(RT * TILE_M, threads, w, ldw, m, m0, k);
+    let x_stream = TileStream::new(NT * 8, threads, x, ldx, n, n0, k);
     let load_step = |step: usize| {
         let s = Pipeline::<STAGES>::stage(step);
         let k0 = (kt_begin + step) * TILE_K;
-        load_tile_async(w_tile(s), RT * TILE_M, threads, w, ldw, m, m0, k, k0);
-        load_tile_async(x_tile(s), NT * 8, threads, x, ldx, n, n0, k, k0);
+        w_stream.load(w_tile(s), k0);
+        x_stream.load(x_tile(s), k0);
     };
 
     // Prologue: STAGES-1 steps in flight.

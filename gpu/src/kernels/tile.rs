@@ -54,6 +54,93 @@ pub unsafe fn load_tile_async(
     }
 }
 
+/// Most 16-byte chunks of one tile a thread copies in a [`TileStream`] step.
+const MAX_STREAM_CHUNKS: usize = 8;
+
+/// One thread's part in streaming the `tile_rows × TILE_K` tiles of a fixed band of rows of a
+/// row-major 16-bit matrix along K into swizzled shared tiles (the dense kernel's W and X
+/// tiles). Everything that does not depend on the K position — each chunk's shared offset,
+/// source row and how far along K it may read — is computed once, so a step costs one
+/// 32-bit compare and an address add per 16-byte copy instead of redoing the index arithmetic.
+pub struct TileStream {
+    /// Chunks each thread copies per step (compile-time constant at every call site).
+    per_thread: usize,
+    /// Whether every thread has `per_thread` chunks (then no per-chunk test is needed).
+    exact: bool,
+    /// Chunks this thread copies per step.
+    count: usize,
+    /// Shared byte offset of each chunk inside the tile.
+    smem: [u32; MAX_STREAM_CHUNKS],
+    /// Each chunk's source at K position 0 (its row and column inside the tile); the matrix
+    /// base for rows outside the matrix (never read: those chunks are zero-filled).
+    src: [*const u16; MAX_STREAM_CHUNKS],
+    /// The chunk is copied at K position `k0` when `k0 < limit` (`k - column`, or 0 for rows
+    /// outside the matrix), else zero-filled.
+    limit: [u32; MAX_STREAM_CHUNKS],
+}
+
+impl TileStream {
+    /// The chunks `tid, tid + threads, …` of a `tile_rows`-row tile starting at row `row0` of
+    /// `src` (`rows` × `k`, leading dimension `ld`).
+    ///
+    /// # Safety
+    /// As [`load_tile_async`]; `tile_rows · 8 ≤ MAX_STREAM_CHUNKS · threads`, `k < 2³²`, and
+    /// `tile_rows` and `threads` are compile-time constants at every call site.
+    #[inline(always)]
+    pub unsafe fn new(
+        tile_rows: usize,
+        threads: usize,
+        src: *const u16,
+        ld: usize,
+        rows: usize,
+        row0: usize,
+        k: usize,
+    ) -> Self {
+        let tid = thread_idx_x() as usize;
+        let chunks = tile_rows * (TILE_K / 8);
+        let mut t = TileStream {
+            per_thread: chunks.div_ceil(threads),
+            exact: chunks.is_multiple_of(threads),
+            count: 0,
+            smem: [0; MAX_STREAM_CHUNKS],
+            src: [src; MAX_STREAM_CHUNKS],
+            limit: [0; MAX_STREAM_CHUNKS],
+        };
+        unroll!(i in 0..MAX_STREAM_CHUNKS => {
+            let id = tid + i * threads;
+            if i < t.per_thread && id < chunks {
+                let (r, c) = (id / 8, id % 8);
+                t.count = i + 1;
+                t.smem[i] = swizzled_chunk_offset(r, c) as u32;
+                if row0 + r < rows {
+                    t.src[i] = src.add((row0 + r) * ld + c * 8);
+                    t.limit[i] = k.saturating_sub(c * 8) as u32;
+                }
+            }
+        });
+        t
+    }
+
+    /// Issues the copies of the tile at K position `k0` into `dst`; chunks of rows outside the
+    /// matrix or starting at column ≥ `k` are zero-filled without reading memory.
+    ///
+    /// # Safety
+    /// `dst` has `tile_rows · 128` bytes of dynamic shared memory; as [`load_tile_async`].
+    #[inline(always)]
+    pub unsafe fn load(&self, dst: SmemAddr, k0: usize) {
+        unroll!(i in 0..MAX_STREAM_CHUNKS => {
+            if i < self.per_thread && (self.exact || i < self.count) {
+                let smem = SmemAddr(dst.0 + self.smem[i]);
+                if (k0 as u32) < self.limit[i] {
+                    cp_async_16(smem, self.src[i].add(k0) as *const u8);
+                } else {
+                    cp_async_16_zfill(smem, self.src[i] as *const u8, 0);
+                }
+            }
+        });
+    }
+}
+
 /// One warp's share of a block's W tile times an `(8·NT)`×64 X tile. The warp owns `16·MT`
 /// rows starting at `16·MT·warp` and computes, as 4 k16 steps,
 /// `acc[mt][nt] += W[rows of m-tile mt, :] · X[8·nt .. 8·nt+8, :]ᵀ`.
