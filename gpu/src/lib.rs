@@ -8,12 +8,13 @@
 //! instruction; kernels never contain `asm!`):
 //! - [`thread`]: thread / block / warp / lane indices.
 //! - [`shared`]: the dynamic shared-memory window and 32-bit shared addresses, `ld/st.shared`.
-//! - [`sync`]: `bar.sync`.
+//! - [`sync`]: `bar.sync` and `bar.warp.sync`.
 //! - [`cp_async`]: `cp.async` 16-byte copies (plain and zero-fill), commit / wait groups.
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
 //! - [`convert`]: f32 → f16/bf16 rounding.
-//! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`.
+//! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`, and a
+//!   wait for a run-time number of pending copy groups (pipelines with variable-size steps).
 //! - [`layout`]: tile shapes and lane→element maps (pure Rust, shared with the host).
 //! - [`kernels`]: the dense GEMM, the sparse SpMM and the split-K reduction.
 
