@@ -326,7 +326,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     // cleared after the next barrier by writing zeros back (one more barrier, far fewer
     // shared-memory writes than zeroing 32 KiB); other tiles are cleared by their warps' rows.
     // (Not from 32 tokens on: the registers would cost the third block per SM.)
-    let keep_cap = if NT < 4 { (16 * THREADS) as u32 } else { 0 };
+    let (keep_tiles, keep_cap) = (NT < 4, (4 * KEEP_GROUPS * THREADS) as u32);
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
@@ -339,7 +339,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
             bar_sync();
         }
         let len = c.chunk_len(c_chunk, ring.words);
-        let keep = NT < 4 && c.len() <= keep_cap;
+        let keep = keep_tiles && c.len() <= keep_cap;
         if keep {
             kept = scatter_keep::<THREADS>(ring, c_at, len, dense);
         } else {
