@@ -4,7 +4,7 @@
 //! cargo bench --bench linear                      # the default sweep (see `Args::default`)
 //! cargo bench --bench linear -- [--shapes 36864x9216,...] [--n 1,8,16,32,64]
 //!     [--sparsity 0.5,0.7,0.8,0.9] [--rows-pattern 0.8|none] [--reps 100] [--dtype f16,bf16]
-//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|all]
+//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|ring|all]
 //! ```
 //! Method, in one process and on one stream:
 //! - every kernel of a case is timed in the same loop, round-robin (clock drift hits all
@@ -20,8 +20,9 @@
 //!
 //! Kernels: `cublas` (`cublasGemmEx`, f32 accumulate — the denominator of every speedup),
 //! `dense` (ours), `sparse_plain` (Tiled-CSL, words in row order) and `sparse` (bank-reordered).
-//! `--tune KIND` also times every compiled block shape and several split counts (the data
-//! behind the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`).
+//! `--tune KIND` also times every compiled block shape and several split counts (`dense`,
+//! `sparse`), or the sparse kernel's word-ring sizes per warp height and its L2 hint off
+//! (`ring`): the data behind the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`.
 
 use cust::event::{Event, EventFlags};
 use half::{bf16, f16};
@@ -418,6 +419,10 @@ fn setup() -> Option<Bench> {
 }
 
 /// Runs the sweep for one element type, appending CSV rows; returns the result rows.
+/// Word-ring sizes `--tune ring` tries: on an H100 (227 KiB per block, 228 KiB per SM) they
+/// span four to two resident blocks per SM up to 32 tokens.
+const RING_CANDIDATES: [usize; 7] = [4096, 6144, 8192, 9728, 12288, 16384, 19456];
+
 fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
     let Bench { gpu, cublas: cb, driver, copy_bw } = bench;
     let copy_bw = *copy_bw;
@@ -468,7 +473,12 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                         // Whole row tiles for ⌊R / SMs⌋ rounds, the rest split (`t` = tail).
                         let (r, sms) = (m.div_ceil(64 * row_tiles), gpu.sm_count() as usize);
                         for s in [2, 3, 5, 8, 11].into_iter().filter(|&s| r >= sms && s <= k_tiles) {
-                            let o = LinearOptions { splits: Some(s), unsplit_row_tiles: Some(r / sms * sms), block: Some(BlockShape { row_tiles, warp_m_tiles }) };
+                            let o = LinearOptions {
+                                splits: Some(s),
+                                unsplit_row_tiles: Some(r / sms * sms),
+                                block: Some(BlockShape { row_tiles, warp_m_tiles }),
+                                ..Default::default()
+                            };
                             entries.push(dense_entry(format!("dense_r{row_tiles}m{warp_m_tiles}t{s}"), o));
                         }
                     }
@@ -483,6 +493,17 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                                 let name = format!("sparse_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
                                 let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }), ..Default::default() };
                                 entries.push(sparse_entry(name, reordered, o, bytes + io));
+                            }
+                        }
+                    }
+                    if tuning("ring") {
+                        let o = LinearOptions { l2_evict_first: Some(false), ..Default::default() };
+                        entries.push(sparse_entry("sparse_noevict".into(), reordered, o, bytes + io));
+                        for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
+                            for ring in RING_CANDIDATES {
+                                let block = Some(BlockShape { row_tiles: 4, warp_m_tiles });
+                                let o = LinearOptions { block, ring_words: Some(ring), ..Default::default() };
+                                entries.push(sparse_entry(format!("sparse_m{warp_m_tiles}r{ring}"), reordered, o, bytes + io));
                             }
                         }
                     }

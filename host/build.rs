@@ -3,9 +3,9 @@
 //!
 //! Runs a nested `cargo build --target nvptx64-nvidia-cuda -Zbuild-std=core` with
 //! `-C target-cpu=sm_80` (Tensor Core `mma.sync`, `cp.async`, `ldmatrix`; runs on A100 and
-//! H100), in its own target directory and with the outer build's cargo/rustc variables
-//! removed (else the nested cargo waits on the outer one's lock or inherits host flags).
-//! A kernel that does not compile fails this build with the compiler's message.
+//! H100) and PTX ISA 7.4 (`+ptx74`: L2 cache policies and `discard`), in its own target
+//! directory and with the outer build's cargo/rustc variables removed (else the nested cargo
+//! waits on the outer one's lock or inherits host flags). A kernel that does not compile fails this build with the compiler's message.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ fn main() {
         cmd.env("RUSTUP_HOME", home);
     }
     cmd.env("RUSTUP_TOOLCHAIN", &toolchain)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-cpu=sm_80")
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-cpu=sm_80\x1f-Ctarget-feature=+ptx74")
         .current_dir(&gpu)
         .args(["build", "--release", "--target", "nvptx64-nvidia-cuda", "-Zbuild-std=core"])
         .arg("--target-dir")

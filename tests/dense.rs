@@ -24,7 +24,7 @@ fn check_case<T: Element>(gpu: &Gpu, m: usize, k: usize, n: usize, sched: Sched,
     let k_tiles = k.div_ceil(64);
     let splits = sched.map(|(s, _)| s.min(k_tiles));
     let unsplit_row_tiles = sched.and_then(|(_, u)| u);
-    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, block }).unwrap();
+    gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, block, ..Default::default() }).unwrap();
     let got = gpu.download(&y).unwrap();
     assert_close(&got, &x, &w, n, m, k);
 }
@@ -132,6 +132,10 @@ fn dense_rejects_bad_shapes_and_options() {
     for (row_tiles, warp_m_tiles) in [(0, 1), (3, 1), (1, 2), (4, 4)] {
         let block = Some(BlockShape { row_tiles, warp_m_tiles });
         assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { block, ..Default::default() }), Err(Error::InvalidArgument(_))));
+    }
+    // Sparse-kernel knobs are refused for a dense weight.
+    for opts in [LinearOptions { ring_words: Some(2048), ..Default::default() }, LinearOptions { l2_evict_first: Some(true), ..Default::default() }] {
+        assert!(matches!(gpu.linear_with(&x, &w, opts), Err(Error::InvalidArgument(_))));
     }
     assert!(matches!(gpu.upload::<f16>(0, 5, &[]), Err(Error::Shape(_))));
     assert!(matches!(gpu.upload(2, 5, &[f16::ZERO; 9]), Err(Error::Shape(_))));

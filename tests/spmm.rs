@@ -23,16 +23,21 @@ fn sparse_random<T: Element>(rng: &mut Rng, m: usize, k: usize, sparsity: f64) -
 /// Runs the sparse kernel (plain and bank-reordered) on a poisoned output and checks it
 /// against the reference, the CPU SpMM and the dense kernel.
 fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>) {
-    check_with(gpu, w, m, k, x, n, splits.map(|s| (s, None)), None)
+    check_with(gpu, w, m, k, x, n, splits.map(|s| (s, None)), LinearOptions::default())
 }
 
 /// A forced schedule: K splits, and how many row tiles stay whole (`None`: all split).
 type Sched = Option<(usize, Option<usize>)>;
 
-/// As [`check`] with a forced warp height (m16 tiles per warp).
-#[allow(clippy::too_many_arguments)]
-fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, sched: Sched, warp_m_tiles: Option<usize>) {
+/// The tuning knobs of a check: warp height (m16 tiles per warp), word ring, L2 hint.
+fn knobs(warp_m_tiles: Option<usize>, ring_words: Option<usize>, l2_evict_first: Option<bool>) -> LinearOptions {
     let block = warp_m_tiles.map(|warp_m_tiles| BlockShape { row_tiles: 4, warp_m_tiles });
+    LinearOptions { block, ring_words, l2_evict_first, ..Default::default() }
+}
+
+/// As [`check`] with a forced schedule and the tuning knobs of `opts`.
+#[allow(clippy::too_many_arguments)]
+fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, sched: Sched, opts: LinearOptions) {
     let mut sw = SparseWeight::from_dense(m, k, w).unwrap();
     let dx = gpu.upload(n, k, x).unwrap();
     let dense = gpu.download(&gpu.linear(&dx, &gpu.upload(m, k, w).unwrap()).unwrap()).unwrap();
@@ -46,7 +51,7 @@ fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: us
         gpu.fill(&mut y, poison()).unwrap();
         let splits = sched.map(|(s, _)| s.min(k.div_ceil(64)));
         let unsplit_row_tiles = sched.and_then(|(_, u)| u);
-        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, block }).unwrap();
+        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, ..opts }).unwrap();
         let got = gpu.download(&y).unwrap();
         assert_close(&got, x, w, n, m, k);
         assert_close(&cpu_y, x, w, n, m, k);
@@ -67,15 +72,19 @@ fn spmm_matches_reference_on_random_shapes_and_sparsities() {
     let sparsity = prop_oneof![Just(0.0), Just(0.5), Just(0.7), Just(0.8), Just(0.9), Just(0.99), Just(1.0), 0.0f64..1.0];
     let splits = prop_oneof![Just(None), (1usize..5, prop_oneof![Just(None), (0usize..3).prop_map(Some)]).prop_map(Some)];
     let warp_m = prop_oneof![Just(None), Just(Some(2)), Just(Some(4))];
-    let strategy = (1usize..600, 1usize..400, prop_oneof![Just(1usize), 1usize..130], sparsity, splits, warp_m, any::<u64>());
+    // Rings of 1024 words take a tile of > 6.25% density in several chunks.
+    let ring = prop_oneof![Just(None), Just(Some(1024)), Just(Some(2048)), Just(Some(12288))];
+    let evict = prop_oneof![Just(None), Just(Some(false))];
+    let knob = (warp_m, ring, evict);
+    let strategy = (1usize..600, 1usize..400, prop_oneof![Just(1usize), 1usize..130], sparsity, splits, knob, any::<u64>());
     TestRunner::new(Config { cases: common::cases(64), ..Config::default() })
-        .run(&strategy, |(m, k, n, s, splits, warp_m, seed)| {
+        .run(&strategy, |(m, k, n, s, splits, (warp_m, ring, evict), seed)| {
             let mut rng = Rng::new(seed);
             let w: Vec<f16> = sparse_random(&mut rng, m, k, s);
             let x: Vec<f16> = random(&mut rng, n * k);
             // 4 m16 tiles per warp are compiled up to 32 tokens only
             let warp_m = warp_m.filter(|&mt| mt < 4 || n <= 32);
-            check_with(&gpu, &w, m, k, &x, n, splits, warp_m);
+            check_with(&gpu, &w, m, k, &x, n, splits, knobs(warp_m, ring, evict));
             Ok(())
         })
         .unwrap();
@@ -96,8 +105,8 @@ fn spmm_bf16_matches_reference() {
 }
 
 /// Non-uniform sparsity: empty rows, empty tiles, fully dense 256×64 tiles (16384 words = two
-/// full chunks of the 8192-word ring), 75% tiles (a full chunk and a partial one) next to
-/// empty and half-dense ones (about one chunk), one nonzero in a corner.
+/// full chunks of the 8192-word ring, 16 of a 1024-word one), 75% tiles (a full chunk and a
+/// partial one) next to empty and half-dense ones (about one chunk), one nonzero in a corner.
 #[test]
 fn spmm_non_uniform_density() {
     let Some(gpu) = gpu("spmm_non_uniform_density") else { return };
@@ -121,7 +130,10 @@ fn spmm_non_uniform_density() {
     let x: Vec<f16> = random(&mut rng, n * k);
     for splits in [None, Some((1, None)), Some((2, None)), Some((6, None)), Some((3, Some(1)))] {
         for warp_m in [None, Some(2), Some(4)] {
-            check_with(&gpu, &w, m, k, &x, n, splits, warp_m);
+            check_with(&gpu, &w, m, k, &x, n, splits, knobs(warp_m, None, None));
+        }
+        for ring in [1024, 3072, 20480] {
+            check_with(&gpu, &w, m, k, &x, n, splits, knobs(None, Some(ring), Some(false)));
         }
     }
 }
@@ -170,5 +182,10 @@ fn spmm_rejects_shape_mismatch() {
         // (4, 4) is compiled only up to 32 tokens
         let block = Some(BlockShape { row_tiles, warp_m_tiles });
         assert!(matches!(gpu.linear_with(&x, &dw, LinearOptions { block, ..Default::default() }), Err(Error::InvalidArgument(_))));
+    }
+    // Rings: multiples of 128 words from 1024 on, within the device's shared memory.
+    for ring_words in [0, 128, 1000, 1 << 20] {
+        let opts = LinearOptions { ring_words: Some(ring_words), ..Default::default() };
+        assert!(matches!(gpu.linear_with(&x, &dw, opts), Err(Error::InvalidArgument(_))));
     }
 }

@@ -38,6 +38,21 @@ pub unsafe fn cp_async_16_zfill(dst: SmemAddr, src: *const u8, src_size: u32) {
     );
 }
 
+/// `cp.async.cg.shared.global.L2::cache_hint [dst], [src], 16, policy;`: as
+/// [`cp_async_16`], with an L2 eviction policy from [`crate::cache::l2_policy`] (a hint: it
+/// changes what stays in L2, never the bytes copied).
+///
+/// # Safety
+/// As [`cp_async_16`]; `policy` is a value `l2_policy` returned.
+#[inline(always)]
+pub unsafe fn cp_async_16_hint(dst: SmemAddr, src: *const u8, policy: u64) {
+    asm!(
+        "cp.async.cg.shared.global.L2::cache_hint [{0}], [{1}], 16, {2};",
+        in(reg32) dst.0, in(reg64) src, in(reg64) policy,
+        options(nostack)
+    );
+}
+
 /// `cp.async.commit_group;`: closes the group of copies this thread issued since the last
 /// commit (an empty group is allowed and completes at once).
 #[inline(always)]

@@ -88,11 +88,11 @@ pub const fn spmm_default_mt(nt: usize) -> usize {
 /// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).
 pub const SPMM_ROW_TILES: usize = SPARSE_TILE_M / TILE_M;
 
-/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8: one dense
-/// `SPARSE_TILE_M`×64 W tile, the word ring and `STAGES` X tiles (68, 72 and 72 KiB at 8,
-/// 16 and 32 tokens: three blocks per SM).
-pub const fn spmm_smem_bytes(nt: usize) -> usize {
-    SPMM_ROW_TILES * TILE_BYTES + spmm_ring_words(nt) * 4 + STAGES * nt * 8 * ROW_BYTES
+/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8 and a word ring of
+/// `ring_words`: one dense `SPARSE_TILE_M`×64 W tile, the ring and `STAGES` X tiles (with
+/// the default rings 68, 72 and 72 KiB at 8, 16 and 32 tokens: three blocks per SM).
+pub const fn spmm_smem_bytes(nt: usize, ring_words: usize) -> usize {
+    SPMM_ROW_TILES * TILE_BYTES + ring_words * 4 + STAGES * nt * 8 * ROW_BYTES
 }
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.

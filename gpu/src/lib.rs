@@ -9,7 +9,9 @@
 //! - [`thread`]: thread / block / warp / lane indices.
 //! - [`shared`]: the dynamic shared-memory window and 32-bit shared addresses, `ld/st.shared`.
 //! - [`sync`]: `bar.sync` and `bar.warp.sync`.
-//! - [`cp_async`]: `cp.async` 16-byte copies (plain and zero-fill), commit / wait groups.
+//! - [`cp_async`]: `cp.async` 16-byte copies (plain, zero-fill, with an L2 policy), commit /
+//!   wait groups.
+//! - [`cache`]: L2 eviction policies (`createpolicy`) and `discard.global.L2`.
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
 //! - [`convert`]: f32 → f16/bf16 rounding.
@@ -36,6 +38,7 @@ macro_rules! unroll {
     };
 }
 
+pub mod cache;
 pub mod convert;
 pub mod cp_async;
 pub mod kernels;

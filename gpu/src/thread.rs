@@ -39,11 +39,11 @@ pub fn block_dim_x() -> u32 {
     unsafe { nvptx::_block_dim_x() as u32 }
 }
 
-/// `%nctaid.z`: blocks in the grid along z.
+/// `%nctaid.y`: blocks in the grid along y.
 #[inline(always)]
-pub fn grid_dim_z() -> u32 {
+pub fn grid_dim_y() -> u32 {
     // SAFETY: as above.
-    unsafe { nvptx::_grid_dim_z() as u32 }
+    unsafe { nvptx::_grid_dim_y() as u32 }
 }
 
 /// Warp index inside the block (`%tid.x / 32`; blocks here are one-dimensional).

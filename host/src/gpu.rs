@@ -17,13 +17,26 @@ pub struct Gpu {
     pub(crate) module: Module,
     /// Split-K partial sums, grown on demand and reused (no allocation per call).
     pub(crate) workspace: RefCell<Option<cust::memory::DeviceBuffer<f32>>>,
-    /// Per kernel name: launch set-up done (smem limit raised) and its resident blocks on the
-    /// GPU, so a `linear` call does no driver queries beyond the kernel lookup.
-    pub(crate) kernels: RefCell<std::collections::HashMap<String, usize>>,
+    /// Per kernel name and dynamic shared memory: launch set-up done (smem limit raised) and
+    /// its resident blocks on the GPU, so a `linear` call does no driver queries beyond the
+    /// kernel lookup.
+    pub(crate) kernels: RefCell<std::collections::HashMap<(String, u32), usize>>,
     pub(crate) sm_count: u32,
+    pub(crate) smem: SharedMemory,
     name: String,
     compute_capability: (i32, i32),
     context: Context,
+}
+
+/// The device's shared-memory limits (bytes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SharedMemory {
+    /// Most dynamic shared memory one block may opt in to.
+    pub per_block: usize,
+    /// Shared memory of one SM, shared by its resident blocks.
+    pub per_sm: usize,
+    /// Shared memory the system reserves for each resident block.
+    pub reserved_per_block: usize,
 }
 
 impl Gpu {
@@ -53,10 +66,26 @@ impl Gpu {
             )));
         }
         let sm_count = attr(DeviceAttribute::MultiprocessorCount)? as u32;
+        // Attributes cust does not name.
+        let raw_attr = |a| {
+            let mut v = 0i32;
+            // SAFETY: writes one i32 for a valid attribute of a device handle cust returned.
+            let rc = unsafe { cust::sys::cuDeviceGetAttribute(&mut v, a, device.as_raw()) };
+            if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
+                return Err(Error::Driver { context: "device attribute", name: format!("{rc:?}") });
+            }
+            Ok(v as usize)
+        };
+        use cust::sys::CUdevice_attribute as A;
+        let smem = SharedMemory {
+            per_block: raw_attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+            per_sm: attr(DeviceAttribute::MaxSharedMemoryPerMultiprocessor)? as usize,
+            reserved_per_block: raw_attr(A::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)?,
+        };
         let context = Context::new(device).map_err(|e| Error::driver("creating context", e))?;
         let module = Module::from_ptx(crate::PTX, &[]).map_err(|e| Error::driver("loading PTX module", e))?;
         let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| Error::driver("creating stream", e))?;
-        Ok(Gpu { stream, module, workspace: RefCell::new(None), kernels: RefCell::default(), sm_count, name, compute_capability: cc, context })
+        Ok(Gpu { stream, module, workspace: RefCell::new(None), kernels: RefCell::default(), sm_count, smem, name, compute_capability: cc, context })
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".

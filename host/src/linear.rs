@@ -5,8 +5,8 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::layout::{
-    block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_smem_bytes, DENSE_CONFIGS, SPMM_CONFIGS,
-    REDUCE_THREADS, SPMM_ROW_TILES, TILE_K, TILE_M,
+    block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_ring_words, spmm_smem_bytes,
+    DENSE_CONFIGS, REDUCE_THREADS, SPMM_CONFIGS, SPMM_ROW_TILES, TILE_K, TILE_M,
 };
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
@@ -27,6 +27,15 @@ pub struct LinearOptions {
     /// Block shape; `None` takes the tuned default for the kernel and token count. A tuning
     /// knob for benchmarks: every shape computes the same result.
     pub block: Option<BlockShape>,
+    /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 of at
+    /// least 1024; `None` takes the tuned default (`layout::spmm_ring_words`). A larger ring
+    /// keeps more tiles in flight per block, but fewer blocks fit on an SM. A tuning knob:
+    /// every size computes the same result. Refused for dense weights.
+    pub ring_words: Option<usize>,
+    /// Sparse kernel only: whether its weight reads are marked evict-first in L2 (`None`:
+    /// yes), which keeps the split-K partial sums in L2 for the reduction. A tuning knob:
+    /// the result is the same either way. Refused for dense weights.
+    pub l2_evict_first: Option<bool>,
 }
 
 /// The shape of a thread block: `64·row_tiles` rows of W, warps of `16·warp_m_tiles` rows
@@ -228,8 +237,12 @@ impl Gpu {
         let n_tile = n_tile_for(n);
         let nt = n_tile / 8;
         let dt = T::DTYPE.name();
+        let mut ring = 0;
         let (name, block, smem) = match w.operand() {
             Operand::Dense(_) => {
+                if opts.ring_words.is_some() || opts.l2_evict_first.is_some() {
+                    return Err(Error::InvalidArgument("ring_words and l2_evict_first apply to sparse weights only".into()));
+                }
                 let (rt, mt) = dense_default_config(m, self.sm_count as usize);
                 let b = opts.block.unwrap_or(BlockShape { row_tiles: rt, warp_m_tiles: mt });
                 if !DENSE_CONFIGS.contains(&(b.row_tiles, b.warp_m_tiles)) {
@@ -238,7 +251,7 @@ impl Gpu {
                 let name = format!("dense_linear_{dt}_n{n_tile}_r{}_m{}", b.row_tiles, b.warp_m_tiles);
                 (name, b, dense_smem_bytes(b.row_tiles, nt) as u32)
             }
-            Operand::Sparse(_) => {
+            Operand::Sparse(ws) => {
                 let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: spmm_default_mt(nt) });
                 let mt = b.warp_m_tiles;
                 if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
@@ -246,7 +259,21 @@ impl Gpu {
                         "sparse block {b:?} for {n_tile} tokens: row_tiles must be {SPMM_ROW_TILES}, warp_m_tiles one of {SPMM_CONFIGS:?} (4 only up to 32 tokens)"
                     )));
                 }
-                (format!("spmm_linear_{dt}_n{n_tile}_m{mt}"), b, spmm_smem_bytes(nt) as u32)
+                let name = format!("spmm_linear_{dt}_n{n_tile}_m{mt}");
+                let threads = block_threads(SPMM_ROW_TILES, mt) as u32;
+                ring = match opts.ring_words {
+                    Some(r) => r,
+                    None => self.spmm_ring(&name, threads, nt, ws.typical_tile_words)?,
+                };
+                let smem = spmm_smem_bytes(nt, ring);
+                if ring < 1024 || !ring.is_multiple_of(128) || smem > self.smem.per_block {
+                    return Err(Error::InvalidArgument(format!(
+                        "ring_words = {ring}: must be a multiple of 128, at least 1024, and with {n_tile} tokens at most {} on this device ({} bytes of shared memory per block)",
+                        (self.smem.per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4) / 128 * 128,
+                        self.smem.per_block
+                    )));
+                }
+                (name, b, smem as u32)
             }
         };
         let rt = block.row_tiles;
@@ -271,10 +298,12 @@ impl Gpu {
                 plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, latency_bound)
             }
         };
-        // Rows split_m0.. are computed in splits; their partials are [splits][n][m - split_m0].
-        let split_m0 = (sched.full * rows_per_tile).min(m);
+        // Split-K workspace: per split unit (row tile × token tile) `splits` slots of the
+        // block's output tile (`gpu::kernels::tile::Epilogue`).
         let split = sched.has_splits(row_tiles);
-        let partial = self.workspace_ptr(if split { sched.splits * n * (m - split_m0) } else { 0 })?;
+        let units = (row_tiles - sched.full) * n_blocks;
+        let slot = n_tile * rows_per_tile;
+        let partial = self.workspace_ptr(if split { units * sched.splits * slot } else { 0 })?;
 
         let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
         let (full, splits) = (sched.full as u32, sched.splits as u32);
@@ -290,42 +319,72 @@ impl Gpu {
             Operand::Sparse(ws) => {
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
-                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
+                let ring = ring as u32;
+                let evict_first = u32::from(opts.l2_evict_first.unwrap_or(true));
+                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits, ring, evict_first];
                 self.launch(&func, grid, threads, smem, &mut args)?;
             }
         }
         if split {
             let threads = REDUCE_THREADS as u32;
             let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), threads, 0)?;
-            let split_m = m - split_m0;
-            let blocks = (n * split_m).div_ceil(REDUCE_THREADS) as u32;
-            // The reduction writes columns split_m0.. of Y: its view of Y starts there.
-            let y_split = yp + (split_m0 * std::mem::size_of::<T>()) as u64;
-            let sm = split_m as u32;
-            let mut args = args![partial, y_split, ldy, sm, nn, splits];
+            // Slots are a multiple of 512 floats (rows: multiples of 64, tokens of 8).
+            debug_assert!((units * slot).is_multiple_of(REDUCE_THREADS));
+            let blocks = (units * slot / REDUCE_THREADS) as u32;
+            let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
+            let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
             self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;
         }
         Ok(())
     }
 
-    /// Looks a kernel up, with its launch set-up done once per handle and kernel: the dynamic
-    /// shared-memory limit raised to `smem`, the block size checked against what the kernel's
-    /// register use allows, and the resident-block count (SMs × occupancy) for split planning.
+    /// The sparse kernel's word ring for `nt` token tiles and a weight whose tiles (99% of
+    /// them) hold at most `tile_words` words. Resident blocks matter most (measured on an
+    /// H100, `benches/results/NOTES.md` item 17): four blocks per SM when a ring that lets
+    /// four share an SM still holds such a tile whole (≤ 16 tokens from 70–80% sparsity on,
+    /// where registers allow four), else three; the ring takes all the shared memory the
+    /// blocks leave. Falls back to `layout::spmm_ring_words` when neither is possible.
+    fn spmm_ring(&self, name: &str, threads: u32, nt: usize, tile_words: usize) -> Result<usize> {
+        let target = tile_words.next_multiple_of(128).max(1024);
+        for blocks in [4, 3] {
+            // The largest ring that lets `blocks` blocks share an SM's shared memory.
+            let per_block = (self.smem.per_sm / blocks).saturating_sub(self.smem.reserved_per_block).min(self.smem.per_block);
+            let ring = per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4 / 128 * 128;
+            if ring < 1024 || (blocks == 4 && ring < target) {
+                continue;
+            }
+            // Registers may still allow fewer blocks.
+            let (_, slots) = self.kernel(name, threads, spmm_smem_bytes(nt, ring) as u32)?;
+            if slots >= blocks * self.sm_count as usize {
+                return Ok(ring);
+            }
+        }
+        Ok(spmm_ring_words(nt))
+    }
+
+    /// Looks a kernel up, with its launch set-up done once per handle, kernel and shared
+    /// memory size: the dynamic shared-memory limit raised to `smem`, the block size checked
+    /// against what the kernel's register use allows, and the resident-block count
+    /// (SMs × occupancy) for split planning.
     fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
         let func = self.module.get_function(name).map_err(|e| Error::driver("kernel lookup", e))?;
-        if let Some(&slots) = self.kernels.borrow().get(name) {
+        if let Some(&slots) = self.kernels.borrow().get(&(name.to_string(), smem)) {
             return Ok((func, slots));
         }
-        // SAFETY: a plain attribute set on a valid function handle of our loaded module.
-        let rc = unsafe {
-            cust::sys::cuFuncSetAttribute(
-                func.to_raw(),
-                cust::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-        };
-        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Driver { context: "setting max dynamic shared memory", name: format!("{rc:?}") });
+        // The limit only ever rises, so launches set up earlier with less memory still fit.
+        let limit = self.kernels.borrow().iter().filter(|((n, _), _)| n == name).map(|((_, s), _)| *s).max().unwrap_or(0);
+        if smem > limit {
+            // SAFETY: a plain attribute set on a valid function handle of our loaded module.
+            let rc = unsafe {
+                cust::sys::cuFuncSetAttribute(
+                    func.to_raw(),
+                    cust::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+            };
+            if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
+                return Err(Error::Driver { context: "setting max dynamic shared memory", name: format!("{rc:?}") });
+            }
         }
         // Registers per thread × threads must fit the SM; every compiled shape does (at most
         // 256 threads), this keeps a future one from failing at launch instead of here.
@@ -342,7 +401,7 @@ impl Gpu {
             .map_err(|e| Error::driver("occupancy query", e))?
             .max(1) as usize;
         let slots = per_sm * self.sm_count as usize;
-        self.kernels.borrow_mut().insert(name.to_string(), slots);
+        self.kernels.borrow_mut().insert((name.to_string(), smem), slots);
         Ok((func, slots))
     }
 

@@ -122,11 +122,16 @@ impl Gpu {
         // An all-empty matrix has no words; keep one word so the pointer is a real allocation.
         let words: &[u32] = if w.words().is_empty() { &[0] } else { w.words() };
         let words = DeviceBuffer::from_slice(words).map_err(|e| Error::driver("upload words", e))?;
+        // The tile length 99% of tiles do not exceed (the SpMM sizes its word ring by it).
+        let mut lens: Vec<u32> = w.tile_offsets().windows(2).map(|p| p[1] - p[0]).collect();
+        let at = (lens.len() * 99 / 100).min(lens.len().saturating_sub(1));
+        let typical_tile_words = if lens.is_empty() { 0 } else { *lens.select_nth_unstable(at).1 as usize };
         Ok(DeviceSparseWeight {
             rows: w.rows(),
             cols: w.cols(),
             stored_bytes: w.stored_bytes(),
             reordered: w.is_reordered(),
+            typical_tile_words,
             tile_offsets,
             words,
             _elem: PhantomData,
@@ -141,6 +146,8 @@ pub struct DeviceSparseWeight<T: Element> {
     cols: usize,
     stored_bytes: usize,
     reordered: bool,
+    /// Words of the 99th-percentile tile list.
+    pub(crate) typical_tile_words: usize,
     pub(crate) tile_offsets: DeviceBuffer<u32>,
     pub(crate) words: DeviceBuffer<u32>,
     _elem: PhantomData<T>,

@@ -14,7 +14,7 @@
 //! # Schedule and split-K
 //! Grid x enumerates work items ([`WorkItem`]): the first `full` row tiles whole, then every
 //! remaining row tile split `splits` ways along K (contiguous ranges). Split blocks write f32
-//! partials and [`super::reduce`] sums them in a fixed order (deterministic).
+//! partials ([`Epilogue`]) and [`super::reduce`] sums them in a fixed order (deterministic).
 
 use super::tile::{warp_mma_tile, Epilogue, TileStream, WorkItem};
 use crate::cp_async;
@@ -30,8 +30,8 @@ use crate::thread::{block_idx_x, block_idx_y};
 /// where `R = ceil(m/(64·RT))` and `full ≤ R`, `splits ≥ 1`;
 /// `layout::dense_smem_bytes(RT, NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
 /// (16-byte aligned, `ld % 8 == 0`, `ld ≥ k`, columns `k..ld` zero), `y` is `n × ldy`
-/// (`ldy ≥ m`), `partial` has `splits·n·(m - 64·RT·full)` f32 when `splits > 1` and
-/// `full < R`; `m, n, k ≥ 1`.
+/// (`ldy ≥ m`), `partial` has `(R - full)·ceil(n/(8·NT))·splits·8·NT·64·RT` f32 when
+/// `splits > 1` and `full < R` (the split-K workspace, `tile::Epilogue`); `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, const NT: usize>(
@@ -85,7 +85,6 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     }
     cp_async::wait_group::<0>();
 
-    let split_m0 = full as usize * RT * TILE_M;
-    let out = Epilogue { y, ldy: ldy as usize, partial, split_m0, m, n, split: work.split, splits: work.splits };
+    let out = Epilogue::new(y, ldy as usize, m, n, &work, full as usize, partial, RT * TILE_M, NT * 8);
     out.store::<E, MT, NT>(&acc, m0, n0);
 }

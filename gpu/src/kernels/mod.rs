@@ -42,9 +42,10 @@ macro_rules! spmm_entries {
         pub unsafe extern "ptx-kernel" fn $name(
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
             y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
+            ring_words: u32, evict_first: u32,
         ) {
             spmm::spmm_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
-                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, full, splits,
+                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, full, splits, ring_words, evict_first != 0,
             );
         }
     )*};
@@ -58,9 +59,10 @@ macro_rules! reduce_entries {
         /// See [`reduce::splitk_reduce`].
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
-            partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32,
+            partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32, full: u32, rows: u32,
+            n_tile: u32, token_tiles: u32,
         ) {
-            reduce::splitk_reduce::<$elem>(partial, y, ldy, m, n, splits);
+            reduce::splitk_reduce::<$elem>(partial, y, ldy, m, n, splits, full, rows, n_tile, token_tiles);
         }
     )*};
 }

@@ -46,9 +46,10 @@
 //! path has a fixed, predicated count of four).
 
 use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, WorkItem};
-use crate::cp_async::{self, cp_async_16};
+use crate::cache::l2_policy;
+use crate::cp_async::{self, cp_async_16_hint};
 use crate::layout::{
-    block_threads, spmm_ring_words, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
+    block_threads, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
     TILE_K,
 };
 use crate::mma::{FragC, MmaElement};
@@ -154,19 +155,20 @@ impl Ring {
     }
 }
 
-/// Copies `len` words (a multiple of 4) from `src` into the ring from position `at` on:
-/// thread t copies the 16-byte groups `t, t + THREADS, …` (two per iteration).
+/// Copies `len` words (a multiple of 4) from `src` into the ring from position `at` on, with
+/// the L2 policy `policy`: thread t copies the 16-byte groups `t, t + THREADS, …` (two per
+/// iteration).
 #[inline(always)]
-unsafe fn load_chunk_async<const THREADS: usize>(ring: Ring, at: u32, src: *const u32, len: u32) {
+unsafe fn load_chunk_async<const THREADS: usize>(ring: Ring, at: u32, src: *const u32, len: u32, policy: u64) {
     let step = 4 * THREADS as u32;
     let mut w = 4 * thread_idx_x();
     while w + step < len {
-        cp_async_16(ring.addr(at, w), src.add(w as usize) as *const u8);
-        cp_async_16(ring.addr(at, w + step), src.add((w + step) as usize) as *const u8);
+        cp_async_16_hint(ring.addr(at, w), src.add(w as usize) as *const u8, policy);
+        cp_async_16_hint(ring.addr(at, w + step), src.add((w + step) as usize) as *const u8, policy);
         w += 2 * step;
     }
     if w < len {
-        cp_async_16(ring.addr(at, w), src.add(w as usize) as *const u8);
+        cp_async_16_hint(ring.addr(at, w), src.add(w as usize) as *const u8, policy);
     }
 }
 
@@ -246,20 +248,21 @@ unsafe fn zero_tile<const THREADS: usize>(dense: SmemAddr) {
 /// # Safety
 /// Launched with `layout::block_threads(SPMM_ROW_TILES, MT)` threads, grid
 /// `(full + (R - full)·splits, ceil(n/(8·NT)), 1)` with `R = ceil(m/256)`, `full ≤ R`,
-/// `splits ≥ 1`, and `layout::spmm_smem_bytes(NT)` bytes of dynamic shared memory.
+/// `splits ≥ 1`, and `layout::spmm_smem_bytes(NT, ring_words)` bytes of dynamic shared
+/// memory, `ring_words` a positive multiple of 128.
 /// `tile_offsets` / `words` form a Tiled-CSL matrix of `m × k` validated by the host
 /// (offsets non-decreasing multiples of 4, fewer than 2³² words, positions inside the tile);
 /// `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`, `ldx ≥ k`, columns `k..ldx` zero); `y`
-/// is `n × ldy` (`ldy ≥ m`); `partial` has `splits·n·(m - 256·full)` f32 when `splits > 1`
-/// and `full < R`; `m, n, k ≥ 1`.
+/// is `n × ldy` (`ldy ≥ m`); `partial` has `(R - full)·ceil(n/(8·NT))·splits·8·NT·256` f32
+/// when `splits > 1` and `full < R` (the split-K workspace, `tile::Epilogue`); `m, n, k ≥ 1`.
+/// `evict_first` marks the weight words' copies evict-first in L2 (`cache::l2_policy`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const THREADS: usize>(
     tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32, y: *mut u16,
-    ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
+    ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32, ring_words: u32, evict_first: bool,
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
-    const { assert!(spmm_ring_words(NT).is_multiple_of(128)) };
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tiles_k = k.div_ceil(TILE_K);
     let work = WorkItem::decode(block_idx_x() as usize, full as usize, splits as usize, tiles_k);
@@ -272,10 +275,10 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     // Tile i of the block's range (i = tile - first_tile) uses X slot i % STAGES.
     let smem = dynamic_smem_base();
     let dense = smem;
-    let ring_words = spmm_ring_words(NT);
-    let ring = Ring { base: smem.offset(DENSE_BYTES), words: ring_words as u32 };
+    let ring = Ring { base: smem.offset(DENSE_BYTES), words: ring_words };
+    let policy = l2_policy(evict_first);
     let x_bytes = NT * 8 * ROW_BYTES;
-    let x_tile = |tile: usize| smem.offset(DENSE_BYTES + ring_words * 4 + ((tile - first_tile) % STAGES) * x_bytes);
+    let x_tile = |tile: usize| smem.offset(DENSE_BYTES + ring_words as usize * 4 + ((tile - first_tile) % STAGES) * x_bytes);
 
     zero_tile::<THREADS>(dense);
 
@@ -299,7 +302,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
                 break;
             }
             let src = words.add((p.tile.start + p.chunk * ring.words) as usize);
-            load_chunk_async::<THREADS>(ring, p.at, src, len);
+            load_chunk_async::<THREADS>(ring, p.at, src, len, policy);
             if p.chunk == 0 {
                 let k0 = (p.tile.tile - row_base) * TILE_K;
                 load_tile_async(x_tile(p.tile.tile), NT * 8, THREADS, x, ldx, n, n0, k, k0);
@@ -326,7 +329,8 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     // cleared after the next barrier by writing zeros back (one more barrier, far fewer
     // shared-memory writes than zeroing 32 KiB); other tiles are cleared by their warps' rows.
     // (Not from 32 tokens on: the registers would cost the third block per SM.)
-    let (keep_tiles, keep_cap) = (NT < 4, (4 * KEEP_GROUPS * THREADS) as u32);
+    // Only one-chunk tiles are kept (the registers hold one chunk): at most the ring.
+    let (keep_tiles, keep_cap) = (NT < 4, ((4 * KEEP_GROUPS * THREADS) as u32).min(ring.words));
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
@@ -366,7 +370,6 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     }
     cp_async::wait_group::<0>();
 
-    let split_m0 = full as usize * SPARSE_TILE_M;
-    let out = Epilogue { y, ldy: ldy as usize, partial, split_m0, m, n, split: work.split, splits: work.splits };
+    let out = Epilogue::new(y, ldy as usize, m, n, &work, full as usize, partial, SPARSE_TILE_M, NT * 8);
     out.store::<E, MT, NT>(&acc, m0, n0);
 }

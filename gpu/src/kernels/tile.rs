@@ -10,7 +10,7 @@ use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
 use crate::mma::{FragA, FragB, FragC, MmaElement};
 use crate::shared::{st_shared_v4_b32, SmemAddr};
 use crate::sync::bar_warp_sync;
-use crate::thread::{lane_idx, thread_idx_x, warp_idx};
+use crate::thread::{block_idx_y, grid_dim_y, lane_idx, thread_idx_x, warp_idx};
 
 /// Issues `cp.async` copies of the `tile_rows × TILE_K` tile at (`row0`, `k0`) of a row-major
 /// 16-bit matrix (`rows` × `k`, leading dimension `ld` elements) into the swizzled shared tile
@@ -238,32 +238,55 @@ impl WorkItem {
 }
 
 /// Where a block's results go.
+///
+/// A block whose row tile is not split writes `Y` directly. A split block writes its f32
+/// partial sums to its *slot* of the split-K workspace, which [`super::reduce`] sums:
+/// unit `u = (row_tile - full) · token_tiles + token_tile` (token tiles = grid y) owns
+/// `splits` consecutive slots of `n_tile × rows` f32, split s's slot at
+/// `(u·splits + s) · n_tile·rows`, element (token t, row r) of the block's output tile at
+/// `t·rows + r`. A unit's slots are contiguous and every slot row is 128-byte aligned, so
+/// the reduction reads whole cache lines and can drop them from L2 afterwards.
 pub struct Epilogue {
     /// Output `Y` (`n × ldy` elements), written when the block's row tile is not split.
     pub y: *mut u16,
     /// Leading dimension of `Y`.
     pub ldy: usize,
-    /// f32 partial sums `[splits][n][m - split_m0]` of the split rows `split_m0..m`.
-    pub partial: *mut f32,
-    /// First row of W that is computed in splits (rows of the whole tiles come before it).
-    pub split_m0: usize,
     /// Rows of W (= columns of Y).
     pub m: usize,
     /// Tokens (= rows of Y).
     pub n: usize,
-    /// This block's split index and split count.
-    pub split: usize,
-    /// Number of K splits of this block's row tile.
+    /// The block's slot (split blocks only).
+    pub slot: *mut f32,
+    /// Rows of W per block (the output tile is `n_tile × rows`).
+    pub rows: usize,
+    /// Number of K splits of this block's row tile (1: whole K, `Y` written directly).
     pub splits: usize,
 }
 
 impl Epilogue {
-    /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..`,
-    /// dropping elements outside `m × n`.
+    /// The epilogue of the block computing `work` (grid y = token tile) with `rows`-row
+    /// blocks and `n_tile` tokens, the first `full` row tiles being whole; `partial` is the
+    /// split-K workspace.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        y: *mut u16, ldy: usize, m: usize, n: usize, work: &WorkItem, full: usize, partial: *mut f32, rows: usize,
+        n_tile: usize,
+    ) -> Self {
+        let mut slot = partial;
+        if work.splits > 1 {
+            let unit = (work.row_tile - full) * grid_dim_y() as usize + block_idx_y() as usize;
+            slot = partial.wrapping_add((unit * work.splits + work.split) * n_tile * rows);
+        }
+        Epilogue { y, ldy, m, n, slot, rows, splits: work.splits }
+    }
+
+    /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..`:
+    /// to `Y`, dropping elements outside `m × n`, or the whole tile to the block's slot.
     ///
     /// # Safety
-    /// `y` / `partial` are allocations of the sizes documented on the fields, and a split
-    /// block's rows are `≥ split_m0`.
+    /// `y` is an allocation of `n × ldy` elements; for a split block, the workspace holds the
+    /// block's slot (`partial` of [`Epilogue::new`] covers every unit of the launch).
     #[inline(always)]
     pub unsafe fn store<E: MmaElement, const MT: usize, const NT: usize>(
         &self,
@@ -272,20 +295,17 @@ impl Epilogue {
         n0: usize,
     ) {
         let lane = lane_idx() as usize;
-        let warp_row0 = m0 + warp_idx() as usize * 16 * MT;
-        let split_m = self.m.saturating_sub(self.split_m0);
+        let warp_row = warp_idx() as usize * 16 * MT;
         unroll!(mt in 0..MT => {
             unroll!(nt in 0..NT => {
                 unroll!(i in 0..4 => {
                     let (r, c) = frag_c_coord(lane, i);
-                    let (gm, gn) = (warp_row0 + 16 * mt + r, n0 + nt * 8 + c);
-                    if gm < self.m && gn < self.n {
-                        let v = acc[mt][nt].0[i];
-                        if self.splits == 1 {
-                            *self.y.add(gn * self.ldy + gm) = E::from_f32(v);
-                        } else {
-                            *self.partial.add((self.split * self.n + gn) * split_m + gm - self.split_m0) = v;
-                        }
+                    let (row, token) = (warp_row + 16 * mt + r, nt * 8 + c);
+                    let v = acc[mt][nt].0[i];
+                    if self.splits > 1 {
+                        *self.slot.add(token * self.rows + row) = v;
+                    } else if m0 + row < self.m && n0 + token < self.n {
+                        *self.y.add((n0 + token) * self.ldy + m0 + row) = E::from_f32(v);
                     }
                 });
             });
