@@ -132,6 +132,14 @@ impl Schedule {
     }
 }
 
+/// What the sparse schedule weighs: the weight's stored bytes (read once per token tile) and
+/// the token-tile width (the partial sums of a split block are `rows × n_tile` f32).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SparseCost {
+    pub weight_bytes: usize,
+    pub n_tile: usize,
+}
+
 /// Share of the last wave that is busy when `blocks` equal blocks run on `slots` places.
 fn wave_fill(blocks: usize, slots: usize) -> f64 {
     blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
@@ -149,9 +157,11 @@ fn wave_fill(blocks: usize, slots: usize) -> f64 {
 ///   streams ≥ 128 K tiles (shorter layers lose more to partial sums and the second launch
 ///   than to the imbalance). With fewer row tiles than SMs, every tile is split: the fewest
 ///   splits that give every SM two blocks, unless that leaves a short last wave (< 80% full);
-/// - the sparse kernel is latency-bound (a block's steps are serial), so an idle SM in the
-///   last wave costs its full share: every tile is split, the fewest splits that fill waves
-///   of resident blocks ≥ 95%.
+/// - the sparse kernel (`sparse = Some(SparseCost)`) is latency-bound (a block's steps are
+///   serial), so an idle slot in the last wave costs its full share, while every split adds
+///   its f32 partial sums (written, then read back by the reduction) to the bytes moved:
+///   every tile is split, the number of splits minimising
+///   `weight bytes / last-wave fill + partial bytes` (NOTES item 18).
 ///
 /// Each split keeps at least 4 K tiles for the pipeline to stream.
 #[allow(clippy::too_many_arguments)]
@@ -162,15 +172,24 @@ pub(crate) fn plan_schedule(
     k_tiles: usize,
     sms: usize,
     slots: usize,
-    latency_bound: bool,
+    sparse: Option<SparseCost>,
 ) -> Schedule {
     let max_splits = (k_tiles / 4).clamp(1, 32);
+    if let Some(SparseCost { weight_bytes, n_tile }) = sparse {
+        let blocks = row_tiles * n_blocks;
+        let cost = |s: usize| {
+            let partials = if s > 1 { 2 * 4 * rows_per_tile * n_tile * blocks * s } else { 0 };
+            (weight_bytes * n_blocks) as f64 / wave_fill(blocks * s, slots) + partials as f64
+        };
+        let splits = (1..=max_splits).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1);
+        return if splits == 1 { Schedule::whole(row_tiles) } else { Schedule { full: 0, splits } };
+    }
     let fewest = |good: &dyn Fn(usize) -> bool, fill: &dyn Fn(usize) -> f64| {
         (1..=max_splits)
             .find(|&s| good(s))
             .unwrap_or_else(|| (1..=max_splits).max_by(|&a, &b| fill(a).total_cmp(&fill(b)).then(b.cmp(&a))).unwrap_or(1))
     };
-    if !latency_bound && n_blocks == 1 && row_tiles >= sms {
+    if n_blocks == 1 && row_tiles >= sms {
         let full = row_tiles / sms * sms;
         let rest = row_tiles - full;
         if (full / sms) * rows_per_tile >= 2 * TILE_M {
@@ -182,13 +201,7 @@ pub(crate) fn plan_schedule(
     }
     let blocks = row_tiles * n_blocks;
     let fill = |s: usize| wave_fill(blocks * s, slots);
-    let good = |s: usize| {
-        if latency_bound {
-            fill(s) >= 0.95
-        } else {
-            blocks * s >= 2 * sms && (blocks * s <= slots || fill(s) >= 0.8)
-        }
-    };
+    let good = |s: usize| blocks * s >= 2 * sms && (blocks * s <= slots || fill(s) >= 0.8);
     let splits = fewest(&good, &fill);
     if splits == 1 { Schedule::whole(row_tiles) } else { Schedule { full: 0, splits } }
 }
@@ -294,8 +307,11 @@ impl Gpu {
                 return Err(Error::InvalidArgument("unsplit_row_tiles needs splits".into()));
             }
             (None, None) => {
-                let latency_bound = matches!(w.operand(), Operand::Sparse(_));
-                plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, latency_bound)
+                let sparse = match w.operand() {
+                    Operand::Sparse(ws) => Some(SparseCost { weight_bytes: ws.stored_bytes(), n_tile }),
+                    Operand::Dense(_) => None,
+                };
+                plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, sparse)
             }
         };
         // Split-K workspace: per split unit (row tile × token tile) `splits` slots of the
@@ -453,7 +469,7 @@ mod tests {
 
     #[test]
     fn dense_schedule_balances_sms() {
-        let p = |r, rows, nb, kt, slots| plan_schedule(r, rows, nb, kt, 132, slots, false);
+        let p = |r, rows, nb, kt, slots| plan_schedule(r, rows, nb, kt, 132, slots, None);
         // 576 row tiles of 64 on 132 SMs: 528 whole, the other 48 split 8 ways (384 blocks
         // fill 97% of three rounds of 132).
         assert_eq!(p(576, 64, 1, 144, 660), Schedule { full: 528, splits: 8 });
@@ -476,10 +492,17 @@ mod tests {
 
     #[test]
     fn sparse_schedule_fills_waves() {
-        // 144 blocks on 396 slots (3 per SM): 8 splits fill 1152/1188 = 97%.
-        assert_eq!(plan_schedule(144, 256, 1, 144, 132, 396, true), Schedule { full: 0, splits: 8 });
+        let sparse = |m: usize, k: usize, density: f64, n_tile| {
+            Some(SparseCost { weight_bytes: (m as f64 * k as f64 * density * 4.0) as usize, n_tile })
+        };
+        // 36864×9216 at 80%, 8 tokens, 3 blocks per SM: 11 splits fill all 1584 slots of
+        // four waves; the partials (37 MB) cost less than a 3% emptier last wave.
+        assert_eq!(plan_schedule(144, 256, 1, 144, 132, 396, sparse(36864, 9216, 0.2, 8)), Schedule { full: 0, splits: 11 });
+        // 27648×9216 at 90%, 32 tokens, 4 blocks per SM: 14 splits would fill 95% of three
+        // waves but move 99 MB of partials for a 110 MB weight; 4 splits fill 82% of one.
+        assert_eq!(plan_schedule(108, 256, 1, 144, 132, 528, sparse(27648, 9216, 0.1, 32)), Schedule { full: 0, splits: 4 });
         for (tiles, kt) in [(1, 1000), (7, 8), (300, 64)] {
-            let s = plan_schedule(tiles, 256, 1, kt, 132, 264, true);
+            let s = plan_schedule(tiles, 256, 1, kt, 132, 264, sparse(tiles * 256, kt * 64, 0.2, 16));
             assert!(s.splits >= 1 && s.splits <= (kt / 4).clamp(1, 32));
             assert!(s.full == tiles || s.full == 0);
         }
