@@ -51,7 +51,7 @@ pub const fn block_threads(rt: usize, mt: usize) -> usize {
 }
 
 /// Threads per block of the split-K reduction kernel.
-pub const REDUCE_THREADS: usize = 256;
+pub const REDUCE_THREADS: usize = 128;
 
 /// Dense-kernel block shapes compiled into the PTX, as (row tiles of 64 per block, m16
 /// tiles per warp): a block has `64·rt` rows and `4·rt/mt` warps. Taller blocks read each X

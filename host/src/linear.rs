@@ -344,9 +344,10 @@ impl Gpu {
         if split {
             let threads = REDUCE_THREADS as u32;
             let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), threads, 0)?;
-            // Slots are a multiple of 512 floats (rows: multiples of 64, tokens of 8).
-            debug_assert!((units * slot).is_multiple_of(REDUCE_THREADS));
-            let blocks = (units * slot / REDUCE_THREADS) as u32;
+            // Slots are a multiple of 512 floats (rows: multiples of 64, tokens of 8) = 4 per
+            // reduction thread × 128 threads.
+            debug_assert!((units * slot).is_multiple_of(4 * REDUCE_THREADS));
+            let blocks = (units * slot / (4 * REDUCE_THREADS)) as u32;
             let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
             let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
             self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;

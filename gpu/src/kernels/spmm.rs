@@ -54,7 +54,7 @@ use crate::layout::{
 };
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::wait_pending;
-use crate::shared::{dynamic_smem_base, ld_shared_v4_b32, st_shared_b16, st_shared_v4_b32, SmemAddr};
+use crate::shared::{dynamic_smem_base, ld_shared_v4_b32, st_shared_b16, SmemAddr};
 use crate::sync::bar_sync;
 use crate::thread::{block_idx_x, block_idx_y, thread_idx_x};
 
@@ -236,15 +236,6 @@ unsafe fn scatter_chunk<const THREADS: usize>(ring: Ring, at: u32, len: u32, den
     }
 }
 
-/// Zeroes a whole dense `SPARSE_TILE_M`×64 tile.
-#[inline(always)]
-unsafe fn zero_tile<const THREADS: usize>(dense: SmemAddr) {
-    let tid = thread_idx_x() as usize;
-    unroll!(i in 0..DENSE_BYTES / 16 / THREADS => {
-        st_shared_v4_b32(dense.offset((tid + i * THREADS) * 16), [0; 4]);
-    });
-}
-
 /// # Safety
 /// Launched with `layout::block_threads(SPMM_ROW_TILES, MT)` threads, grid
 /// `(full + (R - full)·splits, ceil(n/(8·NT)), 1)` with `R = ceil(m/256)`, `full ≤ R`,
@@ -280,7 +271,9 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let x_bytes = NT * 8 * ROW_BYTES;
     let x_tile = |tile: usize| smem.offset(DENSE_BYTES + ring_words as usize * 4 + ((tile - first_tile) % STAGES) * x_bytes);
 
-    zero_tile::<THREADS>(dense);
+    // The warps' rows cover the tile; the first chunk's barrier orders these stores before
+    // any scatter.
+    warp_zero_rows::<MT>(dense);
 
     // Producer: the next chunk to issue, where it goes in the ring, the ring's fill, and the
     // cp.async groups committed (one per chunk).
