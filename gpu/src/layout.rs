@@ -22,14 +22,17 @@ pub const SPARSE_TILE_M: usize = 4 * TILE_M;
 pub const SPARSE_TILE_ELEMS: usize = SPARSE_TILE_M * TILE_K;
 /// Shared-memory pipeline depth (stages in flight) of both kernels.
 pub const STAGES: usize = 4;
-/// Words of the largest SpMM word ring (32 KiB): the largest chunk of a tile's list the
-/// kernel stages at once. Denser tiles take several chunks, so any density from 0 to 100%
-/// works. Every ring size is a multiple of 128 words (one warp's 16-byte loads).
+/// Words of the SpMM kernel's fallback word ring up to 16 tokens (32 KiB; a tile of ≤ 50%
+/// density is one chunk). The ring is a launch parameter the host sizes per weight and
+/// token count (`host/src/linear.rs`, `Gpu::spmm_ring`), smaller or larger than this; a
+/// tile larger than the ring streams in ring-sized chunks, so any density from 0 to 100%
+/// works. Every ring is a multiple of 128 words (one warp's 16-byte loads), so chunks start
+/// on the 128-word blocks the bank reordering works in.
 pub const CHUNK_WORDS: usize = 8192;
 
-/// Words of the SpMM kernel's shared-memory word ring for `nt` token tiles of 8: 8192 (a
-/// tile of ≤ 50% density is one chunk) up to 16 tokens, 6144 (≤ 37.5%) above, where the
-/// larger X tiles need the room for three blocks to share an SM.
+/// The SpMM kernel's fallback word ring for `nt` token tiles of 8, used when no ring lets
+/// three blocks share an SM (e.g. 64 tokens, where registers allow one): 8192 words up to
+/// 16 tokens, 6144 (a tile of ≤ 37.5% density) above.
 pub const fn spmm_ring_words(nt: usize) -> usize {
     if nt >= 4 { 6144 } else { CHUNK_WORDS }
 }

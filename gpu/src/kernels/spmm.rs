@@ -9,15 +9,16 @@
 //! words by the packer (128 bytes: each list starts on a cache line); any multiple of 4 works.
 //!
 //! # Pipeline
-//! The words stream through a shared-memory **ring** (`layout::spmm_ring_words`: 8192 words,
-//! 6144 from 32 tokens on) with 16-byte `cp.async` copies. The unit of the pipeline is a
-//! *chunk*: a whole tile's list when it fits the ring (density ≤ 50% / 37.5%: every tile of a
-//! pruned weight), else consecutive ring-sized pieces of it, so any density from 0 to 100%
-//! works (Flash-LLM stages a tile in registers sized for 50% density and corrupts denser
-//! tiles). Chunks are variable-sized, so the prefetch depth adapts to the density: as many
-//! chunks are in flight as the ring holds (two tiles at 80%, the `STAGES - 1` tile limit of
-//! the X ring at 90%). Each chunk is one `cp.async` group; the first chunk of a tile also
-//! brings the tile's X tile into a `STAGES`-deep ring.
+//! The words stream through a shared-memory **ring** of `ring_words` (a launch parameter:
+//! the host sizes it per weight and token count so that a typical tile fits and as many
+//! blocks as possible share an SM) with 16-byte `cp.async` copies. The unit of the pipeline
+//! is a *chunk*: a whole tile's list when it fits the ring, else consecutive ring-sized
+//! pieces of it, so any density from 0 to 100% works (Flash-LLM stages a tile in registers
+//! sized for 50% density and corrupts denser tiles). Chunks are variable-sized, so the
+//! prefetch depth adapts to the density: as many chunks are in flight as the ring holds, up
+//! to the `STAGES - 1` tile limit of the X ring. Each chunk is one `cp.async` group; the
+//! first chunk of a tile also brings the tile's X tile into a `STAGES`-deep ring. The words
+//! are read with an L2 evict-first policy (read once; the split-K partials stay in L2).
 //!
 //! Per chunk: wait for its group, barrier; scatter the chunk's words into the dense tile;
 //! barrier; refill the ring (the chunk's words are free once every thread passed the
@@ -32,7 +33,7 @@
 //!
 //! One dense tile is enough: the first barrier of a step already waits for every warp's
 //! MMAs of the previous one, so a second buffer would buy no overlap, and the 32 KiB it would
-//! take are what lets three blocks share an SM (68–72 KiB of shared memory up to 32 tokens).
+//! take are what lets three or four blocks share an SM.
 //!
 //! # Thread mapping
 //! `16/MT` warps, warp w owning W rows `16·MT·w ..` of the 256-row tile. Scatter: thread t

@@ -16,8 +16,9 @@ pub const TILE_K: usize = layout::TILE_K;
 /// Elements of one tile, [`layout::SPARSE_TILE_ELEMS`] = 256 × 64 = 16384; every word
 /// position is below this.
 pub const TILE_ELEMS: usize = layout::SPARSE_TILE_ELEMS;
-/// The kernel consumes a tile's word list in chunks of at most this many words, the size of
-/// its largest shared-memory word ring ([`layout::CHUNK_WORDS`]).
+/// Words of the kernel's fallback shared-memory word ring ([`layout::CHUNK_WORDS`]); the
+/// kernel consumes a tile's word list in chunks of at most its ring's size, which is always a
+/// multiple of 128 words.
 pub const CHUNK_WORDS: usize = layout::CHUNK_WORDS;
 /// Words per 16-byte global load; every tile's list length is a multiple of this.
 pub const WORDS_PER_LOAD: usize = 4;

@@ -24,7 +24,8 @@
 //!   packer pads it to a multiple of [`LIST_ALIGN_WORDS`] = 32 words (128 bytes, so lists
 //!   start on cache lines) by repeating the tile's last real word. Empty tiles have no words;
 //!   a fully dense tile has exactly 16384 (no padding). The kernel consumes a list in chunks
-//!   of at most [`CHUNK_WORDS`] words (its shared-memory ring).
+//!   of at most its shared-memory ring's size (a multiple of 128 words; [`CHUNK_WORDS`] is
+//!   the fallback ring).
 //! * `tile_offsets`: `tiles_m * tiles_k + 1` entries; tile `t` owns
 //!   `words[tile_offsets[t] .. tile_offsets[t + 1]]`.
 //!

@@ -2,8 +2,9 @@
 //!
 //! # How the kernel stores words
 //!
-//! A tile's word list is consumed in chunks of at most [`CHUNK_WORDS`] words (multiples of 128
-//! words) by the `T` threads of an SpMM block (`T` is a multiple of 32: 128 or 256). Thread `t`
+//! A tile's word list is consumed in chunks of at most the kernel's ring size (multiples of 128
+//! words; [`CHUNK_WORDS`] is the fallback ring) by the `T` threads of an SpMM block (`T` is a
+//! multiple of 32: 128 or 256). Thread `t`
 //! loads the 16-byte groups `g = t + T*i` (`i = 0, 1, …`) of the chunk — words `4g .. 4g+4` —
 //! and then issues four shared-memory stores, sub-step `s` storing word `4g + s`. One store instruction of warp `w` at step `(i, s)` therefore writes the words
 //! `{ 4*(T*i + 32w + lane) + s : lane = 0..32 }`: inside the aligned [`BLOCK_WORDS`]-word
