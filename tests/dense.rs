@@ -134,7 +134,12 @@ fn dense_rejects_bad_shapes_and_options() {
         assert!(matches!(gpu.linear_with(&x, &w, LinearOptions { block, ..Default::default() }), Err(Error::InvalidArgument(_))));
     }
     // Sparse-kernel knobs are refused for a dense weight.
-    for opts in [LinearOptions { ring_words: Some(2048), ..Default::default() }, LinearOptions { l2_evict_first: Some(true), ..Default::default() }] {
+    let sparse_only = [
+        LinearOptions { ring_words: Some(2048), ..Default::default() },
+        LinearOptions { l2_evict_first: Some(true), ..Default::default() },
+        LinearOptions { blocks: Some(2), ..Default::default() },
+    ];
+    for opts in sparse_only {
         assert!(matches!(gpu.linear_with(&x, &w, opts), Err(Error::InvalidArgument(_))));
     }
     assert!(matches!(gpu.upload::<f16>(0, 5, &[]), Err(Error::Shape(_))));

@@ -22,12 +22,19 @@ fn sparse_random<T: Element>(rng: &mut Rng, m: usize, k: usize, sparsity: f64) -
 
 /// Runs the sparse kernel (plain and bank-reordered) on a poisoned output and checks it
 /// against the reference, the CPU SpMM and the dense kernel.
-fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize, splits: Option<usize>) {
-    check_with(gpu, w, m, k, x, n, splits.map(|s| (s, None)), LinearOptions::default())
+fn check<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: usize) {
+    check_with(gpu, w, m, k, x, n, Sched::Auto, LinearOptions::default())
 }
 
-/// A forced schedule: K splits, and how many row tiles stay whole (`None`: all split).
-type Sched = Option<(usize, Option<usize>)>;
+/// The schedule of a check: automatic, every row tile split `s` ways along K (capped at the
+/// K tiles), or the stream-K schedule with `R + f·(R·K − R)` blocks (`f` in 0..=1, R row
+/// tiles of 256, K tiles of 64).
+#[derive(Clone, Copy, Debug)]
+enum Sched {
+    Auto,
+    Splits(usize),
+    Blocks(f64),
+}
 
 /// The tuning knobs of a check: warp height (m16 tiles per warp), word ring, L2 hint.
 fn knobs(warp_m_tiles: Option<usize>, ring_words: Option<usize>, l2_evict_first: Option<bool>) -> LinearOptions {
@@ -49,13 +56,17 @@ fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: us
         let dw = gpu.upload_sparse(&sw).unwrap();
         let mut y = gpu.zeros::<T>(n, m).unwrap();
         gpu.fill(&mut y, poison()).unwrap();
-        let splits = sched.map(|(s, _)| s.min(k.div_ceil(64)));
-        let unsplit_row_tiles = sched.and_then(|(_, u)| u);
-        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, unsplit_row_tiles, ..opts }).unwrap();
+        let (r, kt) = (m.div_ceil(256), k.div_ceil(64));
+        let (splits, blocks) = match sched {
+            Sched::Auto => (None, None),
+            Sched::Splits(s) => (Some(s.min(kt)), None),
+            Sched::Blocks(f) => (None, Some(r + (f * (r * kt - r) as f64).round() as usize)),
+        };
+        gpu.linear_into(&dx, &dw, &mut y, LinearOptions { splits, blocks, ..opts }).unwrap();
         let got = gpu.download(&y).unwrap();
         assert_close(&got, x, w, n, m, k);
         assert_close(&cpu_y, x, w, n, m, k);
-        if splits.is_none() {
+        if matches!(sched, Sched::Auto) {
             // Same tiles, same MMA code and (automatic) split: the sparse kernel equals the
             // dense one bit for bit, unless the two kernels' occupancy picked other splits.
             let same = got.iter().zip(&dense).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
@@ -70,7 +81,7 @@ fn check_with<T: Element>(gpu: &Gpu, w: &[T], m: usize, k: usize, x: &[T], n: us
 fn spmm_matches_reference_on_random_shapes_and_sparsities() {
     let Some(gpu) = gpu("spmm_matches_reference_on_random_shapes_and_sparsities") else { return };
     let sparsity = prop_oneof![Just(0.0), Just(0.5), Just(0.7), Just(0.8), Just(0.9), Just(0.99), Just(1.0), 0.0f64..1.0];
-    let splits = prop_oneof![Just(None), (1usize..5, prop_oneof![Just(None), (0usize..3).prop_map(Some)]).prop_map(Some)];
+    let splits = prop_oneof![Just(Sched::Auto), (1usize..5).prop_map(Sched::Splits), (0.0f64..=1.0).prop_map(Sched::Blocks)];
     let warp_m = prop_oneof![Just(None), Just(Some(2)), Just(Some(4))];
     // Rings of 1024 words take a tile of > 6.25% density in several chunks.
     let ring = prop_oneof![Just(None), Just(Some(1024)), Just(Some(2048)), Just(Some(12288))];
@@ -98,7 +109,7 @@ fn spmm_bf16_matches_reference() {
             let mut rng = Rng::new(seed);
             let w: Vec<bf16> = sparse_random(&mut rng, m, k, s);
             let x: Vec<bf16> = random(&mut rng, n * k);
-            check(&gpu, &w, m, k, &x, n, None);
+            check(&gpu, &w, m, k, &x, n);
             Ok(())
         })
         .unwrap();
@@ -128,7 +139,7 @@ fn spmm_non_uniform_density() {
     }
     w[(m - 1) * k + k - 1] = f16::from_f32(2.0);
     let x: Vec<f16> = random(&mut rng, n * k);
-    for splits in [None, Some((1, None)), Some((2, None)), Some((6, None)), Some((3, Some(1)))] {
+    for splits in [Sched::Auto, Sched::Splits(1), Sched::Splits(2), Sched::Splits(6), Sched::Blocks(0.37), Sched::Blocks(1.0)] {
         for warp_m in [None, Some(2), Some(4)] {
             check_with(&gpu, &w, m, k, &x, n, splits, knobs(warp_m, None, None));
         }
@@ -148,7 +159,7 @@ fn spmm_propagates_nan_and_inf_like_dense_math() {
     x[17] = f16::NAN;
     x[k + 150] = f16::INFINITY; // meets pruned zeros → NaN, as in dense math
     w[5 * k + 9] = f16::NEG_INFINITY;
-    check(&gpu, &w, m, k, &x, n, None);
+    check(&gpu, &w, m, k, &x, n);
 }
 
 /// Split-K results are bit-identical run to run.
@@ -161,8 +172,10 @@ fn spmm_is_deterministic() {
     let x: Vec<f16> = random(&mut rng, n * k);
     let dw = gpu.upload_sparse(&SparseWeight::from_dense(m, k, &w).unwrap()).unwrap();
     let dx = gpu.upload(n, k, &x).unwrap();
-    for splits in [None, Some(5), Some(40)] {
-        let opts = LinearOptions { splits, ..Default::default() };
+    // Splits, and stream-K ranges of 158 tiles over 7 and 61 blocks (row tiles cut mid-way).
+    let schedules = [(None, None), (Some(5), None), (Some(40), None), (None, Some(7)), (None, Some(61))];
+    for (splits, blocks) in schedules {
+        let opts = LinearOptions { splits, blocks, ..Default::default() };
         let a = gpu.download(&gpu.linear_with(&dx, &dw, opts).unwrap()).unwrap();
         let b = gpu.download(&gpu.linear_with(&dx, &dw, opts).unwrap()).unwrap();
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
@@ -186,6 +199,17 @@ fn spmm_rejects_shape_mismatch() {
     // Rings: multiples of 128 words from 1024 on, within the device's shared memory.
     for ring_words in [0, 128, 1000, 1 << 20] {
         let opts = LinearOptions { ring_words: Some(ring_words), ..Default::default() };
+        assert!(matches!(gpu.linear_with(&x, &dw, opts), Err(Error::InvalidArgument(_))));
+    }
+    // Blocks: between the 1 row tile and the 1 tile of this 10×20 weight, not with splits;
+    // unsplit_row_tiles is a dense-kernel option.
+    let bad = [
+        LinearOptions { blocks: Some(0), ..Default::default() },
+        LinearOptions { blocks: Some(2), ..Default::default() },
+        LinearOptions { blocks: Some(1), splits: Some(1), ..Default::default() },
+        LinearOptions { splits: Some(1), unsplit_row_tiles: Some(0), ..Default::default() },
+    ];
+    for opts in bad {
         assert!(matches!(gpu.linear_with(&x, &dw, opts), Err(Error::InvalidArgument(_))));
     }
 }

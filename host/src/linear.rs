@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::layout::{
     block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_ring_words, spmm_smem_bytes,
-    DENSE_CONFIGS, REDUCE_THREADS, SPMM_CONFIGS, SPMM_ROW_TILES, TILE_K, TILE_M,
+    DENSE_CONFIGS, REDUCE_THREADS, SPARSE_TILE_M, SPMM_CONFIGS, SPMM_ROW_TILES, TILE_K, TILE_M,
 };
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
@@ -27,6 +27,12 @@ pub struct LinearOptions {
     /// Block shape; `None` takes the tuned default for the kernel and token count. A tuning
     /// knob for benchmarks: every shape computes the same result.
     pub block: Option<BlockShape>,
+    /// Sparse kernel only: the number of blocks sharing the weight's `R × K` tiles (R row
+    /// tiles of 256, K tiles of 64 along K), each an equal contiguous range of them in
+    /// row-major order (stream-K); `R ≤ blocks ≤ R·K`. `None` chooses from the shape and the
+    /// SM count. Refused together with `splits` (which means `blocks = R · splits`) and for
+    /// dense weights.
+    pub blocks: Option<usize>,
     /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 of at
     /// least 1024; `None` takes the tuned default (`layout::spmm_ring_words`). A larger ring
     /// keeps more tiles in flight per block, but fewer blocks fit on an SM. A tuning knob:
@@ -206,6 +212,26 @@ pub(crate) fn plan_schedule(
     if splits == 1 { Schedule::whole(row_tiles) } else { Schedule { full: 0, splits } }
 }
 
+/// Blocks of the sparse kernel's stream-K schedule (`gpu::kernels::tile::StreamRange`) for
+/// `row_tiles × k_tiles` tiles, `n_blocks` token tiles and `slots` resident blocks. When a
+/// wave of resident blocks outnumbers the row tiles and still gives every block at least
+/// `STREAM_MIN_TILES` tiles, one full wave: each block an equal share of the tiles, wherever
+/// the row tiles begin and end (no wave quantisation; partial sums only where a range
+/// boundary cuts a row tile). Otherwise the uniform split of every row tile that
+/// [`plan_schedule`] picks (`blocks = R · splits`). Either way `blocks ≥ R`, which the
+/// kernel needs (a range then meets at most two row tiles).
+pub(crate) fn plan_sparse_blocks(row_tiles: usize, n_blocks: usize, k_tiles: usize, slots: usize, cost: SparseCost) -> usize {
+    let wave = (slots / n_blocks).max(1);
+    if wave > row_tiles && row_tiles * k_tiles >= STREAM_MIN_TILES * wave {
+        return wave;
+    }
+    let sched = plan_schedule(row_tiles, SPARSE_TILE_M, n_blocks, k_tiles, 0, slots, Some(cost));
+    row_tiles * sched.splits
+}
+
+/// Fewest tiles per block for the one-wave stream-K schedule of the sparse kernel.
+const STREAM_MIN_TILES: usize = 16;
+
 impl Gpu {
     /// `Y[n × out] = X[n × in] · Wᵀ`, allocating Y. Splits K automatically.
     pub fn linear<T: Element, W: LinearWeight<T>>(&self, x: &DeviceMatrix<T>, w: &W) -> Result<DeviceMatrix<T>> {
@@ -253,8 +279,8 @@ impl Gpu {
         let mut ring = 0;
         let (name, block, smem) = match w.operand() {
             Operand::Dense(_) => {
-                if opts.ring_words.is_some() || opts.l2_evict_first.is_some() {
-                    return Err(Error::InvalidArgument("ring_words and l2_evict_first apply to sparse weights only".into()));
+                if opts.ring_words.is_some() || opts.l2_evict_first.is_some() || opts.blocks.is_some() {
+                    return Err(Error::InvalidArgument("blocks, ring_words and l2_evict_first apply to sparse weights only".into()));
                 }
                 let (rt, mt) = dense_default_config(m, self.sm_count as usize);
                 let b = opts.block.unwrap_or(BlockShape { row_tiles: rt, warp_m_tiles: mt });
@@ -296,61 +322,80 @@ impl Gpu {
         let rows_per_tile = TILE_M * rt;
         let row_tiles = m.div_ceil(rows_per_tile);
         let n_blocks = n.div_ceil(n_tile);
-        let sched = match (opts.splits, opts.unsplit_row_tiles) {
-            (Some(s), _) if s == 0 || s > k_tiles => {
-                return Err(Error::InvalidArgument(format!(
-                    "splits = {s}: must be between 1 and the {k_tiles} K tiles of 64"
-                )))
-            }
-            (Some(s), u) => Schedule { full: u.unwrap_or(0).min(row_tiles), splits: s },
-            (None, Some(_)) => {
-                return Err(Error::InvalidArgument("unsplit_row_tiles needs splits".into()));
-            }
-            (None, None) => {
-                let sparse = match w.operand() {
-                    Operand::Sparse(ws) => Some(SparseCost { weight_bytes: ws.stored_bytes(), n_tile }),
-                    Operand::Dense(_) => None,
-                };
-                plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, sparse)
-            }
-        };
-        // Split-K workspace: per split unit (row tile × token tile) `splits` slots of the
-        // block's output tile (`gpu::kernels::tile::Epilogue`).
-        let split = sched.has_splits(row_tiles);
-        let units = (row_tiles - sched.full) * n_blocks;
-        let slot = n_tile * rows_per_tile;
-        let partial = self.workspace_ptr(if split { units * sched.splits * slot } else { 0 })?;
-
+        if let Some(s) = opts.splits.filter(|&s| s == 0 || s > k_tiles) {
+            return Err(Error::InvalidArgument(format!("splits = {s}: must be between 1 and the {k_tiles} K tiles of 64")));
+        }
+        if opts.splits.is_none() && opts.unsplit_row_tiles.is_some() {
+            return Err(Error::InvalidArgument("unsplit_row_tiles needs splits".into()));
+        }
         let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
-        let (full, splits) = (sched.full as u32, sched.splits as u32);
-        let xp = x.device_ptr();
-        let yp = y.device_ptr();
-        let grid = (sched.blocks(row_tiles) as u32, n_blocks as u32, 1);
+        let (xp, yp) = (x.device_ptr(), y.device_ptr());
+        let slot = n_tile * rows_per_tile; // f32 of one block's output tile
+        let reduce_blocks = |floats: usize| {
+            // Slots are multiples of 512 floats (rows: multiples of 64, tokens of 8) = 4 per
+            // reduction thread × 128 threads.
+            debug_assert!(floats.is_multiple_of(4 * REDUCE_THREADS));
+            ((floats / (4 * REDUCE_THREADS)) as u32, 1, 1)
+        };
         match w.operand() {
             Operand::Dense(wd) => {
+                let sched = match opts.splits {
+                    Some(s) => Schedule { full: opts.unsplit_row_tiles.unwrap_or(0).min(row_tiles), splits: s },
+                    None => plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, None),
+                };
+                // Workspace: per split unit (row tile × token tile) `splits` slots.
+                let split = sched.has_splits(row_tiles);
+                let units = (row_tiles - sched.full) * n_blocks;
+                let partial = self.workspace_ptr(if split { units * sched.splits * slot } else { 0 })?;
+                let (full, splits) = (sched.full as u32, sched.splits as u32);
                 let (wp, ldw) = (wd.device_ptr(), wd.ld() as u32);
+                let grid = (sched.blocks(row_tiles) as u32, n_blocks as u32, 1);
                 let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
                 self.launch(&func, grid, threads, smem, &mut args)?;
+                if split {
+                    let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
+                    let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
+                    let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
+                    self.launch(&reduce, reduce_blocks(units * slot), REDUCE_THREADS as u32, 0, &mut args)?;
+                }
             }
             Operand::Sparse(ws) => {
+                if opts.unsplit_row_tiles.is_some() {
+                    return Err(Error::InvalidArgument("unsplit_row_tiles applies to dense weights only".into()));
+                }
+                let cost = SparseCost { weight_bytes: ws.stored_bytes(), n_tile };
+                let tiles = row_tiles * k_tiles;
+                let blocks = match (opts.splits, opts.blocks) {
+                    (Some(_), Some(_)) => {
+                        return Err(Error::InvalidArgument("give splits or blocks, not both".into()));
+                    }
+                    (None, Some(b)) if b < row_tiles || b > tiles => {
+                        return Err(Error::InvalidArgument(format!(
+                            "blocks = {b}: must be between the {row_tiles} row tiles of 256 and the {tiles} tiles of 256×64"
+                        )));
+                    }
+                    (None, Some(b)) => b,
+                    (Some(s), None) => row_tiles * s,
+                    (None, None) => plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, cost),
+                };
+                debug_assert!(blocks >= row_tiles && blocks <= row_tiles * k_tiles);
+                // Workspace: two slots per block and token tile, when some block's range
+                // starts inside a row tile (`gpu::kernels::tile::StreamRange`).
+                let split = (1..blocks).any(|b| (b * tiles / blocks) % k_tiles != 0);
+                let partial = self.workspace_ptr(if split { 2 * blocks * n_blocks * slot } else { 0 })?;
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
-                let ring = ring as u32;
+                let (nb, ring) = (blocks as u32, ring as u32);
                 let evict_first = u32::from(opts.l2_evict_first.unwrap_or(true));
-                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits, ring, evict_first];
-                self.launch(&func, grid, threads, smem, &mut args)?;
+                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first];
+                self.launch(&func, (nb, n_blocks as u32, 1), threads, smem, &mut args)?;
+                if split {
+                    let (reduce, _) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
+                    let (kt, tile) = (k_tiles as u32, n_tile as u32);
+                    let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile];
+                    self.launch(&reduce, reduce_blocks(row_tiles * n_blocks * slot), REDUCE_THREADS as u32, 0, &mut args)?;
+                }
             }
-        }
-        if split {
-            let threads = REDUCE_THREADS as u32;
-            let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), threads, 0)?;
-            // Slots are a multiple of 512 floats (rows: multiples of 64, tokens of 8) = 4 per
-            // reduction thread × 128 threads.
-            debug_assert!((units * slot).is_multiple_of(4 * REDUCE_THREADS));
-            let blocks = (units * slot / (4 * REDUCE_THREADS)) as u32;
-            let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
-            let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
-            self.launch(&reduce, (blocks, 1, 1), threads, 0, &mut args)?;
         }
         Ok(())
     }
@@ -506,6 +551,20 @@ mod tests {
             let s = plan_schedule(tiles, 256, 1, kt, 132, 264, sparse(tiles * 256, kt * 64, 0.2, 16));
             assert!(s.splits >= 1 && s.splits <= (kt / 4).clamp(1, 32));
             assert!(s.full == tiles || s.full == 0);
+        }
+    }
+
+    #[test]
+    fn sparse_blocks_stream_one_wave_on_large_layers() {
+        let cost = SparseCost { weight_bytes: 100 << 20, n_tile: 16 };
+        // 36864×9216: 20736 tiles, one wave of 528 blocks (39 tiles each).
+        assert_eq!(plan_sparse_blocks(144, 1, 144, 528, cost), 528);
+        // Two token tiles share the resident blocks.
+        assert_eq!(plan_sparse_blocks(144, 2, 144, 528, cost), 264);
+        // More row tiles than a wave, or too few tiles per block: a uniform split, R·s blocks.
+        for (r, kt) in [(600, 144), (16, 64)] {
+            let blocks = plan_sparse_blocks(r, 1, kt, 528, cost);
+            assert!(blocks.is_multiple_of(r) && blocks >= r && blocks <= r * kt);
         }
     }
 

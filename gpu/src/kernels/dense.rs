@@ -16,7 +16,7 @@
 //! remaining row tile split `splits` ways along K (contiguous ranges). Split blocks write f32
 //! partials ([`Epilogue`]) and [`super::reduce`] sums them in a fixed order (deterministic).
 
-use super::tile::{warp_mma_tile, Epilogue, TileStream, WorkItem};
+use super::tile::{unit_slot, warp_mma_tile, Epilogue, TileStream, WorkItem};
 use crate::cp_async;
 use crate::layout::{block_threads, ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
@@ -85,6 +85,10 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     }
     cp_async::wait_group::<0>();
 
-    let out = Epilogue::new(y, ldy as usize, m, n, &work, full as usize, partial, RT * TILE_M, NT * 8);
-    out.store::<E, MT, NT>(&acc, m0, n0);
+    let out = Epilogue { y, ldy: ldy as usize, m, n, rows: RT * TILE_M };
+    if work.splits > 1 {
+        out.store_slot::<MT, NT>(&acc, unit_slot(partial, &work, full as usize, RT * TILE_M, NT * 8));
+    } else {
+        out.store_y::<E, MT, NT>(&acc, m0, n0);
+    }
 }

@@ -5,9 +5,10 @@
 //! the entry by name: `{kernel}_{dtype}_n{N_TILE}`.
 //!
 //! Common launch shape of the GEMM-like kernels: grid `(work items, ceil(N / N_TILE), 1)`,
-//! where the work items are `full` whole row tiles followed by the remaining row tiles split
-//! `splits` ways along K (`tile::WorkItem`); dynamic shared memory as given by
-//! `layout::{dense,spmm}_smem_bytes` (shared with the host).
+//! where the dense kernel's work items are `full` whole row tiles followed by the remaining
+//! row tiles split `splits` ways along K (`tile::WorkItem`), and the sparse kernel's are
+//! equal ranges of the row-major tile sequence (`tile::StreamRange`); dynamic shared memory
+//! as given by `layout::{dense,spmm}_smem_bytes` (shared with the host).
 
 pub mod dense;
 pub mod reduce;
@@ -41,19 +42,19 @@ macro_rules! spmm_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
-            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
+            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, blocks: u32,
             ring_words: u32, evict_first: u32,
         ) {
             spmm::spmm_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
-                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, full, splits, ring_words, evict_first != 0,
+                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, blocks, ring_words, evict_first != 0,
             );
         }
     )*};
 }
 
 macro_rules! reduce_entries {
-    ($($name:ident: $elem:ty;)*) => {$(
-        /// Deterministic split-K reduction (see [`reduce::splitk_reduce`]).
+    ($($name:ident, $streamk:ident: $elem:ty;)*) => {$(
+        /// Deterministic split-K reduction of the dense kernel (see [`reduce::splitk_reduce`]).
         ///
         /// # Safety
         /// See [`reduce::splitk_reduce`].
@@ -63,6 +64,17 @@ macro_rules! reduce_entries {
             n_tile: u32, token_tiles: u32,
         ) {
             reduce::splitk_reduce::<$elem>(partial, y, ldy, m, n, splits, full, rows, n_tile, token_tiles);
+        }
+
+        /// Deterministic split-K reduction of the sparse kernel (see [`reduce::streamk_reduce`]).
+        ///
+        /// # Safety
+        /// See [`reduce::streamk_reduce`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $streamk(
+            partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, k_tiles: u32, blocks: u32, n_tile: u32,
+        ) {
+            reduce::streamk_reduce::<$elem>(partial, y, ldy, m, n, k_tiles, blocks, n_tile);
         }
     )*};
 }
@@ -120,6 +132,6 @@ spmm_entries! {
 }
 
 reduce_entries! {
-    splitk_reduce_f16: F16;
-    splitk_reduce_bf16: Bf16;
+    splitk_reduce_f16, streamk_reduce_f16: F16;
+    splitk_reduce_bf16, streamk_reduce_bf16: Bf16;
 }

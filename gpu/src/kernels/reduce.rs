@@ -1,10 +1,17 @@
-//! Split-K reduction: for every split unit (row tile × token tile, see [`super::tile::Epilogue`]
-//! for the workspace layout), `Y = Σ_s slot_s`, summed in split order so the result is
-//! bit-identical from run to run. Each thread sums 4 consecutive rows (16-byte loads, up to
-//! `BATCH` splits in flight); each warp then drops the cache lines it read from L2: the
-//! partials are dead, and without the discard the L2 would write them back to HBM.
+//! Split-K reductions: `Y` = the sum of a row tile's partial-sum slots, in a fixed order so
+//! the result is bit-identical from run to run. Each thread sums 4 consecutive rows (16-byte
+//! loads, up to `BATCH` slots in flight); each warp then drops the cache lines it read from
+//! L2: the partials are dead, and without the discard the L2 would write them back to HBM.
+//! Slot layout: [`super::tile::Epilogue`].
+//!
+//! - [`splitk_reduce`]: the dense kernel's [`super::tile::WorkItem`] schedule (the split row
+//!   tiles' `splits` slots are consecutive);
+//! - [`streamk_reduce`]: the sparse kernel's [`super::tile::StreamRange`] schedule (a row
+//!   tile's slots belong to the consecutive blocks whose ranges meet it).
 
+use super::tile::StreamRange;
 use crate::cache::discard_l2_line;
+use crate::layout::SPARSE_TILE_M;
 use crate::mma::MmaElement;
 use crate::sync::bar_warp_sync;
 use crate::thread::{block_dim_x, block_idx_x, lane_idx, thread_idx_x};
@@ -24,6 +31,72 @@ unsafe fn load4(p: *const f32) -> [f32; 4] {
     (p as *const F32x4).read().0
 }
 
+/// The first 4-float group of this thread: `4 · global thread index`.
+#[inline(always)]
+fn thread_group() -> usize {
+    4 * (block_idx_x() as usize * block_dim_x() as usize + thread_idx_x() as usize)
+}
+
+/// `Σ_{i < count} at(i)` (4 floats), summed in order of `i`.
+///
+/// # Safety
+/// `count ≥ 1`; every `at(i)` is a 16-byte aligned pointer to 4 readable f32.
+#[inline(always)]
+unsafe fn sum_slots(count: usize, at: impl Fn(usize) -> *const f32) -> [f32; 4] {
+    let mut sum = load4(at(0));
+    let mut s = 1;
+    while s < count {
+        let mut v = [[0.0f32; 4]; BATCH];
+        unroll!(i in 0..BATCH => {
+            if s + i < count {
+                v[i] = load4(at(s + i));
+            }
+        });
+        unroll!(i in 0..BATCH => {
+            if s + i < count {
+                unroll!(j in 0..4 => { sum[j] += v[i][j]; });
+            }
+        });
+        s += BATCH;
+    }
+    sum
+}
+
+/// Writes rows `gm .. gm + 4` of token `gn` of `Y`, dropping those outside `m × n`.
+///
+/// # Safety
+/// `y` is `n × ldy` with `ldy ≥ m`.
+#[inline(always)]
+unsafe fn store4<E: MmaElement>(y: *mut u16, ldy: usize, m: usize, n: usize, gm: usize, gn: usize, sum: [f32; 4]) {
+    if gn < n {
+        unroll!(j in 0..4 => {
+            if gm + j < m {
+                *y.add(gn * ldy + gm + j) = E::from_f32(sum[j]);
+            }
+        });
+    }
+}
+
+/// Drops the lines of the warp's groups of `count` slots from L2: every lane has used its
+/// values (the sum), a line is 8 lanes' 16 bytes, and lanes 0, 8, 16 and 24 drop one each.
+///
+/// # Safety
+/// All 32 lanes call it; `at(i)` as in [`sum_slots`], the lane's group of slot i, in a slot
+/// whose lines no one reads again.
+#[inline(always)]
+unsafe fn discard_slots(count: usize, at: impl Fn(usize) -> *const f32) {
+    bar_warp_sync();
+    if lane_idx() % 8 == 0 {
+        let mut s = 0;
+        while s < count {
+            discard_l2_line(at(s) as *const u8);
+            s += 1;
+        }
+    }
+}
+
+/// The dense kernel's reduction.
+///
 /// # Safety
 /// Launched with `layout::REDUCE_THREADS` threads per block and `units · n_tile · rows /
 /// (4 · REDUCE_THREADS)` blocks (`rows` a multiple of 64, `n_tile` of 8, so this divides
@@ -37,44 +110,54 @@ pub unsafe fn splitk_reduce<E: MmaElement>(
     partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32, full: u32, rows: u32, n_tile: u32,
     token_tiles: u32,
 ) {
-    let (m, n, splits, rows, n_tile) = (m as usize, n as usize, splits.max(1) as usize, rows as usize, n_tile as usize);
+    let (splits, rows, n_tile) = (splits.max(1) as usize, rows as usize, n_tile as usize);
     let slot = n_tile * rows;
-    let idx = 4 * (block_idx_x() as usize * block_dim_x() as usize + thread_idx_x() as usize);
+    let idx = thread_group();
     let (unit, e) = (idx / slot, idx % slot);
-    let first = partial.add(unit * splits * slot + e);
-    let mut sum = load4(first);
-    let mut s = 1;
-    while s < splits {
-        let mut v = [[0.0f32; 4]; BATCH];
-        unroll!(i in 0..BATCH => {
-            if s + i < splits {
-                v[i] = load4(first.add((s + i) * slot));
-            }
-        });
-        unroll!(i in 0..BATCH => {
-            if s + i < splits {
-                unroll!(j in 0..4 => { sum[j] += v[i][j]; });
-            }
-        });
-        s += BATCH;
-    }
+    let at = |s: usize| partial.add((unit * splits + s) * slot + e);
+    let sum = sum_slots(splits, at);
     let (row_tile, token_tile) = (full as usize + unit / token_tiles as usize, unit % token_tiles as usize);
     let (gm, gn) = (row_tile * rows + e % rows, token_tile * n_tile + e / rows);
-    if gn < n {
-        unroll!(j in 0..4 => {
-            if gm + j < m {
-                *y.add(gn * ldy as usize + gm + j) = E::from_f32(sum[j]);
-            }
-        });
+    store4::<E>(y, ldy as usize, m as usize, n as usize, gm, gn, sum);
+    discard_slots(splits, at);
+}
+
+/// The sparse kernel's reduction: row tile r of token tile y gets the segments of blocks
+/// `block_of(r·K) ..= block_of(r·K + K - 1)`, in block order; a row tile inside one block's
+/// range was written to `Y` by that block and is skipped.
+///
+/// # Safety
+/// Launched with `layout::REDUCE_THREADS` threads per block and `R · token_tiles · n_tile ·
+/// 256 / (4 · REDUCE_THREADS)` blocks (`R = ceil(m/256)`, `n_tile` a multiple of 8);
+/// `partial` (128-byte aligned) holds `2 · blocks · token_tiles · n_tile · 256` f32 with the
+/// slots of the segments the SpMM launch before wrote (same `m`, `k_tiles`, `blocks`); `y`
+/// is `n × ldy` (`ldy ≥ m`). The partials are undefined afterwards.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn streamk_reduce<E: MmaElement>(
+    partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, k_tiles: u32, blocks: u32, n_tile: u32,
+) {
+    let (m, k_tiles, n_tile) = (m as usize, k_tiles.max(1) as usize, n_tile as usize);
+    let slot = n_tile * SPARSE_TILE_M;
+    let row_tiles = m.div_ceil(SPARSE_TILE_M);
+    let range = StreamRange { tiles: row_tiles * k_tiles, blocks: blocks as usize };
+    let idx = thread_group();
+    let (unit, e) = (idx / slot, idx % slot);
+    let (token_tile, r) = (unit / row_tiles, unit % row_tiles);
+    let first = range.block_of(r * k_tiles);
+    let count = range.block_of(r * k_tiles + k_tiles - 1) + 1 - first;
+    if count == 1 {
+        return; // whole row tile: the block wrote Y (uniform over the launch block)
     }
-    // Every lane has used its values (the sums above); a line is 8 lanes' 16 bytes, and
-    // lanes 0, 8, 16 and 24 drop one each per split.
-    bar_warp_sync();
-    if lane_idx() % 8 == 0 {
-        let mut s = 0;
-        while s < splits {
-            discard_l2_line(first.add(s * slot) as *const u8);
-            s += 1;
-        }
-    }
+    // Block b's segment of row tile r is in its first slot when r is its first row tile:
+    // for every contributor but the first, whose range may start in an earlier row tile.
+    let first_starts_before = range.start(first) < r * k_tiles;
+    let at = |i: usize| {
+        let last = usize::from(i == 0 && first_starts_before);
+        partial.add((2 * (token_tile * range.blocks + first + i) + last) * slot + e)
+    };
+    let sum = sum_slots(count, at);
+    let (gm, gn) = (r * SPARSE_TILE_M + e % SPARSE_TILE_M, token_tile * n_tile + e / SPARSE_TILE_M);
+    store4::<E>(y, ldy as usize, m, n as usize, gm, gn, sum);
+    discard_slots(count, at);
 }

@@ -46,7 +46,7 @@
 //! run exactly as many times as the chunk has groups for the thread (only the register-kept
 //! path has a fixed, predicated count of four).
 
-use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, WorkItem};
+use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, StreamRange};
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::layout::{
@@ -62,11 +62,16 @@ use crate::thread::{block_idx_x, block_idx_y, thread_idx_x};
 /// Bytes of one dense `SPARSE_TILE_M`×64 W tile in shared memory.
 const DENSE_BYTES: usize = SPMM_ROW_TILES * TILE_BYTES;
 
-/// Walks the tiles of one block's K range, reading each tile's end offset one tile ahead so
-/// the load's latency is hidden behind a step.
+/// Walks the tiles of one block's range, reading each tile's end offset one tile ahead so
+/// the load's latency is hidden behind a step, and tracking the tile's position along K
+/// without a division per tile.
 struct TileCursor {
     /// Index of the current tile in `tile_offsets`.
     tile: usize,
+    /// Its K index inside its row tile (`tile % tiles_k`).
+    kt: u32,
+    /// K tiles per row tile.
+    tiles_k: u32,
     /// Last tile index of the range plus one.
     end_tile: usize,
     /// Word range of the current tile.
@@ -78,10 +83,11 @@ struct TileCursor {
 
 impl TileCursor {
     /// # Safety
-    /// `tile_offsets[first ..= end_tile]` are readable.
+    /// `tile_offsets[first ..= end_tile]` are readable; `tiles_k ≥ 1`.
     #[inline(always)]
-    unsafe fn new(tile_offsets: *const u32, first: usize, end_tile: usize) -> Self {
-        let mut c = TileCursor { tile: first, end_tile, start: 0, end: 0, next_end: 0 };
+    unsafe fn new(tile_offsets: *const u32, first: usize, end_tile: usize, tiles_k: u32) -> Self {
+        let kt = (first % tiles_k as usize) as u32;
+        let mut c = TileCursor { tile: first, kt, tiles_k, end_tile, start: 0, end: 0, next_end: 0 };
         if first < end_tile {
             c.start = *tile_offsets.add(first);
             c.end = *tile_offsets.add(first + 1);
@@ -124,6 +130,10 @@ impl TileCursor {
     #[inline(always)]
     unsafe fn advance(&mut self, tile_offsets: *const u32) {
         self.tile += 1;
+        self.kt += 1;
+        if self.kt == self.tiles_k {
+            self.kt = 0;
+        }
         self.start = self.end;
         self.end = self.next_end;
         if self.tile + 1 < self.end_tile {
@@ -239,29 +249,33 @@ unsafe fn scatter_chunk<const THREADS: usize>(ring: Ring, at: u32, len: u32, den
 
 /// # Safety
 /// Launched with `layout::block_threads(SPMM_ROW_TILES, MT)` threads, grid
-/// `(full + (R - full)·splits, ceil(n/(8·NT)), 1)` with `R = ceil(m/256)`, `full ≤ R`,
-/// `splits ≥ 1`, and `layout::spmm_smem_bytes(NT, ring_words)` bytes of dynamic shared
-/// memory, `ring_words` a positive multiple of 128.
+/// `(blocks, ceil(n/(8·NT)), 1)` with `R ≤ blocks ≤ R·K` (`R = ceil(m/256)`,
+/// `K = ceil(k/64)`; the stream-K schedule `tile::StreamRange`: a range is then at most K
+/// tiles long, so it meets at most two row tiles), and
+/// `layout::spmm_smem_bytes(NT, ring_words)` bytes of dynamic shared memory, `ring_words` a
+/// positive multiple of 128.
 /// `tile_offsets` / `words` form a Tiled-CSL matrix of `m × k` validated by the host
 /// (offsets non-decreasing multiples of 4, fewer than 2³² words, positions inside the tile);
 /// `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`, `ldx ≥ k`, columns `k..ldx` zero); `y`
-/// is `n × ldy` (`ldy ≥ m`); `partial` has `(R - full)·ceil(n/(8·NT))·splits·8·NT·256` f32
-/// when `splits > 1` and `full < R` (the split-K workspace, `tile::Epilogue`); `m, n, k ≥ 1`.
+/// is `n × ldy` (`ldy ≥ m`); `partial` has `2·blocks·ceil(n/(8·NT))·8·NT·256` f32 when some
+/// range boundary falls inside a row tile (the split-K workspace); `m, n, k ≥ 1`.
 /// `evict_first` marks the weight words' copies evict-first in L2 (`cache::l2_policy`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const THREADS: usize>(
     tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32, y: *mut u16,
-    ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32, ring_words: u32, evict_first: bool,
+    ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, blocks: u32, ring_words: u32, evict_first: bool,
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tiles_k = k.div_ceil(TILE_K);
-    let work = WorkItem::decode(block_idx_x() as usize, full as usize, splits as usize, tiles_k);
-    let m0 = work.row_tile * SPARSE_TILE_M;
+    let range = StreamRange { tiles: m.div_ceil(SPARSE_TILE_M) * tiles_k, blocks: blocks as usize };
+    let b = block_idx_x() as usize;
+    let (first_tile, end_tile) = (range.start(b), range.start(b + 1));
     let n0 = block_idx_y() as usize * NT * 8;
-    let row_base = work.row_tile * tiles_k;
-    let (first_tile, end_tile) = (row_base + work.kt_begin, row_base + work.kt_end);
+    // The block's two slots (its first and its last row tile's segments).
+    let slots = partial.wrapping_add(2 * (block_idx_y() as usize * range.blocks + b) * NT * 8 * SPARSE_TILE_M);
+    let out = Epilogue { y, ldy: ldy as usize, m, n, rows: SPARSE_TILE_M };
 
     // Shared memory: dense W tile (256×64) | word ring | X tiles[STAGES] (N_TILE×64).
     // Tile i of the block's range (i = tile - first_tile) uses X slot i % STAGES.
@@ -285,7 +299,8 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
         used: u32,
         groups: u32,
     }
-    let mut p = Producer { tile: TileCursor::new(tile_offsets, first_tile, end_tile), chunk: 0, at: 0, used: 0, groups: 0 };
+    let cursor = || TileCursor::new(tile_offsets, first_tile, end_tile, tiles_k as u32);
+    let mut p = Producer { tile: cursor(), chunk: 0, at: 0, used: 0, groups: 0 };
     // Issues chunks while the ring has room and the X ring a free slot (tiles at most
     // STAGES - 1 ahead of `c_tile`, the tile whose MMAs come next). The chunk the consumer
     // needs next always fits: when it is not yet issued, the ring is empty.
@@ -298,7 +313,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
             let src = words.add((p.tile.start + p.chunk * ring.words) as usize);
             load_chunk_async::<THREADS>(ring, p.at, src, len, policy);
             if p.chunk == 0 {
-                let k0 = (p.tile.tile - row_base) * TILE_K;
+                let k0 = p.tile.kt as usize * TILE_K;
                 load_tile_async(x_tile(p.tile.tile), NT * 8, THREADS, x, ldx, n, n0, k, k0);
             }
             cp_async::commit_group();
@@ -316,7 +331,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
 
     // Consumer: chunk `c_chunk` of tile `c.tile`, at ring position `c_at`; `c_groups` counts
     // the chunks taken.
-    let mut c = TileCursor::new(tile_offsets, first_tile, end_tile);
+    let mut c = cursor();
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
     // A sparse one-chunk tile keeps its words in registers (`kept`, `kept_len` > 0) and is
@@ -326,6 +341,8 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     // Only one-chunk tiles are kept (the registers hold one chunk): at most the ring.
     let (keep_tiles, keep_cap) = (NT < 4, ((4 * KEEP_GROUPS * THREADS) as u32).min(ring.words));
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
+    // First tile of the current row tile's segment.
+    let mut segment = first_tile;
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
         wait_pending(p.groups - c_groups - 1);
@@ -358,12 +375,27 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
             } else {
                 warp_zero_rows::<MT>(dense);
             }
+            let row_end = c.kt + 1 == c.tiles_k;
             c.advance(tile_offsets);
             c_chunk = 0;
+            // A row tile ends inside the range: its segment is the block's first one and
+            // partial (a range is at most K tiles long), so it goes to the first slot.
+            if row_end && c.active() {
+                out.store_slot::<MT, NT>(&acc, slots);
+                acc = [[FragC::default(); NT]; MT];
+                segment = c.tile;
+            }
         }
     }
     cp_async::wait_group::<0>();
 
-    let out = Epilogue::new(y, ldy as usize, m, n, &work, full as usize, partial, SPARSE_TILE_M, NT * 8);
-    out.store::<E, MT, NT>(&acc, m0, n0);
+    // The last segment: a whole row tile goes to Y, a part of one to the slot of the block's
+    // first or last row tile.
+    let row_tile = segment / tiles_k;
+    if segment % tiles_k == 0 && end_tile - segment == tiles_k {
+        out.store_y::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
+    } else {
+        let last = usize::from(segment != first_tile);
+        out.store_slot::<MT, NT>(&acc, slots.wrapping_add(last * NT * 8 * SPARSE_TILE_M));
+    }
 }

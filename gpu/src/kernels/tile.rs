@@ -237,17 +237,14 @@ impl WorkItem {
     }
 }
 
-/// Where a block's results go.
-///
-/// A block whose row tile is not split writes `Y` directly. A split block writes its f32
-/// partial sums to its *slot* of the split-K workspace, which [`super::reduce`] sums:
-/// unit `u = (row_tile - full) · token_tiles + token_tile` (token tiles = grid y) owns
-/// `splits` consecutive slots of `n_tile × rows` f32, split s's slot at
-/// `(u·splits + s) · n_tile·rows`, element (token t, row r) of the block's output tile at
-/// `t·rows + r`. A unit's slots are contiguous and every slot row is 128-byte aligned, so
-/// the reduction reads whole cache lines and can drop them from L2 afterwards.
+/// Where a block's results go: `Y` when the block computed a whole row tile (all of K),
+/// else its f32 partial sums to a *slot* of the split-K workspace for [`super::reduce`]. A
+/// slot holds one block's output tile, `n_tile × rows` f32, element (token t, row r) at
+/// `t·rows + r`; slots are whole 128-byte lines, so the reduction reads whole cache lines and
+/// can drop them from L2 afterwards. Which slot a block uses is the schedule's business
+/// ([`unit_slot`], [`StreamRange`]).
 pub struct Epilogue {
-    /// Output `Y` (`n × ldy` elements), written when the block's row tile is not split.
+    /// Output `Y` (`n × ldy` elements).
     pub y: *mut u16,
     /// Leading dimension of `Y`.
     pub ldy: usize,
@@ -255,40 +252,18 @@ pub struct Epilogue {
     pub m: usize,
     /// Tokens (= rows of Y).
     pub n: usize,
-    /// The block's slot (split blocks only).
-    pub slot: *mut f32,
     /// Rows of W per block (the output tile is `n_tile × rows`).
     pub rows: usize,
-    /// Number of K splits of this block's row tile (1: whole K, `Y` written directly).
-    pub splits: usize,
 }
 
 impl Epilogue {
-    /// The epilogue of the block computing `work` (grid y = token tile) with `rows`-row
-    /// blocks and `n_tile` tokens, the first `full` row tiles being whole; `partial` is the
-    /// split-K workspace.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        y: *mut u16, ldy: usize, m: usize, n: usize, work: &WorkItem, full: usize, partial: *mut f32, rows: usize,
-        n_tile: usize,
-    ) -> Self {
-        let mut slot = partial;
-        if work.splits > 1 {
-            let unit = (work.row_tile - full) * grid_dim_y() as usize + block_idx_y() as usize;
-            slot = partial.wrapping_add((unit * work.splits + work.split) * n_tile * rows);
-        }
-        Epilogue { y, ldy, m, n, slot, rows, splits: work.splits }
-    }
-
-    /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..`:
-    /// to `Y`, dropping elements outside `m × n`, or the whole tile to the block's slot.
+    /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..` to
+    /// `Y`, dropping elements outside `m × n`.
     ///
     /// # Safety
-    /// `y` is an allocation of `n × ldy` elements; for a split block, the workspace holds the
-    /// block's slot (`partial` of [`Epilogue::new`] covers every unit of the launch).
+    /// `y` is an allocation of `n × ldy` elements.
     #[inline(always)]
-    pub unsafe fn store<E: MmaElement, const MT: usize, const NT: usize>(
+    pub unsafe fn store_y<E: MmaElement, const MT: usize, const NT: usize>(
         &self,
         acc: &[[FragC; NT]; MT],
         m0: usize,
@@ -301,15 +276,69 @@ impl Epilogue {
                 unroll!(i in 0..4 => {
                     let (r, c) = frag_c_coord(lane, i);
                     let (row, token) = (warp_row + 16 * mt + r, nt * 8 + c);
-                    let v = acc[mt][nt].0[i];
-                    if self.splits > 1 {
-                        *self.slot.add(token * self.rows + row) = v;
-                    } else if m0 + row < self.m && n0 + token < self.n {
-                        *self.y.add((n0 + token) * self.ldy + m0 + row) = E::from_f32(v);
+                    if m0 + row < self.m && n0 + token < self.n {
+                        *self.y.add((n0 + token) * self.ldy + m0 + row) = E::from_f32(acc[mt][nt].0[i]);
                     }
                 });
             });
         });
+    }
+
+    /// Stores one warp's accumulators, the whole output tile, to `slot`.
+    ///
+    /// # Safety
+    /// `slot` points at `n_tile × rows` writable f32 (`n_tile = 8·NT`).
+    #[inline(always)]
+    pub unsafe fn store_slot<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
+        let lane = lane_idx() as usize;
+        let warp_row = warp_idx() as usize * 16 * MT;
+        unroll!(mt in 0..MT => {
+            unroll!(nt in 0..NT => {
+                unroll!(i in 0..4 => {
+                    let (r, c) = frag_c_coord(lane, i);
+                    *slot.add((nt * 8 + c) * self.rows + warp_row + 16 * mt + r) = acc[mt][nt].0[i];
+                });
+            });
+        });
+    }
+}
+
+/// The slot of a split block of the [`WorkItem`] schedule (grid y = token tile):
+/// unit `u = (row_tile - full) · token_tiles + token_tile` owns `splits` consecutive slots,
+/// split s's at `partial + (u·splits + s) · n_tile·rows`.
+#[inline(always)]
+pub fn unit_slot(partial: *mut f32, work: &WorkItem, full: usize, rows: usize, n_tile: usize) -> *mut f32 {
+    let unit = (work.row_tile - full) * grid_dim_y() as usize + block_idx_y() as usize;
+    partial.wrapping_add((unit * work.splits + work.split) * n_tile * rows)
+}
+
+/// The stream-K schedule of the sparse kernel: the `R × K` tiles of W in row-major order
+/// (the order of the Tiled-CSL lists) are cut into `blocks` contiguous ranges of equal
+/// length (±1), one per block, so every block gets the same work whatever the row tiles
+/// and the SM count. A range may start or end inside a row tile: those *segments* go to
+/// slots (the reduction sums a row tile's segments in block order), segments covering a
+/// whole row tile go straight to `Y`. Block b of token tile y has two slots:
+/// `2·(y·blocks + b)` for the segment of its first row tile and `+ 1` for that of its last.
+/// With `blocks = R·s` this is the uniform split of every row tile into `s` K ranges.
+#[derive(Clone, Copy)]
+pub struct StreamRange {
+    /// Tiles of W (`R × K`).
+    pub tiles: usize,
+    /// Blocks sharing them (grid x), at most `tiles`.
+    pub blocks: usize,
+}
+
+impl StreamRange {
+    /// First tile of block `b` (`b ≤ blocks`; `b = blocks` gives the end).
+    #[inline(always)]
+    pub fn start(self, b: usize) -> usize {
+        (b as u64 * self.tiles as u64 / self.blocks.max(1) as u64) as usize
+    }
+
+    /// The block whose range holds tile `t`.
+    #[inline(always)]
+    pub fn block_of(self, t: usize) -> usize {
+        (((t as u64 + 1) * self.blocks as u64).div_ceil(self.tiles.max(1) as u64) - 1) as usize
     }
 }
 
