@@ -16,13 +16,14 @@ use std::ffi::c_void;
 /// Options of [`Gpu::linear_with`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinearOptions {
-    /// Number of K splits; `None` chooses from the shape and the SM count. Values above the
-    /// number of 64-wide K tiles are refused.
+    /// Number of K splits of every row tile; `None` chooses from the shape and the SM count.
+    /// Values above the number of 64-wide K tiles are refused.
     pub splits: Option<usize>,
-    /// With `splits`: the number of row tiles (blocks of output rows, counted from the top)
-    /// computed whole, only the rest being split. `None` splits every row tile. Automatic
-    /// planning (`splits: None`) uses this form to give every SM the same share when the row
-    /// tiles do not divide evenly among the SMs. Refused without `splits`.
+    /// Dense kernel only, with `splits`: the number of row tiles (blocks of output rows,
+    /// counted from the top) computed whole, only the rest being split. `None` splits every
+    /// row tile. Automatic planning (`splits: None`) uses this form to give every SM the same
+    /// share when the row tiles do not divide evenly among the SMs. Refused without `splits`
+    /// and for sparse weights (their automatic schedule balances the SMs by `blocks`).
     pub unsplit_row_tiles: Option<usize>,
     /// Block shape; `None` takes the tuned default for the kernel and token count. A tuning
     /// knob for benchmarks: every shape computes the same result.
