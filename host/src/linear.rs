@@ -35,9 +35,10 @@ pub struct LinearOptions {
     /// dense weights.
     pub blocks: Option<usize>,
     /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 of at
-    /// least 1024; `None` takes the tuned default (`layout::spmm_ring_words`). A larger ring
-    /// keeps more tiles in flight per block, but fewer blocks fit on an SM. A tuning knob:
-    /// every size computes the same result. Refused for dense weights.
+    /// least 1024; `None` sizes it per weight and token count (the most blocks per SM whose
+    /// ring still holds a typical tile whole). A larger ring keeps more tiles in flight per
+    /// block, but fewer blocks fit on an SM. A tuning knob: every size computes the same
+    /// result. Refused for dense weights.
     pub ring_words: Option<usize>,
     /// Sparse kernel only: whether its weight reads are marked evict-first in L2 (`None`:
     /// yes), which keeps the split-K partial sums in L2 for the reduction. A tuning knob:
