@@ -11,6 +11,11 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Tile shapes and launch bounds, shared with the device crate.
+#[path = "../gpu/src/layout.rs"]
+#[allow(dead_code)]
+mod layout;
+
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let gpu = root.join("gpu");
@@ -51,8 +56,24 @@ fn main() {
         panic!("the device crate gpu/ failed to compile to PTX:\n{stderr}");
     }
     let ptx = target_dir.join("nvptx64-nvidia-cuda/release/sparse_tc_gpu.ptx");
-    std::fs::copy(&ptx, out.join("sparse_tc_gpu.ptx"))
+    let text = std::fs::read_to_string(&ptx)
         .unwrap_or_else(|e| panic!("device build produced no PTX at {}: {e}", ptx.display()));
+    std::fs::write(out.join("sparse_tc_gpu.ptx"), add_launch_bounds(&text)).expect("writing the PTX");
+}
+
+/// Writes `layout::LAUNCH_BOUNDS` into the PTX: `.maxntid T, 1, 1` and `.minnctapersm B`
+/// between an entry's parameter list and its body (PTX ISA 11.4, performance-tuning
+/// directives; what CUDA C++'s `__launch_bounds__(T, B)` emits).
+fn add_launch_bounds(ptx: &str) -> String {
+    let mut out = ptx.to_string();
+    for (name, threads, blocks) in layout::LAUNCH_BOUNDS {
+        let start = out
+            .find(&format!(".entry {name}("))
+            .unwrap_or_else(|| panic!("launch bounds for `{name}`: no such entry in the PTX"));
+        let body = start + out[start..].find("\n{\n").expect("a PTX entry has a body");
+        out.insert_str(body, &format!("\n.maxntid {threads}, 1, 1\n.minnctapersm {blocks}"));
+    }
+    out
 }
 
 /// The `channel` of rust-toolchain.toml: the device crate is built with the same nightly.

@@ -91,12 +91,27 @@ pub const fn spmm_default_mt(nt: usize) -> usize {
 /// Row tiles of 64 per SpMM block: one Tiled-CSL tile (`SPARSE_TILE_M` rows).
 pub const SPMM_ROW_TILES: usize = SPARSE_TILE_M / TILE_M;
 
-/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8 and a word ring of
-/// `ring_words`: one dense `SPARSE_TILE_M`×64 W tile, the ring and `STAGES` X tiles (with
-/// the default rings 68, 72 and 72 KiB at 8, 16 and 32 tokens: three blocks per SM).
-pub const fn spmm_smem_bytes(nt: usize, ring_words: usize) -> usize {
-    SPMM_ROW_TILES * TILE_BYTES + ring_words * 4 + STAGES * nt * 8 * ROW_BYTES
+/// X tiles the SpMM kernel keeps in flight for `nt` token tiles of 8 (its X ring; tiles
+/// are prefetched at most `slots - 1` ahead): `STAGES`, but 2 at 32 tokens, where the 16 KiB
+/// of four 32-token X tiles would keep four blocks from sharing an SM.
+pub const fn spmm_x_slots(nt: usize) -> usize {
+    if nt == 4 { 2 } else { STAGES }
 }
+
+/// Dynamic shared memory of the SpMM kernel with `nt` token tiles of 8 and a word ring of
+/// `ring_words`: one dense `SPARSE_TILE_M`×64 W tile, the ring and `spmm_x_slots(nt)` X
+/// tiles.
+pub const fn spmm_smem_bytes(nt: usize, ring_words: usize) -> usize {
+    SPMM_ROW_TILES * TILE_BYTES + ring_words * 4 + spmm_x_slots(nt) * nt * 8 * ROW_BYTES
+}
+
+/// Launch bounds of kernels whose register use would otherwise keep them below the
+/// occupancy they are tuned for: (entry name, threads per block, resident blocks per SM).
+/// `host/build.rs` writes them into the PTX as `.maxntid` / `.minnctapersm` (what CUDA
+/// C++'s `__launch_bounds__` emits; rustc has no attribute for it), so `ptxas` keeps the
+/// 32-token 4-warp SpMM within 128 registers: four blocks per SM instead of three.
+pub const LAUNCH_BOUNDS: [(&str, usize, usize); 2] =
+    [("spmm_linear_f16_n32_m4", 128, 4), ("spmm_linear_bf16_n32_m4", 128, 4)];
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.
 ///

@@ -16,8 +16,8 @@
 //! pieces of it, so any density from 0 to 100% works (Flash-LLM stages a tile in registers
 //! sized for 50% density and corrupts denser tiles). Chunks are variable-sized, so the
 //! prefetch depth adapts to the density: as many chunks are in flight as the ring holds, up
-//! to the `STAGES - 1` tile limit of the X ring. Each chunk is one `cp.async` group; the
-//! first chunk of a tile also brings the tile's X tile into a `STAGES`-deep ring. The words
+//! to the tile limit of the X ring (`layout::spmm_x_slots`). Each chunk is one `cp.async`
+//! group; the first chunk of a tile also brings the tile's X tile into that ring. The words
 //! are read with an L2 evict-first policy (read once; the split-K partials stay in L2).
 //!
 //! Per chunk: wait for its group, barrier; scatter the chunk's words into the dense tile;
@@ -50,7 +50,7 @@ use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, Stre
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::layout::{
-    block_threads, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, STAGES, TILE_BYTES,
+    block_threads, spmm_x_slots, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_BYTES,
     TILE_K,
 };
 use crate::mma::{FragC, MmaElement};
@@ -277,14 +277,15 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let slots = partial.wrapping_add(2 * (block_idx_y() as usize * range.blocks + b) * NT * 8 * SPARSE_TILE_M);
     let out = Epilogue { y, ldy: ldy as usize, m, n, rows: SPARSE_TILE_M };
 
-    // Shared memory: dense W tile (256×64) | word ring | X tiles[STAGES] (N_TILE×64).
-    // Tile i of the block's range (i = tile - first_tile) uses X slot i % STAGES.
+    // Shared memory: dense W tile (256×64) | word ring | X tiles[x_slots] (N_TILE×64).
+    // Tile i of the block's range (i = tile - first_tile) uses X slot i % x_slots.
+    let x_slots = spmm_x_slots(NT);
     let smem = dynamic_smem_base();
     let dense = smem;
     let ring = Ring { base: smem.offset(DENSE_BYTES), words: ring_words };
     let policy = l2_policy(evict_first);
     let x_bytes = NT * 8 * ROW_BYTES;
-    let x_tile = |tile: usize| smem.offset(DENSE_BYTES + ring_words as usize * 4 + ((tile - first_tile) % STAGES) * x_bytes);
+    let x_tile = |tile: usize| smem.offset(DENSE_BYTES + ring_words as usize * 4 + ((tile - first_tile) % x_slots) * x_bytes);
 
     // The warps' rows cover the tile; the first chunk's barrier orders these stores before
     // any scatter.
@@ -302,10 +303,10 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let cursor = || TileCursor::new(tile_offsets, first_tile, end_tile, tiles_k as u32);
     let mut p = Producer { tile: cursor(), chunk: 0, at: 0, used: 0, groups: 0 };
     // Issues chunks while the ring has room and the X ring a free slot (tiles at most
-    // STAGES - 1 ahead of `c_tile`, the tile whose MMAs come next). The chunk the consumer
+    // x_slots - 1 ahead of `c_tile`, the tile whose MMAs come next). The chunk the consumer
     // needs next always fits: when it is not yet issued, the ring is empty.
     let refill = |p: &mut Producer, c_tile: usize| {
-        while p.tile.active() && p.tile.tile < c_tile + STAGES {
+        while p.tile.active() && p.tile.tile < c_tile + x_slots {
             let len = p.tile.chunk_len(p.chunk, ring.words);
             if p.used + len > ring.words {
                 break;
