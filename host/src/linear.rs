@@ -148,6 +148,11 @@ pub(crate) struct SparseCost {
     pub n_tile: usize,
 }
 
+/// Most K splits of a row tile: each keeps at least 4 K tiles for the pipeline to stream.
+fn max_splits(k_tiles: usize) -> usize {
+    (k_tiles / 4).clamp(1, 32)
+}
+
 /// Share of the last wave that is busy when `blocks` equal blocks run on `slots` places.
 fn wave_fill(blocks: usize, slots: usize) -> f64 {
     blocks as f64 / (blocks.div_ceil(slots) * slots) as f64
@@ -164,15 +169,9 @@ fn wave_fill(blocks: usize, slots: usize) -> f64 {
 ///   at least one row tile per SM otherwise, rows are split in two only when each half still
 ///   streams ≥ 128 K tiles (shorter layers lose more to partial sums and the second launch
 ///   than to the imbalance). With fewer row tiles than SMs, every tile is split: the fewest
-///   splits that give every SM two blocks, unless that leaves a short last wave (< 80% full);
-/// - the sparse kernel (`sparse = Some(SparseCost)`) is latency-bound (a block's steps are
-///   serial), so an idle slot in the last wave costs its full share, while every split adds
-///   its f32 partial sums (written, then read back by the reduction) to the bytes moved:
-///   every tile is split, the number of splits minimising
-///   `weight bytes / last-wave fill + partial bytes` (NOTES item 18).
+///   splits that give every SM two blocks, unless that leaves a short last wave (< 80% full).
 ///
-/// Each split keeps at least 4 K tiles for the pipeline to stream.
-#[allow(clippy::too_many_arguments)]
+/// Each split keeps at least 4 K tiles for the pipeline to stream ([`max_splits`]).
 pub(crate) fn plan_schedule(
     row_tiles: usize,
     rows_per_tile: usize,
@@ -180,18 +179,8 @@ pub(crate) fn plan_schedule(
     k_tiles: usize,
     sms: usize,
     slots: usize,
-    sparse: Option<SparseCost>,
 ) -> Schedule {
-    let max_splits = (k_tiles / 4).clamp(1, 32);
-    if let Some(SparseCost { weight_bytes, n_tile }) = sparse {
-        let blocks = row_tiles * n_blocks;
-        let cost = |s: usize| {
-            let partials = if s > 1 { 2 * 4 * rows_per_tile * n_tile * blocks * s } else { 0 };
-            (weight_bytes * n_blocks) as f64 / wave_fill(blocks * s, slots) + partials as f64
-        };
-        let splits = (1..=max_splits).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1);
-        return if splits == 1 { Schedule::whole(row_tiles) } else { Schedule { full: 0, splits } };
-    }
+    let max_splits = max_splits(k_tiles);
     let fewest = |good: &dyn Fn(usize) -> bool, fill: &dyn Fn(usize) -> f64| {
         (1..=max_splits)
             .find(|&s| good(s))
@@ -219,16 +208,30 @@ pub(crate) fn plan_schedule(
 /// wave of resident blocks outnumbers the row tiles and still gives every block at least
 /// `STREAM_MIN_TILES` tiles, one full wave: each block an equal share of the tiles, wherever
 /// the row tiles begin and end (no wave quantisation; partial sums only where a range
-/// boundary cuts a row tile). Otherwise the uniform split of every row tile that
-/// [`plan_schedule`] picks (`blocks = R · splits`). Either way `blocks ≥ R`, which the
-/// kernel needs (a range then meets at most two row tiles).
+/// boundary cuts a row tile). Otherwise the uniform split of every row tile into
+/// [`sparse_splits`] (`blocks = R · splits`). Either way `blocks ≥ R`, which the kernel needs
+/// (a range then meets at most two row tiles).
 pub(crate) fn plan_sparse_blocks(row_tiles: usize, n_blocks: usize, k_tiles: usize, slots: usize, cost: SparseCost) -> usize {
     let wave = (slots / n_blocks).max(1);
     if wave > row_tiles && row_tiles * k_tiles >= STREAM_MIN_TILES * wave {
         return wave;
     }
-    let sched = plan_schedule(row_tiles, SPARSE_TILE_M, n_blocks, k_tiles, 0, slots, Some(cost));
-    row_tiles * sched.splits
+    row_tiles * sparse_splits(row_tiles, n_blocks, k_tiles, slots, cost)
+}
+
+/// K splits of every row tile for the sparse kernel's uniform split. The kernel is
+/// latency-bound (a block's steps are serial), so an idle slot in the last wave costs its
+/// full share, while every split adds its f32 partial sums (written, then read back by the
+/// reduction) to the bytes moved: the number of splits minimising
+/// `weight bytes / last-wave fill + partial bytes` (NOTES item 18).
+pub(crate) fn sparse_splits(row_tiles: usize, n_blocks: usize, k_tiles: usize, slots: usize, cost: SparseCost) -> usize {
+    let SparseCost { weight_bytes, n_tile } = cost;
+    let blocks = row_tiles * n_blocks;
+    let cost = |s: usize| {
+        let partials = if s > 1 { 2 * 4 * SPARSE_TILE_M * n_tile * blocks * s } else { 0 };
+        (weight_bytes * n_blocks) as f64 / wave_fill(blocks * s, slots) + partials as f64
+    };
+    (1..=max_splits(k_tiles)).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
 
 /// Fewest tiles per block for the one-wave stream-K schedule of the sparse kernel.
@@ -343,7 +346,7 @@ impl Gpu {
             Operand::Dense(wd) => {
                 let sched = match opts.splits {
                     Some(s) => Schedule { full: opts.unsplit_row_tiles.unwrap_or(0).min(row_tiles), splits: s },
-                    None => plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots, None),
+                    None => plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots),
                 };
                 // Workspace: per split unit (row tile × token tile) `splits` slots.
                 let split = sched.has_splits(row_tiles);
@@ -382,8 +385,9 @@ impl Gpu {
                 };
                 debug_assert!(blocks >= row_tiles && blocks <= row_tiles * k_tiles);
                 // Workspace: two slots per block and token tile, when some block's range
-                // starts inside a row tile (`gpu::kernels::tile::StreamRange`).
-                let split = (1..blocks).any(|b| (b * tiles / blocks) % k_tiles != 0);
+                // starts inside a row tile (`gpu::kernels::tile::StreamRange`): with
+                // `blocks ≥ R`, exactly when `blocks > R` (range length < K).
+                let split = blocks > row_tiles;
                 let partial = self.workspace_ptr(if split { 2 * blocks * n_blocks * slot } else { 0 })?;
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
@@ -517,7 +521,7 @@ mod tests {
 
     #[test]
     fn dense_schedule_balances_sms() {
-        let p = |r, rows, nb, kt, slots| plan_schedule(r, rows, nb, kt, 132, slots, None);
+        let p = |r, rows, nb, kt, slots| plan_schedule(r, rows, nb, kt, 132, slots);
         // 576 row tiles of 64 on 132 SMs: 528 whole, the other 48 split 8 ways (384 blocks
         // fill 97% of three rounds of 132).
         assert_eq!(p(576, 64, 1, 144, 660), Schedule { full: 528, splits: 8 });
@@ -540,19 +544,19 @@ mod tests {
 
     #[test]
     fn sparse_schedule_fills_waves() {
-        let sparse = |m: usize, k: usize, density: f64, n_tile| {
-            Some(SparseCost { weight_bytes: (m as f64 * k as f64 * density * 4.0) as usize, n_tile })
+        let sparse = |m: usize, k: usize, density: f64, n_tile| SparseCost {
+            weight_bytes: (m as f64 * k as f64 * density * 4.0) as usize,
+            n_tile,
         };
         // 36864×9216 at 80%, 8 tokens, 3 blocks per SM: 11 splits fill all 1584 slots of
         // four waves; the partials (37 MB) cost less than a 3% emptier last wave.
-        assert_eq!(plan_schedule(144, 256, 1, 144, 132, 396, sparse(36864, 9216, 0.2, 8)), Schedule { full: 0, splits: 11 });
+        assert_eq!(sparse_splits(144, 1, 144, 396, sparse(36864, 9216, 0.2, 8)), 11);
         // 27648×9216 at 90%, 32 tokens, 4 blocks per SM: 14 splits would fill 95% of three
         // waves but move 99 MB of partials for a 110 MB weight; 4 splits fill 82% of one.
-        assert_eq!(plan_schedule(108, 256, 1, 144, 132, 528, sparse(27648, 9216, 0.1, 32)), Schedule { full: 0, splits: 4 });
+        assert_eq!(sparse_splits(108, 1, 144, 528, sparse(27648, 9216, 0.1, 32)), 4);
         for (tiles, kt) in [(1, 1000), (7, 8), (300, 64)] {
-            let s = plan_schedule(tiles, 256, 1, kt, 132, 264, sparse(tiles * 256, kt * 64, 0.2, 16));
-            assert!(s.splits >= 1 && s.splits <= (kt / 4).clamp(1, 32));
-            assert!(s.full == tiles || s.full == 0);
+            let s = sparse_splits(tiles, 1, kt, 264, sparse(tiles * 256, kt * 64, 0.2, 16));
+            assert!(s >= 1 && s <= (kt / 4).clamp(1, 32));
         }
     }
 
