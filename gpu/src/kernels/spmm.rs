@@ -108,12 +108,14 @@ impl TileCursor {
         self.end - self.start
     }
 
-    /// Chunks of at most `ring` words the current tile takes (at least one, so empty tiles
-    /// still multiply X by zeros and Inf/NaN propagate as in dense math).
+    /// Whether chunk `c` is the last of the chunks of at most `ring` words the current tile
+    /// takes (`(c + 1)·ring ≥ len`; an empty tile is one empty chunk, so that it still
+    /// multiplies X by zeros and Inf/NaN propagate as in dense math). A multiplication, not
+    /// `len.div_ceil(ring)`: a 32-bit division by the run-time ring is some 30 dependent
+    /// instructions, and this test runs twice per chunk.
     #[inline(always)]
-    fn chunks(&self, ring: u32) -> u32 {
-        let len = self.len();
-        if len == 0 { 1 } else { len.div_ceil(ring) }
+    fn is_last_chunk(&self, c: u32, ring: u32) -> bool {
+        (c + 1) * ring >= self.len()
     }
 
     /// Words in chunk `c` of the current tile.
@@ -321,10 +323,11 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
             p.at = ring.wrap(p.at, len);
             p.used += len;
             p.groups += 1;
-            p.chunk += 1;
-            if p.chunk == p.tile.chunks(ring.words) {
+            if p.tile.is_last_chunk(p.chunk, ring.words) {
                 p.tile.advance(tile_offsets);
                 p.chunk = 0;
+            } else {
+                p.chunk += 1;
             }
         }
     };
@@ -363,13 +366,14 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
         }
         c_at = ring.wrap(c_at, len);
         c_groups += 1;
+        let last_chunk = c.is_last_chunk(c_chunk, ring.words);
         c_chunk += 1;
         // Every thread is done with the chunk's ring words (and, after a tile's last chunk,
         // the dense tile is complete): the ring can take more.
         bar_sync();
         p.used -= len;
         refill(&mut p, c.tile);
-        if c_chunk == c.chunks(ring.words) {
+        if last_chunk {
             warp_mma_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc);
             if keep {
                 kept_len = len;
