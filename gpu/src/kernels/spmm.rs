@@ -112,7 +112,9 @@ impl TileCursor {
     /// takes (`(c + 1)·ring ≥ len`; an empty tile is one empty chunk, so that it still
     /// multiplies X by zeros and Inf/NaN propagate as in dense math). A multiplication, not
     /// `len.div_ceil(ring)`: a 32-bit division by the run-time ring is some 30 dependent
-    /// instructions, and this test runs twice per chunk.
+    /// instructions, and this test runs twice per chunk. No overflow: a validated tile has at
+    /// most 16384 + 31 words (see [`spmm_linear`]) and `c·ring ≤ len`, so `(c + 1)·ring` stays
+    /// far below 2³².
     #[inline(always)]
     fn is_last_chunk(&self, c: u32, ring: u32) -> bool {
         (c + 1) * ring >= self.len()
@@ -257,7 +259,8 @@ unsafe fn scatter_chunk<const THREADS: usize>(ring: Ring, at: u32, len: u32, den
 /// `layout::spmm_smem_bytes(NT, ring_words)` bytes of dynamic shared memory, `ring_words` a
 /// positive multiple of 128.
 /// `tile_offsets` / `words` form a Tiled-CSL matrix of `m × k` validated by the host
-/// (offsets non-decreasing multiples of 4, fewer than 2³² words, positions inside the tile);
+/// (offsets non-decreasing multiples of 4, fewer than 2³² words, positions inside the tile,
+/// each once per tile but for fewer than 32 padding duplicates: at most 16384 + 31 words);
 /// `x` is `n × ldx` (16-byte aligned, `ldx % 8 == 0`, `ldx ≥ k`, columns `k..ldx` zero); `y`
 /// is `n × ldy` (`ldy ≥ m`); `partial` has `2·blocks·ceil(n/(8·NT))·8·NT·256` f32 when some
 /// range boundary falls inside a row tile (the split-K workspace); `m, n, k ≥ 1`.
