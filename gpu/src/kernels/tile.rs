@@ -269,18 +269,10 @@ impl Epilogue {
         m0: usize,
         n0: usize,
     ) {
-        let lane = lane_idx() as usize;
-        let warp_row = warp_idx() as usize * 16 * MT;
-        unroll!(mt in 0..MT => {
-            unroll!(nt in 0..NT => {
-                unroll!(i in 0..4 => {
-                    let (r, c) = frag_c_coord(lane, i);
-                    let (row, token) = (warp_row + 16 * mt + r, nt * 8 + c);
-                    if m0 + row < self.m && n0 + token < self.n {
-                        *self.y.add((n0 + token) * self.ldy + m0 + row) = E::from_f32(acc[mt][nt].0[i]);
-                    }
-                });
-            });
+        for_each_acc(acc, |row, token, v| {
+            if m0 + row < self.m && n0 + token < self.n {
+                *self.y.add((n0 + token) * self.ldy + m0 + row) = E::from_f32(v);
+            }
         });
     }
 
@@ -290,17 +282,25 @@ impl Epilogue {
     /// `slot` points at `n_tile × rows` writable f32 (`n_tile = 8·NT`).
     #[inline(always)]
     pub unsafe fn store_slot<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
-        let lane = lane_idx() as usize;
-        let warp_row = warp_idx() as usize * 16 * MT;
-        unroll!(mt in 0..MT => {
-            unroll!(nt in 0..NT => {
-                unroll!(i in 0..4 => {
-                    let (r, c) = frag_c_coord(lane, i);
-                    *slot.add((nt * 8 + c) * self.rows + warp_row + 16 * mt + r) = acc[mt][nt].0[i];
-                });
+        for_each_acc(acc, |row, token, v| *slot.add(token * self.rows + row) = v);
+    }
+}
+
+/// Calls `f(row, token, value)` for each of this lane's accumulator elements: `row` is the
+/// W row inside the block's tile (the warp owns rows `16·MT·warp ..`), `token` the token
+/// inside the `8·NT`-token tile (the `mma` C-fragment layout, `layout::frag_c_coord`).
+#[inline(always)]
+fn for_each_acc<const MT: usize, const NT: usize>(acc: &[[FragC; NT]; MT], mut f: impl FnMut(usize, usize, f32)) {
+    let lane = lane_idx() as usize;
+    let warp_row = warp_idx() as usize * 16 * MT;
+    unroll!(mt in 0..MT => {
+        unroll!(nt in 0..NT => {
+            unroll!(i in 0..4 => {
+                let (r, c) = frag_c_coord(lane, i);
+                f(warp_row + 16 * mt + r, nt * 8 + c, acc[mt][nt].0[i]);
             });
         });
-    }
+    });
 }
 
 /// The slot of a split block of the [`WorkItem`] schedule (grid y = token tile):
