@@ -31,8 +31,9 @@ pub const STAGES: usize = 4;
 pub const CHUNK_WORDS: usize = 8192;
 
 /// The SpMM kernel's fallback word ring for `nt` token tiles of 8, used when no ring lets
-/// three blocks share an SM (e.g. 64 tokens, where registers allow one): 8192 words up to
-/// 16 tokens, 6144 (a tile of ≤ 37.5% density) above.
+/// two blocks share an SM (a device with less shared memory or fewer registers than the
+/// kernels are tuned for): 8192 words up to 16 tokens, 6144 (a tile of ≤ 37.5% density)
+/// above.
 pub const fn spmm_ring_words(nt: usize) -> usize {
     if nt >= 4 { 6144 } else { CHUNK_WORDS }
 }
@@ -108,10 +109,17 @@ pub const fn spmm_smem_bytes(nt: usize, ring_words: usize) -> usize {
 /// Launch bounds of kernels whose register use would otherwise keep them below the
 /// occupancy they are tuned for: (entry name, threads per block, resident blocks per SM).
 /// `host/build.rs` writes them into the PTX as `.maxntid` / `.minnctapersm` (what CUDA
-/// C++'s `__launch_bounds__` emits; rustc has no attribute for it), so `ptxas` keeps the
-/// 32-token 4-warp SpMM within 128 registers: four blocks per SM instead of three.
-pub const LAUNCH_BOUNDS: [(&str, usize, usize); 2] =
-    [("spmm_linear_f16_n32_m4", 128, 4), ("spmm_linear_bf16_n32_m4", 128, 4)];
+/// C++'s `__launch_bounds__` emits; rustc has no attribute for it), so `ptxas` keeps two
+/// SpMM kernels within 128 registers: the 32-token 4-warp one (four blocks per SM instead of
+/// three) and the 64-token 8-warp one (two blocks instead of one, at 164 registers; measured
+/// 1.3–1.7× faster on large layers, `benches/results/NOTES.md` item 29). Both compile
+/// without spills (`.ci/check-ptx`).
+pub const LAUNCH_BOUNDS: [(&str, usize, usize); 4] = [
+    ("spmm_linear_f16_n32_m4", 128, 4),
+    ("spmm_linear_bf16_n32_m4", 128, 4),
+    ("spmm_linear_f16_n64_m2", 256, 2),
+    ("spmm_linear_bf16_n64_m2", 256, 2),
+];
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.
 ///

@@ -410,11 +410,12 @@ impl Gpu {
     /// them) hold at most `tile_words` words. Resident blocks matter most (measured on an
     /// H100, `benches/results/NOTES.md` item 17): four blocks per SM when a ring that lets
     /// four share an SM still holds such a tile whole (≤ 16 tokens from 70–80% sparsity on,
-    /// where registers allow four), else three; the ring takes all the shared memory the
-    /// blocks leave. Falls back to `layout::spmm_ring_words` when neither is possible.
+    /// where registers allow four), else three, else two (64 tokens, where registers allow
+    /// two); the ring takes all the shared memory the blocks leave. Falls back to
+    /// `layout::spmm_ring_words` when none is possible.
     fn spmm_ring(&self, name: &str, threads: u32, nt: usize, tile_words: usize) -> Result<usize> {
         let target = tile_words.next_multiple_of(128).max(1024);
-        for blocks in [4, 3] {
+        for blocks in [4, 3, 2] {
             // The largest ring that lets `blocks` blocks share an SM's shared memory.
             let per_block = (self.smem.per_sm / blocks).saturating_sub(self.smem.reserved_per_block).min(self.smem.per_block);
             let ring = per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4 / 128 * 128;
