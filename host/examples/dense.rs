@@ -8,6 +8,9 @@ use anyhow::{ensure, Context, Result};
 use half::f16;
 use sparse_tc::{cpu, Gpu};
 
+#[path = "common/timing.rs"]
+mod timing;
+
 fn main() -> Result<()> {
     let dims: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>().context("M K N must be integers")?;
     let (m, k, n) = match dims[..] {
@@ -41,7 +44,7 @@ fn main() -> Result<()> {
     let dw = gpu.upload(m, k, &w)?;
     let dx = gpu.upload(n, k, &x)?;
     let mut dy = gpu.zeros(n, m)?;
-    let median_us = time_us(&gpu, 50, || gpu.linear_into(&dx, &dw, &mut dy, Default::default()))?;
+    let median_us = timing::median_us(&gpu, 50, &mut [&mut || gpu.linear_into(&dx, &dw, &mut dy, Default::default())])?[0];
     let y = gpu.download(&dy)?;
     let max_err = y.iter().zip(&y_cpu).map(|(a, b)| (a.to_f32() - b.to_f32()).abs()).fold(0f32, f32::max);
     let max_ref = y_cpu.iter().map(|v| v.to_f32().abs()).fold(0f32, f32::max);
@@ -50,23 +53,4 @@ fn main() -> Result<()> {
     let bytes = (m * k + n * k + n * m) * 2;
     println!("dense kernel: {median_us:.1} µs median, {:.2} TB/s effective", bytes as f64 / (median_us * 1e-6) / 1e12);
     Ok(())
-}
-
-/// Median time of `f` over `reps` runs, with CUDA events on the handle's stream.
-fn time_us(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> sparse_tc::Result<()>) -> Result<f64> {
-    use cust::event::{Event, EventFlags};
-    for _ in 0..5 {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let (a, b) = (Event::new(EventFlags::DEFAULT)?, Event::new(EventFlags::DEFAULT)?);
-        a.record(gpu.stream())?;
-        f()?;
-        b.record(gpu.stream())?;
-        b.synchronize()?;
-        times.push(b.elapsed_time_f32(&a)? as f64 * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[reps / 2])
 }

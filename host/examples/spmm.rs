@@ -9,6 +9,9 @@ use half::f16;
 use sparse_tc::{cpu, Gpu, SparseWeight};
 use std::time::Instant;
 
+#[path = "common/timing.rs"]
+mod timing;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let sparsity: f64 = args.first().map_or(Ok(0.8), |s| s.parse()).context("SPARSITY must be a number in 0..=1")?;
@@ -68,8 +71,12 @@ fn main() -> Result<()> {
     let dw_sparse = gpu.upload_sparse(&sparse)?;
     let mut y_dense = gpu.zeros(n, m)?;
     let mut y_sparse = gpu.zeros(n, m)?;
-    let td = time_us(&gpu, || gpu.linear_into(&dx, &dw_dense, &mut y_dense, Default::default()))?;
-    let ts = time_us(&gpu, || gpu.linear_into(&dx, &dw_sparse, &mut y_sparse, Default::default()))?;
+    let (mut dense, mut sparse_run) = (
+        || gpu.linear_into(&dx, &dw_dense, &mut y_dense, Default::default()),
+        || gpu.linear_into(&dx, &dw_sparse, &mut y_sparse, Default::default()),
+    );
+    let t = timing::median_us(&gpu, 50, &mut [&mut dense, &mut sparse_run])?;
+    let (td, ts) = (t[0], t[1]);
     let (yd, ys) = (gpu.download(&y_dense)?, gpu.download(&y_sparse)?);
     let err = max_rel_diff(&ys, &yd);
     println!("max relative difference sparse vs dense: {err:.1e}");
@@ -85,23 +92,4 @@ fn main() -> Result<()> {
 fn max_rel_diff(a: &[f16], b: &[f16]) -> f32 {
     let scale = b.iter().map(|v| v.to_f32().abs()).fold(1e-6f32, f32::max);
     a.iter().zip(b).map(|(p, q)| (p.to_f32() - q.to_f32()).abs()).fold(0.0, f32::max) / scale
-}
-
-/// Median of 50 runs (after 5 warm-ups), timed with CUDA events on the handle's stream.
-fn time_us(gpu: &Gpu, mut f: impl FnMut() -> sparse_tc::Result<()>) -> Result<f64> {
-    use cust::event::{Event, EventFlags};
-    for _ in 0..5 {
-        f()?;
-    }
-    let mut times = vec![];
-    for _ in 0..50 {
-        let (a, b) = (Event::new(EventFlags::DEFAULT)?, Event::new(EventFlags::DEFAULT)?);
-        a.record(gpu.stream())?;
-        f()?;
-        b.record(gpu.stream())?;
-        b.synchronize()?;
-        times.push(b.elapsed_time_f32(&a)? as f64 * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
