@@ -7,9 +7,10 @@ use cust::event::{Event, EventFlags};
 use sparse_tc::Gpu;
 use std::time::{Duration, Instant};
 
-/// Warm-up before timing: at least this long and five rounds. A GPU coming out of idle (or
-/// out of a compute-sanitizer run) takes tens of milliseconds to reach its clocks; a fixed
-/// five runs of a 50 µs kernel once timed the demo 1.3–1.5× slow (NOTES item 27).
+/// Warm-up before timing: at least this long and five rounds, so that clocks, caches and
+/// lazily loaded modules have settled (with five runs of a 50 µs kernel as the whole
+/// warm-up, one demo run right after compute-sanitizer once timed 1.3–1.5× slow; NOTES
+/// items 27 and 31).
 const WARM_UP: Duration = Duration::from_millis(200);
 
 /// Median time in µs of each function over `reps` rounds; a round runs every function once,
@@ -23,7 +24,7 @@ pub fn median_us(gpu: &Gpu, reps: usize, fs: &mut [&mut dyn FnMut() -> sparse_tc
         }
         rounds += 1;
         if rounds % 8 == 0 {
-            gpu.synchronize()?; // keep the queue short, and the clock honest
+            gpu.synchronize()?; // keep the queue short so the elapsed time tracks the GPU
         }
     }
     gpu.synchronize()?;
