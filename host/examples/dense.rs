@@ -5,11 +5,9 @@
 //! the CPU path.
 
 use anyhow::{ensure, Context, Result};
-use half::f16;
 use sparse_tc::{cpu, Gpu};
 
-#[path = "common/timing.rs"]
-mod timing;
+mod common;
 
 fn main() -> Result<()> {
     let dims: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>().context("M K N must be integers")?;
@@ -20,14 +18,8 @@ fn main() -> Result<()> {
     };
     println!("Y[{n}×{m}] = X[{n}×{k}] · W[{m}×{k}]ᵀ, f16 in, f32 accumulate");
     let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        f16::from_f32(((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2)
-    };
-    let w: Vec<f16> = (0..m * k).map(|_| rand()).collect();
-    let x: Vec<f16> = (0..n * k).map(|_| rand()).collect();
+    let w = common::random_f16s(&mut seed, m * k);
+    let x = common::random_f16s(&mut seed, n * k);
 
     let t = std::time::Instant::now();
     let y_cpu = cpu::linear_dense(&x, n, &w, m, k);
@@ -44,7 +36,7 @@ fn main() -> Result<()> {
     let dw = gpu.upload(m, k, &w)?;
     let dx = gpu.upload(n, k, &x)?;
     let mut dy = gpu.zeros(n, m)?;
-    let median_us = timing::median_us(&gpu, 50, &mut [&mut || gpu.linear_into(&dx, &dw, &mut dy, Default::default())])?[0];
+    let median_us = common::timing::median_us(&gpu, 50, &mut [&mut || gpu.linear_into(&dx, &dw, &mut dy, Default::default())])?[0];
     let y = gpu.download(&dy)?;
     let max_err = y.iter().zip(&y_cpu).map(|(a, b)| (a.to_f32() - b.to_f32()).abs()).fold(0f32, f32::max);
     let max_ref = y_cpu.iter().map(|v| v.to_f32().abs()).fold(0f32, f32::max);

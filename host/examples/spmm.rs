@@ -9,8 +9,7 @@ use half::f16;
 use sparse_tc::{cpu, Gpu, SparseWeight};
 use std::time::Instant;
 
-#[path = "common/timing.rs"]
-mod timing;
+mod common;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,14 +26,8 @@ fn main() -> Result<()> {
     println!("Y[{n}×{m}] = X[{n}×{k}] · W[{m}×{k}]ᵀ, W pruned to {:.0}% sparsity, f16", sparsity * 100.0);
 
     let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        f16::from_f32(((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2)
-    };
-    let w: Vec<f16> = (0..m * k).map(|_| rand()).collect();
-    let x: Vec<f16> = (0..n * k).map(|_| rand()).collect();
+    let w = common::random_f16s(&mut seed, m * k);
+    let x = common::random_f16s(&mut seed, n * k);
 
     let t = Instant::now();
     let mut sparse = SparseWeight::prune_magnitude(m, k, &w, sparsity)?;
@@ -75,7 +68,7 @@ fn main() -> Result<()> {
         || gpu.linear_into(&dx, &dw_dense, &mut y_dense, Default::default()),
         || gpu.linear_into(&dx, &dw_sparse, &mut y_sparse, Default::default()),
     );
-    let t = timing::median_us(&gpu, 50, &mut [&mut dense, &mut sparse_run])?;
+    let t = common::timing::median_us(&gpu, 50, &mut [&mut dense, &mut sparse_run])?;
     let (td, ts) = (t[0], t[1]);
     let (yd, ys) = (gpu.download(&y_dense)?, gpu.download(&y_sparse)?);
     let err = max_rel_diff(&ys, &yd);

@@ -131,52 +131,47 @@ pub fn linear_dense<T: Element>(x: &[T], n: usize, w: &[T], m: usize, k: usize) 
 }
 
 /// One tile decoded for the CPU: values in a dense `TILE_M × TILE_K` = 256×64 scratch (zeros
-/// where pruned) plus the distinct stored entries in row-major order, grouped by row.
+/// where pruned) and, per row, a 64-bit mask of the columns stored (padding duplicates count
+/// once), so a row's entries are visited in column order whatever the order of the words.
 struct TileScratch {
     dense: Vec<f32>,
-    present: Vec<bool>,
-    /// Sorted indices `r * 64 + c` (< 16384, fits u16) of the stored entries (padding
-    /// duplicates removed).
-    entries: Vec<u16>,
-    /// `entries[row_start[r]..row_start[r + 1]]` are row `r`'s entries.
-    row_start: [usize; TILE_M + 1],
+    /// Bit `c` of `stored[r]`: entry (`r`, `c`) is stored.
+    stored: [u64; TILE_M],
 }
 
 impl TileScratch {
     fn new() -> Self {
-        TileScratch {
-            dense: vec![0.0; TILE_ELEMS],
-            present: vec![false; TILE_ELEMS],
-            entries: Vec::with_capacity(TILE_ELEMS),
-            row_start: [0; TILE_M + 1],
-        }
+        const { assert!(TILE_K == 64) }; // one u64 mask per row
+        TileScratch { dense: vec![0.0; TILE_ELEMS], stored: [0; TILE_M] }
     }
 
     /// Decodes `words` (one tile's list) into the scratch, replacing the previous tile.
     fn load<T: Element>(&mut self, words: &[u32]) {
-        for &e in &self.entries {
-            self.dense[e as usize] = 0.0;
-            self.present[e as usize] = false;
+        for (r, mask) in self.stored.iter_mut().enumerate() {
+            for c in columns(*mask) {
+                self.dense[r * TILE_K + c] = 0.0;
+            }
+            *mask = 0;
         }
-        self.entries.clear();
         for &w in words {
             let (r, c) = unswizzle(word_pos(w));
-            let idx = r * TILE_K + c;
-            if !self.present[idx] {
-                self.present[idx] = true;
-                self.dense[idx] = T::from_bits(word_bits(w)).to_f32();
-                self.entries.push(idx as u16);
+            if self.stored[r] & (1 << c) == 0 {
+                self.stored[r] |= 1 << c;
+                self.dense[r * TILE_K + c] = T::from_bits(word_bits(w)).to_f32();
             }
-        }
-        self.entries.sort_unstable();
-        let mut e = 0;
-        for r in 0..=TILE_M {
-            while e < self.entries.len() && (self.entries[e] as usize) < r * TILE_K {
-                e += 1;
-            }
-            self.row_start[r] = e;
         }
     }
+}
+
+/// The set bits of `mask`, lowest first.
+fn columns(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let c = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            c
+        })
+    })
 }
 
 /// Sparse CPU linear on the Tiled-CSL format: `Y[n×m] = X[n×k] · Wᵀ` with `m = w.rows()`,
@@ -201,6 +196,13 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
     let nonfinite: Vec<bool> = (0..n)
         .map(|i| xf[i * k..(i + 1) * k].iter().any(|v| !v.is_finite()))
         .collect();
+    // Xᵀ (k × n): a stored entry (r, c) multiplies column c of X, all tokens contiguous.
+    let mut xt = vec![0.0f32; k * n];
+    for (i, row) in xf.chunks_exact(k.max(1)).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            xt[c * n + i] = *v;
+        }
+    }
     let (tiles_m, tiles_k) = (w.tiles_m(), w.tiles_k());
     let work = n.saturating_mul(w.nnz().max(m));
 
@@ -210,6 +212,7 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
         let len = r_end - r_begin;
         let mut acc = vec![0.0f32; n * len];
         let mut scratch = TileScratch::new();
+        let mut row_sum = vec![0.0f32; n];
         for tm in tms {
             let r0 = tm * TILE_M;
             let rn = TILE_M.min(m - r0);
@@ -217,25 +220,30 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
                 let c0 = tk * TILE_K;
                 let cn = TILE_K.min(k - c0);
                 scratch.load::<T>(w.tile_words(tm * tiles_k + tk));
-                for i in 0..n {
-                    let xs = &xf[i * k + c0..i * k + c0 + cn];
-                    let out = &mut acc[i * len + (r0 - r_begin)..][..rn];
-                    if nonfinite[i] {
-                        // Dense semantics: every product, pruned zeros included.
-                        for (r, o) in out.iter_mut().enumerate() {
-                            *o += dot_f32(&scratch.dense[r * TILE_K..r * TILE_K + cn], xs);
-                        }
-                    } else {
-                        for (r, o) in out.iter_mut().enumerate() {
-                            let row =
-                                &scratch.entries[scratch.row_start[r]..scratch.row_start[r + 1]];
-                            let mut s = 0.0f32;
-                            for &e in row {
-                                let e = e as usize;
-                                s += scratch.dense[e] * xs[e - r * TILE_K];
+                for r in 0..rn {
+                    let out = r0 - r_begin + r;
+                    // Finite tokens: the stored entries only, in column order, all tokens
+                    // at once (the inner loop runs over contiguous tokens and vectorizes).
+                    let mask = scratch.stored[r];
+                    if mask != 0 {
+                        row_sum.fill(0.0);
+                        for c in columns(mask) {
+                            let v = scratch.dense[r * TILE_K + c];
+                            for (s, xv) in row_sum.iter_mut().zip(&xt[(c0 + c) * n..(c0 + c + 1) * n]) {
+                                *s += v * xv;
                             }
-                            *o += s;
                         }
+                        for (i, s) in row_sum.iter().enumerate() {
+                            if !nonfinite[i] {
+                                acc[i * len + out] += s;
+                            }
+                        }
+                    }
+                    // Tokens with NaN/±Inf: dense semantics, every product, pruned zeros
+                    // included.
+                    for i in (0..n).filter(|&i| nonfinite[i]) {
+                        let xs = &xf[i * k + c0..i * k + c0 + cn];
+                        acc[i * len + out] += dot_f32(&scratch.dense[r * TILE_K..r * TILE_K + cn], xs);
                     }
                 }
             }
@@ -436,7 +444,7 @@ mod tests {
         w = SparseWeight::from_dense(300, 200, &dense).unwrap();
         let before = linear_sparse(&x, 4, &w).unwrap();
         w.reorder_for_banks();
-        // Same summation order per row (entries are sorted on decode): bit-identical.
+        // Same summation order per row (entries visited in column order): bit-identical.
         assert_eq!(linear_sparse(&x, 4, &w).unwrap(), before);
     }
 
