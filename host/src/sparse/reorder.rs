@@ -202,10 +202,11 @@ fn arrange_block(block: &[u32], out: &mut [u32]) {
 /// multiple of 4): unlike [`arrange_block`], words may move between blocks, since any order
 /// of a tile's list decodes to the same tile. The store sets are the four residue classes
 /// of every aligned block (`4 · ceil(len / 128)` sets, a partial last block giving smaller
-/// ones). The groups of words sharing a 32-bit shared-memory word, sorted by bank, are dealt
-/// round-robin over the sets with room, at most one group of a bank per set; what does not
-/// fit that way goes, group by group, where it raises the set's conflict degree least.
-/// Depends only on the multiset of `tile`.
+/// ones). The groups of words sharing a 32-bit shared-memory word, most contended banks
+/// first, are dealt round-robin over the sets, each into the next set with room where it
+/// costs nothing (no group of its bank yet, or fewer than the conflicts the set already
+/// pays for); failing that, into the set whose conflict degree it raises least. Depends only
+/// on the multiset of `tile`.
 fn arrange_tile(tile: &[u32], out: &mut [u32]) {
     let len = tile.len();
     assert!(len.is_multiple_of(WORDS_PER_LOAD) && out.len() == len);
@@ -224,6 +225,7 @@ fn arrange_tile(tile: &[u32], out: &mut [u32]) {
     }
     sorted.sort_unstable_by_key(|&w| (std::cmp::Reverse(groups_per_bank[bank(w)]), bank(w), smem_word(w), w));
     let mut size = vec![0usize; n_sets];
+    let mut room: Vec<usize> = (0..n_sets).map(cap).collect();
     let mut load = vec![[0u16; SMEM_BANKS]; n_sets];
     let mut degree = vec![0u16; n_sets];
     let mut next = 0usize; // round-robin position
@@ -240,40 +242,41 @@ fn arrange_tile(tile: &[u32], out: &mut [u32]) {
         // its bank yet, or fewer than the set's degree already paid for) ...
         let free = (0..n_sets)
             .map(|d| (next + d) % n_sets)
-            .find(|&k| cap(k) - size[k] >= n && load[k][b] < degree[k].max(1));
+            .find(|&k| room[k] >= n && load[k][b] < degree[k].max(1));
         // ... else where it raises the degree least (a doubled set then takes a second group
         // of a later bank for free).
         let k = free.or_else(|| {
             (0..n_sets)
-                .filter(|&k| cap(k) - size[k] >= n)
-                .min_by_key(|&k| (load[k][b] + 1 > degree[k], load[k][b], std::cmp::Reverse(cap(k) - size[k]), k))
+                .filter(|&k| room[k] >= n)
+                .min_by_key(|&k| (load[k][b] + 1 > degree[k], load[k][b], std::cmp::Reverse(room[k]), k))
         });
         // Places `words` (of bank `b`) in set `k`.
-        let mut put = |k: usize, words: &[u32], size: &mut [usize]| {
+        let mut put = |k: usize, words: &[u32], size: &mut [usize], room: &mut [usize]| {
             for &w in words {
                 out[slot(k, size[k])] = w;
                 size[k] += 1;
+                room[k] -= 1;
             }
             load[k][b] += 1;
             degree[k] = degree[k].max(load[k][b]);
             next = (k + 1) % n_sets;
         };
         match k {
-            Some(k) => put(k, group, &mut size),
+            Some(k) => put(k, group, &mut size, &mut room),
             // No set has room for the whole group: word by word, where there is room.
             None => {
                 for w in group {
-                    let k = (0..n_sets).find(|&k| size[k] < cap(k)).expect("total capacity equals the tile length");
-                    put(k, std::slice::from_ref(w), &mut size);
+                    let k = (0..n_sets).find(|&k| room[k] > 0).expect("total capacity equals the tile length");
+                    put(k, std::slice::from_ref(w), &mut size, &mut room);
                 }
             }
         }
     }
-    debug_assert!((0..n_sets).all(|k| size[k] == cap(k)));
+    debug_assert!(room.iter().all(|&r| r == 0));
 }
 
 /// Below this many words per thread, [`SparseWeight::reorder_for_banks`] does not start
-/// another thread (about 150 ns of work per word).
+/// another thread (about 100–300 ns of work per word).
 const MIN_WORDS_PER_THREAD: usize = 1 << 15;
 
 /// Improves every block of `tile` in place where [`arrange_block`] lowers its cost.
@@ -311,11 +314,15 @@ fn reorder_tiles(words: &mut [u32], offsets: &[u32]) {
         if tile_cost(&mut seen, tile) == 0 {
             continue;
         }
+        improve_blocks(&mut seen, tile);
+        let blocks = tile_cost(&mut seen, tile);
+        if blocks == 0 {
+            continue; // conflict-free already (dense tiles): nothing to gain tile-wide
+        }
         whole.resize(tile.len(), 0);
         arrange_tile(tile, &mut whole);
         improve_blocks(&mut seen, &mut whole);
-        improve_blocks(&mut seen, tile);
-        if tile_cost(&mut seen, &whole) < tile_cost(&mut seen, tile) {
+        if tile_cost(&mut seen, &whole) < blocks {
             tile.copy_from_slice(&whole);
         }
     }
