@@ -34,12 +34,12 @@
 //!   store sets, at most one group of a bank per set where possible, then improved block by
 //!   block as above. A block holds whatever banks its 128 words happen to have; across the
 //!   whole tile every bank can be spread evenly. On random 256×64 tiles this cuts the
-//!   modelled wavefronts per store from 1.70 to 1.24 at 80% sparsity and from 1.89 to 1.34
-//!   at 90% (row order: 3.3 and 3.4; see the tests).
+//!   modelled wavefronts per store from 1.71 to 1.25 at 80% sparsity and from 1.91 to 1.35
+//!   at 90% (row order: 3.3 and 3.45; see the tests).
 //!
-//! Both candidates depend only on the tile's multiset, ties keep the block-by-block one, and
-//! it never raises a block's cost, so reordering is idempotent and the total
-//! [`SparseWeight::bank_conflict_wavefronts`] never increases.
+//! The tile-wide candidate depends only on the tile's multiset, the block-by-block one never
+//! raises a block's cost, and ties keep the block-by-block one, so reordering is idempotent
+//! and the total [`SparseWeight::bank_conflict_wavefronts`] never increases.
 
 use super::format::{word_pos, worker_threads, SparseWeight, CHUNK_WORDS, WORDS_PER_LOAD};
 use crate::element::Element;
@@ -485,7 +485,7 @@ mod tests {
             let mut rng = Rng::new(42);
             let dense = random_sparse::<f16>(&mut rng, 1024, 1024, sparsity);
             let mut w = SparseWeight::from_dense(1024, 1024, &dense).unwrap();
-            let stores = (w.words().len() / WORDS_PER_LOAD) as f64 / (BLOCK_WORDS / WORDS_PER_LOAD) as f64 * WORDS_PER_LOAD as f64;
+            let stores = w.words().len() as f64 / (BLOCK_WORDS / WORDS_PER_LOAD) as f64; // 4 per block
             let per_store = |extra: u64| 1.0 + extra as f64 / stores;
             let before = w.bank_conflict_wavefronts();
             let blocks = block_by_block(&w);
