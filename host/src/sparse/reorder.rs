@@ -214,16 +214,27 @@ fn arrange_tile(tile: &[u32], out: &mut [u32]) {
     // Set k: block k / 4, residue k % 4; its i-th word goes to `slot(k, i)`.
     let cap = |k: usize| (len - (k / WORDS_PER_LOAD) * BLOCK_WORDS).min(BLOCK_WORDS) / WORDS_PER_LOAD;
     let slot = |k: usize, i: usize| (k / WORDS_PER_LOAD) * BLOCK_WORDS + WORDS_PER_LOAD * i + k % WORDS_PER_LOAD;
-    // Groups of words sharing a 32-bit shared-memory word, of the most contended banks first.
-    let mut groups_per_bank = [0usize; SMEM_BANKS];
-    let mut sorted = tile.to_vec();
-    sorted.sort_unstable_by_key(|&w| (smem_word(w), w));
-    for (i, &w) in sorted.iter().enumerate() {
-        if i == 0 || smem_word(sorted[i - 1]) != smem_word(w) {
+    // Groups of words sharing a 32-bit shared-memory word, of the most contended banks first:
+    // sorted by (fewest groups last, bank, word), one u64 key each (a word's high half is its
+    // position, so ordering by the word orders by shared-memory word too).
+    let mut groups_per_bank = [0u64; SMEM_BANKS];
+    let mut seen: Box<Seen> = Box::new([0; SEEN_WORDS]);
+    for &w in tile {
+        let k = smem_word(w) as usize;
+        if seen[k / 64] & (1 << (k % 64)) == 0 {
+            seen[k / 64] |= 1 << (k % 64);
             groups_per_bank[bank(w)] += 1;
         }
     }
-    sorted.sort_unstable_by_key(|&w| (std::cmp::Reverse(groups_per_bank[bank(w)]), bank(w), smem_word(w), w));
+    let mut keys: Vec<u64> = tile
+        .iter()
+        .map(|&w| {
+            let b = bank(w);
+            ((u64::from(u16::MAX) - groups_per_bank[b]) << 37) | ((b as u64) << 32) | u64::from(w)
+        })
+        .collect();
+    keys.sort_unstable();
+    let sorted: Vec<u32> = keys.iter().map(|&key| key as u32).collect();
     let mut size = vec![0usize; n_sets];
     let mut room: Vec<usize> = (0..n_sets).map(cap).collect();
     let mut load = vec![[0u16; SMEM_BANKS]; n_sets];
