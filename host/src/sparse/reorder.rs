@@ -69,9 +69,29 @@ const SEEN_WORDS: usize = (1 << 15) / 64;
 /// Scratch set of 32-bit shared-memory words (one bit each), empty between uses.
 type Seen = [u64; SEEN_WORDS];
 
+/// Distinct 32-bit shared-memory words of `words` in each bank. `seen` must be empty, and
+/// is left empty.
+fn distinct_per_bank(seen: &mut Seen, words: impl Iterator<Item = u32> + Clone) -> [u32; SMEM_BANKS] {
+    let mut per_bank = [0u32; SMEM_BANKS];
+    for w in words.clone() {
+        let k = smem_word(w) as usize;
+        let (i, bit) = (k / 64, 1u64 << (k % 64));
+        if seen[i] & bit == 0 {
+            seen[i] |= bit;
+            per_bank[k % SMEM_BANKS] += 1;
+        }
+    }
+    for w in words {
+        seen[smem_word(w) as usize / 64] = 0;
+    }
+    per_bank
+}
+
 /// Conflict degree of one store instruction writing `set` (at most 32 words): the largest
 /// number of distinct 32-bit shared-memory words falling into one bank. 0 for an empty set.
 /// `seen` must be empty, and is left empty.
+/// The hot loop of [`block_cost`]: it keeps the maximum while counting instead of going
+/// through [`distinct_per_bank`]'s array.
 fn conflict_degree(seen: &mut Seen, set: impl Iterator<Item = u32> + Clone) -> u32 {
     let mut per_bank = [0u32; SMEM_BANKS];
     let mut degree = 0;
@@ -206,37 +226,29 @@ fn arrange_block(block: &[u32], out: &mut [u32]) {
 /// first, are dealt round-robin over the sets, each into the next set with room where it
 /// costs nothing (no group of its bank yet, or fewer than the conflicts the set already
 /// pays for); failing that, into the set whose conflict degree it raises least. Depends only
-/// on the multiset of `tile`.
-fn arrange_tile(tile: &[u32], out: &mut [u32]) {
+/// on the multiset of `tile`. `seen` must be empty, and is left empty.
+fn arrange_tile(seen: &mut Seen, tile: &[u32], out: &mut [u32]) {
     let len = tile.len();
     assert!(len.is_multiple_of(WORDS_PER_LOAD) && out.len() == len);
     let n_sets = WORDS_PER_LOAD * len.div_ceil(BLOCK_WORDS);
     // Set k: block k / 4, residue k % 4; its i-th word goes to `slot(k, i)`.
-    let cap = |k: usize| (len - (k / WORDS_PER_LOAD) * BLOCK_WORDS).min(BLOCK_WORDS) / WORDS_PER_LOAD;
+    let caps: Vec<usize> =
+        (0..n_sets).map(|k| (len - (k / WORDS_PER_LOAD) * BLOCK_WORDS).min(BLOCK_WORDS) / WORDS_PER_LOAD).collect();
     let slot = |k: usize, i: usize| (k / WORDS_PER_LOAD) * BLOCK_WORDS + WORDS_PER_LOAD * i + k % WORDS_PER_LOAD;
     // Groups of words sharing a 32-bit shared-memory word, of the most contended banks first:
     // sorted by (fewest groups last, bank, word), one u64 key each (a word's high half is its
     // position, so ordering by the word orders by shared-memory word too).
-    let mut groups_per_bank = [0u64; SMEM_BANKS];
-    let mut seen: Box<Seen> = Box::new([0; SEEN_WORDS]);
-    for &w in tile {
-        let k = smem_word(w) as usize;
-        if seen[k / 64] & (1 << (k % 64)) == 0 {
-            seen[k / 64] |= 1 << (k % 64);
-            groups_per_bank[bank(w)] += 1;
-        }
-    }
+    let groups_per_bank = distinct_per_bank(seen, tile.iter().copied());
     let mut keys: Vec<u64> = tile
         .iter()
         .map(|&w| {
             let b = bank(w);
-            ((u64::from(u16::MAX) - groups_per_bank[b]) << 37) | ((b as u64) << 32) | u64::from(w)
+            (u64::from(u16::MAX - groups_per_bank[b] as u16) << 37) | ((b as u64) << 32) | u64::from(w)
         })
         .collect();
     keys.sort_unstable();
     let sorted: Vec<u32> = keys.iter().map(|&key| key as u32).collect();
     let mut size = vec![0usize; n_sets];
-    let mut room: Vec<usize> = (0..n_sets).map(cap).collect();
     let mut load = vec![[0u16; SMEM_BANKS]; n_sets];
     let mut degree = vec![0u16; n_sets];
     let mut next = 0usize; // round-robin position
@@ -253,37 +265,36 @@ fn arrange_tile(tile: &[u32], out: &mut [u32]) {
         // its bank yet, or fewer than the set's degree already paid for) ...
         let free = (0..n_sets)
             .map(|d| (next + d) % n_sets)
-            .find(|&k| room[k] >= n && load[k][b] < degree[k].max(1));
+            .find(|&k| caps[k] - size[k] >= n && load[k][b] < degree[k].max(1));
         // ... else where it raises the degree least (a doubled set then takes a second group
         // of a later bank for free).
         let k = free.or_else(|| {
             (0..n_sets)
-                .filter(|&k| room[k] >= n)
-                .min_by_key(|&k| (load[k][b] + 1 > degree[k], load[k][b], std::cmp::Reverse(room[k]), k))
+                .filter(|&k| caps[k] - size[k] >= n)
+                .min_by_key(|&k| (load[k][b] + 1 > degree[k], load[k][b], std::cmp::Reverse(caps[k] - size[k]), k))
         });
         // Places `words` (of bank `b`) in set `k`.
-        let mut put = |k: usize, words: &[u32], size: &mut [usize], room: &mut [usize]| {
+        let mut put = |k: usize, words: &[u32], size: &mut [usize]| {
             for &w in words {
                 out[slot(k, size[k])] = w;
                 size[k] += 1;
-                room[k] -= 1;
             }
             load[k][b] += 1;
             degree[k] = degree[k].max(load[k][b]);
             next = (k + 1) % n_sets;
         };
         match k {
-            Some(k) => put(k, group, &mut size, &mut room),
+            Some(k) => put(k, group, &mut size),
             // No set has room for the whole group: word by word, where there is room.
             None => {
                 for w in group {
-                    let k = (0..n_sets).find(|&k| room[k] > 0).expect("total capacity equals the tile length");
-                    put(k, std::slice::from_ref(w), &mut size, &mut room);
+                    let k = (0..n_sets).find(|&k| size[k] < caps[k]).expect("total capacity equals the tile length");
+                    put(k, std::slice::from_ref(w), &mut size);
                 }
             }
         }
     }
-    debug_assert!(room.iter().all(|&r| r == 0));
+    debug_assert_eq!(size, caps);
 }
 
 /// Below this many words per thread, [`SparseWeight::reorder_for_banks`] does not start
@@ -331,7 +342,7 @@ fn reorder_tiles(words: &mut [u32], offsets: &[u32]) {
             continue; // conflict-free already (dense tiles): nothing to gain tile-wide
         }
         whole.resize(tile.len(), 0);
-        arrange_tile(tile, &mut whole);
+        arrange_tile(&mut seen, tile, &mut whole);
         improve_blocks(&mut seen, &mut whole);
         if tile_cost(&mut seen, &whole) < blocks {
             tile.copy_from_slice(&whole);
@@ -693,43 +704,28 @@ mod tests {
         out
     }
 
-    /// A lower bound on the extra wavefronts of any within-block permutation: the four stores
-    /// of a block together must write every distinct 32-bit word of bank `b` at least once,
-    /// so `Σ_s degree_s >= D_b` for every bank, i.e. extra `>= max_b D_b - 4`.
-    fn lower_bound<T: Element>(w: &SparseWeight<T>) -> u64 {
-        let mut bound = 0;
-        for t in 0..w.num_tiles() {
-            for block in w.tile_words(t).chunks(BLOCK_WORDS) {
-                let mut keys: Vec<u16> = block.iter().map(|&x| smem_word(x)).collect();
-                keys.sort_unstable();
-                keys.dedup();
-                let mut per_bank = [0u64; SMEM_BANKS];
-                for k in keys {
-                    per_bank[k as usize % SMEM_BANKS] += 1;
-                }
-                let most = per_bank.iter().copied().max().unwrap_or(0);
-                bound += most.saturating_sub(WORDS_PER_LOAD as u64);
-            }
-        }
-        bound
+    /// A lower bound on the extra wavefronts of any arrangement of `words` into `sets` store
+    /// sets: together they must write every distinct 32-bit word of bank `b` at least once, so
+    /// `Σ_s degree_s ≥ D_b` for every bank, i.e. extra `≥ max_b D_b - sets`.
+    fn bound(words: &[u32], sets: usize) -> u64 {
+        let most = distinct_per_bank(&mut [0; SEEN_WORDS], words.iter().copied()).into_iter().max().unwrap_or(0);
+        u64::from(most).saturating_sub(sets as u64)
     }
 
-    /// A lower bound on the extra wavefronts of any permutation inside each tile: with `S`
-    /// store sets in a tile, `Σ_s degree_s ≥ D_b` for every bank (`D_b` its distinct 32-bit
-    /// words in the tile), i.e. extra `≥ max_b D_b - S`.
+    /// [`bound`] summed over the blocks (any within-block permutation).
+    fn lower_bound<T: Element>(w: &SparseWeight<T>) -> u64 {
+        (0..w.num_tiles())
+            .flat_map(|t| w.tile_words(t).chunks(BLOCK_WORDS))
+            .map(|block| bound(block, WORDS_PER_LOAD))
+            .sum()
+    }
+
+    /// [`bound`] summed over the tiles (any permutation inside each tile).
     fn tile_lower_bound<T: Element>(w: &SparseWeight<T>) -> u64 {
         (0..w.num_tiles())
             .map(|t| {
                 let words = w.tile_words(t);
-                let mut keys: Vec<u16> = words.iter().map(|&x| smem_word(x)).collect();
-                keys.sort_unstable();
-                keys.dedup();
-                let mut per_bank = [0u64; SMEM_BANKS];
-                for k in keys {
-                    per_bank[k as usize % SMEM_BANKS] += 1;
-                }
-                let sets = (WORDS_PER_LOAD * words.len().div_ceil(BLOCK_WORDS)) as u64;
-                per_bank.iter().copied().max().unwrap_or(0).saturating_sub(sets)
+                bound(words, WORDS_PER_LOAD * words.len().div_ceil(BLOCK_WORDS))
             })
             .sum()
     }
