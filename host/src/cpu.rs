@@ -196,6 +196,7 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
     let nonfinite: Vec<bool> = (0..n)
         .map(|i| xf[i * k..(i + 1) * k].iter().any(|v| !v.is_finite()))
         .collect();
+    let nonfinite_tokens: Vec<usize> = (0..n).filter(|&i| nonfinite[i]).collect();
     // Xᵀ (k × n): a stored entry (r, c) multiplies column c of X, all tokens contiguous.
     let mut xt = vec![0.0f32; k * n];
     for (i, row) in xf.chunks_exact(k.max(1)).enumerate() {
@@ -241,7 +242,7 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
                     }
                     // Tokens with NaN/±Inf: dense semantics, every product, pruned zeros
                     // included.
-                    for i in (0..n).filter(|&i| nonfinite[i]) {
+                    for &i in &nonfinite_tokens {
                         let xs = &xf[i * k + c0..i * k + c0 + cn];
                         acc[i * len + out] += dot_f32(&scratch.dense[r * TILE_K..r * TILE_K + cn], xs);
                     }
