@@ -413,7 +413,7 @@ fn setup() -> Option<Bench> {
     unsafe { cust::sys::cuDriverGetVersion(&mut driver) };
     let driver = format!("CUDA {}.{}", driver / 1000, driver % 1000 / 10);
     let copy_bw = copy_bandwidth(&gpu);
-    println!("device: {} ({} SMs), driver API {driver}, cuBLAS {} ({})", gpu.name(), gpu.sm_count(), cublas.version().unwrap_or(0), cublas.path().display());
+    println!("device: {} ({} SMs, {} kernels), driver API {driver}, cuBLAS {} ({})", gpu.name(), gpu.sm_count(), gpu.ptx_target(), cublas.version().unwrap_or(0), cublas.path().display());
     println!("device-to-device copy: {:.3} TB/s (read + write)", copy_bw / 1e12);
     Some(Bench { gpu, cublas, driver, copy_bw })
 }

@@ -1,9 +1,11 @@
 //! Builds the device crate `gpu/` to PTX and hands it to the host crate (the role
 //! `cuda_builder` plays in Rust-CUDA).
 //!
-//! Runs a nested `cargo build --target nvptx64-nvidia-cuda -Zbuild-std=core` with
+//! Runs a nested `cargo build --target nvptx64-nvidia-cuda -Zbuild-std=core` twice: with
 //! `-C target-cpu=sm_80` (Tensor Core `mma.sync`, `cp.async`, `ldmatrix`; runs on A100 and
-//! H100) and PTX ISA 7.4 (`+ptx74`: L2 cache policies and `discard`), in its own target
+//! H100) and PTX ISA 7.4 (`+ptx74`: L2 cache policies and `discard`), and with sm_90, PTX 8.3
+//! and `--cfg sm90` (instructions only Hopper has; `Gpu` loads this one on compute
+//! capability 9.x). Each runs in its own target
 //! directory and with the outer build's cargo/rustc variables removed (else the nested cargo
 //! waits on the outer one's lock or inherits host flags). A kernel that does not compile fails this build with the compiler's message.
 
@@ -25,7 +27,35 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("rust-toolchain.toml").display());
 
     let toolchain = pinned_toolchain(&root.join("rust-toolchain.toml"));
-    let target_dir = out.join("gpu-target");
+    for build in BUILDS {
+        let ptx = build_ptx(&gpu, &out.join(build.dir), &toolchain, build.rustflags);
+        std::fs::write(out.join(build.file), add_launch_bounds(&ptx)).expect("writing the PTX");
+    }
+}
+
+/// One PTX build of the device crate.
+struct PtxBuild {
+    /// `CARGO_ENCODED_RUSTFLAGS` of the nested build.
+    rustflags: &'static str,
+    /// Its own target directory (under `OUT_DIR`), so the two builds do not rebuild each other.
+    dir: &'static str,
+    /// The PTX file written to `OUT_DIR` (embedded by `host/src/lib.rs`).
+    file: &'static str,
+}
+
+/// The portable build (sm_80, PTX 7.4: A100, H100 and later) and the sm_90 build (PTX 8.3,
+/// `--cfg sm90`: the SpMM's A loads clear the tile as they read it, `atom.shared.exch.b128`).
+const BUILDS: [PtxBuild; 2] = [
+    PtxBuild { rustflags: "-Ctarget-cpu=sm_80\x1f-Ctarget-feature=+ptx74", dir: "gpu-target", file: "sparse_tc_gpu.ptx" },
+    PtxBuild {
+        rustflags: "-Ctarget-cpu=sm_90\x1f-Ctarget-feature=+ptx83\x1f--cfg\x1fsm90",
+        dir: "gpu-target-sm90",
+        file: "sparse_tc_gpu_sm90.ptx",
+    },
+];
+
+/// Runs the nested cargo build of `gpu/` into `target_dir` and returns the PTX text.
+fn build_ptx(gpu: &Path, target_dir: &Path, toolchain: &str, rustflags: &str) -> String {
     let mut cmd = Command::new("cargo");
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
@@ -39,12 +69,12 @@ fn main() {
     if let Ok(home) = env::var("RUSTUP_HOME") {
         cmd.env("RUSTUP_HOME", home);
     }
-    cmd.env("RUSTUP_TOOLCHAIN", &toolchain)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-cpu=sm_80\x1f-Ctarget-feature=+ptx74")
-        .current_dir(&gpu)
+    cmd.env("RUSTUP_TOOLCHAIN", toolchain)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .current_dir(gpu)
         .args(["build", "--release", "--target", "nvptx64-nvidia-cuda", "-Zbuild-std=core"])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(target_dir);
     let output = cmd.output().unwrap_or_else(|e| {
         panic!("could not run `cargo` to build the device crate (toolchain {toolchain}): {e}")
     });
@@ -53,12 +83,10 @@ fn main() {
         for line in stderr.lines() {
             println!("cargo:warning={line}");
         }
-        panic!("the device crate gpu/ failed to compile to PTX:\n{stderr}");
+        panic!("the device crate gpu/ failed to compile to PTX ({rustflags:?}):\n{stderr}");
     }
     let ptx = target_dir.join("nvptx64-nvidia-cuda/release/sparse_tc_gpu.ptx");
-    let text = std::fs::read_to_string(&ptx)
-        .unwrap_or_else(|e| panic!("device build produced no PTX at {}: {e}", ptx.display()));
-    std::fs::write(out.join("sparse_tc_gpu.ptx"), add_launch_bounds(&text)).expect("writing the PTX");
+    std::fs::read_to_string(&ptx).unwrap_or_else(|e| panic!("device build produced no PTX at {}: {e}", ptx.display()))
 }
 
 /// Writes `layout::LAUNCH_BOUNDS` into the PTX: `.maxntid T, 1, 1` and `.minnctapersm B`

@@ -70,6 +70,38 @@ fn ldmatrix_a_from_swizzled_tile_gives_mma_fragment() {
     }
 }
 
+/// The SpMM's rebuilt tile is fragment-native: `warp_mma_frag_tile` has lane `l` of warp `w`
+/// load the 16 bytes at `((w·MT·4 + mt·4 + kk)·32 + l)·16`; check they are exactly the A
+/// fragment of m-tile `mt`, k-step `kk` of the warp's rows, for the 4-warp (MT = 4) and
+/// 8-warp (MT = 2) blocks of a 256×64 tile.
+#[test]
+fn frag_native_tile_load_gives_mma_fragment() {
+    let mut smem = vec![u16::MAX; SPARSE_TILE_M * TILE_K];
+    for r in 0..SPARSE_TILE_M {
+        for c in 0..TILE_K {
+            smem[frag_pos(r, c)] = (r * 64 + c) as u16;
+        }
+    }
+    for mt_per_warp in [2, 4] {
+        for warp in 0..SPARSE_TILE_M / (16 * mt_per_warp) {
+            for mt in 0..mt_per_warp {
+                for kk in 0..TILE_K / 16 {
+                    for lane in 0..32 {
+                        let block = warp * mt_per_warp * (TILE_K / 16) + mt * (TILE_K / 16) + kk;
+                        let byte = (block * 32 + lane) * 16;
+                        for half in 0..8 {
+                            let got = smem[byte / 2 + half] as usize;
+                            let (fr, fc) = frag_a_coord(lane, half);
+                            let want = ((warp * mt_per_warp + mt) * 16 + fr) * 64 + kk * 16 + fc;
+                            assert_eq!(got, want, "MT {mt_per_warp} warp {warp} mt {mt} kk {kk} lane {lane} a{half}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Same for the B fragments of two n-tiles loaded by one `ldmatrix.x4` from the X tile.
 #[test]
 fn ldmatrix_b_from_swizzled_tile_gives_mma_fragment() {

@@ -143,6 +143,29 @@ pub const fn unswizzle_pos(pos: usize) -> (usize, usize) {
     (row, chunk * 8 + pos % 8)
 }
 
+/// Element index (in halves) of tile entry (`row`, `col`) in the *fragment-native* sparse
+/// tile: the tile is a sequence of 16×16 blocks (`(row / 16)·4 + col / 16` for 64 columns),
+/// each 512 bytes, in which lane `l`'s 16 bytes are exactly its `mma.m16n8k16` A fragment
+/// (registers a0a1, a2a3, a4a5, a6a7; [`frag_a_coord`]). A warp then loads a fragment with
+/// one 16-byte access per lane at `(block·32 + lane)·16` bytes, which may also clear it.
+pub const fn frag_pos(row: usize, col: usize) -> usize {
+    let block = (row / 16) * (TILE_K / 16) + col / 16;
+    let (r, c) = (row % 16, col % 16);
+    let lane = (r % 8) * 4 + (c % 8) / 2;
+    let reg = r / 8 + 2 * (c / 8);
+    (block * 32 + lane) * 8 + reg * 2 + c % 2
+}
+
+/// Inverse of [`frag_pos`]: (row, col) inside the tile.
+pub const fn frag_pos_inverse(pos: usize) -> (usize, usize) {
+    let block = pos / 256;
+    let lane = (pos / 8) % 32;
+    let reg = (pos / 2) % 4;
+    let r = (lane / 4) + 8 * (reg % 2);
+    let c = (lane % 4) * 2 + pos % 2 + 8 * (reg / 2);
+    ((block / (TILE_K / 16)) * 16 + r, (block % (TILE_K / 16)) * 16 + c)
+}
+
 // ---- Fragment layouts of mma.m16n8k16 (PTX ISA 9.7.14.5.8, "Matrix Fragments for
 // mma.m16n8k16 with floating point type"). groupID = lane / 4, threadID_in_group = lane % 4.
 

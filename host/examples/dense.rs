@@ -32,7 +32,7 @@ fn main() -> Result<()> {
             return Ok(());
         }
     };
-    println!("GPU: {} ({} SMs)", gpu.name(), gpu.sm_count());
+    println!("GPU: {} ({} SMs, {} kernels)", gpu.name(), gpu.sm_count(), gpu.ptx_target());
     let dw = gpu.upload(m, k, &w)?;
     let dx = gpu.upload(n, k, &x)?;
     let mut dy = gpu.zeros(n, m)?;

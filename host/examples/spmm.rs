@@ -58,7 +58,7 @@ fn main() -> Result<()> {
             return Ok(());
         }
     };
-    println!("GPU: {} ({} SMs)", gpu.name(), gpu.sm_count());
+    println!("GPU: {} ({} SMs, {} kernels)", gpu.name(), gpu.sm_count(), gpu.ptx_target());
     let dx = gpu.upload(n, k, &x)?;
     let dw_dense = gpu.upload(m, k, &pruned)?;
     let dw_sparse = gpu.upload_sparse(&sparse)?;

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::sparse::{unswizzle, word_bits, word_pos, SparseWeight, TILE_ELEMS, TILE_K, TILE_M};
+use crate::sparse::{tile_coord, word_bits, word_pos, SparseWeight, TILE_ELEMS, TILE_K, TILE_M};
 
 /// Multiply-adds below which one thread is used: spawning costs more than it saves.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
@@ -154,7 +154,7 @@ impl TileScratch {
             *mask = 0;
         }
         for &w in words {
-            let (r, c) = unswizzle(word_pos(w));
+            let (r, c) = tile_coord(word_pos(w));
             if self.stored[r] & (1 << c) == 0 {
                 self.stored[r] |= 1 << c;
                 self.dense[r * TILE_K + c] = T::from_bits(word_bits(w)).to_f32();

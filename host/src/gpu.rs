@@ -25,6 +25,7 @@ pub struct Gpu {
     pub(crate) smem: SharedMemory,
     name: String,
     compute_capability: (i32, i32),
+    ptx_target: &'static str,
     context: Context,
 }
 
@@ -83,9 +84,13 @@ impl Gpu {
             reserved_per_block: raw_attr(A::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK)?,
         };
         let context = Context::new(device).map_err(|e| Error::driver("creating context", e))?;
-        let module = Module::from_ptx(crate::PTX, &[]).map_err(|e| Error::driver("loading PTX module", e))?;
+        // The sm_90 build on Hopper and later, unless SPARSE_TC_PTX=sm_80 asks for the
+        // portable one (the tests run both on an H100).
+        let portable = std::env::var("SPARSE_TC_PTX").is_ok_and(|v| v == "sm_80");
+        let (ptx_target, ptx) = if cc.0 >= 9 && !portable { ("sm_90", crate::PTX_SM90) } else { ("sm_80", crate::PTX) };
+        let module = Module::from_ptx(ptx, &[]).map_err(|e| Error::driver("loading PTX module", e))?;
         let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| Error::driver("creating stream", e))?;
-        Ok(Gpu { stream, module, workspace: RefCell::new(None), kernels: RefCell::default(), sm_count, smem, name, compute_capability: cc, context })
+        Ok(Gpu { stream, module, workspace: RefCell::new(None), kernels: RefCell::default(), sm_count, smem, name, compute_capability: cc, ptx_target, context })
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".
@@ -96,6 +101,13 @@ impl Gpu {
     /// Compute capability (major, minor).
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    /// The PTX build whose kernels this handle runs: `"sm_90"` ([`crate::PTX_SM90`]) on compute
+    /// capability 9.0 and later, else `"sm_80"` ([`crate::PTX`]). The environment variable
+    /// `SPARSE_TC_PTX=sm_80` selects the portable build on any device (for testing it).
+    pub fn ptx_target(&self) -> &'static str {
+        self.ptx_target
     }
 
     /// Number of streaming multiprocessors.

@@ -45,5 +45,9 @@ pub use linear::{BlockShape, LinearOptions, LinearWeight};
 pub use matrix::{DeviceMatrix, DeviceSparseWeight};
 pub use sparse::SparseWeight;
 
-/// The PTX of the device crate, built by `host/build.rs`.
+/// The PTX of the device crate for sm_80 and later (A100, H100, …), built by `host/build.rs`.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_tc_gpu.ptx"));
+
+/// The PTX of the device crate for sm_90 and later (H100, …), with instructions the portable
+/// build cannot use; [`Gpu`] loads it on compute capability 9.0+ (see [`Gpu::ptx_target`]).
+pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_tc_gpu_sm90.ptx"));

@@ -7,7 +7,10 @@ use sparse_tc::{Element, Gpu};
 /// The GPU, or `None` after printing why the calling test is skipped.
 pub fn gpu(test: &str) -> Option<Gpu> {
     match Gpu::new() {
-        Ok(g) => Some(g),
+        Ok(g) => {
+            println!("{test}: {} with the {} kernels", g.name(), g.ptx_target());
+            Some(g)
+        }
         Err(e) => {
             println!("SKIPPED {test}: no usable GPU ({e})");
             None

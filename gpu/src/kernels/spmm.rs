@@ -4,8 +4,9 @@
 //! # Format
 //! W is cut into `SPARSE_TILE_M`×64 = 256×64 tiles (row-major over tiles). Tile t's nonzeros
 //! are the 32-bit words `words[tile_offsets[t] .. tile_offsets[t+1]]`, each
-//! `pos << 16 | value_bits`, where `pos` is the element's index in the *swizzled* shared tile
-//! (`layout::swizzled_pos`). Lists are padded by repeating a real word, to a multiple of 32
+//! `pos << 16 | value_bits`, where `pos` is the element's index in the *fragment-native*
+//! shared tile (`layout::frag_pos`: each 16×16 block is 512 bytes in which every lane's 16
+//! bytes are its `mma` A fragment). Lists are padded by repeating a real word, to a multiple of 32
 //! words by the packer (128 bytes: each list starts on a cache line); any multiple of 4 works.
 //!
 //! # Pipeline
@@ -22,14 +23,19 @@
 //!
 //! Per chunk: wait for its group, barrier; scatter the chunk's words into the dense tile;
 //! barrier; refill the ring (the chunk's words are free once every thread passed the
-//! barrier). After a tile's last chunk, `ldmatrix` + `mma.sync` exactly as the dense kernel
-//! does. Then the tile is cleared for the next one, in one of two ways:
-//! - each warp zeroes the rows it read (`tile::warp_zero_rows`; no other warp reads them), so
-//!   the tile is clean when the next chunk's barrier lets the scatter in, with no extra
-//!   barrier;
-//! - a tile of ≤ 12.5% density (up to 16 tokens) keeps each thread's words in registers and
-//!   writes zeros back at their positions after the next barrier, followed by one more
-//!   barrier: at 90% sparsity that is a third of the shared-memory stores of zeroing.
+//! barrier). After a tile's last chunk, each warp loads the A fragments of its rows with one
+//! 16-byte load per lane (`tile::warp_mma_frag_tile`), the X tile's B fragments with
+//! `ldmatrix` as the dense kernel does, and runs `mma.sync`. The tile must be all zeros again
+//! before the next scatter; one of three ways:
+//! - in the `sm90` build (H100) up to 16 tokens, the A loads are 16-byte exchanges with zeros
+//!   (`atom.shared.exch.b128`), which on the H100 cost one shared-memory pass, like a store
+//!   alone: the clear comes with the read (+4–6% at 80% sparsity, NOTES item 34);
+//! - else a tile of ≤ 12.5% density (up to 16 tokens) keeps each thread's words in
+//!   registers and writes zeros back at their positions after the next barrier, followed by
+//!   one more barrier: at 90% sparsity that is a third of the shared-memory stores of zeroing;
+//! - else each warp zeroes the rows it read (`tile::warp_zero_rows`; no other warp reads
+//!   them), so the tile is clean when the next chunk's barrier lets the scatter in, with no
+//!   extra barrier.
 //!
 //! One dense tile is enough: the first barrier of a step already waits for every warp's
 //! MMAs of the previous one, so a second buffer would buy no overlap, and the 32 KiB it would
@@ -46,7 +52,7 @@
 //! run exactly as many times as the chunk has groups for the thread (only the register-kept
 //! path has a fixed, predicated count of four).
 
-use super::tile::{load_tile_async, warp_mma_tile, warp_zero_rows, Epilogue, StreamRange};
+use super::tile::{load_tile_async, warp_mma_frag_tile, warp_zero_rows, Epilogue, StreamRange};
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::layout::{
@@ -341,12 +347,19 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let mut c = cursor();
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
-    // A sparse one-chunk tile keeps its words in registers (`kept`, `kept_len` > 0) and is
-    // cleared after the next barrier by writing zeros back (one more barrier, far fewer
-    // shared-memory writes than zeroing 32 KiB); other tiles are cleared by their warps' rows.
-    // (Not from 32 tokens on: the registers would cost the third block per SM.)
-    // Only one-chunk tiles are kept (the registers hold one chunk): at most the ring.
-    let (keep_tiles, keep_cap) = (NT < 4, ((4 * KEEP_GROUPS * THREADS) as u32).min(ring.words));
+    // How the dense tile is cleared after a tile's MMAs (see the module docs):
+    // - in the sm90 build up to 16 tokens (`take`), the MMAs' A loads are exchanges with
+    //   zeros;
+    // - else a sparse one-chunk tile (up to 16 tokens) keeps its words in registers (`kept`,
+    //   `kept_len` > 0) and is cleared after the next barrier by writing zeros back (one
+    //   more barrier, far fewer shared-memory writes than zeroing 32 KiB); only one-chunk
+    //   tiles are kept (the registers hold one chunk): at most the ring;
+    // - else each warp zeroes its rows.
+    // Neither from 32 tokens on: the kept words would cost the fourth block per SM, and the
+    // exchange measured 1–3% slower there, at 128 registers (NOTES item 34).
+    let take = cfg!(sm90) && NT <= 2;
+    let keep_tiles = !take && NT < 4;
+    let keep_cap = ((4 * KEEP_GROUPS * THREADS) as u32).min(ring.words);
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
     // First tile of the current row tile's segment.
     let mut segment = first_tile;
@@ -377,10 +390,11 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
         p.used -= len;
         refill(&mut p, c.tile);
         if last_chunk {
-            warp_mma_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc);
+            // With `take` the loads leave the warp's rows clear.
+            warp_mma_frag_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc, take);
             if keep {
                 kept_len = len;
-            } else {
+            } else if !take {
                 warp_zero_rows::<MT>(dense);
             }
             let row_end = c.kt + 1 == c.tiles_k;

@@ -8,7 +8,9 @@ use crate::layout::{
 };
 use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
 use crate::mma::{FragA, FragB, FragC, MmaElement};
-use crate::shared::{st_shared_v4_b32, SmemAddr};
+#[cfg(sm90)]
+use crate::shared::take_shared_v4_b32;
+use crate::shared::{ld_shared_v4_b32, st_shared_v4_b32, SmemAddr};
 use crate::sync::bar_warp_sync;
 use crate::thread::{block_idx_y, grid_dim_y, lane_idx, thread_idx_x, warp_idx};
 
@@ -141,6 +143,29 @@ impl TileStream {
     }
 }
 
+/// The B fragments of k-step `kk` (0..4) of an `(8·NT)`×64 swizzled X tile: `8·NT` tokens ×
+/// 16 k as NT 16×8 fragments.
+///
+/// # Safety
+/// All threads of the warp call it together; the X tile is complete and visible.
+#[inline(always)]
+unsafe fn load_b_frags<const NT: usize>(x_tile: SmemAddr, lane: usize, kk: usize) -> [FragB; NT] {
+    let mut b = [FragB::default(); NT];
+    if NT == 1 {
+        // lanes 0–15 supply the addresses of ldmatrix.x2
+        let (br, bc) = ldmatrix_b_src(lane % 16, 0, kk);
+        b[0] = FragB(ldmatrix_x2(x_tile.offset(swizzled_chunk_offset(br, bc))));
+    } else {
+        unroll!(pair in 0..NT / 2 => {
+            let (br, bc) = ldmatrix_b_src(lane, 2 * pair, kk);
+            let [b0, b1, b2, b3] = ldmatrix_x4(x_tile.offset(swizzled_chunk_offset(br, bc)));
+            b[2 * pair] = FragB([b0, b1]);
+            b[2 * pair + 1] = FragB([b2, b3]);
+        });
+    }
+    b
+}
+
 /// One warp's share of a block's W tile times an `(8·NT)`×64 X tile. The warp owns `16·MT`
 /// rows starting at `16·MT·warp` and computes, as 4 k16 steps,
 /// `acc[mt][nt] += W[rows of m-tile mt, :] · X[8·nt .. 8·nt+8, :]ᵀ`.
@@ -161,20 +186,7 @@ pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     let lane = lane_idx() as usize;
     let warp_row0 = warp_idx() as usize * 16 * MT;
     unroll!(kk in 0..4 => {
-        // B: 8·NT tokens × 16 k of X (NT × 16×8)
-        let mut b = [FragB::default(); NT];
-        if NT == 1 {
-            // lanes 0–15 supply the addresses of ldmatrix.x2
-            let (br, bc) = ldmatrix_b_src(lane % 16, 0, kk);
-            b[0] = FragB(ldmatrix_x2(x_tile.offset(swizzled_chunk_offset(br, bc))));
-        } else {
-            unroll!(pair in 0..NT / 2 => {
-                let (br, bc) = ldmatrix_b_src(lane, 2 * pair, kk);
-                let [b0, b1, b2, b3] = ldmatrix_x4(x_tile.offset(swizzled_chunk_offset(br, bc)));
-                b[2 * pair] = FragB([b0, b1]);
-                b[2 * pair + 1] = FragB([b2, b3]);
-            });
-        }
+        let b = load_b_frags::<NT>(x_tile, lane, kk);
         unroll!(mt in 0..MT => {
             // A: 16 rows × 16 k of W (16×16)
             let (ar, ac) = ldmatrix_a_src(lane, warp_row0 + 16 * mt, kk);
@@ -186,13 +198,55 @@ pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     });
 }
 
-/// Zeroes the `16·MT` rows of a W tile that this warp reads in [`warp_mma_tile`] (rows
+/// [`warp_mma_tile`] on a fragment-native W tile (`layout::frag_pos`, the SpMM's rebuilt
+/// tile): each A fragment is one 16-byte load per lane (4 wavefronts per warp, like
+/// `ldmatrix.x4`). With `take` (only in the `sm90` build) the load is an exchange with zeros,
+/// so the warp's rows of the W tile are clear once its MMAs have read them.
+///
+/// # Safety
+/// As [`warp_mma_tile`]; `take` only where `cfg!(sm90)`.
+#[inline(always)]
+pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize>(
+    w_tile: SmemAddr,
+    x_tile: SmemAddr,
+    acc: &mut [[FragC; NT]; MT],
+    take: bool,
+) {
+    const { assert!(NT == 1 || (NT % 2 == 0 && NT <= 8)) };
+    const { assert!(MT >= 1 && MT <= 4) };
+    let lane = lane_idx() as usize;
+    // The warp's 16·MT rows are its 16×16 blocks `warp_block0 ..` (4 per 16 rows).
+    let warp_block0 = warp_idx() as usize * MT * (TILE_K / 16);
+    unroll!(kk in 0..4 => {
+        let b = load_b_frags::<NT>(x_tile, lane, kk);
+        unroll!(mt in 0..MT => {
+            let at = w_tile.offset(((warp_block0 + mt * (TILE_K / 16) + kk) * 32 + lane) * 16);
+            let a = FragA(load_a_frag(at, take));
+            unroll!(nt in 0..NT => {
+                E::mma_m16n8k16(&mut acc[mt][nt], &a, &b[nt]);
+            });
+        });
+    });
+}
+
+/// This lane's 16 bytes of an A fragment, cleared behind it when `take` (sm90 build only).
+#[inline(always)]
+unsafe fn load_a_frag(at: SmemAddr, take: bool) -> [u32; 4] {
+    #[cfg(sm90)]
+    if take {
+        return take_shared_v4_b32(at);
+    }
+    debug_assert!(!take);
+    ld_shared_v4_b32(at)
+}
+
+/// Zeroes the `16·MT` rows of a W tile that this warp reads in [`warp_mma_frag_tile`] (rows
 /// `16·MT·warp ..`, 128 B each: one contiguous range), after the warp's reads of them.
 /// No other warp reads these rows, so no block barrier is needed: the SpMM kernel clears its
 /// rebuilt tile this way, each warp right after its MMAs.
 ///
 /// # Safety
-/// All threads of the warp call it together, after their `warp_mma_tile` on the same tile.
+/// All threads of the warp call it together, after their `warp_mma_frag_tile` on the same tile.
 #[inline(always)]
 pub unsafe fn warp_zero_rows<const MT: usize>(w_tile: SmemAddr) {
     let lane = lane_idx() as usize;

@@ -5,7 +5,7 @@
 //! | offset            | size             | field                                               |
 //! |-------------------|------------------|-----------------------------------------------------|
 //! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
-//! | 8                 | 4 (u32)          | version, = 2                                        |
+//! | 8                 | 4 (u32)          | version, = 3                                        |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags: bit 0 = words are bank-reordered; others 0   |
 //! | 14                | 2 (u16)          | reserved, = 0                                       |
@@ -26,6 +26,10 @@
 //! `0..4096`); version 2 changed only the tile geometry to 256 × 64, so the byte layout is the
 //! same but the arrays mean something else. A version-1 file is rejected with a message saying
 //! so: re-encode the weight from its dense source (or convert by decoding with 64 × 64 tiles).
+//! Version 3 changed only the meaning of the positions, from the row-swizzled tile
+//! (`layout::swizzled_pos`) to the fragment-native one (`layout::frag_pos`). A version-2 file
+//! is converted while loading: each position is remapped (a bijection of `0..16384`), and a
+//! bank-reordered weight is reordered again for the new banks.
 //!
 //! Nothing may follow the last checksum. FNV-1a 64 (offset basis `0xcbf29ce484222325`, prime
 //! `0x100000001b3`) is not cryptographic, but it detects every change of a single byte: each
@@ -43,15 +47,20 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
 use super::format::{
-    tile_grid, validate_offsets, SparseWeight, TILE_ELEMS, TILE_K, TILE_M, WORDS_PER_LOAD,
+    pack_word, tile_pos, tile_grid, validate_offsets, word_bits, word_pos, SparseWeight, TILE_ELEMS, TILE_K,
+    TILE_M, WORDS_PER_LOAD,
 };
+use crate::layout;
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 
 /// First 8 bytes of every sparse weight file.
 pub const MAGIC: [u8; 8] = *b"STCSPW\0\0";
-/// The file version this library writes and reads (2: 256 × 64 tiles).
-pub const VERSION: u32 = 2;
+/// The file version this library writes and reads (3: 256 × 64 tiles, fragment-native
+/// positions).
+pub const VERSION: u32 = 3;
+/// The last version with row-swizzled positions; converted while loading.
+const VERSION_ROW_SWIZZLED: u32 = 2;
 /// The last version with 64 × 64 tiles; such files are rejected with an explanation.
 const VERSION_64X64_TILES: u32 = 1;
 /// Bytes of the fixed header, checksum included.
@@ -110,8 +119,10 @@ const fn dtype_code(d: Dtype) -> u8 {
 }
 
 /// Writes a complete file from raw parts (no validation; `save` passes valid parts).
+#[allow(clippy::too_many_arguments)]
 fn write_parts<W: Write>(
     mut w: W,
+    version: u32,
     dtype: Dtype,
     flags: u8,
     rows: u64,
@@ -121,7 +132,7 @@ fn write_parts<W: Write>(
 ) -> Result<()> {
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(&MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&version.to_le_bytes());
     header.push(dtype_code(dtype));
     header.push(flags);
     header.extend_from_slice(&0u16.to_le_bytes());
@@ -211,6 +222,7 @@ impl<T: Element> SparseWeight<T> {
         let flags = if self.reordered { FLAG_REORDERED } else { 0 };
         write_parts(
             w,
+            VERSION,
             T::DTYPE,
             flags,
             self.rows as u64,
@@ -222,7 +234,9 @@ impl<T: Element> SparseWeight<T> {
 
     /// Reads and fully validates a weight written by [`save`](Self::save).
     ///
-    /// Errors: [`Error::Format`] for a wrong magic, a version other than [`VERSION`] (a
+    /// Reads version-2 files too, converting their positions (see the [module docs](self)).
+    ///
+    /// Errors: [`Error::Format`] for a wrong magic, a version other than [`VERSION`] or 2 (a
     /// version-1 file, with 64×64 tiles, gets a message saying the tile geometry changed),
     /// dtype different from `T`,
     /// checksum mismatch (naming the section), truncation, trailing bytes, or arrays that
@@ -241,9 +255,10 @@ impl<T: Element> SparseWeight<T> {
                  reads version {VERSION} only)"
             )));
         }
-        if version != VERSION {
+        if version != VERSION && version != VERSION_ROW_SWIZZLED {
             return Err(Error::Format(format!(
-                "unsupported file version {version} (this library reads version {VERSION})"
+                "unsupported file version {version} (this library reads versions \
+                 {VERSION_ROW_SWIZZLED} and {VERSION})"
             )));
         }
         if le_u64(&h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
@@ -306,7 +321,7 @@ impl<T: Element> SparseWeight<T> {
 
         let offsets = read_section(&mut r, tiles + 1, "tile_offsets")?;
         validate_offsets(tiles, &offsets, n_words)?;
-        let words = read_section(&mut r, n_words, "words")?;
+        let mut words = read_section(&mut r, n_words, "words")?;
         let mut probe = [0u8; 1];
         loop {
             match r.read(&mut probe) {
@@ -320,7 +335,25 @@ impl<T: Element> SparseWeight<T> {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        Self::from_parts(rows, cols, offsets, words, flags & FLAG_REORDERED != 0)
+        let reordered = flags & FLAG_REORDERED != 0;
+        if version == VERSION_ROW_SWIZZLED {
+            for w in &mut words {
+                let pos = usize::from(word_pos(*w));
+                if pos >= TILE_ELEMS {
+                    return Err(Error::Format(format!(
+                        "word position {pos} is outside the {TILE_M}×{TILE_K} tile"
+                    )));
+                }
+                let (r, c) = layout::unswizzle_pos(pos);
+                *w = pack_word(tile_pos(r, c), word_bits(*w));
+            }
+            let mut weight = Self::from_parts(rows, cols, offsets, words, false)?;
+            if reordered {
+                weight.reorder_for_banks();
+            }
+            return Ok(weight);
+        }
+        Self::from_parts(rows, cols, offsets, words, reordered)
     }
 
     /// [`save`](Self::save) to a file (created or truncated).
@@ -376,7 +409,7 @@ mod tests {
         let n_words = w.words().len();
         assert_eq!(bytes.len(), HEADER_BYTES + 4 * n_off + 8 + 4 * n_words + 8);
         assert_eq!(&bytes[..8], b"STCSPW\0\0");
-        assert_eq!(le_u32(&bytes, 8), 2);
+        assert_eq!(le_u32(&bytes, 8), 3);
         assert_eq!(bytes[12], 0);
         assert_eq!(bytes[13], 0);
         assert_eq!(le_u16(&bytes, 14), 0);
@@ -462,8 +495,8 @@ mod tests {
         b[0] = b'X';
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("magic"));
         let mut b = bytes.clone();
-        b[8] = 3;
-        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 3"));
+        b[8] = 4;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 4"));
         let mut b = bytes.clone();
         b[20] ^= 1;
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("header checksum"));
@@ -489,7 +522,7 @@ mod tests {
         n_words: Option<u64>,
     ) -> Vec<u8> {
         let mut b = Vec::new();
-        write_parts(&mut b, dtype, flags, rows, cols, offsets, words).unwrap();
+        write_parts(&mut b, VERSION, dtype, flags, rows, cols, offsets, words).unwrap();
         if let Some(n) = n_offsets {
             b[32..40].copy_from_slice(&n.to_le_bytes());
         }
@@ -528,6 +561,50 @@ mod tests {
         let mut b = bytes.clone();
         b[8] = 1;
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("tile geometry"));
+    }
+
+    #[test]
+    fn version_2_files_are_converted_to_fragment_native_positions() {
+        // A weight written as version 2 (row-swizzled positions) loads as the same weight,
+        // reordered again when the file says it was.
+        let mut rng = 0x5eed_u64;
+        let (rows, cols) = (300, 130);
+        let dense: Vec<f16> = (0..rows * cols)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                if rng % 10 < 7 { f16::ZERO } else { f16::from_f32((rng % 1000) as f32 / 100.0 - 5.0) }
+            })
+            .collect();
+        for reorder in [false, true] {
+            let mut w = SparseWeight::<f16>::from_dense(rows, cols, &dense).unwrap();
+            if reorder {
+                w.reorder_for_banks();
+            }
+            let old: Vec<u32> = w
+                .words()
+                .iter()
+                .map(|&x| {
+                    let (r, c) = layout::frag_pos_inverse(usize::from(word_pos(x)));
+                    pack_word(layout::swizzled_pos(r, c) as u16, word_bits(x))
+                })
+                .collect();
+            let flags = if reorder { FLAG_REORDERED } else { 0 };
+            let mut b = Vec::new();
+            write_parts(&mut b, 2, Dtype::F16, flags, rows as u64, cols as u64, w.tile_offsets(), &old).unwrap();
+            let back = SparseWeight::<f16>::load(&b[..]).unwrap();
+            assert_eq!(back.to_dense(), dense);
+            assert_eq!(back.is_reordered(), reorder);
+            // Same list (reordering is idempotent, so a reordered weight stays as it was).
+            assert_eq!(back.words(), w.words());
+            // A position outside the tile is an error, not wrapped into it.
+            let mut bad = old.clone();
+            bad[0] = pack_word(u16::MAX, 0x3c00);
+            let mut b = Vec::new();
+            write_parts(&mut b, 2, Dtype::F16, flags, rows as u64, cols as u64, w.tile_offsets(), &bad).unwrap();
+            assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("outside"));
+        }
     }
 
     #[test]
@@ -590,7 +667,7 @@ mod tests {
     #[test]
     fn content_validation_runs_after_checksums() {
         // Valid checksums, but the single word of a 10×10 weight addresses row 20.
-        let bad = crate::sparse::pack_word(crate::sparse::swizzled_pos(20, 0), 0x3c00);
+        let bad = crate::sparse::pack_word(crate::sparse::tile_pos(20, 0), 0x3c00);
         let b = raw_file(Dtype::F16, 0, 10, 10, &[0, 4], &[bad; 4], None, None);
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("outside"));
         // Offsets not multiple of 4.

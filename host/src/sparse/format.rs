@@ -37,37 +37,39 @@ const _: () = assert!(TILE_ELEMS.is_power_of_two());
 // A full tile needs no padding, so a tile's list never exceeds `TILE_ELEMS` words.
 const _: () = assert!(TILE_ELEMS.is_multiple_of(LIST_ALIGN_WORDS) && LIST_ALIGN_WORDS.is_multiple_of(WORDS_PER_LOAD));
 
-/// Element index of tile-local entry `(r, c)` in the kernel's XOR-swizzled shared-memory tile
-/// ([`layout::swizzled_pos`]).
+/// Element index of tile-local entry `(r, c)` in the kernel's *fragment-native* shared-memory
+/// tile ([`layout::frag_pos`]).
 ///
-/// Row `r` of the tile occupies elements `64*r .. 64*r + 64`; its 16-byte chunk `c / 8`
-/// (8 halves) is stored at chunk `(c / 8) ^ (r % 8)`, which spreads the 8 rows that share
-/// a column chunk over all 8 chunk slots (conflict-free `ldmatrix`):
+/// The tile is a row-major sequence of 16×16 blocks (4 per 16 rows), 256 elements (512 bytes)
+/// each; inside a block, lane `l`'s 8 elements are its `mma.m16n8k16` A fragment
+/// ([`layout::frag_a_coord`]: row `l/4` and `l/4 + 8`, columns `2(l%4)`, `+1`, `+8`, `+9`),
+/// so a warp reads a fragment with one conflict-free 16-byte access per lane:
 ///
-/// `pos = r*64 + (((c/8) ^ (r%8)) * 8) + c%8`, in `0..16384` for `r < 256`, `c < 64`.
+/// `pos = 256·((r/16)·4 + c/16) + 8·(4·(r%8) + (c%8)/2) + 2·((r%16)/8 + 2·((c%16)/8)) + c%2`,
+/// in `0..16384` for `r < 256`, `c < 64`.
 ///
 /// `r` must be below 256 and `c` below 64 (checked in debug builds; release builds use
 /// `r % 256`, `c % 64`).
-pub const fn swizzled_pos(r: usize, c: usize) -> u16 {
+pub const fn tile_pos(r: usize, c: usize) -> u16 {
     debug_assert!(r < TILE_M && c < TILE_K);
-    layout::swizzled_pos(r % TILE_M, c % TILE_K) as u16
+    layout::frag_pos(r % TILE_M, c % TILE_K) as u16
 }
 
-/// Inverse of [`swizzled_pos`] ([`layout::unswizzle_pos`]): the tile-local `(r, c)` stored
+/// Inverse of [`tile_pos`] ([`layout::frag_pos_inverse`]): the tile-local `(r, c)` stored
 /// at shared-memory element `pos`.
 ///
 /// `pos` must be below 16384 (checked in debug builds; release builds use `pos % 16384`).
-pub const fn unswizzle(pos: u16) -> (usize, usize) {
+pub const fn tile_coord(pos: u16) -> (usize, usize) {
     debug_assert!((pos as usize) < TILE_ELEMS);
-    layout::unswizzle_pos(pos as usize % TILE_ELEMS)
+    layout::frag_pos_inverse(pos as usize % TILE_ELEMS)
 }
 
-/// One Tiled-CSL word: swizzled position in the high half, raw element bits in the low half.
+/// One Tiled-CSL word: tile position in the high half, raw element bits in the low half.
 pub const fn pack_word(pos: u16, bits: u16) -> u32 {
     ((pos as u32) << 16) | bits as u32
 }
 
-/// The swizzled position of a word (see [`swizzled_pos`]).
+/// The tile position of a word (see [`tile_pos`]).
 pub const fn word_pos(word: u32) -> u16 {
     (word >> 16) as u16
 }
@@ -285,7 +287,7 @@ impl<T: Element> Source<'_, T> {
                 for (c, v) in dense[base..base + cn].iter().enumerate() {
                     let bits = v.to_bits();
                     let keep = !is_zero_bits(bits) & keeps(magnitude_key(bits), base + c);
-                    tile[n & (TILE_ELEMS - 1)] = pack_word(swizzled_pos(r, c), bits);
+                    tile[n & (TILE_ELEMS - 1)] = pack_word(tile_pos(r, c), bits);
                     n += usize::from(keep);
                 }
             }
@@ -547,7 +549,7 @@ impl<T: Element> SparseWeight<T> {
         for t in 0..self.num_tiles() {
             let (r0, c0) = self.tile_origin(t);
             for &w in self.tile_words(t) {
-                let (r, c) = unswizzle(word_pos(w));
+                let (r, c) = tile_coord(word_pos(w));
                 dense[(r0 + r) * self.cols + c0 + c] = T::from_bits(word_bits(w));
             }
         }
@@ -701,7 +703,7 @@ fn validate_tiles(
                     "tile {t}, word {j}: position {pos} is outside a {TILE_M}×{TILE_K} tile"
                 )));
             }
-            let (r, c) = unswizzle(pos as u16);
+            let (r, c) = tile_coord(pos as u16);
             if r >= rn || c >= cn {
                 return Err(Error::Format(format!(
                     "tile {t}, word {j}: entry ({}, {}) is outside the {rows}×{cols} matrix",
@@ -743,36 +745,38 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn swizzle_is_a_bijection_on_the_tile() {
+    fn tile_pos_is_a_bijection_on_the_tile() {
         let mut seen = vec![false; TILE_ELEMS];
         for r in 0..TILE_M {
             for c in 0..TILE_K {
-                let p = swizzled_pos(r, c);
+                let p = tile_pos(r, c);
                 assert!((p as usize) < TILE_ELEMS);
                 assert!(!seen[p as usize], "({r}, {c}) collides");
                 seen[p as usize] = true;
-                assert_eq!(unswizzle(p), (r, c));
-                // Stays in row r, and 8-element (16-byte) chunks move as a whole.
-                assert_eq!(p as usize / TILE_K, r);
-                assert_eq!(p as usize % 8, c % 8);
+                assert_eq!(tile_coord(p), (r, c));
+                // In the 512-byte block of its 16×16 block, as the lane and register half
+                // that hold it in the mma A fragment.
+                let (block, lane, half) = (p as usize / 256, (p as usize / 8) % 32, p as usize % 8);
+                assert_eq!(block, (r / 16) * 4 + c / 16);
+                assert_eq!(layout::frag_a_coord(lane, half), (r % 16, c % 16));
             }
         }
         assert!(seen.iter().all(|&s| s));
         for p in 0..TILE_ELEMS as u16 {
-            let (r, c) = unswizzle(p);
-            assert_eq!(swizzled_pos(r, c), p);
+            let (r, c) = tile_coord(p);
+            assert_eq!(tile_pos(r, c), p);
         }
         // Spot values from the formula.
-        assert_eq!(swizzled_pos(0, 0), 0);
-        assert_eq!(swizzled_pos(1, 0), 72);
-        assert_eq!(swizzled_pos(3, 17), 192 + 8 + 1);
-        assert_eq!(swizzled_pos(63, 63), 63 * 64 + 7);
-        // Rows past the old 64-row tile: same XOR pattern (r % 8), offset by 64 per row.
-        assert_eq!(swizzled_pos(64, 0), 4096);
-        assert_eq!(swizzled_pos(200, 9), 200 * 64 + 8 + 1);
-        assert_eq!(swizzled_pos(255, 63), 255 * 64 + 7);
-        assert_eq!(swizzled_pos(255, 0), 255 * 64 + 56);
-        assert_eq!(unswizzle(16383), (255, 7));
+        assert_eq!(tile_pos(0, 0), 0);
+        assert_eq!(tile_pos(0, 1), 1);
+        assert_eq!(tile_pos(0, 2), 8);
+        assert_eq!(tile_pos(1, 0), 32);
+        assert_eq!(tile_pos(8, 0), 2);
+        assert_eq!(tile_pos(0, 8), 4);
+        assert_eq!(tile_pos(0, 16), 256);
+        assert_eq!(tile_pos(16, 0), 1024);
+        assert_eq!(tile_pos(255, 63), 16383);
+        assert_eq!(tile_coord(16383), (255, 63));
         // 256 × 64 tile: positions 0..16384 use 14 of the 16 position bits.
         assert_eq!((TILE_M, TILE_K, TILE_ELEMS), (256, 64, 16384));
         assert!(TILE_ELEMS <= 1 << 14);
@@ -780,8 +784,8 @@ mod tests {
 
     #[test]
     fn agrees_with_the_device_layout() {
-        // The kernels take their constants and swizzle from `crate::layout` (shared with the
-        // device crate); the packer must produce exactly what they decode.
+        // The kernels take their constants and tile layout from `crate::layout` (shared with
+        // the device crate); the packer must produce exactly what they decode.
         use crate::layout;
         assert_eq!(TILE_M, layout::SPARSE_TILE_M);
         assert_eq!(TILE_K, layout::TILE_K);
@@ -796,9 +800,9 @@ mod tests {
         );
         for r in 0..TILE_M {
             for c in 0..TILE_K {
-                let p = swizzled_pos(r, c);
-                assert_eq!(layout::swizzled_pos(r, c), p as usize);
-                assert_eq!(layout::unswizzle_pos(p as usize), (r, c));
+                let p = tile_pos(r, c);
+                assert_eq!(layout::frag_pos(r, c), p as usize);
+                assert_eq!(layout::frag_pos_inverse(p as usize), (r, c));
             }
         }
     }
@@ -809,8 +813,8 @@ mod tests {
         assert_eq!(w, 0x3fff_beef);
         assert_eq!(word_pos(w), 16383);
         assert_eq!(word_bits(w), 0xbeef);
-        let w = pack_word(swizzled_pos(255, 0), 0x3c00);
-        assert_eq!(unswizzle(word_pos(w)), (255, 0));
+        let w = pack_word(tile_pos(255, 0), 0x3c00);
+        assert_eq!(tile_coord(word_pos(w)), (255, 0));
     }
 
     /// Checks the layout invariants against the dense source, including padding.
@@ -829,7 +833,7 @@ mod tests {
                 for c in 0..TILE_K.min(cols - c0) {
                     let bits = dense[(r0 + r) * cols + c0 + c].to_bits();
                     if !is_zero_bits(bits) {
-                        expect.push(pack_word(swizzled_pos(r, c), bits));
+                        expect.push(pack_word(tile_pos(r, c), bits));
                     }
                 }
             }
@@ -894,7 +898,7 @@ mod tests {
         let w = SparseWeight::from_dense(300, 70, &dense).unwrap();
         assert_eq!((w.tiles_m(), w.tiles_k()), (2, 2));
         assert_eq!(w.tile_offsets(), &[0, 32, 32, 32, 32]);
-        let last = pack_word(swizzled_pos(200, 14), f16::from_f32(5.0).to_bits());
+        let last = pack_word(tile_pos(200, 14), f16::from_f32(5.0).to_bits());
         assert_eq!(&w.words()[4..], &[last; 28]);
         assert_eq!(w.nnz(), 5);
         assert_eq!(w.to_dense(), dense);
@@ -1238,7 +1242,7 @@ mod tests {
             (12, 0, 5),
         ] {
             let mut ok = w.clone();
-            ok[at] = pack_word(swizzled_pos(r, c), 0x3c00);
+            ok[at] = pack_word(tile_pos(r, c), 0x3c00);
             let sw = SparseWeight::<f16>::from_parts(300, 70, o.clone(), ok, false)
                 .unwrap_or_else(|e| panic!("({r}, {c}) in word {at}: {e}"));
             let (r0, c0) = sw.tile_origin(at / 4);
@@ -1279,7 +1283,7 @@ mod tests {
             (12, 255, 63),
         ] {
             let mut bad = w.clone();
-            bad[at] = pack_word(swizzled_pos(r, c), 0x3c00);
+            bad[at] = pack_word(tile_pos(r, c), 0x3c00);
             let m = parts_err(o.clone(), bad);
             assert!(m.contains("outside the 300×70"), "({r}, {c}): {m}");
         }

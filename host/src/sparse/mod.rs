@@ -17,9 +17,10 @@
 //! matrix never appear.
 //!
 //! * `words`: every tile's nonzero entries, tile after tile. One entry is one `u32` word,
-//!   `(pos << 16) | value_bits`, where `pos` = [`swizzled_pos`]`(r, c)` =
-//!   `r*64 + ((c/8) ^ (r%8))*8 + c%8` is the element index of tile-local entry `(r, c)` in the
-//!   kernel's XOR-swizzled 256 × 64 shared-memory tile, so `pos < 16384` ([`TILE_ELEMS`]).
+//!   `(pos << 16) | value_bits`, where `pos` = [`tile_pos`]`(r, c)` is the element index of
+//!   tile-local entry `(r, c)` in the kernel's fragment-native 256 × 64 shared-memory tile
+//!   (16×16 blocks of 512 bytes, each lane's 16 bytes its `mma` A fragment), so
+//!   `pos < 16384` ([`TILE_ELEMS`]).
 //! * Each tile's list has a multiple of 4 words (the kernel loads 16 bytes at a time); the
 //!   packer pads it to a multiple of [`LIST_ALIGN_WORDS`] = 32 words (128 bytes, so lists
 //!   start on cache lines) by repeating the tile's last real word. Empty tiles have no words;
@@ -30,8 +31,8 @@
 //!   `words[tile_offsets[t] .. tile_offsets[t + 1]]`.
 //!
 //! Inside a tile the words are in row-major `(r, c)` order, unless the weight was passed
-//! through [`SparseWeight::reorder_for_banks`], which permutes words inside aligned 128-word
-//! blocks so that the kernel's shared-memory stores hit distinct banks (see [`reorder`]).
+//! through [`SparseWeight::reorder_for_banks`], which permutes the tile's words so that the
+//! kernel's shared-memory stores hit distinct banks (see [`reorder`]).
 //!
 //! Files: see [`file`](mod@file) for the byte layout written by [`SparseWeight::save`].
 
@@ -43,7 +44,7 @@ pub mod reorder;
 pub(crate) mod test_util;
 
 pub use format::{
-    pack_word, swizzled_pos, unswizzle, word_bits, word_pos, SparseWeight, CHUNK_WORDS, LIST_ALIGN_WORDS,
+    pack_word, tile_pos, tile_coord, word_bits, word_pos, SparseWeight, CHUNK_WORDS, LIST_ALIGN_WORDS,
     TILE_ELEMS, TILE_K, TILE_M, WORDS_PER_LOAD,
 };
 pub use reorder::{BLOCK_WORDS, SMEM_BANKS};
