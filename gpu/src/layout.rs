@@ -131,7 +131,8 @@ pub const fn swizzled_chunk_offset(row: usize, chunk: usize) -> usize {
 }
 
 /// Element index (in halves) of tile entry (`row`, `col`) in the swizzled shared tile
-/// (any number of 128-byte rows). This is the 16-bit position stored in each sparse word.
+/// (any number of 128-byte rows): the dense kernel's W and X tiles and the SpMM's X tiles.
+/// (Sparse words stored these positions up to file version 2; now [`frag_pos`].)
 pub const fn swizzled_pos(row: usize, col: usize) -> usize {
     swizzled_chunk_offset(row, col / 8) / 2 + col % 8
 }

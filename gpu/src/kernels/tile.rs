@@ -230,6 +230,11 @@ pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize
 }
 
 /// This lane's 16 bytes of an A fragment, cleared behind it when `take` (sm90 build only).
+///
+/// # Safety
+/// `at` is 16-byte aligned in the launch's dynamic shared memory, written and made visible
+/// by a barrier before; with `take`, no other thread reads those bytes before they are
+/// written again.
 #[inline(always)]
 unsafe fn load_a_frag(at: SmemAddr, take: bool) -> [u32; 4] {
     #[cfg(sm90)]
