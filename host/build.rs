@@ -5,7 +5,7 @@
 //! `-C target-cpu=sm_80` (Tensor Core `mma.sync`, `cp.async`, `ldmatrix`; runs on A100 and
 //! H100) and PTX ISA 7.4 (`+ptx74`: L2 cache policies and `discard`), and with sm_90, PTX 8.3
 //! and `--cfg sm90` (instructions only Hopper has; `Gpu` loads this one on compute
-//! capability 9.x). Each runs in its own target
+//! capability 9.0 and later). Each runs in its own target
 //! directory and with the outer build's cargo/rustc variables removed (else the nested cargo
 //! waits on the outer one's lock or inherits host flags). A kernel that does not compile fails this build with the compiler's message.
 
