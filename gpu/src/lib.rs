@@ -2,12 +2,15 @@
 //!
 //! This crate plays the role `cuda_std` plays in Rust-CUDA (whose crates.io release needs an
 //! LLVM 7 toolchain that cannot be installed here). It is built only for
-//! `nvptx64-nvidia-cuda` with `-C target-cpu=sm_80` by the host crate's `build.rs`.
+//! `nvptx64-nvidia-cuda` by the host crate's `build.rs`, twice: with `-C target-cpu=sm_80`
+//! (portable) and with sm_90, PTX 8.3 and `--cfg sm90` (code under `#[cfg(sm90)]` uses
+//! instructions only Hopper has).
 //!
 //! Layout of the DSL (one module per kind of instruction, one documented wrapper per PTX
 //! instruction; kernels never contain `asm!`):
 //! - [`thread`]: thread / block / warp / lane indices.
-//! - [`shared`]: the dynamic shared-memory window and 32-bit shared addresses, `ld/st.shared`.
+//! - [`shared`]: the dynamic shared-memory window and 32-bit shared addresses, `ld/st.shared`,
+//!   and (sm90) the 16-byte exchange `atom.shared.exch.b128`.
 //! - [`sync`]: `bar.sync` and `bar.warp.sync`.
 //! - [`cp_async`]: `cp.async` 16-byte copies (plain, zero-fill, with an L2 policy), commit /
 //!   wait groups.
