@@ -157,13 +157,11 @@ pub const fn frag_pos(row: usize, col: usize) -> usize {
     (block * 32 + lane) * 8 + reg * 2 + c % 2
 }
 
-/// Inverse of [`frag_pos`]: (row, col) inside the tile.
+/// Inverse of [`frag_pos`]: (row, col) inside the tile. Inside its 16×16 block, element
+/// `pos` is half `pos % 8` of lane `(pos / 8) % 32`'s A fragment ([`frag_a_coord`]).
 pub const fn frag_pos_inverse(pos: usize) -> (usize, usize) {
     let block = pos / 256;
-    let lane = (pos / 8) % 32;
-    let reg = (pos / 2) % 4;
-    let r = (lane / 4) + 8 * (reg % 2);
-    let c = (lane % 4) * 2 + pos % 2 + 8 * (reg / 2);
+    let (r, c) = frag_a_coord((pos / 8) % 32, pos % 8);
     ((block / (TILE_K / 16)) * 16 + r, (block % (TILE_K / 16)) * 16 + c)
 }
 

@@ -168,29 +168,27 @@ unsafe fn load_b_frags<const NT: usize>(x_tile: SmemAddr, lane: usize, kk: usize
 
 /// One warp's share of a block's W tile times an `(8·NT)`×64 X tile. The warp owns `16·MT`
 /// rows starting at `16·MT·warp` and computes, as 4 k16 steps,
-/// `acc[mt][nt] += W[rows of m-tile mt, :] · X[8·nt .. 8·nt+8, :]ᵀ`.
+/// `acc[mt][nt] += W[rows of m-tile mt, :] · X[8·nt .. 8·nt+8, :]ᵀ`, with `load_a(mt, kk)`
+/// giving the A fragment of m-tile `mt` at k-step `kk` (the W tile's layout is the caller's).
 /// The B fragments of a k step are loaded once and reused by all `MT` m-tiles, so a warp
 /// with more rows reads the X tile from shared memory fewer times per row of W.
-/// Both tiles are swizzled (`layout::swizzled_chunk_offset`).
 ///
 /// # Safety
-/// All threads of the warp call it together; both tiles are complete and visible (barrier).
+/// All threads of the warp call it together; the X tile is complete and visible (barrier),
+/// and so is whatever `load_a` reads.
 #[inline(always)]
-pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
-    w_tile: SmemAddr,
+unsafe fn warp_mma<E: MmaElement, const MT: usize, const NT: usize>(
     x_tile: SmemAddr,
     acc: &mut [[FragC; NT]; MT],
+    load_a: impl Fn(usize, usize) -> FragA,
 ) {
     const { assert!(NT == 1 || (NT % 2 == 0 && NT <= 8)) };
     const { assert!(MT >= 1 && MT <= 4) };
     let lane = lane_idx() as usize;
-    let warp_row0 = warp_idx() as usize * 16 * MT;
     unroll!(kk in 0..4 => {
         let b = load_b_frags::<NT>(x_tile, lane, kk);
         unroll!(mt in 0..MT => {
-            // A: 16 rows × 16 k of W (16×16)
-            let (ar, ac) = ldmatrix_a_src(lane, warp_row0 + 16 * mt, kk);
-            let a = FragA(ldmatrix_x4(w_tile.offset(swizzled_chunk_offset(ar, ac))));
+            let a = load_a(mt, kk);
             unroll!(nt in 0..NT => {
                 E::mma_m16n8k16(&mut acc[mt][nt], &a, &b[nt]);
             });
@@ -198,13 +196,32 @@ pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     });
 }
 
-/// [`warp_mma_tile`] on a fragment-native W tile (`layout::frag_pos`, the SpMM's rebuilt
+/// [`warp_mma`] on a swizzled W tile (`layout::swizzled_chunk_offset`, the dense kernel's):
+/// each A fragment (16 rows × 16 k) is one `ldmatrix.x4`.
+///
+/// # Safety
+/// As [`warp_mma`]; the W tile is complete and visible.
+#[inline(always)]
+pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
+    w_tile: SmemAddr,
+    x_tile: SmemAddr,
+    acc: &mut [[FragC; NT]; MT],
+) {
+    let lane = lane_idx() as usize;
+    let warp_row0 = warp_idx() as usize * 16 * MT;
+    warp_mma::<E, MT, NT>(x_tile, acc, |mt, kk| {
+        let (ar, ac) = ldmatrix_a_src(lane, warp_row0 + 16 * mt, kk);
+        FragA(ldmatrix_x4(w_tile.offset(swizzled_chunk_offset(ar, ac))))
+    });
+}
+
+/// [`warp_mma`] on a fragment-native W tile (`layout::frag_pos`, the SpMM's rebuilt
 /// tile): each A fragment is one 16-byte load per lane (4 wavefronts per warp, like
 /// `ldmatrix.x4`). With `take` (only in the `sm90` build) the load is an exchange with zeros,
 /// so the warp's rows of the W tile are clear once its MMAs have read them.
 ///
 /// # Safety
-/// As [`warp_mma_tile`]; `take` only where `cfg!(sm90)`.
+/// As [`warp_mma`]; the W tile is complete and visible; `take` only where `cfg!(sm90)`.
 #[inline(always)]
 pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize>(
     w_tile: SmemAddr,
@@ -212,20 +229,12 @@ pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize
     acc: &mut [[FragC; NT]; MT],
     take: bool,
 ) {
-    const { assert!(NT == 1 || (NT % 2 == 0 && NT <= 8)) };
-    const { assert!(MT >= 1 && MT <= 4) };
     let lane = lane_idx() as usize;
     // The warp's 16·MT rows are its 16×16 blocks `warp_block0 ..` (4 per 16 rows).
     let warp_block0 = warp_idx() as usize * MT * (TILE_K / 16);
-    unroll!(kk in 0..4 => {
-        let b = load_b_frags::<NT>(x_tile, lane, kk);
-        unroll!(mt in 0..MT => {
-            let at = w_tile.offset(((warp_block0 + mt * (TILE_K / 16) + kk) * 32 + lane) * 16);
-            let a = FragA(load_a_frag(at, take));
-            unroll!(nt in 0..NT => {
-                E::mma_m16n8k16(&mut acc[mt][nt], &a, &b[nt]);
-            });
-        });
+    warp_mma::<E, MT, NT>(x_tile, acc, |mt, kk| {
+        let at = w_tile.offset(((warp_block0 + mt * (TILE_K / 16) + kk) * 32 + lane) * 16);
+        FragA(load_a_frag(at, take))
     });
 }
 

@@ -567,16 +567,9 @@ mod tests {
     fn version_2_files_are_converted_to_fragment_native_positions() {
         // A weight written as version 2 (row-swizzled positions) loads as the same weight,
         // reordered again when the file says it was.
-        let mut rng = 0x5eed_u64;
+        let mut rng = Rng::new(11);
         let (rows, cols) = (300, 130);
-        let dense: Vec<f16> = (0..rows * cols)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                if rng % 10 < 7 { f16::ZERO } else { f16::from_f32((rng % 1000) as f32 / 100.0 - 5.0) }
-            })
-            .collect();
+        let dense = random_sparse::<f16>(&mut rng, rows, cols, 0.7);
         for reorder in [false, true] {
             let mut w = SparseWeight::<f16>::from_dense(rows, cols, &dense).unwrap();
             if reorder {
