@@ -44,7 +44,7 @@ struct PtxBuild {
 }
 
 /// The portable build (sm_80, PTX 7.4: A100, H100 and later) and the sm_90 build (PTX 8.3,
-/// `--cfg sm90`: the SpMM's A loads clear the tile as they read it, `atom.shared.exch.b128`).
+/// `--cfg sm90`: the SpMM's fragment loads clear the tile as they read it, `atom.shared.exch.b64`).
 const BUILDS: [PtxBuild; 2] = [
     PtxBuild { rustflags: "-Ctarget-cpu=sm_80\x1f-Ctarget-feature=+ptx74", dir: "gpu-target", file: "sparse_tc_gpu.ptx" },
     PtxBuild {

@@ -70,30 +70,74 @@ fn ldmatrix_a_from_swizzled_tile_gives_mma_fragment() {
     }
 }
 
-/// The SpMM's rebuilt tile is fragment-native: `warp_mma_frag_tile` has lane `l` of warp `w`
-/// load the 16 bytes at `((w·MT·4 + mt·4 + kk)·32 + l)·16`; check they are exactly the A
-/// fragment of m-tile `mt`, k-step `kk` of the warp's rows, for the 4-warp (MT = 4) and
-/// 8-warp (MT = 2) blocks of a 256×64 tile.
-#[test]
-fn frag_native_tile_load_gives_mma_fragment() {
+/// The SpMM's rebuilt 256×64 tile, element (r, c) holding the value r·64 + c at its
+/// fragment-native position.
+fn frag_native_tile() -> Vec<u16> {
     let mut smem = vec![u16::MAX; SPARSE_TILE_M * TILE_K];
     for r in 0..SPARSE_TILE_M {
         for c in 0..TILE_K {
             smem[frag_pos(r, c)] = (r * 64 + c) as u16;
         }
     }
+    smem
+}
+
+/// Byte offset of the 16×16 block that `warp_mma_frag_tile(_w_as_b)` has lane `l` of warp
+/// `w` read for m-tile `mt` (of `MT` per warp) at k-step `kk`, plus the lane's 8 bytes of
+/// the first 8-row half (the second is 256 bytes on): `(w·MT·4 + mt·4 + kk)·512 + l·8`.
+/// Restated here rather than shared with the kernel, as an independent check.
+fn block_lane_byte(mt_per_warp: usize, warp: usize, mt: usize, kk: usize, lane: usize) -> usize {
+    ((warp * mt_per_warp + mt) * (TILE_K / 16) + kk) * 512 + lane * 8
+}
+
+/// `warp_mma_frag_tile` (W as the A operand) builds lane `l`'s A fragment from the two
+/// 8-byte halves at `block_lane_byte` and 256 bytes on, as `[top₀, bottom₀, top₁, bottom₁]`;
+/// check that is exactly the A fragment of m-tile `mt`, k-step `kk` of the warp's rows, for
+/// the 4-warp (MT = 4) and 8-warp (MT = 2) blocks.
+#[test]
+fn frag_native_tile_gives_a_fragments() {
+    let smem = frag_native_tile();
     for mt_per_warp in [2, 4] {
         for warp in 0..SPARSE_TILE_M / (16 * mt_per_warp) {
             for mt in 0..mt_per_warp {
                 for kk in 0..TILE_K / 16 {
                     for lane in 0..32 {
-                        let block = warp * mt_per_warp * (TILE_K / 16) + mt * (TILE_K / 16) + kk;
-                        let byte = (block * 32 + lane) * 16;
+                        let top = block_lane_byte(mt_per_warp, warp, mt, kk, lane) / 2;
+                        let bottom = top + 128;
+                        // registers a0a1, a2a3, a4a5, a6a7
+                        let regs = [top, bottom, top + 2, bottom + 2];
                         for half in 0..8 {
-                            let got = smem[byte / 2 + half] as usize;
+                            let got = smem[regs[half / 2] + half % 2] as usize;
                             let (fr, fc) = frag_a_coord(lane, half);
                             let want = ((warp * mt_per_warp + mt) * 16 + fr) * 64 + kk * 16 + fc;
                             assert_eq!(got, want, "MT {mt_per_warp} warp {warp} mt {mt} kk {kk} lane {lane} a{half}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `warp_mma_frag_tile_w_as_b` (W as the B operand) loads lane `l`'s B fragment of the rows
+/// `8·h ..` of m-tile `mt` as the 8 bytes at `block_lane_byte + 256·h`; check they are
+/// exactly the B fragment (k = column, n = row) of those 8 rows of `Wᵀ`.
+#[test]
+fn frag_native_tile_gives_b_fragments() {
+    let smem = frag_native_tile();
+    for mt_per_warp in [2, 4] {
+        for warp in 0..SPARSE_TILE_M / (16 * mt_per_warp) {
+            for mt in 0..mt_per_warp {
+                for kk in 0..TILE_K / 16 {
+                    for h in 0..2 {
+                        for lane in 0..32 {
+                            let at = (block_lane_byte(mt_per_warp, warp, mt, kk, lane) + 256 * h) / 2;
+                            for half in 0..4 {
+                                let got = smem[at + half] as usize;
+                                let (k, n) = frag_b_coord(lane, half);
+                                let want = ((warp * mt_per_warp + mt) * 16 + 8 * h + n) * 64 + kk * 16 + k;
+                                assert_eq!(got, want, "MT {mt_per_warp} warp {warp} mt {mt} kk {kk} h {h} lane {lane} b{half}");
+                            }
                         }
                     }
                 }

@@ -145,24 +145,30 @@ pub const fn unswizzle_pos(pos: usize) -> (usize, usize) {
 }
 
 /// Element index (in halves) of tile entry (`row`, `col`) in the *fragment-native* sparse
-/// tile: the tile is a sequence of 16×16 blocks (`(row / 16)·4 + col / 16` for 64 columns),
-/// each 512 bytes, in which lane `l`'s 16 bytes are exactly its `mma.m16n8k16` A fragment
-/// (registers a0a1, a2a3, a4a5, a6a7; [`frag_a_coord`]). A warp then loads a fragment with
-/// one 16-byte access per lane at `(block·32 + lane)·16` bytes, which may also clear it.
+/// tile. The tile is a sequence of 16×16 blocks (`(row / 16)·4 + col / 16` for 64 columns),
+/// 512 bytes each. A block is two 256-byte halves, rows 0–7 then rows 8–15, and in each half
+/// lane `l`'s 8 bytes are the four elements it holds of those 8 rows: row `l / 4`, columns
+/// `2(l % 4)`, `+1`, `+8`, `+9`. That is exactly lane `l`'s `mma.m16n8k16` **B** fragment
+/// of the 8 rows taken as 8 columns of `Wᵀ` (b0..b3, [`frag_b_coord`]), and two of its four
+/// A-fragment registers of the 16 rows ([`frag_a_coord`]: a0a1 and a4a5 from the first
+/// half, a2a3 and a6a7 from the second). So a warp takes a B fragment with one 8-byte
+/// access per lane (256 contiguous bytes, 2 wavefronts) and an A fragment with two, either
+/// of which may also clear what it reads (`shared::take_shared_v2_b32`).
 pub const fn frag_pos(row: usize, col: usize) -> usize {
     let block = (row / 16) * (TILE_K / 16) + col / 16;
     let (r, c) = (row % 16, col % 16);
     let lane = (r % 8) * 4 + (c % 8) / 2;
-    let reg = r / 8 + 2 * (c / 8);
-    (block * 32 + lane) * 8 + reg * 2 + c % 2
+    (block * 2 + r / 8) * 128 + lane * 4 + (c / 8) * 2 + c % 2
 }
 
-/// Inverse of [`frag_pos`]: (row, col) inside the tile. Inside its 16×16 block, element
-/// `pos` is half `pos % 8` of lane `(pos / 8) % 32`'s A fragment ([`frag_a_coord`]).
+/// Inverse of [`frag_pos`]: (row, col) inside the tile. Element `pos` is B-fragment half
+/// `pos % 4` of lane `(pos / 4) % 32` ([`frag_b_coord`]: k = column, n = row) in the 8-row
+/// half `(pos / 128) % 2` of 16×16 block `pos / 256`.
 pub const fn frag_pos_inverse(pos: usize) -> (usize, usize) {
     let block = pos / 256;
-    let (r, c) = frag_a_coord((pos / 8) % 32, pos % 8);
-    ((block / (TILE_K / 16)) * 16 + r, (block % (TILE_K / 16)) * 16 + c)
+    let (k, n) = frag_b_coord((pos / 4) % 32, pos % 4);
+    let r = ((pos / 128) % 2) * 8 + n;
+    ((block / (TILE_K / 16)) * 16 + r, (block % (TILE_K / 16)) * 16 + k)
 }
 
 // ---- Fragment layouts of mma.m16n8k16 (PTX ISA 9.7.14.5.8, "Matrix Fragments for

@@ -10,7 +10,7 @@
 //! instruction; kernels never contain `asm!`):
 //! - [`thread`]: thread / block / warp / lane indices.
 //! - [`shared`]: the dynamic shared-memory window and 32-bit shared addresses, `ld/st.shared`,
-//!   and (sm90) the 16-byte exchange `atom.shared.exch.b128`.
+//!   and (sm90) the 8-byte exchange `atom.shared.exch.b64`.
 //! - [`sync`]: `bar.sync` and `bar.warp.sync`.
 //! - [`cp_async`]: `cp.async` 16-byte copies (plain, zero-fill, with an L2 policy), commit /
 //!   wait groups.

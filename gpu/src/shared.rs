@@ -70,32 +70,40 @@ pub unsafe fn ld_shared_v4_b32(addr: SmemAddr) -> [u32; 4] {
     [a, b, c, d]
 }
 
-/// `atom.relaxed.cta.shared.exch.b128` (PTX ISA 9.7.13.3; sm_90 and PTX 8.3, so only in the
-/// `sm90` build): loads 16 bytes and leaves zeros in their place. On the H100 this costs what
-/// a 16-byte store alone costs (`benches/results/NOTES.md` item 34), half of a load plus a
-/// clearing store. The hardware instruction takes the zeros from its destination registers,
-/// so each use also costs two register clears.
+/// `ld.shared.v2.b32`: loads 8 bytes.
 ///
 /// # Safety
-/// `addr` must be 16-byte aligned and inside the launch's dynamic shared memory, and the
+/// `addr` must be 8-byte aligned and inside the launch's dynamic shared memory, and the
+/// bytes must have been written (and made visible by a barrier) before.
+#[inline(always)]
+pub unsafe fn ld_shared_v2_b32(addr: SmemAddr) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    asm!(
+        "ld.shared.v2.b32 {{{0}, {1}}}, [{2}];",
+        out(reg32) a, out(reg32) b, in(reg32) addr.0,
+        options(nostack, readonly)
+    );
+    [a, b]
+}
+
+/// `atom.relaxed.cta.shared.exch.b64` with the immediate 0 (PTX ISA 9.7.13.3; only in the
+/// `sm90` build, whose H100 timings are the ones measured): loads 8 bytes and leaves zeros
+/// in their place. On the H100 a warp's exchange of 256 contiguous bytes costs what a store
+/// of them alone costs, half of a load plus a clearing store (`benches/results/NOTES.md`
+/// items 35 and 36), and `ptxas` takes the zeros from the zero register (`ATOMS.EXCH.64 Rd,
+/// [Ra], RZ`), so the result feeds `mma` without register copies.
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and inside the launch's dynamic shared memory, and the
 /// bytes must have been written (and made visible by a barrier) before.
 #[cfg(sm90)]
 #[inline(always)]
-pub unsafe fn take_shared_v4_b32(addr: SmemAddr) -> [u32; 4] {
-    let (a, b, c, d): (u32, u32, u32, u32);
+pub unsafe fn take_shared_v2_b32(addr: SmemAddr) -> [u32; 2] {
+    let v: u64;
     asm!(
-        "{{",
-        ".reg .b128 %tq_in, %tq_out;",
-        ".reg .b64 %tz, %tlo, %thi;",
-        "mov.b64 %tz, 0;",
-        "mov.b128 %tq_in, {{%tz, %tz}};",
-        "atom.relaxed.cta.shared.exch.b128 %tq_out, [{4}], %tq_in;",
-        "mov.b128 {{%tlo, %thi}}, %tq_out;",
-        "mov.b64 {{{0}, {1}}}, %tlo;",
-        "mov.b64 {{{2}, {3}}}, %thi;",
-        "}}",
-        out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr.0,
+        "atom.relaxed.cta.shared.exch.b64 {0}, [{1}], 0;",
+        out(reg64) v, in(reg32) addr.0,
         options(nostack)
     );
-    [a, b, c, d]
+    [v as u32, (v >> 32) as u32]
 }

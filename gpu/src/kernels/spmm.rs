@@ -5,8 +5,9 @@
 //! W is cut into `SPARSE_TILE_M`×64 = 256×64 tiles (row-major over tiles). Tile t's nonzeros
 //! are the 32-bit words `words[tile_offsets[t] .. tile_offsets[t+1]]`, each
 //! `pos << 16 | value_bits`, where `pos` is the element's index in the *fragment-native*
-//! shared tile (`layout::frag_pos`: each 16×16 block is 512 bytes in which every lane's 16
-//! bytes are its `mma` A fragment). Lists are padded by repeating a real word, to a multiple of 32
+//! shared tile (`layout::frag_pos`: each 16×16 block is 512 bytes, two 256-byte halves of 8
+//! rows in which every lane's 8 bytes are its `mma` B fragment of those rows, and half of
+//! its A fragment of the 16). Lists are padded by repeating a real word, to a multiple of 32
 //! words by the packer (128 bytes: each list starts on a cache line); any multiple of 4 works.
 //!
 //! # Pipeline
@@ -23,16 +24,25 @@
 //!
 //! Per chunk: wait for its group, barrier; scatter the chunk's words into the dense tile;
 //! barrier; refill the ring (the chunk's words are free once every thread passed the
-//! barrier). After a tile's last chunk, each warp loads the A fragments of its rows with one
-//! 16-byte load per lane (`tile::warp_mma_frag_tile`), the X tile's B fragments with
-//! `ldmatrix` as the dense kernel does, and runs `mma.sync`. The tile must be all zeros again
-//! before the next scatter; one of three ways:
-//! - in the `sm90` build (H100) up to 16 tokens, the A loads are 16-byte exchanges with zeros
-//!   (`atom.shared.exch.b128`), which on the H100 cost one shared-memory pass, like a store
-//!   alone: the clear comes with the read (+4–6% at 80% sparsity, NOTES item 34);
-//! - else a tile of ≤ 12.5% density (up to 16 tokens) keeps each thread's words in
-//!   registers and writes zeros back at their positions after the next barrier, followed by
-//!   one more barrier: at 90% sparsity that is a third of the shared-memory stores of zeroing;
+//! barrier). After a tile's last chunk, each warp multiplies its rows of the tile by the X
+//! tile with `mma.sync`:
+//! - up to 16 tokens (and at 64), W is the A operand: each A fragment is two 8-byte loads
+//!   per lane (`tile::warp_mma_frag_tile`), X gives B fragments with `ldmatrix` as in the
+//!   dense kernel;
+//! - at 32 tokens, W is the **B** operand (`tile::warp_mma_frag_tile_w_as_b`): X gives the
+//!   A fragments of two 16-token m-tiles, each 8-row half of a W block one B fragment, one
+//!   8-byte load per lane. Same shared-memory bytes, but see the exchange below.
+//!
+//! The tile must be all zeros again before the next scatter; one of three ways:
+//! - in the `sm90` build (H100) up to 32 tokens, the W loads are 8-byte exchanges with
+//!   zeros (`atom.shared.exch.b64`), which on the H100 cost one shared-memory pass, like a
+//!   store alone: the clear comes with the read. At 32 tokens this pays only with W as B:
+//!   as A, `ptxas` copies every exchanged fragment into other registers, and the 32-token
+//!   kernel has none to spare (NOTES items 34–36);
+//! - else (the portable build) a tile of ≤ 12.5% density up to 16 tokens keeps each
+//!   thread's words in registers and writes zeros back at their positions after the next
+//!   barrier, followed by one more barrier: at 90% sparsity that is a third of the
+//!   shared-memory stores of zeroing;
 //! - else each warp zeroes the rows it read (`tile::warp_zero_rows`; no other warp reads
 //!   them), so the tile is clean when the next chunk's barrier lets the scatter in, with no
 //!   extra barrier.
@@ -52,7 +62,9 @@
 //! run exactly as many times as the chunk has groups for the thread (only the register-kept
 //! path has a fixed, predicated count of four).
 
-use super::tile::{load_tile_async, warp_mma_frag_tile, warp_zero_rows, Epilogue, StreamRange};
+use super::tile::{
+    load_tile_async, warp_mma_frag_tile, warp_mma_frag_tile_w_as_b, warp_zero_rows, Epilogue, StreamRange,
+};
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::layout::{
@@ -347,22 +359,32 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let mut c = cursor();
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
+    // The 32-token kernels multiply with W as the `mma` B operand (`w_as_b`; see the
+    // module docs), the others with W as A.
+    let w_as_b = NT == 4;
     // How the dense tile is cleared after a tile's MMAs (see the module docs):
-    // - in the sm90 build up to 16 tokens (`take`), the MMAs' A loads are exchanges with
+    // - in the sm90 build up to 32 tokens (`take`), the MMAs' W loads are exchanges with
     //   zeros;
-    // - else a sparse one-chunk tile (up to 16 tokens) keeps its words in registers (`kept`,
+    // - else a sparse one-chunk tile up to 16 tokens keeps its words in registers (`kept`,
     //   `kept_len` > 0) and is cleared after the next barrier by writing zeros back (one
     //   more barrier, far fewer shared-memory writes than zeroing 32 KiB); only one-chunk
     //   tiles are kept (the registers hold one chunk): at most the ring;
     // - else each warp zeroes its rows.
-    // Neither from 32 tokens on: the kept words would cost the fourth block per SM, and the
-    // exchange measured 1–3% slower there, at 128 registers (NOTES item 34).
-    let take = cfg!(sm90) && NT <= 2;
+    // Neither at 64 tokens (the 8-warp kernel is at 164 registers), and no kept words at 32
+    // (they would cost the fourth block per SM).
+    let take = cfg!(sm90) && NT <= 4;
     let keep_tiles = !take && NT < 4;
     let keep_cap = ((4 * KEEP_GROUPS * THREADS) as u32).min(ring.words);
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
     // First tile of the current row tile's segment.
     let mut segment = first_tile;
+    let store_slot = |acc: &[[FragC; NT]; MT], slot: *mut f32| {
+        if w_as_b {
+            out.store_slot_w_as_b::<MT, NT>(acc, slot);
+        } else {
+            out.store_slot::<MT, NT>(acc, slot);
+        }
+    };
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
         wait_pending(p.groups - c_groups - 1);
@@ -391,7 +413,11 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
         refill(&mut p, c.tile);
         if last_chunk {
             // With `take` the loads leave the warp's rows clear.
-            warp_mma_frag_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc, take);
+            if w_as_b {
+                warp_mma_frag_tile_w_as_b::<E, MT, NT>(dense, x_tile(c.tile), &mut acc, take);
+            } else {
+                warp_mma_frag_tile::<E, MT, NT>(dense, x_tile(c.tile), &mut acc, take);
+            }
             if keep {
                 kept_len = len;
             } else if !take {
@@ -403,7 +429,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
             // A row tile ends inside the range: its segment is the block's first one and
             // partial (a range is at most K tiles long), so it goes to the first slot.
             if row_end && c.active() {
-                out.store_slot::<MT, NT>(&acc, slots);
+                store_slot(&acc, slots);
                 acc = [[FragC::default(); NT]; MT];
                 segment = c.tile;
             }
@@ -415,9 +441,13 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     // first or last row tile.
     let row_tile = segment / tiles_k;
     if segment % tiles_k == 0 && end_tile - segment == tiles_k {
-        out.store_y::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
+        if w_as_b {
+            out.store_y_w_as_b::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
+        } else {
+            out.store_y::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
+        }
     } else {
         let last = usize::from(segment != first_tile);
-        out.store_slot::<MT, NT>(&acc, slots.wrapping_add(last * NT * 8 * SPARSE_TILE_M));
+        store_slot(&acc, slots.wrapping_add(last * NT * 8 * SPARSE_TILE_M));
     }
 }

@@ -9,8 +9,8 @@ use crate::layout::{
 use crate::ldmatrix::{ldmatrix_x2, ldmatrix_x4};
 use crate::mma::{FragA, FragB, FragC, MmaElement};
 #[cfg(sm90)]
-use crate::shared::take_shared_v4_b32;
-use crate::shared::{ld_shared_v4_b32, st_shared_v4_b32, SmemAddr};
+use crate::shared::take_shared_v2_b32;
+use crate::shared::{ld_shared_v2_b32, st_shared_v4_b32, SmemAddr};
 use crate::sync::bar_warp_sync;
 use crate::thread::{block_idx_y, grid_dim_y, lane_idx, thread_idx_x, warp_idx};
 
@@ -215,10 +215,19 @@ pub unsafe fn warp_mma_tile<E: MmaElement, const MT: usize, const NT: usize>(
     });
 }
 
+/// Byte offset of the 16×16 block of the fragment-native W tile (`layout::frag_pos`) that
+/// holds this warp's m-tile `mt` (of `MT` per warp) at k-step `kk`, plus this lane's 8 bytes
+/// in the block's first 8-row half (the second half is 256 bytes further on).
+#[inline(always)]
+fn frag_block_lane_offset<const MT: usize>(mt: usize, kk: usize) -> usize {
+    let block = (warp_idx() as usize * MT + mt) * (TILE_K / 16) + kk;
+    block * 512 + lane_idx() as usize * 8
+}
+
 /// [`warp_mma`] on a fragment-native W tile (`layout::frag_pos`, the SpMM's rebuilt
-/// tile): each A fragment is one 16-byte load per lane (4 wavefronts per warp, like
-/// `ldmatrix.x4`). With `take` (only in the `sm90` build) the load is an exchange with zeros,
-/// so the warp's rows of the W tile are clear once its MMAs have read them.
+/// tile): each A fragment is two 8-byte loads per lane (2 wavefronts each: the bytes of
+/// `ldmatrix.x4`). With `take` (only in the `sm90` build) the loads are exchanges with
+/// zeros, so the warp's rows of the W tile are clear once its MMAs have read them.
 ///
 /// # Safety
 /// As [`warp_mma`]; the W tile is complete and visible; `take` only where `cfg!(sm90)`.
@@ -229,29 +238,74 @@ pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize
     acc: &mut [[FragC; NT]; MT],
     take: bool,
 ) {
-    let lane = lane_idx() as usize;
-    // The warp's 16·MT rows are its 16×16 blocks `warp_block0 ..` (4 per 16 rows).
-    let warp_block0 = warp_idx() as usize * MT * (TILE_K / 16);
     warp_mma::<E, MT, NT>(x_tile, acc, |mt, kk| {
-        let at = w_tile.offset(((warp_block0 + mt * (TILE_K / 16) + kk) * 32 + lane) * 16);
-        FragA(load_a_frag(at, take))
+        let at = w_tile.offset(frag_block_lane_offset::<MT>(mt, kk));
+        // Rows 0–7 give a0a1 and a4a5, rows 8–15 a2a3 and a6a7.
+        let (top, bottom) = (load_frag_half(at, take), load_frag_half(at.offset(256), take));
+        FragA([top[0], bottom[0], top[1], bottom[1]])
     });
 }
 
-/// This lane's 16 bytes of an A fragment, cleared behind it when `take` (sm90 build only).
+/// One warp's share of a block's fragment-native W tile times an `(8·NT)`×64 X tile with
+/// **W as the `mma` B operand**: `Yᵀ` tiles `X · Wᵀ`, X giving the A fragments of `NT/2`
+/// token m-tiles of 16 (`ldmatrix.x4`, as the dense kernel loads its W) and each 8-row half
+/// of the warp's 16×16 W blocks one B fragment, a single 8-byte load (or exchange with
+/// zeros, `take`) per lane. `acc[mt][2·tm + h]` is the 16×8 tile tokens `16·tm ..` × W rows
+/// `16·(MT·warp + mt) + 8·h ..` ([`Epilogue::store_y_w_as_b`]).
+///
+/// Why: a 16-byte exchange's result is copied into other registers before `mma` reads it
+/// (`ptxas`), which at 32 tokens costs more than the exchange saves; an 8-byte B fragment
+/// is exchanged straight into the registers `mma` reads (`benches/results/NOTES.md` item
+/// 36).
 ///
 /// # Safety
-/// `at` is 16-byte aligned in the launch's dynamic shared memory, written and made visible
+/// As [`warp_mma`] (NT even); the W tile is complete and visible; `take` only where
+/// `cfg!(sm90)`.
+#[inline(always)]
+pub unsafe fn warp_mma_frag_tile_w_as_b<E: MmaElement, const MT: usize, const NT: usize>(
+    w_tile: SmemAddr,
+    x_tile: SmemAddr,
+    acc: &mut [[FragC; NT]; MT],
+    take: bool,
+) {
+    const { assert!(NT <= 8 && MT >= 1 && MT <= 4) };
+    // Token m-tiles are 16 tokens. Not a compile-time assertion: the SpMM instantiates this
+    // for every NT and calls it for NT = 4 only; the check folds away, and a call with an
+    // odd NT would trap instead of leaving 8 tokens out.
+    assert!(NT % 2 == 0);
+    let lane = lane_idx() as usize;
+    unroll!(kk in 0..4 => {
+        let mut x = [FragA::default(); NT]; // the first NT / 2 used
+        unroll!(tm in 0..NT / 2 => {
+            let (r, chunk) = ldmatrix_a_src(lane, 16 * tm, kk);
+            x[tm] = FragA(ldmatrix_x4(x_tile.offset(swizzled_chunk_offset(r, chunk))));
+        });
+        // W n-tile j = 2·mt + h: rows 8·h .. of the warp's m-tile mt.
+        unroll!(j in 0..2 * MT => {
+            let at = w_tile.offset(frag_block_lane_offset::<MT>(j / 2, kk) + (j % 2) * 256);
+            let w = FragB(load_frag_half(at, take));
+            unroll!(tm in 0..NT / 2 => {
+                E::mma_m16n8k16(&mut acc[j / 2][2 * tm + j % 2], &x[tm], &w);
+            });
+        });
+    });
+}
+
+/// This lane's 8 bytes of one 8-row half of a fragment-native 16×16 block, cleared behind
+/// it when `take` (sm90 build only).
+///
+/// # Safety
+/// `at` is 8-byte aligned in the launch's dynamic shared memory, written and made visible
 /// by a barrier before; with `take`, no other thread reads those bytes before they are
 /// written again.
 #[inline(always)]
-unsafe fn load_a_frag(at: SmemAddr, take: bool) -> [u32; 4] {
+unsafe fn load_frag_half(at: SmemAddr, take: bool) -> [u32; 2] {
     #[cfg(sm90)]
     if take {
-        return take_shared_v4_b32(at);
+        return take_shared_v2_b32(at);
     }
     debug_assert!(!take);
-    ld_shared_v4_b32(at)
+    ld_shared_v2_b32(at)
 }
 
 /// Zeroes the `16·MT` rows of a W tile that this warp reads in [`warp_mma_frag_tile`] (rows
@@ -352,6 +406,74 @@ impl Epilogue {
     pub unsafe fn store_slot<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
         for_each_acc(acc, |row, token, v| *slot.add(token * self.rows + row) = v);
     }
+
+    /// [`Self::store_y`] for the accumulators of [`warp_mma_frag_tile_w_as_b`]. Each lane
+    /// holds W rows `r, r + 1` of a token side by side, which are adjacent in `Y`: stored as
+    /// one 32-bit write where both are inside `m` and the address is 4-byte aligned, so a
+    /// warp's stores fill whole 32-byte sectors as the W-as-A layout's do.
+    ///
+    /// # Safety
+    /// As [`Self::store_y`].
+    #[inline(always)]
+    pub unsafe fn store_y_w_as_b<E: MmaElement, const MT: usize, const NT: usize>(
+        &self,
+        acc: &[[FragC; NT]; MT],
+        m0: usize,
+        n0: usize,
+    ) {
+        for_each_pair_w_as_b(acc, |row, token, v| {
+            let (row, token) = (m0 + row, n0 + token);
+            if token >= self.n || row >= self.m {
+                return;
+            }
+            let p = self.y.add(token * self.ldy + row);
+            let (lo, hi) = (E::from_f32(v[0]), E::from_f32(v[1]));
+            if row + 1 < self.m && (p as usize).is_multiple_of(4) {
+                *(p as *mut u32) = lo as u32 | (hi as u32) << 16;
+            } else {
+                *p = lo;
+                if row + 1 < self.m {
+                    *p.add(1) = hi;
+                }
+            }
+        });
+    }
+
+    /// [`Self::store_slot`] for the accumulators of [`warp_mma_frag_tile_w_as_b`]: each pair
+    /// of rows is one 8-byte write (rows are even and `rows` is, so pairs are 8-byte aligned).
+    ///
+    /// # Safety
+    /// As [`Self::store_slot`]; `slot` is 8-byte aligned.
+    #[inline(always)]
+    pub unsafe fn store_slot_w_as_b<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
+        for_each_pair_w_as_b(acc, |row, token, v| {
+            let pair = v[0].to_bits() as u64 | (v[1].to_bits() as u64) << 32;
+            *(slot.add(token * self.rows + row) as *mut u64) = pair;
+        });
+    }
+}
+
+/// Calls `f(row, token, [v, v'])` for each pair of this lane's accumulator elements of
+/// [`warp_mma_frag_tile_w_as_b`]: W rows `row` (even) and `row + 1` inside the block's tile
+/// (the warp owns rows `16·MT·warp ..`), `token` inside the `8·NT`-token tile (the C
+/// fragment with tokens as rows, `layout::frag_c_coord`).
+#[inline(always)]
+fn for_each_pair_w_as_b<const MT: usize, const NT: usize>(
+    acc: &[[FragC; NT]; MT],
+    mut f: impl FnMut(usize, usize, [f32; 2]),
+) {
+    let lane = lane_idx() as usize;
+    let warp_row = warp_idx() as usize * 16 * MT;
+    unroll!(mt in 0..MT => {
+        unroll!(j in 0..NT => {
+            // acc[mt][j]: token m-tile j / 2, the 8 rows 8·(j % 2) .. of m-tile mt.
+            let c = &acc[mt][j].0;
+            unroll!(h in 0..2 => {
+                let (token, row) = frag_c_coord(lane, 2 * h);
+                f(warp_row + 16 * mt + 8 * (j % 2) + row, 16 * (j / 2) + token, [c[2 * h], c[2 * h + 1]]);
+            });
+        });
+    });
 }
 
 /// Calls `f(row, token, value)` for each of this lane's accumulator elements: `row` is the

@@ -5,7 +5,7 @@
 //! | offset            | size             | field                                               |
 //! |-------------------|------------------|-----------------------------------------------------|
 //! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
-//! | 8                 | 4 (u32)          | version, = 3                                        |
+//! | 8                 | 4 (u32)          | version, = 4                                        |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags: bit 0 = words are bank-reordered; others 0   |
 //! | 14                | 2 (u16)          | reserved, = 0                                       |
@@ -26,8 +26,11 @@
 //! `0..4096`); version 2 changed only the tile geometry to 256 × 64, so the byte layout is the
 //! same but the arrays mean something else. A version-1 file is rejected with a message saying
 //! so: re-encode the weight from its dense source (or convert by decoding with 64 × 64 tiles).
-//! Version 3 changed only the meaning of the positions, from the row-swizzled tile
-//! (`layout::swizzled_pos`) to the fragment-native one (`layout::frag_pos`). A version-2 file
+//! Versions 3 and 4 changed only the meaning of the positions: version 2 stored the
+//! row-swizzled tile (`layout::swizzled_pos`), version 3 a fragment-native tile whose 16×16
+//! blocks held each lane's 16-byte A fragment (position `8·lane + half` in the block), and
+//! version 4 stores today's fragment-native tile (`layout::frag_pos`: 8-byte B-fragment
+//! halves, so the 32-token kernel can take W as the `mma` B operand). A version-2 or -3 file
 //! is converted while loading: each position is remapped (a bijection of `0..16384`), and a
 //! bank-reordered weight is reordered again for the new banks.
 //!
@@ -56,10 +59,11 @@ use crate::error::{Error, Result};
 
 /// First 8 bytes of every sparse weight file.
 pub const MAGIC: [u8; 8] = *b"STCSPW\0\0";
-/// The file version this library writes and reads (3: 256 × 64 tiles, fragment-native
-/// positions).
-pub const VERSION: u32 = 3;
-/// The last version with row-swizzled positions; converted while loading.
+/// The file version this library writes and reads (4: 256 × 64 tiles, fragment-native
+/// positions of [`layout::frag_pos`]).
+pub const VERSION: u32 = 4;
+/// The last version with row-swizzled positions; converted while loading (as is version 3,
+/// [`frag_a_native_coord`]).
 const VERSION_ROW_SWIZZLED: u32 = 2;
 /// The last version with 64 × 64 tiles; such files are rejected with an explanation.
 const VERSION_64X64_TILES: u32 = 1;
@@ -234,9 +238,10 @@ impl<T: Element> SparseWeight<T> {
 
     /// Reads and fully validates a weight written by [`save`](Self::save).
     ///
-    /// Reads version-2 files too, converting their positions (see the [module docs](self)).
+    /// Reads version-2 and -3 files too, converting their positions (see the
+    /// [module docs](self)).
     ///
-    /// Errors: [`Error::Format`] for a wrong magic, a version other than [`VERSION`] or 2 (a
+    /// Errors: [`Error::Format`] for a wrong magic, a version other than 2 to [`VERSION`] (a
     /// version-1 file, with 64×64 tiles, gets a message saying the tile geometry changed),
     /// dtype different from `T`,
     /// checksum mismatch (naming the section), truncation, trailing bytes, or arrays that
@@ -251,14 +256,14 @@ impl<T: Element> SparseWeight<T> {
         if version == VERSION_64X64_TILES {
             return Err(Error::Format(format!(
                 "file version {version} uses 64×64 tiles, but the tile geometry changed to \
-                 {TILE_M}×{TILE_K} in version {VERSION}; re-encode the weight (this library \
-                 reads version {VERSION} only)"
+                 {TILE_M}×{TILE_K} in version {VERSION_ROW_SWIZZLED}; re-encode the weight (this \
+                 library reads versions {VERSION_ROW_SWIZZLED} to {VERSION})"
             )));
         }
-        if version != VERSION && version != VERSION_ROW_SWIZZLED {
+        if !(VERSION_ROW_SWIZZLED..=VERSION).contains(&version) {
             return Err(Error::Format(format!(
                 "unsupported file version {version} (this library reads versions \
-                 {VERSION_ROW_SWIZZLED} and {VERSION})"
+                 {VERSION_ROW_SWIZZLED} to {VERSION})"
             )));
         }
         if le_u64(&h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
@@ -336,7 +341,8 @@ impl<T: Element> SparseWeight<T> {
             }
         }
         let reordered = flags & FLAG_REORDERED != 0;
-        if version == VERSION_ROW_SWIZZLED {
+        if version != VERSION {
+            let coord = if version == VERSION_ROW_SWIZZLED { layout::unswizzle_pos } else { frag_a_native_coord };
             for w in &mut words {
                 let pos = usize::from(word_pos(*w));
                 if pos >= TILE_ELEMS {
@@ -344,7 +350,7 @@ impl<T: Element> SparseWeight<T> {
                         "word position {pos} is outside the {TILE_M}×{TILE_K} tile"
                     )));
                 }
-                let (r, c) = layout::unswizzle_pos(pos);
+                let (r, c) = coord(pos);
                 *w = pack_word(tile_pos(r, c), word_bits(*w));
             }
             let mut weight = Self::from_parts(rows, cols, offsets, words, false)?;
@@ -367,6 +373,15 @@ impl<T: Element> SparseWeight<T> {
         let file = std::fs::File::open(path)?;
         Self::load(std::io::BufReader::new(file))
     }
+}
+
+/// The tile-local `(row, col)` of a version-3 position: 16×16 blocks of 256 positions as
+/// today, inside a block position `e` being half `e % 8` of lane `e / 8`'s 16-byte A
+/// fragment ([`layout::frag_a_coord`]).
+fn frag_a_native_coord(pos: usize) -> (usize, usize) {
+    let block = pos / 256;
+    let (r, c) = layout::frag_a_coord((pos / 8) % 32, pos % 8);
+    ((block / (TILE_K / 16)) * 16 + r, (block % (TILE_K / 16)) * 16 + c)
 }
 
 #[cfg(test)]
@@ -409,7 +424,7 @@ mod tests {
         let n_words = w.words().len();
         assert_eq!(bytes.len(), HEADER_BYTES + 4 * n_off + 8 + 4 * n_words + 8);
         assert_eq!(&bytes[..8], b"STCSPW\0\0");
-        assert_eq!(le_u32(&bytes, 8), 3);
+        assert_eq!(le_u32(&bytes, 8), 4);
         assert_eq!(bytes[12], 0);
         assert_eq!(bytes[13], 0);
         assert_eq!(le_u16(&bytes, 14), 0);
@@ -495,8 +510,8 @@ mod tests {
         b[0] = b'X';
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("magic"));
         let mut b = bytes.clone();
-        b[8] = 4;
-        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 4"));
+        b[8] = 5;
+        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("version 5"));
         let mut b = bytes.clone();
         b[20] ^= 1;
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("header checksum"));
@@ -563,14 +578,27 @@ mod tests {
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("tile geometry"));
     }
 
+    /// Version 3's position of tile entry `(r, c)`, by inverting [`frag_a_native_coord`]
+    /// over the whole tile (which also checks that it is a bijection).
+    fn frag_a_native_positions() -> Vec<u16> {
+        let mut pos = vec![u16::MAX; TILE_ELEMS];
+        for p in 0..TILE_ELEMS {
+            let (r, c) = frag_a_native_coord(p);
+            assert_eq!(pos[r * TILE_K + c], u16::MAX, "two positions of ({r}, {c})");
+            pos[r * TILE_K + c] = p as u16;
+        }
+        pos
+    }
+
     #[test]
-    fn version_2_files_are_converted_to_fragment_native_positions() {
-        // A weight written as version 2 (row-swizzled positions) loads as the same weight,
-        // reordered again when the file says it was.
+    fn version_2_and_3_files_are_converted_to_fragment_native_positions() {
+        // A weight written as version 2 (row-swizzled positions) or 3 (A-fragment-native
+        // positions) loads as the same weight, reordered again when the file says it was.
         let mut rng = Rng::new(11);
         let (rows, cols) = (300, 130);
         let dense = random_sparse::<f16>(&mut rng, rows, cols, 0.7);
-        for reorder in [false, true] {
+        let v3 = frag_a_native_positions();
+        for (version, reorder) in [(2, false), (2, true), (3, false), (3, true)] {
             let mut w = SparseWeight::<f16>::from_dense(rows, cols, &dense).unwrap();
             if reorder {
                 w.reorder_for_banks();
@@ -580,12 +608,13 @@ mod tests {
                 .iter()
                 .map(|&x| {
                     let (r, c) = layout::frag_pos_inverse(usize::from(word_pos(x)));
-                    pack_word(layout::swizzled_pos(r, c) as u16, word_bits(x))
+                    let pos = if version == 2 { layout::swizzled_pos(r, c) as u16 } else { v3[r * TILE_K + c] };
+                    pack_word(pos, word_bits(x))
                 })
                 .collect();
             let flags = if reorder { FLAG_REORDERED } else { 0 };
             let mut b = Vec::new();
-            write_parts(&mut b, 2, Dtype::F16, flags, rows as u64, cols as u64, w.tile_offsets(), &old).unwrap();
+            write_parts(&mut b, version, Dtype::F16, flags, rows as u64, cols as u64, w.tile_offsets(), &old).unwrap();
             let back = SparseWeight::<f16>::load(&b[..]).unwrap();
             assert_eq!(back.to_dense(), dense);
             assert_eq!(back.is_reordered(), reorder);
@@ -595,7 +624,7 @@ mod tests {
             let mut bad = old.clone();
             bad[0] = pack_word(u16::MAX, 0x3c00);
             let mut b = Vec::new();
-            write_parts(&mut b, 2, Dtype::F16, flags, rows as u64, cols as u64, w.tile_offsets(), &bad).unwrap();
+            write_parts(&mut b, version, Dtype::F16, flags, rows as u64, cols as u64, w.tile_offsets(), &bad).unwrap();
             assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("outside"));
         }
     }

@@ -41,11 +41,13 @@ const _: () = assert!(TILE_ELEMS.is_multiple_of(LIST_ALIGN_WORDS) && LIST_ALIGN_
 /// tile ([`layout::frag_pos`]).
 ///
 /// The tile is a row-major sequence of 16×16 blocks (4 per 16 rows), 256 elements (512 bytes)
-/// each; inside a block, lane `l`'s 8 elements are its `mma.m16n8k16` A fragment
-/// ([`layout::frag_a_coord`]: row `l/4` and `l/4 + 8`, columns `2(l%4)`, `+1`, `+8`, `+9`),
-/// so a warp reads a fragment with one conflict-free 16-byte access per lane:
+/// each, and a block is two halves of 8 rows; inside a half, lane `l`'s 4 elements (row
+/// `l/4`, columns `2(l%4)`, `+1`, `+8`, `+9`) are its `mma.m16n8k16` B fragment of those rows
+/// ([`layout::frag_b_coord`]) and half of its A fragment of the block
+/// ([`layout::frag_a_coord`]), so a warp reads a B fragment with one conflict-free 8-byte
+/// access per lane and an A fragment with two:
 ///
-/// `pos = 256·((r/16)·4 + c/16) + 8·(4·(r%8) + (c%8)/2) + 2·((r%16)/8 + 2·((c%16)/8)) + c%2`,
+/// `pos = 256·((r/16)·4 + c/16) + 128·((r%16)/8) + 4·(4·(r%8) + (c%8)/2) + 2·((c%16)/8) + c%2`,
 /// in `0..16384` for `r < 256`, `c < 64`.
 ///
 /// `r` must be below 256 and `c` below 64 (checked in debug builds; release builds use
@@ -754,11 +756,13 @@ mod tests {
                 assert!(!seen[p as usize], "({r}, {c}) collides");
                 seen[p as usize] = true;
                 assert_eq!(tile_coord(p), (r, c));
-                // In the 512-byte block of its 16×16 block, as the lane and register half
-                // that hold it in the mma A fragment.
-                let (block, lane, half) = (p as usize / 256, (p as usize / 8) % 32, p as usize % 8);
+                // In the 512-byte block of its 16×16 block, in the 8-row half of its row,
+                // as the lane and register half that hold it in the mma B fragment of Wᵀ.
+                let p = p as usize;
+                let (block, rows8, lane, half) = (p / 256, (p / 128) % 2, (p / 4) % 32, p % 4);
                 assert_eq!(block, (r / 16) * 4 + c / 16);
-                assert_eq!(layout::frag_a_coord(lane, half), (r % 16, c % 16));
+                assert_eq!(rows8, (r % 16) / 8);
+                assert_eq!(layout::frag_b_coord(lane, half), (c % 16, r % 8));
             }
         }
         assert!(seen.iter().all(|&s| s));
@@ -769,10 +773,10 @@ mod tests {
         // Spot values from the formula.
         assert_eq!(tile_pos(0, 0), 0);
         assert_eq!(tile_pos(0, 1), 1);
-        assert_eq!(tile_pos(0, 2), 8);
-        assert_eq!(tile_pos(1, 0), 32);
-        assert_eq!(tile_pos(8, 0), 2);
-        assert_eq!(tile_pos(0, 8), 4);
+        assert_eq!(tile_pos(0, 2), 4);
+        assert_eq!(tile_pos(1, 0), 16);
+        assert_eq!(tile_pos(8, 0), 128);
+        assert_eq!(tile_pos(0, 8), 2);
         assert_eq!(tile_pos(0, 16), 256);
         assert_eq!(tile_pos(16, 0), 1024);
         assert_eq!(tile_pos(255, 63), 16383);

@@ -19,7 +19,8 @@
 //! * `words`: every tile's nonzero entries, tile after tile. One entry is one `u32` word,
 //!   `(pos << 16) | value_bits`, where `pos` = [`tile_pos`]`(r, c)` is the element index of
 //!   tile-local entry `(r, c)` in the kernel's fragment-native 256 × 64 shared-memory tile
-//!   (16×16 blocks of 512 bytes, each lane's 16 bytes its `mma` A fragment), so
+//!   (16×16 blocks of 512 bytes, two halves of 8 rows in which each lane's 8 bytes are
+//!   its `mma` B fragment of those rows; see [`tile_pos`]), so
 //!   `pos < 16384` ([`TILE_ELEMS`]).
 //! * Each tile's list has a multiple of 4 words (the kernel loads 16 bytes at a time); the
 //!   packer pads it to a multiple of [`LIST_ALIGN_WORDS`] = 32 words (128 bytes, so lists

@@ -462,9 +462,9 @@ mod tests {
 
     #[test]
     fn hand_made_block_reaches_optimum() {
-        // Columns 0 and 1 of the rows r with r % 16 in {0, 2} (8 per 64 rows): both halves
+        // Columns 0 and 1 of the rows r with r % 16 in {0, 4} (8 per 64 rows): both halves
         // of one 32-bit word (tile_pos(r, 0) is even), and every such word is in bank 0
-        // (pos/2 = 512·(r/16) + 16·(r%8) + (r%16)/8 ≡ 0 mod 32). In 64 rows: 16 words → four
+        // (pos/2 = 512·(r/16) + 64·((r%16)/8) + 8·(r%8) ≡ 0 mod 32). In 64 rows: 16 words → four
         // stores of 4. Row-major order puts (r,0) and (r,1) in different stores: each store
         // sees 4 distinct words in bank 0 → 4 × 3 = 12 extra wavefronts. Keeping pairs
         // together gives 2 distinct per store → 4 × 1 = 4, the optimum (8 distinct words, 4
@@ -474,7 +474,7 @@ mod tests {
         for (rows, before, after) in [(64, 12, 4), (256, 60, 28)] {
             let cols = 64;
             let mut dense = vec![f16::ZERO; rows * cols];
-            for r in (0..rows).filter(|r| r % 16 == 0 || r % 16 == 2) {
+            for r in (0..rows).filter(|r| r % 16 == 0 || r % 16 == 4) {
                 dense[r * cols] = f16::ONE;
                 dense[r * cols + 1] = f16::from_f32(2.0);
             }
