@@ -26,19 +26,19 @@
 //! barrier; refill the ring (the chunk's words are free once every thread passed the
 //! barrier). After a tile's last chunk, each warp multiplies its rows of the tile by the X
 //! tile with `mma.sync`:
-//! - up to 16 tokens (and at 64), W is the A operand: each A fragment is two 8-byte loads
-//!   per lane (`tile::warp_mma_frag_tile`), X gives B fragments with `ldmatrix` as in the
-//!   dense kernel;
-//! - at 32 tokens, W is the **B** operand (`tile::warp_mma_frag_tile_w_as_b`): X gives the
-//!   A fragments of two 16-token m-tiles, each 8-row half of a W block one B fragment, one
-//!   8-byte load per lane. Same shared-memory bytes, but see the exchange below.
+//! - at 8 tokens, W is the A operand: each A fragment is two 8-byte loads per lane
+//!   (`tile::warp_mma_frag_tile`), X gives B fragments with `ldmatrix` as in the dense
+//!   kernel;
+//! - from 16 tokens on, W is the **B** operand (`tile::warp_mma_frag_tile_w_as_b`): X gives
+//!   the A fragments of its 16-token m-tiles, each 8-row half of a W block one B fragment,
+//!   a single 8-byte load per lane. Same shared-memory bytes, but see the exchange below.
 //!
 //! The tile must be all zeros again before the next scatter; one of three ways:
-//! - in the `sm90` build (H100) up to 32 tokens, the W loads are 8-byte exchanges with
-//!   zeros (`atom.shared.exch.b64`), which on the H100 cost one shared-memory pass, like a
-//!   store alone: the clear comes with the read. At 32 tokens this pays only with W as B:
-//!   as A, `ptxas` copies every exchanged fragment into other registers, and the 32-token
-//!   kernel has none to spare (NOTES items 34–36);
+//! - in the `sm90` build (H100), the W loads are 8-byte exchanges with zeros
+//!   (`atom.shared.exch.b64`), which on the H100 cost one shared-memory pass, like a store
+//!   alone: the clear comes with the read. With W as B, each exchange writes exactly the
+//!   registers the MMAs read; the 16-byte exchange of an A fragment made `ptxas` copy every
+//!   fragment, which at 32 and 64 tokens cost more than it saved (NOTES items 34–36);
 //! - else (the portable build) a tile of ≤ 12.5% density up to 16 tokens keeps each
 //!   thread's words in registers and writes zeros back at their positions after the next
 //!   barrier, followed by one more barrier: at 90% sparsity that is a third of the
@@ -359,20 +359,18 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let mut c = cursor();
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
-    // The 32-token kernels multiply with W as the `mma` B operand (`w_as_b`; see the
-    // module docs), the others with W as A.
-    let w_as_b = NT == 4;
+    // From 16 tokens on, W is the `mma` B operand (`w_as_b`; see the module docs); the
+    // 8-token kernels take it as A.
+    let w_as_b = NT >= 2;
     // How the dense tile is cleared after a tile's MMAs (see the module docs):
-    // - in the sm90 build up to 32 tokens (`take`), the MMAs' W loads are exchanges with
-    //   zeros;
+    // - in the sm90 build (`take`), the MMAs' W loads are exchanges with zeros;
     // - else a sparse one-chunk tile up to 16 tokens keeps its words in registers (`kept`,
     //   `kept_len` > 0) and is cleared after the next barrier by writing zeros back (one
     //   more barrier, far fewer shared-memory writes than zeroing 32 KiB); only one-chunk
-    //   tiles are kept (the registers hold one chunk): at most the ring;
+    //   tiles are kept (the registers hold one chunk): at most the ring; not from 32 tokens
+    //   on, where the kept words would cost the fourth block per SM;
     // - else each warp zeroes its rows.
-    // Neither at 64 tokens (the 8-warp kernel is at 164 registers), and no kept words at 32
-    // (they would cost the fourth block per SM).
-    let take = cfg!(sm90) && NT <= 4;
+    let take = cfg!(sm90);
     let keep_tiles = !take && NT < 4;
     let keep_cap = ((4 * KEEP_GROUPS * THREADS) as u32).min(ring.words);
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);

@@ -254,9 +254,9 @@ pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize
 /// `16·(MT·warp + mt) + 8·h ..` ([`Epilogue::store_y_w_as_b`]).
 ///
 /// Why: a 16-byte exchange's result is copied into other registers before `mma` reads it
-/// (`ptxas`), which at 32 tokens costs more than the exchange saves; an 8-byte B fragment
-/// is exchanged straight into the registers `mma` reads (`benches/results/NOTES.md` item
-/// 36).
+/// (`ptxas`), which at 32 and 64 tokens costs more than the exchange saves; an 8-byte B
+/// fragment is exchanged straight into the registers `mma` reads (`benches/results/NOTES.md`
+/// item 36).
 ///
 /// # Safety
 /// As [`warp_mma`] (NT even); the W tile is complete and visible; `take` only where
@@ -270,7 +270,7 @@ pub unsafe fn warp_mma_frag_tile_w_as_b<E: MmaElement, const MT: usize, const NT
 ) {
     const { assert!(NT <= 8 && MT >= 1 && MT <= 4) };
     // Token m-tiles are 16 tokens. Not a compile-time assertion: the SpMM instantiates this
-    // for every NT and calls it for NT = 4 only; the check folds away, and a call with an
+    // for every NT and calls it for even NT only; the check folds away, and a call with an
     // odd NT would trap instead of leaving 8 tokens out.
     assert!(NT % 2 == 0);
     let lane = lane_idx() as usize;

@@ -30,7 +30,7 @@
 //! row-swizzled tile (`layout::swizzled_pos`), version 3 a fragment-native tile whose 16×16
 //! blocks held each lane's 16-byte A fragment (position `8·lane + half` in the block), and
 //! version 4 stores today's fragment-native tile (`layout::frag_pos`: 8-byte B-fragment
-//! halves, so the 32-token kernel can take W as the `mma` B operand). A version-2 or -3 file
+//! halves, so the SpMM can take W as the `mma` B operand). A version-2 or -3 file
 //! is converted while loading: each position is remapped (a bijection of `0..16384`), and a
 //! bank-reordered weight is reordered again for the new banks.
 //!
