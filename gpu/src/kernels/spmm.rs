@@ -29,9 +29,10 @@
 //! - at 8 tokens, W is the A operand: each A fragment is two 8-byte loads per lane
 //!   (`tile::warp_mma_frag_tile`), X gives B fragments with `ldmatrix` as in the dense
 //!   kernel;
-//! - from 16 tokens on, W is the **B** operand (`tile::warp_mma_frag_tile_w_as_b`): X gives
-//!   the A fragments of its 16-token m-tiles, each 8-row half of a W block one B fragment,
-//!   a single 8-byte load per lane. Same shared-memory bytes, but see the exchange below.
+//! - from 16 tokens on (but at 64 in the portable build), W is the **B** operand
+//!   (`tile::warp_mma_frag_tile_w_as_b`): X gives the A fragments of its 16-token m-tiles,
+//!   each 8-row half of a W block one B fragment, a single 8-byte load per lane. Same
+//!   shared-memory bytes, but see the exchange below.
 //!
 //! The tile must be all zeros again before the next scatter; one of three ways:
 //! - in the `sm90` build (H100), the W loads are 8-byte exchanges with zeros
@@ -360,8 +361,9 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
     // From 16 tokens on, W is the `mma` B operand (`w_as_b`; see the module docs); the
-    // 8-token kernels take it as A.
-    let w_as_b = NT >= 2;
+    // 8-token kernels take it as A, and so does the portable build's 64-token kernel
+    // (as B, without the exchange, `ptxas` spills 24 bytes of it for sm_80).
+    let w_as_b = NT >= 2 && (cfg!(sm90) || NT <= 4);
     // How the dense tile is cleared after a tile's MMAs (see the module docs):
     // - in the sm90 build (`take`), the MMAs' W loads are exchanges with zeros;
     // - else a sparse one-chunk tile up to 16 tokens keeps its words in registers (`kept`,
