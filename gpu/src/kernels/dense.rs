@@ -85,7 +85,7 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     }
     cp_async::wait_group::<0>();
 
-    let out = Epilogue { y, ldy: ldy as usize, m, n, rows: RT * TILE_M };
+    let out = Epilogue { y, ldy: ldy as usize, m, n, rows: RT * TILE_M, w_as_b: false };
     if work.splits > 1 {
         out.store_slot::<MT, NT>(&acc, unit_slot(partial, &work, full as usize, RT * TILE_M, NT * 8));
     } else {

@@ -299,7 +299,11 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let n0 = block_idx_y() as usize * NT * 8;
     // The block's two slots (its first and its last row tile's segments).
     let slots = partial.wrapping_add(2 * (block_idx_y() as usize * range.blocks + b) * NT * 8 * SPARSE_TILE_M);
-    let out = Epilogue { y, ldy: ldy as usize, m, n, rows: SPARSE_TILE_M };
+    // From 16 tokens on, W is the `mma` B operand (`w_as_b`; see the module docs); the
+    // 8-token kernels take it as A, and so does the portable build's 64-token kernel
+    // (as B, without the exchange, `ptxas` spills 24 bytes of it for sm_80).
+    let w_as_b = NT >= 2 && (cfg!(sm90) || NT <= 4);
+    let out = Epilogue { y, ldy: ldy as usize, m, n, rows: SPARSE_TILE_M, w_as_b };
 
     // Shared memory: dense W tile (256×64) | word ring | X tiles[x_slots] (N_TILE×64).
     // Tile i of the block's range (i = tile - first_tile) uses X slot i % x_slots.
@@ -360,10 +364,6 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let mut c = cursor();
     let (mut c_chunk, mut c_at, mut c_groups) = (0u32, 0u32, 0u32);
     let mut acc = [[FragC::default(); NT]; MT]; // MT × NT × (16×8 f32)
-    // From 16 tokens on, W is the `mma` B operand (`w_as_b`; see the module docs); the
-    // 8-token kernels take it as A, and so does the portable build's 64-token kernel
-    // (as B, without the exchange, `ptxas` spills 24 bytes of it for sm_80).
-    let w_as_b = NT >= 2 && (cfg!(sm90) || NT <= 4);
     // How the dense tile is cleared after a tile's MMAs (see the module docs):
     // - in the sm90 build (`take`), the MMAs' W loads are exchanges with zeros;
     // - else a sparse one-chunk tile up to 16 tokens keeps its words in registers (`kept`,
@@ -378,13 +378,6 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     let (mut kept, mut kept_len): (Kept, u32) = ([[0; 4]; KEEP_GROUPS], 0);
     // First tile of the current row tile's segment.
     let mut segment = first_tile;
-    let store_slot = |acc: &[[FragC; NT]; MT], slot: *mut f32| {
-        if w_as_b {
-            out.store_slot_w_as_b::<MT, NT>(acc, slot);
-        } else {
-            out.store_slot::<MT, NT>(acc, slot);
-        }
-    };
     while c.active() {
         // The chunk's group is the oldest one we still need: all later ones may stay pending.
         wait_pending(p.groups - c_groups - 1);
@@ -429,7 +422,7 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
             // A row tile ends inside the range: its segment is the block's first one and
             // partial (a range is at most K tiles long), so it goes to the first slot.
             if row_end && c.active() {
-                store_slot(&acc, slots);
+                out.store_slot::<MT, NT>(&acc, slots);
                 acc = [[FragC::default(); NT]; MT];
                 segment = c.tile;
             }
@@ -441,13 +434,9 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     // first or last row tile.
     let row_tile = segment / tiles_k;
     if segment % tiles_k == 0 && end_tile - segment == tiles_k {
-        if w_as_b {
-            out.store_y_w_as_b::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
-        } else {
-            out.store_y::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
-        }
+        out.store_y::<E, MT, NT>(&acc, row_tile * SPARSE_TILE_M, n0);
     } else {
         let last = usize::from(segment != first_tile);
-        store_slot(&acc, slots.wrapping_add(last * NT * 8 * SPARSE_TILE_M));
+        out.store_slot::<MT, NT>(&acc, slots.wrapping_add(last * NT * 8 * SPARSE_TILE_M));
     }
 }

@@ -251,7 +251,7 @@ pub unsafe fn warp_mma_frag_tile<E: MmaElement, const MT: usize, const NT: usize
 /// token m-tiles of 16 (`ldmatrix.x4`, as the dense kernel loads its W) and each 8-row half
 /// of the warp's 16×16 W blocks one B fragment, a single 8-byte load (or exchange with
 /// zeros, `take`) per lane. `acc[mt][2·tm + h]` is the 16×8 tile tokens `16·tm ..` × W rows
-/// `16·(MT·warp + mt) + 8·h ..` ([`Epilogue::store_y_w_as_b`]).
+/// `16·(MT·warp + mt) + 8·h ..` ([`Epilogue`] with `w_as_b`).
 ///
 /// Why: a 16-byte exchange's result is copied into other registers before `mma` reads it
 /// (`ptxas`), which at 32 and 64 tokens costs more than the exchange saves; an 8-byte B
@@ -376,11 +376,14 @@ pub struct Epilogue {
     pub n: usize,
     /// Rows of W per block (the output tile is `n_tile × rows`).
     pub rows: usize,
+    /// The accumulators are those of [`warp_mma_frag_tile_w_as_b`] (tokens as the C rows)
+    /// rather than W rows as the C rows (the other MMA loops).
+    pub w_as_b: bool,
 }
 
 impl Epilogue {
     /// Stores one warp's accumulators for W rows `m0 + 16·MT·warp ..` and tokens `n0 ..` to
-    /// `Y`, dropping elements outside `m × n`.
+    /// `Y`, dropping elements outside `m × n` (either accumulator layout, [`Self::w_as_b`]).
     ///
     /// # Safety
     /// `y` is an allocation of `n × ldy` elements.
@@ -391,6 +394,9 @@ impl Epilogue {
         m0: usize,
         n0: usize,
     ) {
+        if self.w_as_b {
+            return self.store_y_w_as_b::<E, MT, NT>(acc, m0, n0);
+        }
         for_each_acc(acc, |row, token, v| {
             if m0 + row < self.m && n0 + token < self.n {
                 *self.y.add((n0 + token) * self.ldy + m0 + row) = E::from_f32(v);
@@ -398,12 +404,16 @@ impl Epilogue {
         });
     }
 
-    /// Stores one warp's accumulators, the whole output tile, to `slot`.
+    /// Stores one warp's accumulators, the whole output tile, to `slot` (either accumulator
+    /// layout).
     ///
     /// # Safety
     /// `slot` points at `n_tile × rows` writable f32 (`n_tile = 8·NT`).
     #[inline(always)]
     pub unsafe fn store_slot<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
+        if self.w_as_b {
+            return self.store_slot_w_as_b::<MT, NT>(acc, slot);
+        }
         for_each_acc(acc, |row, token, v| *slot.add(token * self.rows + row) = v);
     }
 
@@ -415,7 +425,7 @@ impl Epilogue {
     /// # Safety
     /// As [`Self::store_y`].
     #[inline(always)]
-    pub unsafe fn store_y_w_as_b<E: MmaElement, const MT: usize, const NT: usize>(
+    unsafe fn store_y_w_as_b<E: MmaElement, const MT: usize, const NT: usize>(
         &self,
         acc: &[[FragC; NT]; MT],
         m0: usize,
@@ -445,7 +455,7 @@ impl Epilogue {
     /// # Safety
     /// As [`Self::store_slot`]; `slot` is 8-byte aligned.
     #[inline(always)]
-    pub unsafe fn store_slot_w_as_b<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
+    unsafe fn store_slot_w_as_b<const MT: usize, const NT: usize>(&self, acc: &[[FragC; NT]; MT], slot: *mut f32) {
         for_each_pair_w_as_b(acc, |row, token, v| {
             let pair = v[0].to_bits() as u64 | (v[1].to_bits() as u64) << 32;
             *(slot.add(token * self.rows + row) as *mut u64) = pair;
