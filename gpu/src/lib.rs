@@ -15,6 +15,7 @@
 //! - [`cp_async`]: `cp.async` 16-byte copies (plain, zero-fill, with an L2 policy), commit /
 //!   wait groups.
 //! - [`cache`]: L2 eviction policies (`createpolicy`) and `discard.global.L2`.
+//! - [`griddep`]: programmatic dependent launch (`griddepcontrol`, sm90; no-ops otherwise).
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
 //! - [`convert`]: f32 → f16/bf16 rounding.
@@ -44,6 +45,7 @@ macro_rules! unroll {
 pub mod cache;
 pub mod convert;
 pub mod cp_async;
+pub mod griddep;
 pub mod kernels;
 pub mod layout;
 pub mod ldmatrix;

@@ -1,5 +1,6 @@
 //! The GPU handle: context, stream and the kernel module (loaded once per handle).
 
+use crate::dependent_launch::DependentLauncher;
 use crate::error::{Error, Result};
 use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
@@ -23,6 +24,9 @@ pub struct Gpu {
     pub(crate) kernels: RefCell<std::collections::HashMap<(String, u32), usize>>,
     pub(crate) sm_count: u32,
     pub(crate) smem: SharedMemory,
+    /// `cuLaunchKernelEx`, with the sm_90 build only: its split-K reductions wait for the
+    /// SpMM themselves (`griddepcontrol.wait`), so they are queued as programmatic dependents.
+    pub(crate) dependent_launch: Option<DependentLauncher>,
     name: String,
     compute_capability: (i32, i32),
     ptx_target: &'static str,
@@ -90,7 +94,20 @@ impl Gpu {
         let (ptx_target, ptx) = if cc.0 >= 9 && !portable { ("sm_90", crate::PTX_SM90) } else { ("sm_80", crate::PTX) };
         let module = Module::from_ptx(ptx, &[]).map_err(|e| Error::driver("loading PTX module", e))?;
         let stream = Stream::new(StreamFlags::NON_BLOCKING, None).map_err(|e| Error::driver("creating stream", e))?;
-        Ok(Gpu { stream, module, workspace: RefCell::new(None), kernels: RefCell::default(), sm_count, smem, name, compute_capability: cc, ptx_target, context })
+        let dependent_launch = if ptx_target == "sm_90" { DependentLauncher::find() } else { None };
+        Ok(Gpu {
+            stream,
+            module,
+            workspace: RefCell::new(None),
+            kernels: RefCell::default(),
+            sm_count,
+            smem,
+            dependent_launch,
+            name,
+            compute_capability: cc,
+            ptx_target,
+            context,
+        })
     }
 
     /// Device name, e.g. "NVIDIA H100 80GB HBM3".

@@ -27,6 +27,7 @@
 
 pub mod cpu;
 pub mod cublas;
+mod dependent_launch;
 mod element;
 mod error;
 mod gpu;

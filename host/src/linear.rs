@@ -399,7 +399,7 @@ impl Gpu {
                     let (reduce, _) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
                     let (kt, tile) = (k_tiles as u32, n_tile as u32);
                     let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile];
-                    self.launch(&reduce, reduce_blocks(row_tiles * n_blocks * slot), REDUCE_THREADS as u32, 0, &mut args)?;
+                    self.launch_dependent(&reduce, reduce_blocks(row_tiles * n_blocks * slot), REDUCE_THREADS as u32, &mut args)?;
                 }
             }
         }
@@ -498,6 +498,23 @@ impl Gpu {
         // operands whose allocations outlive the queued work: they are borrowed for the call,
         // and buffers are freed only after the stream is synchronised or by their owner.
         unsafe { self.stream.launch(func, grid, block, smem, args) }.map_err(|e| Error::driver("kernel launch", e))
+    }
+
+    /// Queues `func` (no dynamic shared memory) as a programmatic dependent of the kernel
+    /// queued before it where the driver and the loaded PTX build allow it, else as an
+    /// ordinary launch. Only for kernels that wait for their predecessor themselves
+    /// (`griddepcontrol.wait` in every thread first: `streamk_reduce`).
+    fn launch_dependent(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, args: &mut [*mut c_void]) -> Result<()> {
+        let Some(launcher) = self.dependent_launch else {
+            return self.launch(func, grid, block, 0, args);
+        };
+        // SAFETY: as in `launch`; the kernel waits for the one before it (see above), and the
+        // stream and function handles are live handles of this `Gpu`.
+        let rc = unsafe { launcher.launch(func.to_raw(), self.stream.as_inner(), grid, block, 0, args) };
+        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
+            return Err(Error::Driver { context: "dependent kernel launch", name: format!("{rc:?}") });
+        }
+        Ok(())
     }
 }
 

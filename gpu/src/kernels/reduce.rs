@@ -11,6 +11,7 @@
 
 use super::tile::StreamRange;
 use crate::cache::discard_l2_line;
+use crate::griddep::wait_prior_grids;
 use crate::layout::SPARSE_TILE_M;
 use crate::mma::MmaElement;
 use crate::sync::bar_warp_sync;
@@ -131,12 +132,15 @@ pub unsafe fn splitk_reduce<E: MmaElement>(
 /// 256 / (4 · REDUCE_THREADS)` blocks (`R = ceil(m/256)`, `n_tile` a multiple of 8);
 /// `partial` (128-byte aligned) holds `2 · blocks · token_tiles · n_tile · 256` f32 with the
 /// slots of the segments the SpMM launch before wrote (same `m`, `k_tiles`, `blocks`); `y`
-/// is `n × ldy` (`ldy ≥ m`). The partials are undefined afterwards.
+/// is `n × ldy` (`ldy ≥ m`). The partials are undefined afterwards. It may be launched as a
+/// programmatic dependent of that SpMM launch ([`crate::griddep`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn streamk_reduce<E: MmaElement>(
     partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, k_tiles: u32, blocks: u32, n_tile: u32,
 ) {
+    // Launched as the SpMM's programmatic dependent (sm90): every thread waits for it first.
+    wait_prior_grids();
     let (m, k_tiles, n_tile) = (m as usize, k_tiles.max(1) as usize, n_tile as usize);
     let slot = n_tile * SPARSE_TILE_M;
     let row_tiles = m.div_ceil(SPARSE_TILE_M);

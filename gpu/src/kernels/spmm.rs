@@ -68,6 +68,7 @@ use super::tile::{
 };
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
+use crate::griddep::launch_dependents;
 use crate::layout::{
     block_threads, spmm_x_slots, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_BYTES,
     TILE_K,
@@ -291,6 +292,9 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, blocks: u32, ring_words: u32, evict_first: bool,
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
+    // The split-K reduction (launched as a programmatic dependent in the sm90 build) may be
+    // scheduled onto SMs as this grid's blocks leave them; it waits for this grid to finish.
+    launch_dependents();
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tiles_k = k.div_ceil(TILE_K);
     let range = StreamRange { tiles: m.div_ceil(SPARSE_TILE_M) * tiles_k, blocks: blocks as usize };

@@ -1,0 +1,40 @@
+//! Programmatic dependent launch (PTX ISA 9.7.12.15 `griddepcontrol`; sm_90, PTX 7.8).
+//!
+//! A kernel launched with the programmatic-stream-serialization attribute may start while
+//! the kernel before it on the stream is still running: its blocks are scheduled once
+//! every block of the earlier grid has signalled [`launch_dependents`] (or exited), and it
+//! must call [`wait_prior_grids`] before touching anything that grid writes. The host uses
+//! this for the SpMM's split-K reduction only with the `sm90` build (on Hopper), so the
+//! reduction's launch and block start overlap the SpMM's last blocks.
+//!
+//! In the portable build both are no-ops: the host never launches a dependent grid with
+//! it, so the stream orders the kernels as usual.
+
+#[cfg(sm90)]
+use core::arch::asm;
+
+/// `griddepcontrol.launch_dependents`: lets the grid launched after this one on the stream
+/// (if it was launched as a programmatic dependent) be scheduled once every block of this
+/// grid has called it or exited. Says nothing about this grid's memory: the dependent
+/// still waits for it with [`wait_prior_grids`].
+///
+/// # Safety
+/// None beyond running in a kernel; it only affects scheduling.
+#[inline(always)]
+pub unsafe fn launch_dependents() {
+    #[cfg(sm90)]
+    asm!("griddepcontrol.launch_dependents;", options(nostack));
+}
+
+/// `griddepcontrol.wait`: waits until the grids this one depends on programmatically have
+/// completed and their memory writes are visible. Returns at once when there are none.
+///
+/// # Safety
+/// None beyond running in a kernel. A kernel the host may launch as a programmatic
+/// dependent must call this in every thread before it reads or writes memory the earlier
+/// grid writes, and before it exits (so that it cannot complete before the earlier grid).
+#[inline(always)]
+pub unsafe fn wait_prior_grids() {
+    #[cfg(sm90)]
+    asm!("griddepcontrol.wait;", options(nostack));
+}
