@@ -1,4 +1,5 @@
-//! Programmatic dependent launch (PTX ISA 9.7.12.15 `griddepcontrol`; sm_90, PTX 7.8).
+//! Programmatic dependent launch (PTX ISA `griddepcontrol`, among the parallel
+//! synchronization instructions; sm_90, PTX 7.8).
 //!
 //! A kernel launched with the programmatic-stream-serialization attribute may start while
 //! the kernel before it on the stream is still running: its blocks are scheduled once
