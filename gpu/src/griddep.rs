@@ -5,8 +5,9 @@
 //! the kernel before it on the stream is still running: its blocks are scheduled once
 //! every block of the earlier grid has signalled [`launch_dependents`] (or exited), and it
 //! must call [`wait_prior_grids`] before touching anything that grid writes. The host uses
-//! this for the SpMM's split-K reduction only with the `sm90` build (on Hopper), so the
-//! reduction's launch and block start overlap the SpMM's last blocks.
+//! this for the split-K reductions of the SpMM and the dense kernel, only with the `sm90`
+//! build (on Hopper), so a reduction's launch and block start overlap the last blocks of the
+//! kernel before it.
 //!
 //! In the portable build both are no-ops: the host never launches a dependent grid with
 //! it, so the stream orders the kernels as usual.

@@ -361,7 +361,7 @@ impl Gpu {
                     let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
                     let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
                     let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
-                    self.launch(&reduce, reduce_blocks(units * slot), REDUCE_THREADS as u32, 0, &mut args)?;
+                    self.launch_dependent(&reduce, reduce_blocks(units * slot), REDUCE_THREADS as u32, &mut args)?;
                 }
             }
             Operand::Sparse(ws) => {
@@ -503,7 +503,7 @@ impl Gpu {
     /// Queues `func` (no dynamic shared memory) as a programmatic dependent of the kernel
     /// queued before it where the driver and the loaded PTX build allow it, else as an
     /// ordinary launch. Only for kernels that wait for their predecessor themselves
-    /// (`griddepcontrol.wait` in every thread first: `streamk_reduce`).
+    /// (`griddepcontrol.wait` in every thread first: `streamk_reduce`, `splitk_reduce`).
     fn launch_dependent(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, args: &mut [*mut c_void]) -> Result<()> {
         let Some(launcher) = self.dependent_launch else {
             return self.launch(func, grid, block, 0, args);

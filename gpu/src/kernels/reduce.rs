@@ -104,13 +104,16 @@ unsafe fn discard_slots(count: usize, at: impl Fn(usize) -> *const f32) {
 /// and every warp reads whole 128-byte lines); `partial` (128-byte aligned) holds `units ·
 /// splits · n_tile · rows` f32 written by the split blocks of the launch before, where
 /// `units = (R - full) · token_tiles`; `y` is `n × ldy` (`ldy ≥ m`). The partials are
-/// undefined afterwards.
+/// undefined afterwards. It may be launched as a programmatic dependent of that launch
+/// ([`crate::griddep`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn splitk_reduce<E: MmaElement>(
     partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32, full: u32, rows: u32, n_tile: u32,
     token_tiles: u32,
 ) {
+    // Launched as the dense kernel's programmatic dependent (sm90): every thread waits first.
+    wait_prior_grids();
     let (splits, rows, n_tile) = (splits.max(1) as usize, rows as usize, n_tile as usize);
     let slot = n_tile * rows;
     let idx = thread_group();
