@@ -50,4 +50,13 @@ impl Error {
     pub(crate) fn driver(context: &'static str, err: cust::error::CudaError) -> Self {
         Error::Driver { context, name: format!("{err:?}") }
     }
+
+    /// `Ok` for a raw driver status of success, else the error with its context (for driver
+    /// calls `cust` does not wrap).
+    pub(crate) fn check_raw(context: &'static str, rc: cust::sys::CUresult) -> Result<()> {
+        if rc == cust::sys::cudaError_enum::CUDA_SUCCESS {
+            return Ok(());
+        }
+        Err(Error::Driver { context, name: format!("{rc:?}") })
+    }
 }

@@ -77,10 +77,7 @@ impl Gpu {
             let mut v = 0i32;
             // SAFETY: writes one i32 for a valid attribute of a device handle cust returned.
             let rc = unsafe { cust::sys::cuDeviceGetAttribute(&mut v, a, device.as_raw()) };
-            if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-                return Err(Error::Driver { context: "device attribute", name: format!("{rc:?}") });
-            }
-            Ok(v as usize)
+            Error::check_raw("device attribute", rc).map(|()| v as usize)
         };
         use cust::sys::CUdevice_attribute as A;
         let smem = SharedMemory {

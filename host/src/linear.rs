@@ -451,9 +451,7 @@ impl Gpu {
                     smem as i32,
                 )
             };
-            if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-                return Err(Error::Driver { context: "setting max dynamic shared memory", name: format!("{rc:?}") });
-            }
+            Error::check_raw("setting max dynamic shared memory", rc)?;
         }
         // Registers per thread × threads must fit the SM; every compiled shape does (at most
         // 256 threads), this keeps a future one from failing at launch instead of here.
@@ -511,10 +509,7 @@ impl Gpu {
         // SAFETY: as in `launch`; the kernel waits for the one before it (see above), and the
         // stream and function handles are live handles of this `Gpu`.
         let rc = unsafe { launcher.launch(func.to_raw(), self.stream.as_inner(), grid, block, 0, args) };
-        if rc != cust::sys::cudaError_enum::CUDA_SUCCESS {
-            return Err(Error::Driver { context: "dependent kernel launch", name: format!("{rc:?}") });
-        }
-        Ok(())
+        Error::check_raw("dependent kernel launch", rc)
     }
 }
 
