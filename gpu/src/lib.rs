@@ -16,6 +16,8 @@
 //!   wait groups.
 //! - [`cache`]: L2 eviction policies (`createpolicy`) and `discard.global.L2`.
 //! - [`griddep`]: programmatic dependent launch (`griddepcontrol`, sm90; no-ops otherwise).
+//! - [`flag`]: completion flags between grids (`st.release` / `ld.acquire` at GPU scope) and
+//!   `nanosleep`.
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
 //! - [`convert`]: f32 → f16/bf16 rounding.
@@ -45,6 +47,7 @@ macro_rules! unroll {
 pub mod cache;
 pub mod convert;
 pub mod cp_async;
+pub mod flag;
 pub mod griddep;
 pub mod kernels;
 pub mod layout;

@@ -6,7 +6,7 @@ use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// A CUDA device with this crate's kernels loaded.
 ///
@@ -18,6 +18,11 @@ pub struct Gpu {
     pub(crate) module: Module,
     /// Split-K partial sums, grown on demand and reused (no allocation per call).
     pub(crate) workspace: RefCell<Option<cust::memory::DeviceBuffer<f32>>>,
+    /// The split SpMM launches' completion flags (one per block and token tile, grown on
+    /// demand, zeroed when allocated) and the number the last launch published in them
+    /// (`linear.rs: completion_flags`).
+    pub(crate) flags: RefCell<Option<cust::memory::DeviceBuffer<u32>>>,
+    pub(crate) flag_launch: Cell<u32>,
     /// Per kernel name and dynamic shared memory: launch set-up done (smem limit raised) and
     /// its resident blocks on the GPU, so a `linear` call does no driver queries beyond the
     /// kernel lookup.
@@ -97,6 +102,8 @@ impl Gpu {
             stream,
             module,
             workspace: RefCell::new(None),
+            flags: RefCell::new(None),
+            flag_launch: Cell::new(0),
             kernels: RefCell::default(),
             sm_count,
             smem,

@@ -389,16 +389,17 @@ impl Gpu {
                 // `blocks ≥ R`, exactly when `blocks > R` (range length < K).
                 let split = blocks > row_tiles;
                 let partial = self.workspace_ptr(if split { 2 * blocks * n_blocks * slot } else { 0 })?;
+                let (flags, launch) = if split { self.completion_flags(blocks * n_blocks)? } else { (0, 0) };
                 let offs = ws.tile_offsets.as_device_ptr().as_raw();
                 let words = ws.words.as_device_ptr().as_raw();
                 let (nb, ring) = (blocks as u32, ring as u32);
                 let evict_first = u32::from(opts.l2_evict_first.unwrap_or(true));
-                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first];
+                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first, flags, launch];
                 self.launch(&func, (nb, n_blocks as u32, 1), threads, smem, &mut args)?;
                 if split {
                     let (reduce, _) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
                     let (kt, tile) = (k_tiles as u32, n_tile as u32);
-                    let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile];
+                    let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile, flags, launch];
                     self.launch_dependent(&reduce, reduce_blocks(row_tiles * n_blocks * slot), REDUCE_THREADS as u32, &mut args)?;
                 }
             }
@@ -487,6 +488,31 @@ impl Gpu {
             *ws = Some(unsafe { DeviceBuffer::uninitialized(floats) }.map_err(|e| Error::driver("workspace", e))?);
         }
         Ok(ws.as_ref().map_or(0, |b| b.as_device_ptr().as_raw()))
+    }
+
+    /// The split SpMM's completion flags for `count` blocks × token tiles (device address)
+    /// and the number this launch's blocks publish in them (`gpu::flag`). Every launch gets
+    /// the next number, so a flag an earlier launch set never matches it; the flags are
+    /// zeroed when allocated and again when the number wraps (0 is never used).
+    fn completion_flags(&self, count: usize) -> Result<(u64, u32)> {
+        let mut flags = self.flags.borrow_mut();
+        let mut launch = self.flag_launch.get().wrapping_add(1);
+        if flags.as_ref().is_none_or(|b| b.len() < count) || launch == 0 {
+            // The stream may still use the old buffer: wait before freeing it.
+            self.synchronize()?;
+            let len = count.max(flags.as_ref().map_or(0, |b| b.len()));
+            *flags = None;
+            // SAFETY: u32 has no invalid bit patterns; the buffer is zeroed on the stream
+            // below, before any kernel queued after this reads it.
+            let buf = unsafe { DeviceBuffer::<u32>::uninitialized(len) }.map_err(|e| Error::driver("completion flags", e))?;
+            // SAFETY: sets `len` u32 of a live allocation, queued on this handle's stream.
+            let rc = unsafe { cust::sys::cuMemsetD32Async(buf.as_device_ptr().as_raw(), 0, len, self.stream.as_inner()) };
+            Error::check_raw("zeroing completion flags", rc)?;
+            *flags = Some(buf);
+            launch = 1;
+        }
+        self.flag_launch.set(launch);
+        Ok((flags.as_ref().map_or(0, |b| b.as_device_ptr().as_raw()), launch))
     }
 
     /// Launches on this handle's stream.

@@ -43,10 +43,10 @@ macro_rules! spmm_entries {
         pub unsafe extern "ptx-kernel" fn $name(
             tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32,
             y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, blocks: u32,
-            ring_words: u32, evict_first: u32,
+            ring_words: u32, evict_first: u32, flags: *mut u32, launch: u32,
         ) {
             spmm::spmm_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
-                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, blocks, ring_words, evict_first != 0,
+                tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, blocks, ring_words, evict_first != 0, flags, launch,
             );
         }
     )*};
@@ -73,8 +73,9 @@ macro_rules! reduce_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $streamk(
             partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, k_tiles: u32, blocks: u32, n_tile: u32,
+            flags: *const u32, launch: u32,
         ) {
-            reduce::streamk_reduce::<$elem>(partial, y, ldy, m, n, k_tiles, blocks, n_tile);
+            reduce::streamk_reduce::<$elem>(partial, y, ldy, m, n, k_tiles, blocks, n_tile, flags, launch);
         }
     )*};
 }

@@ -14,7 +14,8 @@ use crate::cache::discard_l2_line;
 use crate::griddep::wait_prior_grids;
 use crate::layout::SPARSE_TILE_M;
 use crate::mma::MmaElement;
-use crate::sync::bar_warp_sync;
+use crate::flag;
+use crate::sync::{bar_sync, bar_warp_sync};
 use crate::thread::{block_dim_x, block_idx_x, lane_idx, thread_idx_x};
 
 /// Slot loads in flight per thread.
@@ -126,24 +127,51 @@ pub unsafe fn splitk_reduce<E: MmaElement>(
     discard_slots(splits, at);
 }
 
+/// Waits until blocks `first .. first + count` of `flags` hold `launch`: thread t watches
+/// flags `t, t + threads, …`, then the block meets at a barrier (the acquire pattern of
+/// [`crate::flag`]), so every thread may read what those blocks wrote before publishing.
+///
+/// # Safety
+/// Called by every thread of the block with the same arguments; `flags[first .. first +
+/// count]` are readable.
+#[inline(always)]
+unsafe fn wait_for_blocks(flags: *const u32, first: usize, count: usize, launch: u32) {
+    let mut i = thread_idx_x() as usize;
+    while i < count {
+        while flag::acquire(flags.add(first + i)) != launch {
+            flag::nanosleep(256);
+        }
+        i += block_dim_x() as usize;
+    }
+    bar_sync();
+}
+
 /// The sparse kernel's reduction: row tile r of token tile y gets the segments of blocks
 /// `block_of(r·K) ..= block_of(r·K + K - 1)`, in block order; a row tile inside one block's
 /// range was written to `Y` by that block and is skipped.
+///
+/// A row tile is summed as soon as its contributors have published `launch` in their
+/// `flags` (one per SpMM block and token tile, [`crate::flag`]), which happens while the rest
+/// of the SpMM still runs: launched as the SpMM's programmatic dependent, its blocks are
+/// scheduled onto SMs as the SpMM's blocks leave them. Every thread still waits for the
+/// whole SpMM grid ([`wait_prior_grids`]) before it exits, so the reduction never completes
+/// before the SpMM.
 ///
 /// # Safety
 /// Launched with `layout::REDUCE_THREADS` threads per block and `R · token_tiles · n_tile ·
 /// 256 / (4 · REDUCE_THREADS)` blocks (`R = ceil(m/256)`, `n_tile` a multiple of 8);
 /// `partial` (128-byte aligned) holds `2 · blocks · token_tiles · n_tile · 256` f32 with the
-/// slots of the segments the SpMM launch before wrote (same `m`, `k_tiles`, `blocks`); `y`
-/// is `n × ldy` (`ldy ≥ m`). The partials are undefined afterwards. It may be launched as a
-/// programmatic dependent of that SpMM launch ([`crate::griddep`]).
+/// slots of the segments the SpMM launch before wrote (same `m`, `k_tiles`, `blocks`,
+/// `flags` and `launch`); `flags` holds `token_tiles · blocks` u32 that the SpMM sets to
+/// `launch` (none of which held `launch` before it); `y` is `n × ldy` (`ldy ≥ m`). The
+/// partials are undefined afterwards. It may be launched as a programmatic dependent of that
+/// SpMM launch ([`crate::griddep`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn streamk_reduce<E: MmaElement>(
     partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, k_tiles: u32, blocks: u32, n_tile: u32,
+    flags: *const u32, launch: u32,
 ) {
-    // Launched as the SpMM's programmatic dependent (sm90): every thread waits for it first.
-    wait_prior_grids();
     let (m, k_tiles, n_tile) = (m as usize, k_tiles.max(1) as usize, n_tile as usize);
     let slot = n_tile * SPARSE_TILE_M;
     let row_tiles = m.div_ceil(SPARSE_TILE_M);
@@ -153,18 +181,22 @@ pub unsafe fn streamk_reduce<E: MmaElement>(
     let (token_tile, r) = (unit / row_tiles, unit % row_tiles);
     let first = range.block_of(r * k_tiles);
     let count = range.block_of(r * k_tiles + k_tiles - 1) + 1 - first;
-    if count == 1 {
-        return; // whole row tile: the block wrote Y (uniform over the launch block)
+    // A whole row tile (count 1) was written to Y by its block (uniform over the launch
+    // block, as is everything the barriers below depend on).
+    if count > 1 {
+        wait_for_blocks(flags, token_tile * range.blocks + first, count, launch);
+        // Block b's segment of row tile r is in its first slot when r is its first row tile:
+        // for every contributor but the first, whose range may start in an earlier row tile.
+        let first_starts_before = range.start(first) < r * k_tiles;
+        let at = |i: usize| {
+            let last = usize::from(i == 0 && first_starts_before);
+            partial.add((2 * (token_tile * range.blocks + first + i) + last) * slot + e)
+        };
+        let sum = sum_slots(count, at);
+        let (gm, gn) = (r * SPARSE_TILE_M + e % SPARSE_TILE_M, token_tile * n_tile + e / SPARSE_TILE_M);
+        store4::<E>(y, ldy as usize, m, n as usize, gm, gn, sum);
+        discard_slots(count, at);
     }
-    // Block b's segment of row tile r is in its first slot when r is its first row tile:
-    // for every contributor but the first, whose range may start in an earlier row tile.
-    let first_starts_before = range.start(first) < r * k_tiles;
-    let at = |i: usize| {
-        let last = usize::from(i == 0 && first_starts_before);
-        partial.add((2 * (token_tile * range.blocks + first + i) + last) * slot + e)
-    };
-    let sum = sum_slots(count, at);
-    let (gm, gn) = (r * SPARSE_TILE_M + e % SPARSE_TILE_M, token_tile * n_tile + e / SPARSE_TILE_M);
-    store4::<E>(y, ldy as usize, m, n as usize, gm, gn, sum);
-    discard_slots(count, at);
+    // Launched as the SpMM's programmatic dependent (sm90): not done before it is.
+    wait_prior_grids();
 }

@@ -68,6 +68,7 @@ use super::tile::{
 };
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
+use crate::flag;
 use crate::griddep::launch_dependents;
 use crate::layout::{
     block_threads, spmm_x_slots, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_BYTES,
@@ -285,11 +286,15 @@ unsafe fn scatter_chunk<const THREADS: usize>(ring: Ring, at: u32, len: u32, den
 /// is `n × ldy` (`ldy ≥ m`); `partial` has `2·blocks·ceil(n/(8·NT))·8·NT·256` f32 when some
 /// range boundary falls inside a row tile (the split-K workspace); `m, n, k ≥ 1`.
 /// `evict_first` marks the weight words' copies evict-first in L2 (`cache::l2_policy`).
+/// With the workspace, `flags` holds `ceil(n/(8·NT))·blocks` u32: once all of its stores are
+/// done, the block sets its own (`block_idx_y()·blocks + block_idx_x()`) to `launch`, for
+/// the reduction (`crate::flag`); else `flags` may be null.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const THREADS: usize>(
     tile_offsets: *const u32, words: *const u32, x: *const u16, ldx: u32, y: *mut u16,
     ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, blocks: u32, ring_words: u32, evict_first: bool,
+    flags: *mut u32, launch: u32,
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
     // The split-K reduction (launched as a programmatic dependent in the sm90 build) may be
@@ -442,5 +447,13 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     } else {
         let last = usize::from(segment != first_tile);
         out.store_slot::<MT, NT>(&acc, slots.wrapping_add(last * NT * 8 * SPARSE_TILE_M));
+    }
+    // Publish the block's slots (both were written by now) to the reduction: every thread's
+    // stores are done at the barrier, then one release store (`crate::flag`).
+    if !flags.is_null() {
+        bar_sync();
+        if thread_idx_x() == 0 {
+            flag::release(flags.add(block_idx_y() as usize * range.blocks + b), launch);
+        }
     }
 }
