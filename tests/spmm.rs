@@ -183,6 +183,36 @@ fn spmm_is_deterministic() {
     }
 }
 
+/// Launches queued back to back, with no synchronisation between them, each with another
+/// stream-K schedule or token count: every split launch's reduction waits only for the
+/// completion flags its own SpMM blocks set (`gpu::flag`), so a flag an earlier launch left
+/// at the same position must never be taken for this launch's.
+#[test]
+fn spmm_back_to_back_launches_do_not_mix_schedules() {
+    let Some(gpu) = gpu("spmm_back_to_back_launches_do_not_mix_schedules") else { return };
+    let (m, k) = (700, 3000);
+    let mut rng = Rng::new(17);
+    let w: Vec<f16> = sparse_random(&mut rng, m, k, 0.7);
+    let dw = gpu.upload_sparse(&SparseWeight::from_dense(m, k, &w).unwrap()).unwrap();
+    // (tokens, blocks): 3 row tiles × 47 K tiles; 70 tokens take two token tiles of 64.
+    let runs = [(32, 141), (8, 5), (70, 40), (32, 7), (16, 141), (1, 100), (70, 3), (32, 64)];
+    let xs: Vec<Vec<f16>> = runs.iter().map(|&(n, _)| random(&mut rng, n * k)).collect();
+    let dxs: Vec<_> = runs.iter().zip(&xs).map(|(&(n, _), x)| gpu.upload(n, k, x).unwrap()).collect();
+    let mut ys: Vec<_> = runs.iter().map(|&(n, _)| gpu.zeros::<f16>(n, m).unwrap()).collect();
+    for y in &mut ys {
+        gpu.fill(y, poison()).unwrap();
+    }
+    gpu.synchronize().unwrap();
+    for _round in 0..3 {
+        for ((&(_, blocks), dx), y) in runs.iter().zip(&dxs).zip(&mut ys) {
+            gpu.linear_into(dx, &dw, y, LinearOptions { blocks: Some(blocks), ..Default::default() }).unwrap();
+        }
+    }
+    for ((&(n, _), x), y) in runs.iter().zip(&xs).zip(&ys) {
+        assert_close(&gpu.download(y).unwrap(), x, &w, n, m, k);
+    }
+}
+
 #[test]
 fn spmm_rejects_shape_mismatch() {
     let Some(gpu) = gpu("spmm_rejects_shape_mismatch") else { return };

@@ -39,6 +39,13 @@ pub fn block_dim_x() -> u32 {
     unsafe { nvptx::_block_dim_x() as u32 }
 }
 
+/// `%nctaid.x`: blocks in the grid along x.
+#[inline(always)]
+pub fn grid_dim_x() -> u32 {
+    // SAFETY: as above.
+    unsafe { nvptx::_grid_dim_x() as u32 }
+}
+
 /// `%nctaid.y`: blocks in the grid along y.
 #[inline(always)]
 pub fn grid_dim_y() -> u32 {

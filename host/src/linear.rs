@@ -397,10 +397,14 @@ impl Gpu {
                 let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first, flags, launch];
                 self.launch(&func, (nb, n_blocks as u32, 1), threads, smem, &mut args)?;
                 if split {
-                    let (reduce, _) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
+                    // At most one wave of resident blocks, each looping over chunks (see
+                    // `gpu::kernels::reduce::streamk_reduce`).
+                    let (reduce, resident) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
                     let (kt, tile) = (k_tiles as u32, n_tile as u32);
                     let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile, flags, launch];
-                    self.launch_dependent(&reduce, reduce_blocks(row_tiles * n_blocks * slot), REDUCE_THREADS as u32, &mut args)?;
+                    let (chunks, _, _) = reduce_blocks(row_tiles * n_blocks * slot);
+                    let grid = (chunks.min(resident as u32), 1, 1);
+                    self.launch_dependent(&reduce, grid, REDUCE_THREADS as u32, &mut args)?;
                 }
             }
         }
@@ -496,8 +500,8 @@ impl Gpu {
     /// zeroed when allocated and again when the number wraps (0 is never used).
     fn completion_flags(&self, count: usize) -> Result<(u64, u32)> {
         let mut flags = self.flags.borrow_mut();
-        let mut launch = self.flag_launch.get().wrapping_add(1);
-        if flags.as_ref().is_none_or(|b| b.len() < count) || launch == 0 {
+        let (mut launch, wrapped) = next_launch(self.flag_launch.get());
+        if flags.as_ref().is_none_or(|b| b.len() < count) || wrapped {
             // The stream may still use the old buffer: wait before freeing it.
             self.synchronize()?;
             let len = count.max(flags.as_ref().map_or(0, |b| b.len()));
@@ -536,6 +540,16 @@ impl Gpu {
         // stream and function handles are live handles of this `Gpu`.
         let rc = unsafe { launcher.launch(func.to_raw(), self.stream.as_inner(), grid, block, 0, args) };
         Error::check_raw("dependent kernel launch", rc)
+    }
+}
+
+/// The number a split SpMM launch publishes in its completion flags after one that published
+/// `prev` (0: none yet), and whether the flags must be zeroed first: when the count wraps, a
+/// flag set 2³² launches ago could hold the next number (0 is never published).
+fn next_launch(prev: u32) -> (u32, bool) {
+    match prev.checked_add(1) {
+        Some(next) => (next, false),
+        None => (1, true),
     }
 }
 
@@ -611,6 +625,14 @@ mod tests {
             let blocks = plan_sparse_blocks(r, 1, kt, 528, cost);
             assert!(blocks.is_multiple_of(r) && blocks >= r && blocks <= r * kt);
         }
+    }
+
+    #[test]
+    fn launch_numbers_never_repeat_without_zeroed_flags() {
+        assert_eq!(next_launch(0), (1, false));
+        assert_eq!(next_launch(41), (42, false));
+        // Wrapping restarts at 1 and zeroes the flags, so no older flag can match.
+        assert_eq!(next_launch(u32::MAX), (1, true));
     }
 
     #[test]

@@ -11,12 +11,12 @@
 
 use super::tile::StreamRange;
 use crate::cache::discard_l2_line;
-use crate::griddep::wait_prior_grids;
-use crate::layout::SPARSE_TILE_M;
-use crate::mma::MmaElement;
 use crate::flag;
+use crate::griddep::wait_prior_grids;
+use crate::layout::{REDUCE_THREADS, SPARSE_TILE_M};
+use crate::mma::MmaElement;
 use crate::sync::{bar_sync, bar_warp_sync};
-use crate::thread::{block_dim_x, block_idx_x, lane_idx, thread_idx_x};
+use crate::thread::{block_dim_x, block_idx_x, grid_dim_x, lane_idx, thread_idx_x};
 
 /// Slot loads in flight per thread.
 const BATCH: usize = 8;
@@ -150,52 +150,62 @@ unsafe fn wait_for_blocks(flags: *const u32, first: usize, count: usize, launch:
 /// `block_of(r·K) ..= block_of(r·K + K - 1)`, in block order; a row tile inside one block's
 /// range was written to `Y` by that block and is skipped.
 ///
-/// A row tile is summed as soon as its contributors have published `launch` in their
-/// `flags` (one per SpMM block and token tile, [`crate::flag`]), which happens while the rest
-/// of the SpMM still runs: launched as the SpMM's programmatic dependent, its blocks are
-/// scheduled onto SMs as the SpMM's blocks leave them. Every thread still waits for the
-/// whole SpMM grid ([`wait_prior_grids`]) before it exits, so the reduction never completes
-/// before the SpMM.
+/// The output is cut into chunks of `4 · REDUCE_THREADS` floats (inside one row tile and
+/// token tile); block j sums chunks `j, j + grid, …`, each as soon as the row tile's
+/// contributors have published `launch` in their `flags` (one per SpMM block and token tile,
+/// [`crate::flag`]). Launched as the SpMM's programmatic dependent, the blocks are scheduled
+/// onto SMs as the SpMM's blocks leave them, so most row tiles are summed while the rest of
+/// the SpMM still runs; a grid of at most one wave of resident blocks never leaves chunks for
+/// a second wave that could only start once the SpMM is done. Every thread still waits for
+/// the whole SpMM grid ([`wait_prior_grids`]) before it exits, so the reduction never
+/// completes before the SpMM.
 ///
 /// # Safety
-/// Launched with `layout::REDUCE_THREADS` threads per block and `R · token_tiles · n_tile ·
-/// 256 / (4 · REDUCE_THREADS)` blocks (`R = ceil(m/256)`, `n_tile` a multiple of 8);
-/// `partial` (128-byte aligned) holds `2 · blocks · token_tiles · n_tile · 256` f32 with the
-/// slots of the segments the SpMM launch before wrote (same `m`, `k_tiles`, `blocks`,
-/// `flags` and `launch`); `flags` holds `token_tiles · blocks` u32 that the SpMM sets to
-/// `launch` (none of which held `launch` before it); `y` is `n × ldy` (`ldy ≥ m`). The
-/// partials are undefined afterwards. It may be launched as a programmatic dependent of that
-/// SpMM launch ([`crate::griddep`]).
+/// Launched with `layout::REDUCE_THREADS` threads per block and any number of blocks
+/// (`R · token_tiles · n_tile · 256 / (4 · REDUCE_THREADS)` chunks, `R = ceil(m/256)`,
+/// `n_tile` a multiple of 8, `token_tiles = ceil(n / n_tile)`); `partial` (128-byte aligned)
+/// holds `2 · blocks · token_tiles · n_tile · 256` f32 with the slots of the segments the
+/// SpMM launch before wrote (same `m`, `k_tiles`, `blocks`, `flags` and `launch`); `flags`
+/// holds `token_tiles · blocks` u32 that the SpMM sets to `launch` (none of which held
+/// `launch` before it); `y` is `n × ldy` (`ldy ≥ m`). The partials are undefined
+/// afterwards. It may be launched as a programmatic dependent of that SpMM launch
+/// ([`crate::griddep`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn streamk_reduce<E: MmaElement>(
     partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, k_tiles: u32, blocks: u32, n_tile: u32,
     flags: *const u32, launch: u32,
 ) {
-    let (m, k_tiles, n_tile) = (m as usize, k_tiles.max(1) as usize, n_tile as usize);
+    let (m, n, k_tiles, n_tile) = (m as usize, n as usize, k_tiles.max(1) as usize, n_tile as usize);
     let slot = n_tile * SPARSE_TILE_M;
     let row_tiles = m.div_ceil(SPARSE_TILE_M);
     let range = StreamRange { tiles: row_tiles * k_tiles, blocks: blocks as usize };
-    let idx = thread_group();
-    let (unit, e) = (idx / slot, idx % slot);
-    let (token_tile, r) = (unit / row_tiles, unit % row_tiles);
-    let first = range.block_of(r * k_tiles);
-    let count = range.block_of(r * k_tiles + k_tiles - 1) + 1 - first;
-    // A whole row tile (count 1) was written to Y by its block (uniform over the launch
-    // block, as is everything the barriers below depend on).
-    if count > 1 {
-        wait_for_blocks(flags, token_tile * range.blocks + first, count, launch);
-        // Block b's segment of row tile r is in its first slot when r is its first row tile:
-        // for every contributor but the first, whose range may start in an earlier row tile.
-        let first_starts_before = range.start(first) < r * k_tiles;
-        let at = |i: usize| {
-            let last = usize::from(i == 0 && first_starts_before);
-            partial.add((2 * (token_tile * range.blocks + first + i) + last) * slot + e)
-        };
-        let sum = sum_slots(count, at);
-        let (gm, gn) = (r * SPARSE_TILE_M + e % SPARSE_TILE_M, token_tile * n_tile + e / SPARSE_TILE_M);
-        store4::<E>(y, ldy as usize, m, n as usize, gm, gn, sum);
-        discard_slots(count, at);
+    const CHUNK: usize = 4 * REDUCE_THREADS;
+    let chunks = row_tiles * n.div_ceil(n_tile) * slot / CHUNK;
+    let mut chunk = block_idx_x() as usize;
+    while chunk < chunks {
+        let idx = chunk * CHUNK + 4 * thread_idx_x() as usize;
+        let (unit, e) = (idx / slot, idx % slot);
+        let (token_tile, r) = (unit / row_tiles, unit % row_tiles);
+        let first = range.block_of(r * k_tiles);
+        let count = range.block_of(r * k_tiles + k_tiles - 1) + 1 - first;
+        // A whole row tile (count 1) was written to Y by its block. Everything the barrier
+        // in the wait depends on is uniform over the launch block (one chunk, one row tile).
+        if count > 1 {
+            wait_for_blocks(flags, token_tile * range.blocks + first, count, launch);
+            // Block b's segment of row tile r is in its first slot when r is its first row
+            // tile: for every contributor but the first, whose range may start earlier.
+            let first_starts_before = range.start(first) < r * k_tiles;
+            let at = |i: usize| {
+                let last = usize::from(i == 0 && first_starts_before);
+                partial.add((2 * (token_tile * range.blocks + first + i) + last) * slot + e)
+            };
+            let sum = sum_slots(count, at);
+            let (gm, gn) = (r * SPARSE_TILE_M + e % SPARSE_TILE_M, token_tile * n_tile + e / SPARSE_TILE_M);
+            store4::<E>(y, ldy as usize, m, n, gm, gn, sum);
+            discard_slots(count, at);
+        }
+        chunk += grid_dim_x() as usize;
     }
     // Launched as the SpMM's programmatic dependent (sm90): not done before it is.
     wait_prior_grids();
