@@ -3,11 +3,13 @@
 //!
 //! A kernel launched with the programmatic-stream-serialization attribute may start while
 //! the kernel before it on the stream is still running: its blocks are scheduled once
-//! every block of the earlier grid has signalled [`launch_dependents`] (or exited), and it
-//! must call [`wait_prior_grids`] before touching anything that grid writes. The host uses
-//! this for the split-K reductions of the SpMM and the dense kernel, only with the `sm90`
-//! build (on Hopper), so a reduction's launch and block start overlap the last blocks of the
-//! kernel before it.
+//! every block of the earlier grid has signalled [`launch_dependents`] (or exited). It must
+//! call [`wait_prior_grids`] before touching anything that grid writes, or synchronise with
+//! that grid's blocks otherwise (the SpMM's completion flags, [`crate::flag`]), and call it
+//! before it exits. The host uses this for the split-K reductions of the SpMM and the dense
+//! kernel, only with the `sm90` build (on Hopper), so a reduction's launch and block start
+//! overlap the last blocks of the kernel before it (and the SpMM's reduction sums row tiles
+//! while that kernel still runs).
 //!
 //! In the portable build both are no-ops: the host never launches a dependent grid with
 //! it, so the stream orders the kernels as usual.

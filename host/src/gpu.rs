@@ -30,8 +30,8 @@ pub struct Gpu {
     pub(crate) sm_count: u32,
     pub(crate) smem: SharedMemory,
     /// `cuLaunchKernelEx`, with the sm_90 build only: its split-K reductions wait for the
-    /// kernel before them themselves (`griddepcontrol.wait`), so they are queued as
-    /// programmatic dependents.
+    /// kernel before them themselves (`griddepcontrol.wait`, and the SpMM's completion
+    /// flags), so they are queued as programmatic dependents.
     pub(crate) dependent_launch: Option<DependentLauncher>,
     name: String,
     compute_capability: (i32, i32),

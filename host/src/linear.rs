@@ -530,8 +530,10 @@ impl Gpu {
 
     /// Queues `func` (no dynamic shared memory) as a programmatic dependent of the kernel
     /// queued before it where the driver and the loaded PTX build allow it, else as an
-    /// ordinary launch. Only for kernels that wait for their predecessor themselves
-    /// (`griddepcontrol.wait` in every thread first: `streamk_reduce`, `splitk_reduce`).
+    /// ordinary launch. Only for kernels that wait for their predecessor themselves:
+    /// `splitk_reduce` (`griddepcontrol.wait` in every thread first) and `streamk_reduce`
+    /// (the completion flags of the SpMM blocks it reads from, then `griddepcontrol.wait`
+    /// in every thread before it exits).
     fn launch_dependent(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, args: &mut [*mut c_void]) -> Result<()> {
         let Some(launcher) = self.dependent_launch else {
             return self.launch(func, grid, block, 0, args);

@@ -298,7 +298,8 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
     // The split-K reduction (launched as a programmatic dependent in the sm90 build) may be
-    // scheduled onto SMs as this grid's blocks leave them; it waits for this grid to finish.
+    // scheduled onto SMs as this grid's blocks leave them; it reads a block's slots once the
+    // block's completion flag is set, and exits only after this grid is done.
     launch_dependents();
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tiles_k = k.div_ceil(TILE_K);
