@@ -1,7 +1,8 @@
 //! Programmatic dependent launch (CUDA 12 driver API `cuLaunchKernelEx` with the
 //! programmatic-stream-serialization attribute): a kernel queued this way may be scheduled
-//! while the kernel before it on the stream is still running, and waits for that kernel
-//! itself (`griddepcontrol.wait`, device module `griddep`).
+//! while the kernel before it on the stream is still running, and synchronises with that
+//! kernel itself (device module `griddep`: `griddepcontrol.wait`, or the SpMM's completion
+//! flags of device module `flag`).
 //!
 //! `cust` 0.3 binds the CUDA 11.4 driver API, which predates `cuLaunchKernelEx`, so the
 //! entry point is looked up at run time with `cuGetProcAddress`; where the driver lacks it
@@ -72,8 +73,9 @@ impl DependentLauncher {
     /// # Safety
     /// As `cuLaunchKernelEx`: `func` is a kernel of a loaded module, `args` its argument list
     /// (addresses of each argument, in order), the operands outlive the queued work; and the
-    /// kernel calls `griddepcontrol.wait` in every thread before it touches memory the kernel
-    /// before it writes, and before it exits.
+    /// kernel keeps the contract of device module `griddep`: it touches memory the kernel
+    /// before it writes only after `griddepcontrol.wait` or another synchronisation with
+    /// that kernel's blocks, and every thread calls `griddepcontrol.wait` before it exits.
     pub(crate) unsafe fn launch(
         self, func: cust::sys::CUfunction, stream: cust::sys::CUstream, grid: (u32, u32, u32), block: u32, smem: u32,
         args: &mut [*mut c_void],

@@ -11,6 +11,7 @@ use crate::layout::{
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
 use cust::memory::DeviceBuffer;
+use std::cell::RefCell;
 use std::ffi::c_void;
 
 /// Options of [`Gpu::linear_with`].
@@ -336,11 +337,11 @@ impl Gpu {
         let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
         let (xp, yp) = (x.device_ptr(), y.device_ptr());
         let slot = n_tile * rows_per_tile; // f32 of one block's output tile
-        let reduce_blocks = |floats: usize| {
-            // Slots are multiples of 512 floats (rows: multiples of 64, tokens of 8) = 4 per
-            // reduction thread × 128 threads.
+        // A reduction block's chunk of `floats`: 4 per thread. Slots are multiples of 512
+        // floats (rows: multiples of 64, tokens of 8) = 4 per thread × 128 threads.
+        let reduce_chunks = |floats: usize| {
             debug_assert!(floats.is_multiple_of(4 * REDUCE_THREADS));
-            ((floats / (4 * REDUCE_THREADS)) as u32, 1, 1)
+            (floats / (4 * REDUCE_THREADS)) as u32
         };
         match w.operand() {
             Operand::Dense(wd) => {
@@ -361,7 +362,7 @@ impl Gpu {
                     let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
                     let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
                     let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
-                    self.launch_dependent(&reduce, reduce_blocks(units * slot), REDUCE_THREADS as u32, &mut args)?;
+                    self.launch_dependent(&reduce, (reduce_chunks(units * slot), 1, 1), REDUCE_THREADS as u32, &mut args)?;
                 }
             }
             Operand::Sparse(ws) => {
@@ -402,7 +403,7 @@ impl Gpu {
                     let (reduce, resident) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
                     let (kt, tile) = (k_tiles as u32, n_tile as u32);
                     let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile, flags, launch];
-                    let (chunks, _, _) = reduce_blocks(row_tiles * n_blocks * slot);
+                    let chunks = reduce_chunks(row_tiles * n_blocks * slot);
                     let grid = (chunks.min(resident as u32), 1, 1);
                     self.launch_dependent(&reduce, grid, REDUCE_THREADS as u32, &mut args)?;
                 }
@@ -482,16 +483,10 @@ impl Gpu {
         if floats == 0 {
             return Ok(0);
         }
-        let mut ws = self.workspace.borrow_mut();
-        if ws.as_ref().is_none_or(|b| b.len() < floats) {
-            // The stream may still use the old buffer: wait before freeing it.
-            self.synchronize()?;
-            *ws = None;
-            // SAFETY: f32 has no invalid bit patterns, and every element the reduction reads
-            // is written by the split kernel first.
-            *ws = Some(unsafe { DeviceBuffer::uninitialized(floats) }.map_err(|e| Error::driver("workspace", e))?);
-        }
-        Ok(ws.as_ref().map_or(0, |b| b.as_device_ptr().as_raw()))
+        // Left uninitialised: every element the reduction reads is written by the split
+        // kernel first.
+        self.grow(&self.workspace, floats, "workspace")?;
+        Ok(self.workspace.borrow().as_ref().map_or(0, |b| b.as_device_ptr().as_raw()))
     }
 
     /// The split SpMM's completion flags for `count` blocks × token tiles (device address)
@@ -499,24 +494,40 @@ impl Gpu {
     /// the next number, so a flag an earlier launch set never matches it; the flags are
     /// zeroed when allocated and again when the number wraps (0 is never used).
     fn completion_flags(&self, count: usize) -> Result<(u64, u32)> {
-        let mut flags = self.flags.borrow_mut();
-        let (mut launch, wrapped) = next_launch(self.flag_launch.get());
-        if flags.as_ref().is_none_or(|b| b.len() < count) || wrapped {
-            // The stream may still use the old buffer: wait before freeing it.
-            self.synchronize()?;
-            let len = count.max(flags.as_ref().map_or(0, |b| b.len()));
-            *flags = None;
-            // SAFETY: u32 has no invalid bit patterns; the buffer is zeroed on the stream
-            // below, before any kernel queued after this reads it.
-            let buf = unsafe { DeviceBuffer::<u32>::uninitialized(len) }.map_err(|e| Error::driver("completion flags", e))?;
-            // SAFETY: sets `len` u32 of a live allocation, queued on this handle's stream.
-            let rc = unsafe { cust::sys::cuMemsetD32Async(buf.as_device_ptr().as_raw(), 0, len, self.stream.as_inner()) };
+        let (launch, wrapped) = next_launch(self.flag_launch.get());
+        let grown = self.grow(&self.flags, count, "completion flags")?;
+        let flags = self.flags.borrow();
+        let (ptr, len) = flags.as_ref().map_or((0, 0), |b| (b.as_device_ptr().as_raw(), b.len()));
+        if grown || wrapped {
+            // SAFETY: sets `len` u32 of a live allocation, queued on this handle's stream
+            // after every kernel that used the flags before and before any that reads them.
+            let rc = unsafe { cust::sys::cuMemsetD32Async(ptr, 0, len, self.stream.as_inner()) };
             Error::check_raw("zeroing completion flags", rc)?;
-            *flags = Some(buf);
-            launch = 1;
         }
         self.flag_launch.set(launch);
-        Ok((flags.as_ref().map_or(0, |b| b.as_device_ptr().as_raw()), launch))
+        Ok((ptr, launch))
+    }
+
+    /// Makes `buffer` hold at least `len` elements, reallocating (uninitialised) when it is
+    /// smaller; returns whether it did. The handle's workspaces grow this way, so a `linear`
+    /// call allocates nothing once they are large enough.
+    fn grow<T: cust::memory::DeviceCopy>(
+        &self,
+        buffer: &RefCell<Option<DeviceBuffer<T>>>,
+        len: usize,
+        what: &'static str,
+    ) -> Result<bool> {
+        let mut buffer = buffer.borrow_mut();
+        if buffer.as_ref().is_some_and(|b| b.len() >= len) {
+            return Ok(false);
+        }
+        // The stream may still use the old buffer: wait before freeing it.
+        self.synchronize()?;
+        *buffer = None;
+        // SAFETY: its callers use it for f32 and u32 only, which have no invalid bit patterns;
+        // each says how it initialises what its kernels read.
+        *buffer = Some(unsafe { DeviceBuffer::uninitialized(len) }.map_err(|e| Error::driver(what, e))?);
+        Ok(true)
     }
 
     /// Launches on this handle's stream.
