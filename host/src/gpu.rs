@@ -2,26 +2,33 @@
 
 use crate::dependent_launch::DependentLauncher;
 use crate::error::{Error, Result};
+use crate::memory::{DeviceAlloc, Owner};
 use cust::context::{Context, CurrentContext};
 use cust::device::{Device, DeviceAttribute};
 use cust::module::Module;
 use cust::stream::{Stream, StreamFlags};
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 /// A CUDA device with this crate's kernels loaded.
 ///
 /// Holds the device's primary context, one non-blocking stream on which every operation of
 /// this handle runs in order, and the PTX module. Not `Sync`: use one handle per thread.
+///
+/// Device objects it makes ([`DeviceMatrix`](crate::DeviceMatrix),
+/// [`DeviceSparseWeight`](crate::DeviceSparseWeight)) keep its context alive, so they may
+/// outlive the handle; they can only be used with the handle that made them (any other is an
+/// [`Error::InvalidArgument`]). See `memory.rs` for the ownership model.
 pub struct Gpu {
-    // Field order = drop order: stream and module before the context.
+    // Field order = drop order: stream and module before the owner (the context).
     pub(crate) stream: Stream,
     pub(crate) module: Module,
     /// Split-K partial sums, grown on demand and reused (no allocation per call).
-    pub(crate) workspace: RefCell<Option<cust::memory::DeviceBuffer<f32>>>,
+    pub(crate) workspace: RefCell<Option<DeviceAlloc<f32>>>,
     /// The split SpMM launches' completion flags (one per block and token tile, grown on
     /// demand, zeroed when allocated) and the number the last launch published in them
     /// (`linear.rs: completion_flags`).
-    pub(crate) flags: RefCell<Option<cust::memory::DeviceBuffer<u32>>>,
+    pub(crate) flags: RefCell<Option<DeviceAlloc<u32>>>,
     pub(crate) flag_launch: Cell<u32>,
     /// Per kernel name and dynamic shared memory: launch set-up done (smem limit raised) and
     /// its resident blocks on the GPU, so a `linear` call does no driver queries beyond the
@@ -36,7 +43,8 @@ pub struct Gpu {
     name: String,
     compute_capability: (i32, i32),
     ptx_target: &'static str,
-    context: Context,
+    /// The context, shared with every allocation of this handle; its identity names the handle.
+    pub(crate) owner: Arc<Owner>,
 }
 
 /// The device's shared-memory limits (bytes).
@@ -111,7 +119,7 @@ impl Gpu {
             name,
             compute_capability: cc,
             ptx_target,
-            context,
+            owner: Owner::new(context),
         })
     }
 
@@ -149,6 +157,27 @@ impl Gpu {
 
     /// Makes this handle's context current on the calling thread (every method does this).
     pub(crate) fn bind(&self) -> Result<()> {
-        CurrentContext::set_current(&self.context).map_err(|e| Error::driver("set current context", e))
+        CurrentContext::set_current(self.owner.context()).map_err(|e| Error::driver("set current context", e))
+    }
+
+    /// `Ok` when `alloc` was made by this handle, else an [`Error::InvalidArgument`] naming
+    /// `what` (every method taking a device object checks its operands with this first).
+    pub(crate) fn check_owner<T: cust::memory::DeviceCopy>(&self, what: &str, alloc: &DeviceAlloc<T>) -> Result<()> {
+        if Owner::same(&self.owner, alloc.owner()) {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "{what} was allocated by another Gpu handle; device objects can only be used with the handle that made them"
+        )))
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // The stream, module and workspaces are released next (field order), on whatever
+        // thread drops the handle: make its context current for them. Nothing to report on
+        // failure: the context is live (this handle retains it), so binding cannot fail short
+        // of a driver fault, which the handle's users have already been told about.
+        let _ = self.bind();
     }
 }

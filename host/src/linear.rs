@@ -10,7 +10,7 @@ use crate::layout::{
 };
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use cust::function::{BlockSize, Function};
-use cust::memory::DeviceBuffer;
+use crate::memory::DeviceAlloc;
 use std::cell::RefCell;
 use std::ffi::c_void;
 
@@ -278,6 +278,12 @@ impl Gpu {
         if y.rows() != n || y.cols() != m {
             return Err(Error::Shape(format!("Y must be {n}×{m}, got {}×{}", y.rows(), y.cols())));
         }
+        self.check_owner("linear: X", &x.buf)?;
+        self.check_owner("linear: Y", &y.buf)?;
+        match w.operand() {
+            Operand::Dense(wd) => self.check_owner("linear: the dense weight W", &wd.buf)?,
+            Operand::Sparse(ws) => self.check_owner("linear: the sparse weight W", &ws.words)?,
+        }
         self.bind()?;
         let n_tile = n_tile_for(n);
         let nt = n_tile / 8;
@@ -391,8 +397,8 @@ impl Gpu {
                 let split = blocks > row_tiles;
                 let partial = self.workspace_ptr(if split { 2 * blocks * n_blocks * slot } else { 0 })?;
                 let (flags, launch) = if split { self.completion_flags(blocks * n_blocks)? } else { (0, 0) };
-                let offs = ws.tile_offsets.as_device_ptr().as_raw();
-                let words = ws.words.as_device_ptr().as_raw();
+                let offs = ws.tile_offsets.ptr();
+                let words = ws.words.ptr();
                 let (nb, ring) = (blocks as u32, ring as u32);
                 let evict_first = u32::from(opts.l2_evict_first.unwrap_or(true));
                 let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first, flags, launch];
@@ -486,7 +492,7 @@ impl Gpu {
         // Left uninitialised: every element the reduction reads is written by the split
         // kernel first.
         self.grow(&self.workspace, floats, "workspace")?;
-        Ok(self.workspace.borrow().as_ref().map_or(0, |b| b.as_device_ptr().as_raw()))
+        Ok(self.workspace.borrow().as_ref().map_or(0, |b| b.ptr()))
     }
 
     /// The split SpMM's completion flags for `count` blocks × token tiles (device address)
@@ -497,7 +503,7 @@ impl Gpu {
         let (launch, wrapped) = next_launch(self.flag_launch.get());
         let grown = self.grow(&self.flags, count, "completion flags")?;
         let flags = self.flags.borrow();
-        let (ptr, len) = flags.as_ref().map_or((0, 0), |b| (b.as_device_ptr().as_raw(), b.len()));
+        let (ptr, len) = flags.as_ref().map_or((0, 0), |b| (b.ptr(), b.len()));
         if grown || wrapped {
             // SAFETY: sets `len` u32 of a live allocation, queued on this handle's stream
             // after every kernel that used the flags before and before any that reads them.
@@ -513,7 +519,7 @@ impl Gpu {
     /// call allocates nothing once they are large enough.
     fn grow<T: cust::memory::DeviceCopy>(
         &self,
-        buffer: &RefCell<Option<DeviceBuffer<T>>>,
+        buffer: &RefCell<Option<DeviceAlloc<T>>>,
         len: usize,
         what: &'static str,
     ) -> Result<bool> {
@@ -526,7 +532,7 @@ impl Gpu {
         *buffer = None;
         // SAFETY: its callers use it for f32 and u32 only, which have no invalid bit patterns;
         // each says how it initialises what its kernels read.
-        *buffer = Some(unsafe { DeviceBuffer::uninitialized(len) }.map_err(|e| Error::driver(what, e))?);
+        *buffer = Some(unsafe { DeviceAlloc::uninitialized(&self.owner, len, what) }?);
         Ok(true)
     }
 

@@ -3,8 +3,8 @@
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::memory::DeviceAlloc;
 use crate::sparse::SparseWeight;
-use cust::memory::{CopyDestination, DeviceBuffer};
 use std::marker::PhantomData;
 
 /// Largest row or column count the kernels index with 32-bit parameters.
@@ -15,11 +15,14 @@ pub(crate) const MAX_DIM: usize = i32::MAX as usize;
 /// Rows are padded to a leading dimension `ld = cols` rounded up to 8 elements (16 bytes),
 /// and the padding is always zero: kernels copy whole 16-byte chunks, which is then both
 /// aligned and harmless. The padding is invisible through this API.
+///
+/// It keeps the context of the [`Gpu`] that made it alive (it may outlive the handle) and can
+/// only be used with that handle.
 pub struct DeviceMatrix<T: Element> {
     rows: usize,
     cols: usize,
     ld: usize,
-    pub(crate) buf: DeviceBuffer<u16>,
+    pub(crate) buf: DeviceAlloc<u16>,
     _elem: PhantomData<T>,
 }
 
@@ -42,7 +45,7 @@ impl<T: Element> DeviceMatrix<T> {
     }
     /// Raw device address (for other libraries, e.g. cuBLAS in the benchmarks).
     pub fn device_ptr(&self) -> u64 {
-        self.buf.as_device_ptr().as_raw()
+        self.buf.ptr()
     }
 }
 
@@ -80,7 +83,7 @@ impl Gpu {
                 *d = s.to_bits();
             }
         }
-        let buf = DeviceBuffer::from_slice(&padded).map_err(|e| Error::driver("upload", e))?;
+        let buf = DeviceAlloc::from_slice(&self.owner, &padded, "upload")?;
         Ok(DeviceMatrix { rows, cols, ld, buf, _elem: PhantomData })
     }
 
@@ -89,25 +92,29 @@ impl Gpu {
         check_dims("zeros", rows, cols)?;
         self.bind()?;
         let ld = padded_ld(cols);
-        let buf = DeviceBuffer::zeroed(rows * ld).map_err(|e| Error::driver("allocate", e))?;
+        let buf = DeviceAlloc::zeroed(&self.owner, rows * ld, "allocate")?;
         Ok(DeviceMatrix { rows, cols, ld, buf, _elem: PhantomData })
     }
 
     /// Overwrites every element (padding stays zero), e.g. to poison an output in tests.
     pub fn fill<T: Element>(&self, m: &mut DeviceMatrix<T>, value: T) -> Result<()> {
+        self.check_owner("fill: the matrix", &m.buf)?;
+        self.bind()?;
         self.synchronize()?;
         let mut host = vec![0u16; m.rows * m.ld];
         for row in host.chunks_exact_mut(m.ld) {
             row[..m.cols].fill(value.to_bits());
         }
-        m.buf.copy_from(&host[..]).map_err(|e| Error::driver("fill", e))
+        m.buf.copy_from(&host, "fill")
     }
 
     /// Waits for queued work, then copies a device matrix back (row-major, no padding).
     pub fn download<T: Element>(&self, m: &DeviceMatrix<T>) -> Result<Vec<T>> {
+        self.check_owner("download: the matrix", &m.buf)?;
+        self.bind()?;
         self.synchronize()?;
         let mut host = vec![0u16; m.rows * m.ld];
-        m.buf.copy_to(&mut host[..]).map_err(|e| Error::driver("download", e))?;
+        m.buf.copy_to(&mut host, "download")?;
         Ok(host
             .chunks_exact(m.ld)
             .flat_map(|row| row[..m.cols].iter().map(|&b| T::from_bits(b)))
@@ -118,10 +125,10 @@ impl Gpu {
     pub fn upload_sparse<T: Element>(&self, w: &SparseWeight<T>) -> Result<DeviceSparseWeight<T>> {
         check_dims("upload_sparse", w.rows(), w.cols())?;
         self.bind()?;
-        let tile_offsets = DeviceBuffer::from_slice(w.tile_offsets()).map_err(|e| Error::driver("upload offsets", e))?;
+        let tile_offsets = DeviceAlloc::from_slice(&self.owner, w.tile_offsets(), "upload offsets")?;
         // An all-empty matrix has no words; keep one word so the pointer is a real allocation.
         let words: &[u32] = if w.words().is_empty() { &[0] } else { w.words() };
-        let words = DeviceBuffer::from_slice(words).map_err(|e| Error::driver("upload words", e))?;
+        let words = DeviceAlloc::from_slice(&self.owner, words, "upload words")?;
         // The tile length 99% of tiles do not exceed (the SpMM sizes its word ring by it).
         let mut lens: Vec<u32> = w.tile_offsets().windows(2).map(|p| p[1] - p[0]).collect();
         let at = (lens.len() * 99 / 100).min(lens.len().saturating_sub(1));
@@ -141,6 +148,7 @@ impl Gpu {
 
 /// A Tiled-CSL sparse weight (`rows` = out_features × `cols` = in_features) in device memory.
 /// Built only from a validated [`SparseWeight`], so kernels never see inconsistent arrays.
+/// Owned like a [`DeviceMatrix`]: usable only with the [`Gpu`] that uploaded it.
 pub struct DeviceSparseWeight<T: Element> {
     rows: usize,
     cols: usize,
@@ -148,8 +156,8 @@ pub struct DeviceSparseWeight<T: Element> {
     reordered: bool,
     /// Words of the 99th-percentile tile list.
     pub(crate) typical_tile_words: usize,
-    pub(crate) tile_offsets: DeviceBuffer<u32>,
-    pub(crate) words: DeviceBuffer<u32>,
+    pub(crate) tile_offsets: DeviceAlloc<u32>,
+    pub(crate) words: DeviceAlloc<u32>,
     _elem: PhantomData<T>,
 }
 
