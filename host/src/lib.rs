@@ -34,6 +34,7 @@ mod gpu;
 mod linear;
 mod matrix;
 mod memory;
+pub mod ops;
 pub mod sparse;
 
 /// Tile shapes and fragment maps shared with the device crate (`gpu/src/layout.rs`).
@@ -45,6 +46,7 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use linear::{BlockShape, LinearOptions, LinearWeight};
 pub use matrix::{DeviceMatrix, DeviceSparseWeight};
+pub use ops::DeviceIndices;
 pub use sparse::SparseWeight;
 
 /// The PTX of the device crate for sm_80 and later (A100, H100, …), built by `host/build.rs`.
