@@ -226,6 +226,26 @@ mod tests {
     }
 
     #[test]
+    fn upload_shapes_are_checked_before_any_allocation() {
+        use crate::matrix::check_dims;
+        let max = i32::MAX as usize;
+        assert_eq!(check_dims("upload", 3, 5).unwrap(), (15, 24));
+        assert_eq!(check_dims("upload", max, max).unwrap(), (max * max, max * (max + 1)));
+        for (rows, cols, what) in [
+            (0, 5, "upload: rows = 0"),
+            (5, 0, "upload: cols = 0"),
+            (max + 1, 1, "upload: rows = 2147483648"),
+            (1, usize::MAX, "upload: cols = 18446744073709551615"),
+            (usize::MAX, usize::MAX, "upload: rows = 18446744073709551615"),
+        ] {
+            match check_dims("upload", rows, cols) {
+                Err(Error::Shape(m)) => assert!(m.contains(what) && m.contains("1..=2147483647"), "{m}"),
+                other => panic!("{rows}×{cols}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn grid_checks_every_dimension() {
         let ok = grid(Sizes::ARG, [MAX_GRID[0], 65535, 65535], |_| unreachable!()).unwrap();
         assert_eq!(ok.dims(), (i32::MAX as u32, 65535, 65535));
