@@ -16,13 +16,19 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 
 /// Options of [`Gpu::linear_with`].
+///
+/// Every value is validated before anything is allocated or launched (with checked
+/// arithmetic: no value can wrap into another); one out of its range is an
+/// [`Error::InvalidArgument`] naming the option and the range allowed for this call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinearOptions {
-    /// Number of K splits of every row tile; `None` chooses from the shape and the SM count.
-    /// Values above the number of 64-wide K tiles are refused.
+    /// Number of K splits of every row tile, `1..=` the number of 64-wide K tiles; `None`
+    /// chooses from the shape and the SM count. The blocks it makes must fit a launch grid
+    /// (at most 2³¹ − 1).
     pub splits: Option<usize>,
     /// Dense kernel only, with `splits`: the number of row tiles (blocks of output rows,
-    /// counted from the top) computed whole, only the rest being split. `None` splits every
+    /// counted from the top) computed whole, only the rest being split; values beyond the
+    /// number of row tiles mean all of them. `None` splits every
     /// row tile. Automatic planning (`splits: None`) uses this form to give every SM the same
     /// share when the row tiles do not divide evenly among the SMs. Refused without `splits`
     /// and for sparse weights (their automatic schedule balances the SMs by `blocks`).
@@ -32,15 +38,16 @@ pub struct LinearOptions {
     pub block: Option<BlockShape>,
     /// Sparse kernel only: the number of blocks sharing the weight's `R × K` tiles (R row
     /// tiles of 256, K tiles of 64 along K), each an equal contiguous range of them in
-    /// row-major order (stream-K); `R ≤ blocks ≤ R·K`. `None` chooses from the shape and the
-    /// SM count. Refused together with `splits` (which means `blocks = R · splits`) and for
-    /// dense weights.
+    /// row-major order (stream-K); `R ≤ blocks ≤ R·K`, and at most 2³¹ − 1 (a launch grid).
+    /// `None` chooses from the shape and the SM count. Refused together with `splits` (which
+    /// means `blocks = R · splits`) and for dense weights.
     pub blocks: Option<usize>,
-    /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 of at
-    /// least 1024; `None` sizes it per weight and token count (the most blocks per SM whose
-    /// ring still holds a typical tile whole). A larger ring keeps more tiles in flight per
-    /// block, but fewer blocks fit on an SM. A tuning knob: every size computes the same
-    /// result. Refused for dense weights.
+    /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 from 1024
+    /// up to what the device's shared memory per block holds next to the kernel's tiles (on
+    /// an H100 47872 up to 32 tokens, 41728 at 64); `None` sizes it per weight and token
+    /// count (the most blocks per SM whose ring still holds a typical tile whole). A larger
+    /// ring keeps more tiles in flight per block, but fewer blocks fit on an SM. A tuning
+    /// knob: every size computes the same result. Refused for dense weights.
     pub ring_words: Option<usize>,
     /// Sparse kernel only: whether its weight reads are marked evict-first in L2 (`None`:
     /// yes), which keeps the split-K partial sums in L2 for the reduction. A tuning knob:
@@ -665,7 +672,7 @@ impl Gpu {
     /// enough): the form for hot loops and benchmarks. Queued on [`Gpu::stream`]; returns
     /// before the GPU finishes.
     ///
-    /// Every option and shape is validated (with checked arithmetic, [`plan`]) before
+    /// Every option and shape is validated (with checked arithmetic, in `linear::plan`) before
     /// anything is allocated or launched; more than 4,194,240 tokens (65535 token tiles of 64,
     /// the launch grid's limit) are computed in several launches of at most that many.
     pub fn linear_into<T: Element, W: LinearWeight<T>>(
