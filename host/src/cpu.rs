@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::sparse::{tile_coord, word_bits, word_pos, SparseWeight, TILE_ELEMS, TILE_K, TILE_M};
@@ -183,7 +184,7 @@ fn columns(mut mask: u64) -> impl Iterator<Item = usize> {
 /// the full dense row of each tile (so `Inf · pruned 0 = NaN` as in dense math); other rows
 /// only touch the stored entries.
 ///
-/// Errors: [`Error::Shape`] if `x.len() != n * k`.
+/// Errors: [`Error::Shape`] if `x.len() != n * k`, or `Y` (`n × rows`) cannot exist.
 pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Result<Vec<T>> {
     let (m, k) = (w.rows(), w.cols());
     if n.checked_mul(k) != Some(x.len()) {
@@ -192,6 +193,8 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
             x.len()
         )));
     }
+    let y_len = Sizes::SHAPE.mul("Y elements (n × out_features)", n, m)?;
+    Sizes::SHAPE.bytes("Y", y_len, 4)?;
     let xf = to_f32_vec(x);
     let nonfinite: Vec<bool> = (0..n)
         .map(|i| xf[i * k..(i + 1) * k].iter().any(|v| !v.is_finite()))
@@ -252,7 +255,7 @@ pub fn linear_sparse<T: Element>(x: &[T], n: usize, w: &SparseWeight<T>) -> Resu
         (r_begin, acc)
     });
 
-    let mut y = vec![T::from_bits(0); n * m];
+    let mut y = vec![T::from_bits(0); y_len];
     for (_, (r_begin, acc)) in blocks {
         let len = acc.len() / n.max(1);
         for i in 0..n {

@@ -25,6 +25,7 @@
 //! [`DeviceSparseWeight`] (device operands), [`SparseWeight`] (host format, packing, files),
 //! [`cpu`] (reference and fallback paths), [`cublas`] (the baseline, loaded at run time).
 
+mod checked;
 pub mod cpu;
 pub mod cublas;
 mod dependent_launch;

@@ -1,9 +1,10 @@
 //! `Y = X · Wᵀ` (the `nn.Linear` convention) for dense and sparse weights: shape checks,
 //! kernel choice, split-K planning and launches.
 
-use crate::element::Element;
+use crate::checked::{grid, Grid, Sizes, MAX_GRID};
+use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, SharedMemory};
 use crate::layout::{
     block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_ring_words, spmm_smem_bytes,
     DENSE_CONFIGS, REDUCE_THREADS, SPARSE_TILE_M, SPMM_CONFIGS, SPMM_ROW_TILES, TILE_K, TILE_M,
@@ -15,13 +16,19 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 
 /// Options of [`Gpu::linear_with`].
+///
+/// Every value is validated before anything is allocated or launched (with checked
+/// arithmetic: no value can wrap into another); one out of its range is an
+/// [`Error::InvalidArgument`] naming the option and the range allowed for this call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinearOptions {
-    /// Number of K splits of every row tile; `None` chooses from the shape and the SM count.
-    /// Values above the number of 64-wide K tiles are refused.
+    /// Number of K splits of every row tile, `1..=` the number of 64-wide K tiles; `None`
+    /// chooses from the shape and the SM count. The blocks it makes must fit a launch grid
+    /// (at most 2³¹ − 1).
     pub splits: Option<usize>,
     /// Dense kernel only, with `splits`: the number of row tiles (blocks of output rows,
-    /// counted from the top) computed whole, only the rest being split. `None` splits every
+    /// counted from the top) computed whole, only the rest being split; values beyond the
+    /// number of row tiles mean all of them. `None` splits every
     /// row tile. Automatic planning (`splits: None`) uses this form to give every SM the same
     /// share when the row tiles do not divide evenly among the SMs. Refused without `splits`
     /// and for sparse weights (their automatic schedule balances the SMs by `blocks`).
@@ -31,15 +38,16 @@ pub struct LinearOptions {
     pub block: Option<BlockShape>,
     /// Sparse kernel only: the number of blocks sharing the weight's `R × K` tiles (R row
     /// tiles of 256, K tiles of 64 along K), each an equal contiguous range of them in
-    /// row-major order (stream-K); `R ≤ blocks ≤ R·K`. `None` chooses from the shape and the
-    /// SM count. Refused together with `splits` (which means `blocks = R · splits`) and for
-    /// dense weights.
+    /// row-major order (stream-K); `R ≤ blocks ≤ R·K`, and at most 2³¹ − 1 (a launch grid).
+    /// `None` chooses from the shape and the SM count. Refused together with `splits` (which
+    /// means `blocks = R · splits`) and for dense weights.
     pub blocks: Option<usize>,
-    /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 of at
-    /// least 1024; `None` sizes it per weight and token count (the most blocks per SM whose
-    /// ring still holds a typical tile whole). A larger ring keeps more tiles in flight per
-    /// block, but fewer blocks fit on an SM. A tuning knob: every size computes the same
-    /// result. Refused for dense weights.
+    /// Sparse kernel only: words of its shared-memory word ring, a multiple of 128 from 1024
+    /// up to what the device's shared memory per block holds next to the kernel's tiles (on
+    /// an H100 47872 up to 32 tokens, 41728 at 64); `None` sizes it per weight and token
+    /// count (the most blocks per SM whose ring still holds a typical tile whole). A larger
+    /// ring keeps more tiles in flight per block, but fewer blocks fit on an SM. A tuning
+    /// knob: every size computes the same result. Refused for dense weights.
     pub ring_words: Option<usize>,
     /// Sparse kernel only: whether its weight reads are marked evict-first in L2 (`None`:
     /// yes), which keeps the split-K partial sums in L2 for the reduction. A tuning knob:
@@ -130,9 +138,11 @@ impl Schedule {
         Schedule { full: row_tiles, splits: 1 }
     }
 
-    /// Thread blocks along grid x.
-    pub fn blocks(&self, row_tiles: usize) -> usize {
-        self.full + (row_tiles - self.full) * self.splits
+    /// Thread blocks along grid x, `full + (row_tiles − full) · splits` (`full ≤ row_tiles`),
+    /// checked: a `splits` option can make it larger than any grid.
+    pub fn blocks(&self, row_tiles: usize) -> Result<usize> {
+        let split = Sizes::ARG.mul("split row tiles × splits", row_tiles - self.full, self.splits)?;
+        Sizes::ARG.add("blocks (whole row tiles + split row tiles × splits)", self.full, split)
     }
 
     /// Whether some row tiles are split (partials and a reduction are needed).
@@ -227,16 +237,416 @@ pub(crate) fn plan_sparse_blocks(row_tiles: usize, n_blocks: usize, k_tiles: usi
 /// `weight bytes / last-wave fill + partial bytes` (NOTES item 18).
 pub(crate) fn sparse_splits(row_tiles: usize, n_blocks: usize, k_tiles: usize, slots: usize, cost: SparseCost) -> usize {
     let SparseCost { weight_bytes, n_tile } = cost;
-    let blocks = row_tiles * n_blocks;
+    // A cost model, not a size: in f64, so no product of large inputs can wrap.
+    let blocks = row_tiles as f64 * n_blocks as f64;
     let cost = |s: usize| {
-        let partials = if s > 1 { 2 * 4 * SPARSE_TILE_M * n_tile * blocks * s } else { 0 };
-        (weight_bytes * n_blocks) as f64 / wave_fill(blocks * s, slots) + partials as f64
+        let partials = if s > 1 { (2 * 4 * SPARSE_TILE_M * n_tile) as f64 * blocks * s as f64 } else { 0.0 };
+        weight_bytes as f64 * n_blocks as f64 / wave_fill(row_tiles.saturating_mul(n_blocks).saturating_mul(s), slots) + partials
     };
     (1..=max_splits(k_tiles)).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
 
 /// Fewest tiles per block for the one-wave stream-K schedule of the sparse kernel.
 const STREAM_MIN_TILES: usize = 16;
+
+/// Token tiles one launch covers at most: grid y is the token tile, and the driver allows
+/// at most 65535 there. Larger token counts are cut into slices of this many tiles of 64
+/// ([`plan`]), each its own launch (and reduction).
+pub(crate) const MAX_TOKEN_TILES: usize = MAX_GRID[1];
+
+/// Tokens of one launch at most: [`MAX_TOKEN_TILES`] tiles of 64.
+pub(crate) const MAX_SLICE_TOKENS: usize = MAX_TOKEN_TILES * 64;
+
+/// What [`plan`] needs to know about the weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WeightInfo {
+    /// A dense [`DeviceMatrix`] with leading dimension `ld`.
+    Dense { ld: usize },
+    /// A [`DeviceSparseWeight`]: its stored bytes and 99th-percentile tile length (words).
+    Sparse { stored_bytes: usize, typical_tile_words: usize },
+}
+
+/// A `linear` call's shapes: `Y[n × m] = X[n × k] · Wᵀ` (`W` is `m × k`), the leading
+/// dimensions of X and Y, and the weight (already checked to match each other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub n: usize,
+    pub k: usize,
+    pub m: usize,
+    pub ldx: usize,
+    pub ldy: usize,
+    pub weight: WeightInfo,
+    pub dtype: Dtype,
+}
+
+/// The device limits a plan depends on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceLimits {
+    pub sm_count: usize,
+    pub smem: SharedMemory,
+}
+
+/// Resident blocks on the whole GPU (SMs × blocks per SM) of kernel `name` launched with
+/// `threads` threads and `smem` bytes of dynamic shared memory. [`Gpu::linear_into`] asks
+/// the driver (which also raises the kernel's shared-memory limit); host-only tests pass a
+/// model. Called only with validated sizes.
+pub(crate) type Occupancy<'a> = dyn FnMut(&str, u32, u32) -> Result<usize> + 'a;
+
+/// The schedule arguments of one launch of the main kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LaunchKind {
+    /// `dense_linear`: the first `full` row tiles whole, the others split `splits` ways.
+    Dense { full: u32, splits: u32 },
+    /// `spmm_linear`: `blocks` stream-K ranges, a word ring of `ring` words.
+    Sparse { blocks: u32, ring: u32, evict_first: u32 },
+}
+
+/// The split-K reduction after a launch: kernel and grid (its arguments are the slice's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Reduction {
+    pub kernel: String,
+    pub grid: Grid,
+}
+
+/// One launch of [`Gpu::linear_into`] (and its reduction): tokens `first_token ..
+/// first_token + tokens` of X and Y. Every number in it was computed with checked
+/// arithmetic from the problem, the options and the device limits, and every 32-bit one
+/// was checked to fit, so executing it casts nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Slice {
+    pub first_token: usize,
+    pub tokens: usize,
+    /// Byte offsets of the slice's first row in X and Y.
+    pub x_offset: usize,
+    pub y_offset: usize,
+    pub kernel: String,
+    pub threads: u32,
+    pub smem: u32,
+    pub grid: Grid,
+    pub kind: LaunchKind,
+    /// Kernel arguments: `m`, the slice's `n`, `k`, the leading dimensions of X, Y and (dense)
+    /// W, the token tile and the K tiles of 64, rows per row tile, token tiles of the slice.
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub ldx: u32,
+    pub ldy: u32,
+    pub ldw: u32,
+    pub n_tile: u32,
+    pub k_tiles: u32,
+    pub rows_per_tile: u32,
+    pub token_tiles: u32,
+    /// f32 of split-K workspace the launch needs (0: none).
+    pub workspace: usize,
+    /// Completion flags (u32) of a split sparse launch (0: none).
+    pub flags: usize,
+    pub reduce: Option<Reduction>,
+}
+
+/// Checks the options against the weight kind and each other, then plans every launch of
+/// `Y = X · Wᵀ`: one [`Slice`] per [`MAX_SLICE_TOKENS`] tokens. Pure but for `occupancy`
+/// (see [`Occupancy`]), so everything a caller can pass is validated here, host-only tests
+/// included, before any allocation or launch. Errors: [`Error::InvalidArgument`] for an
+/// option (or a shape together with an option) out of its range, naming it and the range;
+/// [`Error::Shape`] for shapes the kernels cannot take.
+pub(crate) fn plan(p: &Problem, opts: &LinearOptions, dev: &DeviceLimits, occupancy: &mut Occupancy<'_>) -> Result<Vec<Slice>> {
+    let sparse = matches!(p.weight, WeightInfo::Sparse { .. });
+    if !sparse && (opts.ring_words.is_some() || opts.l2_evict_first.is_some() || opts.blocks.is_some()) {
+        return Err(Error::InvalidArgument("blocks, ring_words and l2_evict_first apply to sparse weights only".into()));
+    }
+    if sparse && opts.unsplit_row_tiles.is_some() {
+        return Err(Error::InvalidArgument("unsplit_row_tiles applies to dense weights only".into()));
+    }
+    if opts.splits.is_none() && opts.unsplit_row_tiles.is_some() {
+        return Err(Error::InvalidArgument("unsplit_row_tiles needs splits".into()));
+    }
+    if opts.splits.is_some() && opts.blocks.is_some() {
+        return Err(Error::InvalidArgument("give splits or blocks, not both".into()));
+    }
+    if p.n == 0 || p.k == 0 || p.m == 0 {
+        return Err(Error::Shape(format!("X is {}×{} and W has {} rows: every dimension must be at least 1", p.n, p.k, p.m)));
+    }
+    let mut slices: Vec<Slice> = Vec::with_capacity(p.n.div_ceil(MAX_SLICE_TOKENS));
+    let mut first = 0;
+    while first < p.n {
+        let tokens = (p.n - first).min(MAX_SLICE_TOKENS);
+        let (x_offset, y_offset) = (
+            Sizes::SHAPE.product("X slice offset (first token × ldx × 2 bytes)", &[first, p.ldx, 2])?,
+            Sizes::SHAPE.product("Y slice offset (first token × ldy × 2 bytes)", &[first, p.ldy, 2])?,
+        );
+        // Full slices are all alike: plan one, copy it for the others.
+        let slice = match slices.last() {
+            Some(prev) if prev.tokens == tokens => {
+                Slice { first_token: first, x_offset, y_offset, ..prev.clone() }
+            }
+            _ => {
+                let mut s = plan_slice(p, tokens, opts, dev, occupancy)?;
+                (s.first_token, s.x_offset, s.y_offset) = (first, x_offset, y_offset);
+                s
+            }
+        };
+        slices.push(slice);
+        first += tokens;
+    }
+    Ok(slices)
+}
+
+/// Largest word ring of the sparse kernel for `nt` token tiles on a device with
+/// `per_block` bytes of shared memory per block (a multiple of 128; below 1024 none fits).
+fn max_ring_words(nt: usize, per_block: usize) -> usize {
+    per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4 / 128 * 128
+}
+
+/// [`spmm_smem_bytes`] with checked arithmetic (the layout's `const fn` wraps).
+fn spmm_smem_checked(nt: usize, ring: usize) -> Result<usize> {
+    let ring_bytes = Sizes::ARG.mul("ring_words × 4 bytes", ring, 4)?;
+    Sizes::ARG.add("sparse kernel shared memory (tiles + ring_words × 4 bytes)", spmm_smem_bytes(nt, 0), ring_bytes)
+}
+
+/// Plans one launch for `tokens ≤ MAX_SLICE_TOKENS` tokens (see [`plan`]).
+fn plan_slice(
+    p: &Problem,
+    tokens: usize,
+    opts: &LinearOptions,
+    dev: &DeviceLimits,
+    occupancy: &mut Occupancy<'_>,
+) -> Result<Slice> {
+    debug_assert!((1..=MAX_SLICE_TOKENS).contains(&tokens));
+    let (k, m) = (p.k, p.m);
+    let n_tile = n_tile_for(tokens);
+    let nt = n_tile / 8;
+    let dt = p.dtype.name();
+    // The shapes as the kernels' 32-bit arguments (uploads already keep them below 2³¹).
+    let shape_u32 = |what, v| Sizes::SHAPE.to_u32(what, v);
+    let (mm, nn, kk) = (shape_u32("out_features (m)", m)?, shape_u32("tokens (n)", tokens)?, shape_u32("in_features (k)", k)?);
+    let (ldx, ldy) = (shape_u32("leading dimension of X", p.ldx)?, shape_u32("leading dimension of Y", p.ldy)?);
+    let mut ring = 0;
+    let (name, block, smem) = match p.weight {
+        WeightInfo::Dense { .. } => {
+            let (rt, mt) = dense_default_config(m, dev.sm_count);
+            let b = opts.block.unwrap_or(BlockShape { row_tiles: rt, warp_m_tiles: mt });
+            if !DENSE_CONFIGS.contains(&(b.row_tiles, b.warp_m_tiles)) {
+                return Err(Error::InvalidArgument(format!("dense block {b:?}: compiled shapes are {DENSE_CONFIGS:?}")));
+            }
+            let name = format!("dense_linear_{dt}_n{n_tile}_r{}_m{}", b.row_tiles, b.warp_m_tiles);
+            // A compiled shape and token tile: at most 4 · (4·8 KiB + 8·1 KiB).
+            (name, b, dense_smem_bytes(b.row_tiles, nt))
+        }
+        WeightInfo::Sparse { typical_tile_words, .. } => {
+            let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: spmm_default_mt(nt) });
+            let mt = b.warp_m_tiles;
+            if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
+                return Err(Error::InvalidArgument(format!(
+                    "sparse block {b:?} for {n_tile} tokens: row_tiles must be {SPMM_ROW_TILES}, warp_m_tiles one of {SPMM_CONFIGS:?} (4 only up to 32 tokens)"
+                )));
+            }
+            let name = format!("spmm_linear_{dt}_n{n_tile}_m{mt}");
+            let threads = block_threads(SPMM_ROW_TILES, mt) as u32;
+            let max_ring = max_ring_words(nt, dev.smem.per_block);
+            ring = match opts.ring_words {
+                // Range first: nothing is computed from an unchecked ring.
+                Some(r) if r < 1024 || r > max_ring || !r.is_multiple_of(128) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "ring_words = {r} is outside its allowed range: a multiple of 128 in 1024..={max_ring} \
+                         (with {n_tile} tokens this device has {} bytes of shared memory per block)",
+                        dev.smem.per_block
+                    )));
+                }
+                Some(r) => r,
+                None => spmm_ring(dev, &name, threads, nt, typical_tile_words, occupancy)?,
+            };
+            let smem = spmm_smem_checked(nt, ring)?;
+            if smem > dev.smem.per_block {
+                // Only the automatic fallback ring can get here (a device with little shared
+                // memory): the options were checked above.
+                return Err(Error::UnsupportedDevice(format!(
+                    "the sparse kernel needs {smem} bytes of shared memory with {n_tile} tokens, the device allows {}",
+                    dev.smem.per_block
+                )));
+            }
+            (name, b, smem)
+        }
+    };
+    // At most the device's shared memory per block (a few hundred KiB).
+    let smem = Sizes::ARG.to_u32("dynamic shared memory bytes", smem)?;
+    let rt = block.row_tiles;
+    let threads = block_threads(rt, block.warp_m_tiles) as u32;
+    let k_tiles = k.div_ceil(TILE_K);
+    let rows_per_tile = TILE_M * rt;
+    let row_tiles = m.div_ceil(rows_per_tile);
+    let n_blocks = tokens.div_ceil(n_tile);
+    if let Some(s) = opts.splits {
+        Sizes::ARG.in_range("splits", s, 1..=k_tiles, &format!("at most the {k_tiles} K tiles of 64 of in_features = {k}"))?;
+    }
+    if let (WeightInfo::Sparse { .. }, Some(b)) = (p.weight, opts.blocks) {
+        let tiles = Sizes::ARG.mul("row tiles × K tiles", row_tiles, k_tiles)?;
+        Sizes::ARG.in_range(
+            "blocks",
+            b,
+            row_tiles..=tiles,
+            &format!("between the {row_tiles} row tiles of 256 and the {tiles} tiles of 256×64 of this {m}×{k} weight"),
+        )?;
+    }
+    let slots = occupancy(&name, threads, smem)?;
+    // f32 of one block's output tile: at most 64 tokens × 256 rows.
+    let slot = n_tile * rows_per_tile;
+    // A reduction block's chunk of `floats`: 4 per thread. Slots are multiples of 512
+    // floats (rows: multiples of 64, tokens of 8) = 4 per thread × 128 threads.
+    let reduce_chunks = |floats: usize| {
+        debug_assert!(floats.is_multiple_of(4 * REDUCE_THREADS));
+        floats / (4 * REDUCE_THREADS)
+    };
+    let token_cause = |axis: usize| match axis {
+        1 => format!("{n_blocks} token tiles of {n_tile} for {tokens} tokens"),
+        _ => "(unused)".to_string(),
+    };
+    let mut slice = Slice {
+        first_token: 0,
+        tokens,
+        x_offset: 0,
+        y_offset: 0,
+        kernel: name,
+        threads,
+        smem,
+        grid: grid(Sizes::ARG, [1, 1, 1], |_| String::new())?,
+        kind: LaunchKind::Dense { full: 0, splits: 1 },
+        m: mm,
+        n: nn,
+        k: kk,
+        ldx,
+        ldy,
+        ldw: 0,
+        n_tile: n_tile as u32,
+        // Below 2²⁶: k < 2³¹ (checked above).
+        k_tiles: k_tiles as u32,
+        rows_per_tile: rows_per_tile as u32,
+        token_tiles: Sizes::ARG.to_u32("token tiles", n_blocks)?,
+        workspace: 0,
+        flags: 0,
+        reduce: None,
+    };
+    match p.weight {
+        WeightInfo::Dense { ld } => {
+            slice.ldw = shape_u32("leading dimension of W", ld)?;
+            let sched = match opts.splits {
+                // Whole row tiles beyond the last mean all of them: nothing is split.
+                Some(s) => Schedule { full: opts.unsplit_row_tiles.unwrap_or(0).min(row_tiles), splits: s },
+                None => plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, dev.sm_count, slots),
+            };
+            let split = sched.has_splits(row_tiles);
+            let split_tiles = row_tiles - sched.full;
+            let blocks = sched.blocks(row_tiles)?;
+            slice.grid = grid(Sizes::ARG, [blocks, n_blocks, 1], |axis| match axis {
+                0 => format!(
+                    "{} whole row tiles + {split_tiles} row tiles of {rows_per_tile} rows × splits = {} \
+                     (fewer splits, or more unsplit_row_tiles, make fewer blocks)",
+                    sched.full, sched.splits
+                ),
+                a => token_cause(a),
+            })?;
+            slice.kind = LaunchKind::Dense {
+                full: Sizes::ARG.to_u32("unsplit_row_tiles", sched.full)?,
+                splits: Sizes::ARG.to_u32("splits", sched.splits)?,
+            };
+            if split {
+                // Per split unit (row tile × token tile) `splits` slots.
+                let units = Sizes::ARG.mul("split row tiles × token tiles", split_tiles, n_blocks)?;
+                slice.workspace = Sizes::ARG.product(
+                    "split-K workspace floats (split row tiles × token tiles × splits × slot)",
+                    &[units, sched.splits, slot],
+                )?;
+                Sizes::ARG.bytes("split-K workspace", slice.workspace, 4)?;
+                let chunks = reduce_chunks(Sizes::ARG.mul("reduced floats (units × slot)", units, slot)?);
+                slice.reduce = Some(Reduction {
+                    kernel: format!("splitk_reduce_{dt}"),
+                    grid: grid(Sizes::ARG, [chunks, 1, 1], |_| {
+                        format!("{chunks} reduction blocks for {units} split row tiles × token tiles of {slot} floats")
+                    })?,
+                });
+            }
+        }
+        WeightInfo::Sparse { stored_bytes, .. } => {
+            let cost = SparseCost { weight_bytes: stored_bytes, n_tile };
+            let tiles = Sizes::ARG.mul("row tiles × K tiles", row_tiles, k_tiles)?;
+            let blocks = match (opts.splits, opts.blocks) {
+                (Some(_), Some(_)) => unreachable!("refused in plan"),
+                (None, Some(b)) => b, // in row_tiles..=tiles, checked above
+                (Some(s), None) => Sizes::ARG.mul("blocks (row tiles × splits)", row_tiles, s)?,
+                (None, None) => plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, cost),
+            };
+            debug_assert!(blocks >= row_tiles && blocks <= tiles);
+            // The kernels compute block b's first tile as `b · tiles / blocks` in 64 bits.
+            Sizes::ARG.mul("blocks × tiles (stream-K range arithmetic)", blocks, tiles)?;
+            slice.grid = grid(Sizes::ARG, [blocks, n_blocks, 1], |axis| match axis {
+                0 => format!("blocks = {blocks} stream-K ranges of the {tiles} tiles (pass fewer blocks or splits)"),
+                a => token_cause(a),
+            })?;
+            slice.kind = LaunchKind::Sparse {
+                blocks: Sizes::ARG.to_u32("blocks", blocks)?,
+                ring: Sizes::ARG.to_u32("ring_words", ring)?,
+                evict_first: u32::from(opts.l2_evict_first.unwrap_or(true)),
+            };
+            // Workspace: two slots per block and token tile, when some block's range starts
+            // inside a row tile (`gpu::kernels::tile::StreamRange`): with `blocks ≥ R`,
+            // exactly when `blocks > R` (range length < K).
+            if blocks > row_tiles {
+                slice.workspace = Sizes::ARG.product(
+                    "split-K workspace floats (2 · blocks · token tiles · slot)",
+                    &[2, blocks, n_blocks, slot],
+                )?;
+                Sizes::ARG.bytes("split-K workspace", slice.workspace, 4)?;
+                slice.flags = Sizes::ARG.mul("completion flags (blocks × token tiles)", blocks, n_blocks)?;
+                Sizes::ARG.bytes("completion flags", slice.flags, 4)?;
+                // At most one wave of resident blocks, each looping over chunks (see
+                // `gpu::kernels::reduce::streamk_reduce`).
+                let kernel = format!("streamk_reduce_{dt}");
+                let resident = occupancy(&kernel, REDUCE_THREADS as u32, 0)?;
+                let chunks = reduce_chunks(Sizes::ARG.product("reduced floats (row tiles × token tiles × slot)", &[
+                    row_tiles, n_blocks, slot,
+                ])?);
+                let blocks = chunks.min(resident).max(1);
+                slice.reduce = Some(Reduction {
+                    kernel,
+                    grid: grid(Sizes::ARG, [blocks, 1, 1], |_| format!("{blocks} reduction blocks"))?,
+                });
+            }
+        }
+    }
+    Ok(slice)
+}
+
+/// The sparse kernel's word ring for `nt` token tiles and a weight whose tiles (99% of
+/// them) hold at most `tile_words` words. Resident blocks matter most (measured on an
+/// H100, `benches/results/NOTES.md` item 17): four blocks per SM when a ring that lets
+/// four share an SM still holds such a tile whole (≤ 16 tokens from 70–80% sparsity on,
+/// where registers allow four), else three, else two (64 tokens, where registers allow
+/// two); the ring takes all the shared memory the blocks leave. Falls back to
+/// `layout::spmm_ring_words` when none is possible.
+fn spmm_ring(
+    dev: &DeviceLimits,
+    name: &str,
+    threads: u32,
+    nt: usize,
+    tile_words: usize,
+    occupancy: &mut Occupancy<'_>,
+) -> Result<usize> {
+    // A validated tile holds at most 16384 + 31 words.
+    let target = tile_words.next_multiple_of(128).max(1024);
+    for blocks in [4, 3, 2] {
+        // The largest ring that lets `blocks` blocks share an SM's shared memory.
+        let per_block = (dev.smem.per_sm / blocks).saturating_sub(dev.smem.reserved_per_block).min(dev.smem.per_block);
+        let ring = max_ring_words(nt, per_block);
+        if ring < 1024 || (blocks == 4 && ring < target) {
+            continue;
+        }
+        // Registers may still allow fewer blocks. `ring ≤ per_block / 4`: no overflow.
+        let smem = Sizes::ARG.to_u32("dynamic shared memory bytes", spmm_smem_checked(nt, ring)?)?;
+        if occupancy(name, threads, smem)? >= blocks * dev.sm_count {
+            return Ok(ring);
+        }
+    }
+    Ok(spmm_ring_words(nt))
+}
 
 impl Gpu {
     /// `Y[n × out] = X[n × in] · Wᵀ`, allocating Y. Splits K automatically.
@@ -261,6 +671,10 @@ impl Gpu {
     /// `Y = X · Wᵀ` into an existing `y` (no allocation once the split-K workspace is large
     /// enough): the form for hot loops and benchmarks. Queued on [`Gpu::stream`]; returns
     /// before the GPU finishes.
+    ///
+    /// Every option and shape is validated (with checked arithmetic, in `linear::plan`) before
+    /// anything is allocated or launched; more than 4,194,240 tokens (65535 token tiles of 64,
+    /// the launch grid's limit) are computed in several launches of at most that many.
     pub fn linear_into<T: Element, W: LinearWeight<T>>(
         &self,
         x: &DeviceMatrix<T>,
@@ -285,162 +699,52 @@ impl Gpu {
             Operand::Sparse(ws) => self.check_owner("linear: the sparse weight W", &ws.words)?,
         }
         self.bind()?;
-        let n_tile = n_tile_for(n);
-        let nt = n_tile / 8;
-        let dt = T::DTYPE.name();
-        let mut ring = 0;
-        let (name, block, smem) = match w.operand() {
-            Operand::Dense(_) => {
-                if opts.ring_words.is_some() || opts.l2_evict_first.is_some() || opts.blocks.is_some() {
-                    return Err(Error::InvalidArgument("blocks, ring_words and l2_evict_first apply to sparse weights only".into()));
-                }
-                let (rt, mt) = dense_default_config(m, self.sm_count as usize);
-                let b = opts.block.unwrap_or(BlockShape { row_tiles: rt, warp_m_tiles: mt });
-                if !DENSE_CONFIGS.contains(&(b.row_tiles, b.warp_m_tiles)) {
-                    return Err(Error::InvalidArgument(format!("dense block {b:?}: compiled shapes are {DENSE_CONFIGS:?}")));
-                }
-                let name = format!("dense_linear_{dt}_n{n_tile}_r{}_m{}", b.row_tiles, b.warp_m_tiles);
-                (name, b, dense_smem_bytes(b.row_tiles, nt) as u32)
-            }
+        let weight = match w.operand() {
+            Operand::Dense(wd) => WeightInfo::Dense { ld: wd.ld() },
             Operand::Sparse(ws) => {
-                let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: spmm_default_mt(nt) });
-                let mt = b.warp_m_tiles;
-                if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
-                    return Err(Error::InvalidArgument(format!(
-                        "sparse block {b:?} for {n_tile} tokens: row_tiles must be {SPMM_ROW_TILES}, warp_m_tiles one of {SPMM_CONFIGS:?} (4 only up to 32 tokens)"
-                    )));
-                }
-                let name = format!("spmm_linear_{dt}_n{n_tile}_m{mt}");
-                let threads = block_threads(SPMM_ROW_TILES, mt) as u32;
-                ring = match opts.ring_words {
-                    Some(r) => r,
-                    None => self.spmm_ring(&name, threads, nt, ws.typical_tile_words)?,
-                };
-                let smem = spmm_smem_bytes(nt, ring);
-                if ring < 1024 || !ring.is_multiple_of(128) || smem > self.smem.per_block {
-                    return Err(Error::InvalidArgument(format!(
-                        "ring_words = {ring}: must be a multiple of 128, at least 1024, and with {n_tile} tokens at most {} on this device ({} bytes of shared memory per block)",
-                        (self.smem.per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4) / 128 * 128,
-                        self.smem.per_block
-                    )));
-                }
-                (name, b, smem as u32)
+                WeightInfo::Sparse { stored_bytes: ws.stored_bytes(), typical_tile_words: ws.typical_tile_words }
             }
         };
-        let rt = block.row_tiles;
-        let threads = block_threads(rt, block.warp_m_tiles) as u32;
-        let (func, slots) = self.kernel(&name, threads, smem)?;
-        let k_tiles = k.div_ceil(TILE_K);
-        let rows_per_tile = TILE_M * rt;
-        let row_tiles = m.div_ceil(rows_per_tile);
-        let n_blocks = n.div_ceil(n_tile);
-        if let Some(s) = opts.splits.filter(|&s| s == 0 || s > k_tiles) {
-            return Err(Error::InvalidArgument(format!("splits = {s}: must be between 1 and the {k_tiles} K tiles of 64")));
-        }
-        if opts.splits.is_none() && opts.unsplit_row_tiles.is_some() {
-            return Err(Error::InvalidArgument("unsplit_row_tiles needs splits".into()));
-        }
-        let (ldx, ldy, mm, nn, kk) = (x.ld() as u32, y.ld() as u32, m as u32, n as u32, k as u32);
-        let (xp, yp) = (x.device_ptr(), y.device_ptr());
-        let slot = n_tile * rows_per_tile; // f32 of one block's output tile
-        // A reduction block's chunk of `floats`: 4 per thread. Slots are multiples of 512
-        // floats (rows: multiples of 64, tokens of 8) = 4 per thread × 128 threads.
-        let reduce_chunks = |floats: usize| {
-            debug_assert!(floats.is_multiple_of(4 * REDUCE_THREADS));
-            (floats / (4 * REDUCE_THREADS)) as u32
-        };
-        match w.operand() {
-            Operand::Dense(wd) => {
-                let sched = match opts.splits {
-                    Some(s) => Schedule { full: opts.unsplit_row_tiles.unwrap_or(0).min(row_tiles), splits: s },
-                    None => plan_schedule(row_tiles, rows_per_tile, n_blocks, k_tiles, self.sm_count as usize, slots),
-                };
-                // Workspace: per split unit (row tile × token tile) `splits` slots.
-                let split = sched.has_splits(row_tiles);
-                let units = (row_tiles - sched.full) * n_blocks;
-                let partial = self.workspace_ptr(if split { units * sched.splits * slot } else { 0 })?;
-                let (full, splits) = (sched.full as u32, sched.splits as u32);
-                let (wp, ldw) = (wd.device_ptr(), wd.ld() as u32);
-                let grid = (sched.blocks(row_tiles) as u32, n_blocks as u32, 1);
-                let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
-                self.launch(&func, grid, threads, smem, &mut args)?;
-                if split {
-                    let (reduce, _) = self.kernel(&format!("splitk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
-                    let (rows, tile, token_tiles) = (rows_per_tile as u32, n_tile as u32, n_blocks as u32);
-                    let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
-                    self.launch_dependent(&reduce, (reduce_chunks(units * slot), 1, 1), REDUCE_THREADS as u32, &mut args)?;
-                }
-            }
-            Operand::Sparse(ws) => {
-                if opts.unsplit_row_tiles.is_some() {
-                    return Err(Error::InvalidArgument("unsplit_row_tiles applies to dense weights only".into()));
-                }
-                let cost = SparseCost { weight_bytes: ws.stored_bytes(), n_tile };
-                let tiles = row_tiles * k_tiles;
-                let blocks = match (opts.splits, opts.blocks) {
-                    (Some(_), Some(_)) => {
-                        return Err(Error::InvalidArgument("give splits or blocks, not both".into()));
+        let problem = Problem { n, k, m, ldx: x.ld(), ldy: y.ld(), weight, dtype: T::DTYPE };
+        let dev = DeviceLimits { sm_count: self.sm_count as usize, smem: self.smem };
+        let slices = plan(&problem, &opts, &dev, &mut |name, threads, smem| Ok(self.kernel(name, threads, smem)?.1))?;
+        // Slices run one after the other on the stream and share the workspace (each
+        // reduction is done before the next slice's kernel starts).
+        let partial = self.workspace_ptr(slices.iter().map(|s| s.workspace).max().unwrap_or(0))?;
+        for s in &slices {
+            let (func, _) = self.kernel(&s.kernel, s.threads, s.smem)?;
+            // In bounds: `first_token < n`, and the offsets are `first_token · ld · 2` bytes.
+            let (xp, yp) = (x.device_ptr() + s.x_offset as u64, y.device_ptr() + s.y_offset as u64);
+            let Slice { m: mm, n: nn, k: kk, ldx, ldy, n_tile: tile, k_tiles: kt, rows_per_tile: rows, token_tiles, .. } = *s;
+            let partial = if s.workspace > 0 { partial } else { 0 };
+            match (s.kind, w.operand()) {
+                (LaunchKind::Dense { full, splits }, Operand::Dense(wd)) => {
+                    let (wp, ldw) = (wd.device_ptr(), s.ldw);
+                    let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
+                    self.launch(&func, s.grid, s.threads, s.smem, &mut args)?;
+                    if let Some(r) = &s.reduce {
+                        let (reduce, _) = self.kernel(&r.kernel, REDUCE_THREADS as u32, 0)?;
+                        let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
+                        self.launch_dependent(&reduce, r.grid, REDUCE_THREADS as u32, &mut args)?;
                     }
-                    (None, Some(b)) if b < row_tiles || b > tiles => {
-                        return Err(Error::InvalidArgument(format!(
-                            "blocks = {b}: must be between the {row_tiles} row tiles of 256 and the {tiles} tiles of 256×64"
-                        )));
-                    }
-                    (None, Some(b)) => b,
-                    (Some(s), None) => row_tiles * s,
-                    (None, None) => plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, cost),
-                };
-                debug_assert!(blocks >= row_tiles && blocks <= row_tiles * k_tiles);
-                // Workspace: two slots per block and token tile, when some block's range
-                // starts inside a row tile (`gpu::kernels::tile::StreamRange`): with
-                // `blocks ≥ R`, exactly when `blocks > R` (range length < K).
-                let split = blocks > row_tiles;
-                let partial = self.workspace_ptr(if split { 2 * blocks * n_blocks * slot } else { 0 })?;
-                let (flags, launch) = if split { self.completion_flags(blocks * n_blocks)? } else { (0, 0) };
-                let offs = ws.tile_offsets.ptr();
-                let words = ws.words.ptr();
-                let (nb, ring) = (blocks as u32, ring as u32);
-                let evict_first = u32::from(opts.l2_evict_first.unwrap_or(true));
-                let mut args = args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first, flags, launch];
-                self.launch(&func, (nb, n_blocks as u32, 1), threads, smem, &mut args)?;
-                if split {
-                    // At most one wave of resident blocks, each looping over chunks (see
-                    // `gpu::kernels::reduce::streamk_reduce`).
-                    let (reduce, resident) = self.kernel(&format!("streamk_reduce_{dt}"), REDUCE_THREADS as u32, 0)?;
-                    let (kt, tile) = (k_tiles as u32, n_tile as u32);
-                    let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile, flags, launch];
-                    let chunks = reduce_chunks(row_tiles * n_blocks * slot);
-                    let grid = (chunks.min(resident as u32), 1, 1);
-                    self.launch_dependent(&reduce, grid, REDUCE_THREADS as u32, &mut args)?;
                 }
+                (LaunchKind::Sparse { blocks: nb, ring, evict_first }, Operand::Sparse(ws)) => {
+                    let (flags, launch) = if s.flags > 0 { self.completion_flags(s.flags)? } else { (0, 0) };
+                    let offs = ws.tile_offsets.ptr();
+                    let words = ws.words.ptr();
+                    let mut args =
+                        args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first, flags, launch];
+                    self.launch(&func, s.grid, s.threads, s.smem, &mut args)?;
+                    if let Some(r) = &s.reduce {
+                        let (reduce, _) = self.kernel(&r.kernel, REDUCE_THREADS as u32, 0)?;
+                        let mut args = args![partial, yp, ldy, mm, nn, kt, nb, tile, flags, launch];
+                        self.launch_dependent(&reduce, r.grid, REDUCE_THREADS as u32, &mut args)?;
+                    }
+                }
+                _ => unreachable!("the plan's launch kind follows the weight"),
             }
         }
         Ok(())
-    }
-
-    /// The sparse kernel's word ring for `nt` token tiles and a weight whose tiles (99% of
-    /// them) hold at most `tile_words` words. Resident blocks matter most (measured on an
-    /// H100, `benches/results/NOTES.md` item 17): four blocks per SM when a ring that lets
-    /// four share an SM still holds such a tile whole (≤ 16 tokens from 70–80% sparsity on,
-    /// where registers allow four), else three, else two (64 tokens, where registers allow
-    /// two); the ring takes all the shared memory the blocks leave. Falls back to
-    /// `layout::spmm_ring_words` when none is possible.
-    fn spmm_ring(&self, name: &str, threads: u32, nt: usize, tile_words: usize) -> Result<usize> {
-        let target = tile_words.next_multiple_of(128).max(1024);
-        for blocks in [4, 3, 2] {
-            // The largest ring that lets `blocks` blocks share an SM's shared memory.
-            let per_block = (self.smem.per_sm / blocks).saturating_sub(self.smem.reserved_per_block).min(self.smem.per_block);
-            let ring = per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4 / 128 * 128;
-            if ring < 1024 || (blocks == 4 && ring < target) {
-                continue;
-            }
-            // Registers may still allow fewer blocks.
-            let (_, slots) = self.kernel(name, threads, spmm_smem_bytes(nt, ring) as u32)?;
-            if slots >= blocks * self.sm_count as usize {
-                return Ok(ring);
-            }
-        }
-        Ok(spmm_ring_words(nt))
     }
 
     /// Looks a kernel up, with its launch set-up done once per handle, kernel and shared
@@ -536,13 +840,14 @@ impl Gpu {
         Ok(true)
     }
 
-    /// Launches on this handle's stream.
-    fn launch(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
+    /// Launches on this handle's stream; the grid was checked against the device's limits
+    /// ([`grid`]).
+    fn launch(&self, func: &Function<'_>, grid: Grid, block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
         // SAFETY: every caller passes the argument list of the kernel's documented signature
         // (pointer-sized device addresses and u32 scalars, in order), built from validated
         // operands whose allocations outlive the queued work: they are borrowed for the call,
         // and buffers are freed only after the stream is synchronised or by their owner.
-        unsafe { self.stream.launch(func, grid, block, smem, args) }.map_err(|e| Error::driver("kernel launch", e))
+        unsafe { self.stream.launch(func, grid.dims(), block, smem, args) }.map_err(|e| Error::driver("kernel launch", e))
     }
 
     /// Queues `func` (no dynamic shared memory) as a programmatic dependent of the kernel
@@ -551,13 +856,13 @@ impl Gpu {
     /// `splitk_reduce` (`griddepcontrol.wait` in every thread first) and `streamk_reduce`
     /// (the completion flags of the SpMM blocks it reads from, then `griddepcontrol.wait`
     /// in every thread before it exits).
-    fn launch_dependent(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, args: &mut [*mut c_void]) -> Result<()> {
+    fn launch_dependent(&self, func: &Function<'_>, grid: Grid, block: u32, args: &mut [*mut c_void]) -> Result<()> {
         let Some(launcher) = self.dependent_launch else {
             return self.launch(func, grid, block, 0, args);
         };
         // SAFETY: as in `launch`; the kernel waits for the one before it (see above), and the
         // stream and function handles are live handles of this `Gpu`.
-        let rc = unsafe { launcher.launch(func.to_raw(), self.stream.as_inner(), grid, block, 0, args) };
+        let rc = unsafe { launcher.launch(func.to_raw(), self.stream.as_inner(), grid.dims(), block, 0, args) };
         Error::check_raw("dependent kernel launch", rc)
     }
 }
@@ -654,10 +959,229 @@ mod tests {
         assert_eq!(next_launch(u32::MAX), (1, true));
     }
 
+    // ---- The plan, host-only: an H100-like device and an occupancy model. ----
+
+    /// H100 limits: 132 SMs, 227 KiB of shared memory per block, 228 KiB per SM.
+    fn h100() -> DeviceLimits {
+        DeviceLimits { sm_count: 132, smem: SharedMemory { per_block: 232448, per_sm: 233472, reserved_per_block: 1024 } }
+    }
+
+    /// Resident blocks on the GPU as the driver would count them from shared memory and
+    /// threads alone; records every query, so a test can see what reached the "driver".
+    fn occupancy_model(calls: &mut Vec<(String, u32, u32)>) -> impl FnMut(&str, u32, u32) -> Result<usize> + '_ {
+        move |name, threads, smem| {
+            calls.push((name.to_string(), threads, smem));
+            let dev = h100();
+            let by_smem = dev.smem.per_sm / (smem as usize + dev.smem.reserved_per_block);
+            Ok(by_smem.min(2048 / threads as usize).clamp(1, 32) * dev.sm_count)
+        }
+    }
+
+    fn sparse_problem(n: usize, m: usize, k: usize) -> Problem {
+        let tiles = m.div_ceil(256) * k.div_ceil(64);
+        let weight = WeightInfo::Sparse { stored_bytes: 4 * tiles * 2048, typical_tile_words: 2048 };
+        Problem { n, k, m, ldx: padded_ld(k), ldy: padded_ld(m), weight, dtype: Dtype::F16 }
+    }
+
+    fn dense_problem(n: usize, m: usize, k: usize) -> Problem {
+        Problem { n, k, m, ldx: padded_ld(k), ldy: padded_ld(m), weight: WeightInfo::Dense { ld: padded_ld(k) }, dtype: Dtype::F16 }
+    }
+
+    fn padded_ld(cols: usize) -> usize {
+        crate::matrix::padded_ld(cols)
+    }
+
+    /// The plan, and the kernel queries it made.
+    fn plan_of(p: &Problem, opts: LinearOptions) -> (Result<Vec<Slice>>, Vec<(String, u32, u32)>) {
+        let mut calls = Vec::new();
+        let r = plan(p, &opts, &h100(), &mut occupancy_model(&mut calls));
+        (r, calls)
+    }
+
+    /// The InvalidArgument message of a refused plan.
+    fn refused(p: &Problem, opts: LinearOptions) -> String {
+        match plan_of(p, opts).0 {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument for {opts:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_refuses_ring_words_that_used_to_wrap() {
+        // Before: 2⁶² made `spmm_smem_bytes` wrap to 41 KiB and the kernel got a ring of 0
+        // words (endless loop); 2⁶² − 8192 wrapped the shared memory to 8 KiB for a ring of
+        // 2³² − 8192 words (IllegalAddress); 2⁶² + 1024 silently became 1024.
+        let p = sparse_problem(16, 512, 1024);
+        let max = max_ring_words(2, h100().smem.per_block);
+        assert_eq!(max, (232448 - spmm_smem_bytes(2, 0)) / 4 / 128 * 128);
+        for r in [
+            1 << 62,
+            (1 << 62) - 8192,
+            (1 << 62) + 1024,
+            (1 << 32) + 1024,
+            usize::MAX,
+            usize::MAX / 4,
+            usize::MAX / 4 / 128 * 128,
+            usize::MAX / 128 * 128,
+            (usize::MAX / 4 + 1) + 1024,
+            max + 128,
+            0,
+            128,
+            1000,
+            1025,
+        ] {
+            let (res, calls) = plan_of(&p, LinearOptions { ring_words: Some(r), ..Default::default() });
+            let Err(Error::InvalidArgument(m)) = res else { panic!("ring_words = {r}: {res:?}") };
+            assert!(m.contains(&format!("ring_words = {r}")) && m.contains(&format!("1024..={max}")), "{m}");
+            assert!(calls.is_empty(), "ring_words = {r} reached the driver: {calls:?}");
+        }
+    }
+
+    #[test]
+    fn plan_keeps_valid_ring_words_exactly() {
+        for n in [1, 16, 32, 64] {
+            let p = sparse_problem(n, 512, 1024);
+            let nt = n_tile_for(n) / 8;
+            for r in [1024, 4096, max_ring_words(nt, h100().smem.per_block)] {
+                let slices = plan_of(&p, LinearOptions { ring_words: Some(r), ..Default::default() }).0.unwrap();
+                let LaunchKind::Sparse { ring, .. } = slices[0].kind else { panic!() };
+                assert_eq!(ring as usize, r);
+                assert_eq!(slices[0].smem as usize, spmm_smem_bytes(nt, r));
+                assert!(slices[0].smem as usize <= h100().smem.per_block);
+            }
+        }
+    }
+
+    #[test]
+    fn plan_refuses_blocks_and_splits_out_of_range() {
+        // 512×1024: R = 2 row tiles of 256, K = 16 tiles of 64, 32 tiles.
+        let p = sparse_problem(16, 512, 1024);
+        for b in [0, 1, 33, u32::MAX as usize, u32::MAX as usize + 1, (1 << 32) + 2, 1 << 31, usize::MAX, usize::MAX / 2] {
+            let m = refused(&p, LinearOptions { blocks: Some(b), ..Default::default() });
+            assert!(m.contains(&format!("blocks = {b}")) && m.contains("2..=32"), "{m}");
+        }
+        for (p, k_tiles) in [(sparse_problem(16, 512, 1024), 16), (dense_problem(16, 512, 1000), 16)] {
+            for s in [0, 17, u32::MAX as usize, (1 << 32) + 1, usize::MAX] {
+                let m = refused(&p, LinearOptions { splits: Some(s), ..Default::default() });
+                assert!(m.contains(&format!("splits = {s}")) && m.contains(&format!("1..={k_tiles}")), "{m}");
+            }
+        }
+        // Combinations and options of the other kernel.
+        let sparse = sparse_problem(16, 512, 1024);
+        let dense = dense_problem(16, 512, 1024);
+        assert!(refused(&sparse, LinearOptions { blocks: Some(4), splits: Some(2), ..Default::default() }).contains("not both"));
+        assert!(refused(&sparse, LinearOptions { splits: Some(2), unsplit_row_tiles: Some(1), ..Default::default() })
+            .contains("dense weights only"));
+        assert!(refused(&dense, LinearOptions { unsplit_row_tiles: Some(1), ..Default::default() }).contains("needs splits"));
+        for opts in [
+            LinearOptions { blocks: Some(usize::MAX), ..Default::default() },
+            LinearOptions { ring_words: Some(1 << 62), ..Default::default() },
+            LinearOptions { l2_evict_first: Some(false), ..Default::default() },
+        ] {
+            assert!(refused(&dense, opts).contains("sparse weights only"));
+        }
+    }
+
+    #[test]
+    fn plan_clamps_unsplit_row_tiles_to_the_row_tiles() {
+        // 300 rows = 5 row tiles of 64: any count of whole row tiles ≥ 5 means no split.
+        let p = dense_problem(8, 300, 1024);
+        for u in [5, 6, u32::MAX as usize + 1, usize::MAX] {
+            let s = &plan_of(&p, LinearOptions { splits: Some(4), unsplit_row_tiles: Some(u), ..Default::default() }).0.unwrap()[0];
+            assert_eq!(s.kind, LaunchKind::Dense { full: 5, splits: 4 });
+            assert_eq!((s.grid.dims(), s.workspace, s.reduce.is_none()), ((5, 1, 1), 0, true));
+        }
+        let s = &plan_of(&p, LinearOptions { splits: Some(4), unsplit_row_tiles: Some(3), ..Default::default() }).0.unwrap()[0];
+        assert_eq!((s.kind, s.grid.dims()), (LaunchKind::Dense { full: 3, splits: 4 }, (3 + 2 * 4, 1, 1)));
+        assert_eq!(s.workspace, 2 * 4 * 8 * 64);
+    }
+
+    #[test]
+    fn plan_refuses_grids_beyond_the_device_limits() {
+        let max = i32::MAX as usize;
+        // Sparse: 2³¹ − 1 rows (2²³ row tiles of 256) × 32768 columns (512 K tiles): 2³² tiles,
+        // so blocks = 2³¹ is in range but one more than grid x allows.
+        let p = sparse_problem(1, max, 32768);
+        let m = refused(&p, LinearOptions { blocks: Some(1 << 31), ..Default::default() });
+        assert!(m.contains("grid.x = 2147483648") && m.contains("1..=2147483647") && m.contains("blocks"), "{m}");
+        // The kernels compute `b · tiles` in 64 bits: 2³¹ − 1 rows × 2³¹ − 1 columns has 2⁴⁸
+        // tiles, so 2²⁴ blocks (in range: at least the 2²³ row tiles) would overflow it.
+        let p = sparse_problem(1, max, max);
+        let m = refused(&p, LinearOptions { blocks: Some(1 << 24), ..Default::default() });
+        assert!(m.contains("blocks × tiles"), "{m}");
+        // Dense: 2²³ row tiles of 256 split 2¹⁰ ways.
+        let p = dense_problem(1, max, 1 << 20);
+        let m = refused(&p, LinearOptions { splits: Some(1 << 10), ..Default::default() });
+        assert!(m.contains("grid.x = 8589934592") && m.contains("splits = 1024"), "{m}");
+    }
+
+    #[test]
+    fn plan_refuses_reduction_grids_and_workspaces_beyond_any_device() {
+        let max = i32::MAX as usize;
+        // Dense: 2²³ row tiles × 255 splits fits grid x, but with 65535 token tiles of 64 the
+        // reduction would need 2⁴⁴ blocks (its partial sums, 2⁶¹ floats, still fit usize).
+        let p = dense_problem(MAX_SLICE_TOKENS, max, 1 << 14);
+        let m = refused(&p, LinearOptions { splits: Some(255), ..Default::default() });
+        assert!(m.contains("grid.x = 17591917608960") && m.contains("reduction blocks"), "{m}");
+        // Sparse: 2³¹ − 1 blocks (in range for 2³² tiles) × 65535 token tiles.
+        let p = sparse_problem(MAX_SLICE_TOKENS, max, 32768);
+        let m = refused(&p, LinearOptions { blocks: Some(max), ..Default::default() });
+        assert!(m.contains("split-K workspace"), "{m}");
+    }
+
+    #[test]
+    fn plan_slices_token_counts_beyond_one_grid() {
+        for p in [dense_problem(0, 100, 200), sparse_problem(0, 300, 200)] {
+            for n in [1, 64, MAX_SLICE_TOKENS, MAX_SLICE_TOKENS + 1, 3 * MAX_SLICE_TOKENS - 7, i32::MAX as usize] {
+                let p = Problem { n, ..p };
+                let slices = plan_of(&p, LinearOptions::default()).0.unwrap();
+                assert_eq!(slices.len(), n.div_ceil(MAX_SLICE_TOKENS), "n = {n}");
+                let mut next = 0;
+                for s in &slices {
+                    assert_eq!(s.first_token, next);
+                    assert!(s.tokens >= 1 && s.tokens <= MAX_SLICE_TOKENS);
+                    assert_eq!((s.x_offset, s.y_offset), (next * p.ldx * 2, next * p.ldy * 2));
+                    assert_eq!(s.n as usize, s.tokens);
+                    assert_eq!(s.n_tile as usize, n_tile_for(s.tokens));
+                    let (_, y, z) = s.grid.dims();
+                    assert_eq!((y as usize, z), (s.tokens.div_ceil(s.n_tile as usize), 1));
+                    assert!(y as usize <= MAX_TOKEN_TILES);
+                    assert_eq!(s.token_tiles, y);
+                    next += s.tokens;
+                }
+                assert_eq!(next, n);
+            }
+        }
+        // One token past a full grid: a full slice, then one token with the 8-token kernel.
+        let slices = plan_of(&sparse_problem(MAX_SLICE_TOKENS + 1, 300, 200), LinearOptions::default()).0.unwrap();
+        assert_eq!(slices[0].grid.dims().1, 65535);
+        assert_eq!((slices[1].tokens, slices[1].n_tile, slices[1].kernel.as_str()), (1, 8, "spmm_linear_f16_n8_m4"));
+    }
+
+    #[test]
+    fn plan_of_a_typical_layer() {
+        // 36864×9216 at 80% sparsity, 16 tokens: the automatic ring, the stream-K wave and the
+        // reduction, all in 32-bit range and consistent with each other.
+        let (m, k) = (36864, 9216);
+        let weight = WeightInfo::Sparse { stored_bytes: m * k / 5 * 4, typical_tile_words: 3392 };
+        let p = Problem { weight, ..sparse_problem(16, m, k) };
+        let (slices, calls) = plan_of(&p, LinearOptions::default());
+        let s = &slices.unwrap()[0];
+        assert_eq!(s.kernel, "spmm_linear_f16_n16_m4");
+        let LaunchKind::Sparse { blocks, ring, evict_first } = s.kind else { panic!() };
+        assert!(ring >= 3456 && ring % 128 == 0 && evict_first == 1, "{ring}");
+        assert_eq!(s.smem as usize, spmm_smem_bytes(2, ring as usize));
+        assert_eq!((blocks as usize, s.grid.dims()), (4 * 132, (528, 1, 1)));
+        assert_eq!(s.workspace, 2 * 528 * 16 * 256);
+        assert_eq!(s.flags, 528);
+        assert_eq!(s.reduce.as_ref().map(|r| r.kernel.as_str()), Some("streamk_reduce_f16"));
+        assert!(calls.iter().any(|c| c.0 == "streamk_reduce_f16"));
+    }
+
     #[test]
     fn schedule_block_counts() {
         let s = Schedule { full: 528, splits: 5 };
-        assert_eq!(s.blocks(576), 528 + 48 * 5);
+        assert_eq!(s.blocks(576).unwrap(), 528 + 48 * 5);
         assert!(s.has_splits(576));
         assert!(!Schedule::whole(576).has_splits(576));
         assert!(!Schedule { full: 576, splits: 4 }.has_splits(576));

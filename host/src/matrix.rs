@@ -1,5 +1,6 @@
 //! Device-resident operands: dense matrices and Tiled-CSL sparse weights.
 
+use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -54,30 +55,28 @@ pub(crate) fn padded_ld(cols: usize) -> usize {
     cols.div_ceil(8) * 8
 }
 
-pub(crate) fn check_dims(what: &str, rows: usize, cols: usize) -> Result<()> {
-    if rows == 0 || cols == 0 {
-        return Err(Error::Shape(format!("{what}: {rows}×{cols} has a zero dimension")));
-    }
-    if rows > MAX_DIM || cols > MAX_DIM {
-        return Err(Error::Shape(format!("{what}: {rows}×{cols} exceeds {MAX_DIM} per dimension")));
-    }
-    Ok(())
+/// Checks a `rows × cols` shape for the device (each dimension in `1..=MAX_DIM`, the padded
+/// matrix addressable) and returns `(rows · cols, padded elements rows · ld)`, computed with
+/// checked arithmetic ([`Sizes`]); an error names `what` and the dimension.
+pub(crate) fn check_dims(what: &str, rows: usize, cols: usize) -> Result<(usize, usize)> {
+    Sizes::SHAPE.in_range(&format!("{what}: rows"), rows, 1..=MAX_DIM, "the kernels index with 32-bit parameters")?;
+    Sizes::SHAPE.in_range(&format!("{what}: cols"), cols, 1..=MAX_DIM, "the kernels index with 32-bit parameters")?;
+    let elems = Sizes::SHAPE.mul(&format!("{what}: rows × cols"), rows, cols)?;
+    let padded = Sizes::SHAPE.mul(&format!("{what}: rows × padded cols"), rows, padded_ld(cols))?;
+    Sizes::SHAPE.bytes(&format!("{what}: {rows}×{cols} matrix"), padded, 2)?;
+    Ok((elems, padded))
 }
 
 impl Gpu {
     /// Copies a row-major `rows × cols` host matrix to the device.
     pub fn upload<T: Element>(&self, rows: usize, cols: usize, data: &[T]) -> Result<DeviceMatrix<T>> {
-        check_dims("upload", rows, cols)?;
-        if data.len() != rows * cols {
-            return Err(Error::Shape(format!(
-                "upload: {rows}×{cols} needs {} elements, got {}",
-                rows * cols,
-                data.len()
-            )));
+        let (elems, len) = check_dims("upload", rows, cols)?;
+        if data.len() != elems {
+            return Err(Error::Shape(format!("upload: {rows}×{cols} needs {elems} elements, got {}", data.len())));
         }
         self.bind()?;
         let ld = padded_ld(cols);
-        let mut padded = vec![0u16; rows * ld];
+        let mut padded = vec![0u16; len];
         for (dst, src) in padded.chunks_exact_mut(ld).zip(data.chunks_exact(cols)) {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d = s.to_bits();
@@ -89,10 +88,10 @@ impl Gpu {
 
     /// A zero-filled `rows × cols` device matrix.
     pub fn zeros<T: Element>(&self, rows: usize, cols: usize) -> Result<DeviceMatrix<T>> {
-        check_dims("zeros", rows, cols)?;
+        let (_, len) = check_dims("zeros", rows, cols)?;
         self.bind()?;
         let ld = padded_ld(cols);
-        let buf = DeviceAlloc::zeroed(&self.owner, rows * ld, "allocate")?;
+        let buf = DeviceAlloc::zeroed(&self.owner, len, "allocate")?;
         Ok(DeviceMatrix { rows, cols, ld, buf, _elem: PhantomData })
     }
 

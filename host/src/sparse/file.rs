@@ -41,10 +41,13 @@
 //!
 //! [`SparseWeight::load`] checks, in this order: magic, version, header checksum, dtype (must
 //! match the requested element type), flags, reserved, dimensions and the counts they imply
-//! (so a corrupt header cannot make it allocate a huge buffer; sections are also read in
-//! bounded pieces), offsets checksum, offsets structure, words checksum, absence of trailing
-//! bytes, and finally everything [`SparseWeight::from_parts`] checks. Every failure is an
-//! [`Error::Format`] (or [`Error::Io`] for a failing reader); it never panics.
+//! (with checked arithmetic, `crate::checked`), offsets checksum, offsets structure, words
+//! checksum, absence of trailing bytes, and finally everything [`SparseWeight::from_parts`]
+//! checks. Every failure is an [`Error::Format`] (or [`Error::Io`] for a failing reader); it
+//! never panics. A corrupt header cannot make it allocate more than the input holds:
+//! [`SparseWeight::load_file`] checks the file's length against the header before reading on,
+//! and from a plain reader sections are read in pieces that start at 4 KiB and grow only as
+//! data arrives (`tests/fuzz_sparse_file.rs` measures this under random inputs).
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
@@ -53,8 +56,9 @@ use super::format::{
     pack_word, tile_pos, tile_grid, validate_offsets, word_bits, word_pos, SparseWeight, TILE_ELEMS, TILE_K,
     TILE_M, WORDS_PER_LOAD,
 };
-use crate::layout;
+use crate::checked::Sizes;
 use crate::element::{Dtype, Element};
+use crate::layout;
 use crate::error::{Error, Result};
 
 /// First 8 bytes of every sparse weight file.
@@ -73,8 +77,11 @@ pub const HEADER_BYTES: usize = 56;
 const HEADER_SUMMED: usize = 48;
 /// Flag bit: the words are bank-reordered.
 const FLAG_REORDERED: u8 = 1;
-/// Words encoded or decoded per piece when streaming a section.
+/// Words encoded or decoded per piece when streaming a section (at most).
 const IO_PIECE_WORDS: usize = 1 << 16;
+/// Words of the first piece read of a section: later pieces double up to
+/// [`IO_PIECE_WORDS`], so what is allocated follows what actually arrives.
+const FIRST_PIECE_WORDS: usize = 1 << 10;
 
 /// Streaming FNV-1a 64-bit hash.
 #[derive(Clone, Copy, Debug)]
@@ -178,15 +185,24 @@ fn read_exact_or_truncated<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Re
     })
 }
 
-/// Reads `n` little-endian u32s in bounded pieces (memory grows only as data arrives), then
-/// the section checksum, and verifies it.
-fn read_section<R: Read>(r: &mut R, n: usize, name: &str) -> Result<Vec<u32>> {
-    let mut out = Vec::with_capacity(n.min(IO_PIECE_WORDS));
+/// Reads `n` little-endian u32s, then the section checksum, and verifies it.
+///
+/// Memory follows the data, never the count a header claims: pieces start at
+/// [`FIRST_PIECE_WORDS`] and double up to [`IO_PIECE_WORDS`], and the output grows as pieces
+/// arrive, so a short input with a huge count fails with a few KiB allocated. Only when
+/// `reserve` (the caller checked the file's length against the header) is the whole output
+/// allocated up front.
+fn read_section<R: Read>(r: &mut R, n: usize, name: &str, reserve: bool) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(if reserve { n } else { n.min(FIRST_PIECE_WORDS) });
     let mut hash = Fnv1a64::new();
-    let mut buf = vec![0u8; 4 * n.min(IO_PIECE_WORDS)];
+    let mut piece = n.min(FIRST_PIECE_WORDS);
+    let mut buf = vec![0u8; 4 * piece];
     let mut left = n;
     while left > 0 {
-        let take = left.min(IO_PIECE_WORDS);
+        let take = left.min(piece);
+        if 4 * take > buf.len() {
+            buf.resize(4 * take, 0);
+        }
         let bytes = &mut buf[..4 * take];
         read_exact_or_truncated(r, bytes, &format!("the {name} section"))?;
         hash.update(bytes);
@@ -196,6 +212,7 @@ fn read_section<R: Read>(r: &mut R, n: usize, name: &str) -> Result<Vec<u32>> {
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         );
         left -= take;
+        piece = (2 * piece).min(IO_PIECE_WORDS);
     }
     let mut sum = [0u8; 8];
     read_exact_or_truncated(r, &mut sum, &format!("the {name} checksum"))?;
@@ -218,6 +235,105 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
+}
+
+/// The fixed header's fields, checked by [`parse_header`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    version: u32,
+    reordered: bool,
+    rows: usize,
+    cols: usize,
+    /// `ceil(rows/256) · ceil(cols/64)`; the offsets section has `tiles + 1` entries.
+    tiles: usize,
+    n_words: usize,
+}
+
+impl Header {
+    /// Bytes of the whole file the header describes: header, `4 · (tiles + 1)` bytes of
+    /// offsets and their checksum, `4 · n_words` bytes of words and theirs.
+    fn file_len(&self) -> Result<usize> {
+        let f = Sizes::FILE;
+        let offsets = f.mul("tile_offsets bytes (4 · n_offsets)", 4, f.add("n_offsets", self.tiles, 1)?)?;
+        let words = f.mul("words bytes (4 · n_words)", 4, self.n_words)?;
+        let sections = f.add("section bytes", offsets, words)?;
+        f.add("file length", HEADER_BYTES + 16, sections)
+    }
+}
+
+/// Checks the fixed header of a file read as `T`, in the order the [module docs](self)
+/// give, with checked arithmetic on every field ([`Sizes::FILE`]); reads nothing else.
+fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
+    if h[..8] != MAGIC {
+        return Err(Error::Format("not a sparse weight file (bad magic)".into()));
+    }
+    let version = le_u32(h, 8);
+    if version == VERSION_64X64_TILES {
+        return Err(Error::Format(format!(
+            "file version {version} uses 64×64 tiles, but the tile geometry changed to \
+             {TILE_M}×{TILE_K} in version {VERSION_ROW_SWIZZLED}; re-encode the weight (this \
+             library reads versions {VERSION_ROW_SWIZZLED} to {VERSION})"
+        )));
+    }
+    if !(VERSION_ROW_SWIZZLED..=VERSION).contains(&version) {
+        return Err(Error::Format(format!(
+            "unsupported file version {version} (this library reads versions \
+             {VERSION_ROW_SWIZZLED} to {VERSION})"
+        )));
+    }
+    if le_u64(h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
+        return Err(Error::Format(
+            "header checksum mismatch (corrupt file)".into(),
+        ));
+    }
+    let dtype = match h[12] {
+        0 => Dtype::F16,
+        1 => Dtype::Bf16,
+        code => return Err(Error::Format(format!("unknown dtype code {code} in file"))),
+    };
+    if dtype != T::DTYPE {
+        return Err(Error::UnsupportedDtype(format!(
+            "file holds {} weights, but {} was requested",
+            dtype.name(),
+            T::DTYPE.name()
+        )));
+    }
+    let flags = h[13];
+    if flags & !FLAG_REORDERED != 0 {
+        return Err(Error::Format(format!("unknown flag bits {flags:#04x}")));
+    }
+    let reserved = le_u16(h, 14);
+    if reserved != 0 {
+        return Err(Error::Format(format!(
+            "reserved header field is {reserved}, expected 0"
+        )));
+    }
+    let rows = Sizes::FILE.to_usize("rows", le_u64(h, 16))?;
+    let cols = Sizes::FILE.to_usize("cols", le_u64(h, 24))?;
+    let (_, _, tiles) =
+        tile_grid(rows, cols).map_err(|e| Error::Format(format!("file header: {e}")))?;
+    let n_offsets = le_u64(h, 32);
+    // `tile_grid` checked that `tiles + 1` fits.
+    let expected_offsets = Sizes::FILE.add("n_offsets", tiles, 1)?;
+    if usize::try_from(n_offsets) != Ok(expected_offsets) {
+        return Err(Error::Format(format!(
+            "header says {n_offsets} tile offsets, but a {rows}×{cols} weight has {expected_offsets}"
+        )));
+    }
+    let n_words = le_u64(h, 40);
+    // An upper bound, not a size: a tile holds at most TILE_ELEMS words, and offsets are
+    // u32, so no weight has more than u32::MAX words.
+    let max_words = (tiles as u64)
+        .saturating_mul(TILE_ELEMS as u64)
+        .min(u64::from(u32::MAX));
+    if n_words > max_words || !n_words.is_multiple_of(WORDS_PER_LOAD as u64) {
+        return Err(Error::Format(format!(
+            "header says {n_words} words; a {rows}×{cols} weight has a multiple of 4 up \
+             to {max_words}"
+        )));
+    }
+    let n_words = Sizes::FILE.to_usize("n_words", n_words)?; // <= u32::MAX
+    Ok(Header { version, reordered: flags & FLAG_REORDERED != 0, rows, cols, tiles, n_words })
 }
 
 impl<T: Element> SparseWeight<T> {
@@ -246,87 +362,33 @@ impl<T: Element> SparseWeight<T> {
     /// dtype different from `T`,
     /// checksum mismatch (naming the section), truncation, trailing bytes, or arrays that
     /// [`from_parts`](Self::from_parts) rejects; [`Error::Io`] if the reader fails.
-    pub fn load<R: Read>(mut r: R) -> Result<Self> {
+    pub fn load<R: Read>(r: R) -> Result<Self> {
+        Self::load_sized(r, None)
+    }
+
+    /// [`load`](Self::load) from a reader holding `len` bytes when known: the length the
+    /// header describes ([`Header::file_len`]) must then equal it, which is checked before
+    /// anything but the 56-byte header is read or allocated.
+    fn load_sized<R: Read>(mut r: R, len: Option<u64>) -> Result<Self> {
         let mut h = [0u8; HEADER_BYTES];
         read_exact_or_truncated(&mut r, &mut h, "the header")?;
-        if h[..8] != MAGIC {
-            return Err(Error::Format("not a sparse weight file (bad magic)".into()));
+        let header = parse_header::<T>(&h)?;
+        let Header { version, reordered, rows, cols, tiles, n_words } = header;
+        if let Some(len) = len {
+            // usize → u64 is lossless on every supported platform.
+            let expected = header.file_len()? as u64;
+            if len != expected {
+                let what = if len < expected { "truncated file" } else { "trailing bytes" };
+                return Err(Error::Format(format!(
+                    "{what}: the header describes a {rows}×{cols} weight of {n_words} words, {expected} bytes \
+                     in all, but the file has {len} bytes"
+                )));
+            }
         }
-        let version = le_u32(&h, 8);
-        if version == VERSION_64X64_TILES {
-            return Err(Error::Format(format!(
-                "file version {version} uses 64×64 tiles, but the tile geometry changed to \
-                 {TILE_M}×{TILE_K} in version {VERSION_ROW_SWIZZLED}; re-encode the weight (this \
-                 library reads versions {VERSION_ROW_SWIZZLED} to {VERSION})"
-            )));
-        }
-        if !(VERSION_ROW_SWIZZLED..=VERSION).contains(&version) {
-            return Err(Error::Format(format!(
-                "unsupported file version {version} (this library reads versions \
-                 {VERSION_ROW_SWIZZLED} to {VERSION})"
-            )));
-        }
-        if le_u64(&h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
-            return Err(Error::Format(
-                "header checksum mismatch (corrupt file)".into(),
-            ));
-        }
-        let dtype = match h[12] {
-            0 => Dtype::F16,
-            1 => Dtype::Bf16,
-            code => return Err(Error::Format(format!("unknown dtype code {code} in file"))),
-        };
-        if dtype != T::DTYPE {
-            return Err(Error::UnsupportedDtype(format!(
-                "file holds {} weights, but {} was requested",
-                dtype.name(),
-                T::DTYPE.name()
-            )));
-        }
-        let flags = h[13];
-        if flags & !FLAG_REORDERED != 0 {
-            return Err(Error::Format(format!("unknown flag bits {flags:#04x}")));
-        }
-        let reserved = le_u16(&h, 14);
-        if reserved != 0 {
-            return Err(Error::Format(format!(
-                "reserved header field is {reserved}, expected 0"
-            )));
-        }
-        let dim = |at: usize, name: &str| {
-            usize::try_from(le_u64(&h, at)).map_err(|_| {
-                Error::Format(format!(
-                    "{name} = {} is too large for this platform",
-                    le_u64(&h, at)
-                ))
-            })
-        };
-        let rows = dim(16, "rows")?;
-        let cols = dim(24, "cols")?;
-        let (_, _, tiles) =
-            tile_grid(rows, cols).map_err(|e| Error::Format(format!("file header: {e}")))?;
-        let n_offsets = le_u64(&h, 32);
-        if n_offsets != tiles as u64 + 1 {
-            return Err(Error::Format(format!(
-                "header says {n_offsets} tile offsets, but a {rows}×{cols} weight has {}",
-                tiles + 1
-            )));
-        }
-        let n_words = le_u64(&h, 40);
-        let max_words = (tiles as u64)
-            .saturating_mul(TILE_ELEMS as u64)
-            .min(u64::from(u32::MAX));
-        if n_words > max_words || !n_words.is_multiple_of(WORDS_PER_LOAD as u64) {
-            return Err(Error::Format(format!(
-                "header says {n_words} words; a {rows}×{cols} weight has a multiple of 4 up \
-                 to {max_words}"
-            )));
-        }
-        let n_words = n_words as usize; // <= u32::MAX
-
-        let offsets = read_section(&mut r, tiles + 1, "tile_offsets")?;
+        let reserve = len.is_some();
+        let offsets = read_section(&mut r, tiles + 1, "tile_offsets", reserve)?;
         validate_offsets(tiles, &offsets, n_words)?;
-        let mut words = read_section(&mut r, n_words, "words")?;
+        let mut words = read_section(&mut r, n_words, "words", reserve)?;
         let mut probe = [0u8; 1];
         loop {
             match r.read(&mut probe) {
@@ -340,7 +402,6 @@ impl<T: Element> SparseWeight<T> {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        let reordered = flags & FLAG_REORDERED != 0;
         if version != VERSION {
             let coord = if version == VERSION_ROW_SWIZZLED { layout::unswizzle_pos } else { frag_a_native_coord };
             for w in &mut words {
@@ -368,10 +429,12 @@ impl<T: Element> SparseWeight<T> {
         self.save(std::io::BufWriter::new(file))
     }
 
-    /// [`load`](Self::load) from a file.
+    /// [`load`](Self::load) from a file. The file's length must be the one its header
+    /// describes, which is checked before the sections are read.
     pub fn load_file(path: impl AsRef<Path>) -> Result<Self> {
         let file = std::fs::File::open(path)?;
-        Self::load(std::io::BufReader::new(file))
+        let len = file.metadata()?.len();
+        Self::load_sized(std::io::BufReader::new(file), Some(len))
     }
 }
 
@@ -683,7 +746,8 @@ mod tests {
         b[48..56].copy_from_slice(&sum.to_le_bytes());
         assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("dtype code 7"));
         let b = raw_file(Dtype::F16, 0, u64::MAX, u64::MAX, &[0, 0], &[], None, None);
-        assert!(format_err(SparseWeight::<f16>::load(&b[..])).contains("too many"));
+        let msg = format_err(SparseWeight::<f16>::load(&b[..]));
+        assert!(msg.contains("rows × cols") && msg.contains("usize::MAX"), "{msg}");
     }
 
     #[test]
@@ -717,6 +781,33 @@ mod tests {
             SparseWeight::<bf16>::load_file(dir.join("missing")),
             Err(Error::Io(_))
         ));
+    }
+
+    #[test]
+    fn load_file_checks_the_length_before_reading_on() {
+        let (w, bytes) = small_file();
+        let h: &[u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().unwrap();
+        assert_eq!(parse_header::<f16>(h).unwrap().file_len().unwrap(), bytes.len());
+        let dir = std::env::temp_dir().join(format!("sparse_tc_file_len_test_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.stcw");
+        let load = |contents: &[u8]| {
+            std::fs::write(&path, contents).unwrap();
+            SparseWeight::<f16>::load_file(&path)
+        };
+        assert_eq!(load(&bytes).unwrap(), w);
+        // Shorter or longer than the header says: refused from the header and the length alone.
+        let short = format_err(load(&bytes[..bytes.len() - 1]));
+        let long = format_err(load(&[&bytes[..], &[0u8; 9]].concat()));
+        // A header claiming 2³² − 4 words in front of a few bytes.
+        let huge = raw_file(Dtype::F16, 0, 1 << 20, 1 << 20, &[0, 0], &[], Some((1 << 26) + 1), Some(u64::from(u32::MAX) - 3));
+        let huge = format_err(load(&huge));
+        std::fs::remove_dir_all(&dir).ok();
+        let len = bytes.len();
+        assert!(short.contains("truncated") && short.contains(&format!("{len} bytes in all")), "{short}");
+        assert!(short.contains(&format!("has {} bytes", len - 1)), "{short}");
+        assert!(long.contains("trailing bytes") && long.contains(&format!("has {} bytes", len + 9)), "{long}");
+        assert!(huge.contains("truncated") && huge.contains("4294967292 words"), "{huge}");
     }
 
     proptest! {

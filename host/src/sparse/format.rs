@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 
+use crate::checked::Sizes;
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::layout;
@@ -106,36 +107,29 @@ pub struct SparseWeight<T: Element> {
 impl<T: Element> Eq for SparseWeight<T> {}
 
 /// Tile grid of a `rows` × `cols` matrix: `(tiles_m, tiles_k, tiles)`, after checking that the
-/// matrix is non-empty and that `rows * cols` and `tiles + 1` fit in `usize`.
+/// matrix is non-empty and that `rows * cols` and `tiles + 1` fit in `usize` (checked
+/// arithmetic, [`Sizes::SHAPE`]).
 pub(crate) fn tile_grid(rows: usize, cols: usize) -> Result<(usize, usize, usize)> {
     if rows == 0 || cols == 0 {
         return Err(Error::Shape(format!(
             "sparse weight must be at least 1×1, got {rows}×{cols}"
         )));
     }
-    if rows.checked_mul(cols).is_none() {
-        return Err(Error::Shape(format!(
-            "sparse weight {rows}×{cols} has too many elements"
-        )));
-    }
+    Sizes::SHAPE.mul("sparse weight elements (rows × cols)", rows, cols)?;
     let tiles_m = rows.div_ceil(TILE_M);
     let tiles_k = cols.div_ceil(TILE_K);
-    // tiles <= rows * cols, so the product fits; the `+ 1` of the offsets array is checked.
-    let tiles = tiles_m * tiles_k;
-    if tiles.checked_add(1).is_none() {
-        return Err(Error::Shape(format!(
-            "sparse weight {rows}×{cols} has too many tiles"
-        )));
-    }
+    // tiles <= rows * cols, which fits; the `+ 1` of the offsets array is checked.
+    let tiles = Sizes::SHAPE.mul("sparse weight tiles", tiles_m, tiles_k)?;
+    Sizes::SHAPE.add("sparse weight tile offsets (tiles + 1)", tiles, 1)?;
     Ok((tiles_m, tiles_k, tiles))
 }
 
-/// Checks `dense.len() == rows * cols` (after [`tile_grid`] succeeded).
+/// Checks `dense.len() == rows * cols`.
 fn check_dense_len(rows: usize, cols: usize, len: usize) -> Result<()> {
-    if len != rows * cols {
+    let elems = Sizes::SHAPE.mul("dense weight elements (rows × cols)", rows, cols)?;
+    if len != elems {
         return Err(Error::Shape(format!(
-            "dense weight of {rows}×{cols} needs {} elements, got {len}",
-            rows * cols
+            "dense weight of {rows}×{cols} needs {elems} elements, got {len}"
         )));
     }
     Ok(())
