@@ -517,7 +517,7 @@ fn plan_slice(
         ldy,
         ldw: 0,
         n_tile: n_tile as u32,
-        // Below 2²⁶: k < 2³¹ (checked above).
+        // At most 2²⁶: k fits u32 (checked above).
         k_tiles: k_tiles as u32,
         rows_per_tile: rows_per_tile as u32,
         token_tiles: Sizes::ARG.to_u32("token tiles", n_blocks)?,
