@@ -20,11 +20,17 @@
 //!   `nanosleep`.
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
-//! - [`convert`]: f32 → f16/bf16 rounding.
+//! - [`convert`]: f32 → f16/bf16 rounding and f16 → f32 widening (`cvt`).
+//! - [`warp`]: lane exchange within a warp (`shfl.sync.bfly`, `shfl.sync.up`), for warp
+//!   reductions and scans.
+//! - [`math`]: floating-point instructions plain operators do not reach (`sqrt.rn.f32`).
 //! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`, and a
 //!   wait for a run-time number of pending copy groups (pipelines with variable-size steps).
 //! - [`layout`]: tile shapes and lane→element maps (pure Rust, shared with the host).
-//! - [`kernels`]: the dense GEMM, the sparse SpMM and the split-K reduction.
+//! - [`numerics`]: exp, SiLU, RoPE frequencies and sin/cos, the sampler's weights and random
+//!   numbers (pure Rust, shared with the host's CPU references so both compute the same bits).
+//! - [`kernels`]: the dense GEMM, the sparse SpMM and the split-K reduction, and the model
+//!   operations between them (norms, element-wise ops, embeddings, RoPE, argmax and sampling).
 
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)]
@@ -52,11 +58,14 @@ pub mod griddep;
 pub mod kernels;
 pub mod layout;
 pub mod ldmatrix;
+pub mod math;
 pub mod mma;
+pub mod numerics;
 pub mod pipeline;
 pub mod shared;
 pub mod sync;
 pub mod thread;
+pub mod warp;
 
 /// Device code cannot unwind or print; a panic (which the kernels are written never to reach:
 /// no slice indexing, no division by run-time zero) traps the kernel, which the host sees as a

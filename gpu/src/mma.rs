@@ -19,7 +19,7 @@ pub struct FragB(pub [u32; 2]);
 #[derive(Clone, Copy, Default)]
 pub struct FragC(pub [f32; 4]);
 
-/// A 16-bit input type of the Tensor Core MMA and its conversion from f32.
+/// A 16-bit input type of the Tensor Core MMA and its conversions to and from f32.
 pub trait MmaElement {
     /// `d = a · b + c` for one m16n8k16 tile with f32 accumulation.
     ///
@@ -27,6 +27,8 @@ pub trait MmaElement {
     fn mma_m16n8k16(d: &mut FragC, a: &FragA, b: &FragB);
     /// f32 → this type's bits, round to nearest even.
     fn from_f32(v: f32) -> u16;
+    /// This type's bits → f32 (exact).
+    fn to_f32(bits: u16) -> f32;
 }
 
 /// IEEE half precision.
@@ -34,9 +36,9 @@ pub enum F16 {}
 /// bfloat16.
 pub enum Bf16 {}
 
-/// Implements [`MmaElement`] for one input type: its `mma.sync` instruction and its `cvt`.
+/// Implements [`MmaElement`] for one input type: its `mma.sync` instruction and its conversions.
 macro_rules! mma_element {
-    ($ty:ty, $instr:literal, $cvt:path) => {
+    ($ty:ty, $instr:literal, $cvt:path, $widen:path) => {
         impl MmaElement for $ty {
             #[doc = concat!("`", $instr, "`.")]
             #[inline(always)]
@@ -59,9 +61,13 @@ macro_rules! mma_element {
             fn from_f32(v: f32) -> u16 {
                 $cvt(v)
             }
+            #[inline(always)]
+            fn to_f32(bits: u16) -> f32 {
+                $widen(bits)
+            }
         }
     };
 }
 
-mma_element!(F16, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", crate::convert::f32_to_f16_rn);
-mma_element!(Bf16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", crate::convert::f32_to_bf16_rn);
+mma_element!(F16, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", crate::convert::f32_to_f16_rn, crate::convert::f16_to_f32);
+mma_element!(Bf16, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", crate::convert::f32_to_bf16_rn, crate::convert::bf16_to_f32);

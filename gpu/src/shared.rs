@@ -70,6 +70,19 @@ pub unsafe fn ld_shared_v4_b32(addr: SmemAddr) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// `st.shared.v2.b32`: stores 8 bytes (the row-wise kernels' per-warp reduction slots).
+///
+/// # Safety
+/// `addr` must be 8-byte aligned and inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_v2_b32(addr: SmemAddr, v: [u32; 2]) {
+    asm!(
+        "st.shared.v2.b32 [{0}], {{{1}, {2}}};",
+        in(reg32) addr.0, in(reg32) v[0], in(reg32) v[1],
+        options(nostack)
+    );
+}
+
 /// `ld.shared.v2.b32`: loads 8 bytes.
 ///
 /// # Safety

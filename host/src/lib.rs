@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use linear::{BlockShape, LinearOptions, LinearWeight};
 pub use matrix::{DeviceMatrix, DeviceSparseWeight};
-pub use ops::DeviceIndices;
+pub use ops::{DeviceIndices, RopeStyle, SamplingParams};
 pub use sparse::SparseWeight;
 
 /// The PTX of the device crate for sm_80 and later (A100, H100, …), built by `host/build.rs`.

@@ -751,7 +751,7 @@ impl Gpu {
     /// memory size: the dynamic shared-memory limit raised to `smem`, the block size checked
     /// against what the kernel's register use allows, and the resident-block count
     /// (SMs × occupancy) for split planning.
-    fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
+    pub(crate) fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
         let func = self.module.get_function(name).map_err(|e| Error::driver("kernel lookup", e))?;
         if let Some(&slots) = self.kernels.borrow().get(&(name.to_string(), smem)) {
             return Ok((func, slots));
@@ -842,7 +842,7 @@ impl Gpu {
 
     /// Launches on this handle's stream; the grid was checked against the device's limits
     /// ([`grid`]).
-    fn launch(&self, func: &Function<'_>, grid: Grid, block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
+    pub(crate) fn launch(&self, func: &Function<'_>, grid: Grid, block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
         // SAFETY: every caller passes the argument list of the kernel's documented signature
         // (pointer-sized device addresses and u32 scalars, in order), built from validated
         // operands whose allocations outlive the queued work: they are borrowed for the call,
@@ -879,9 +879,9 @@ fn next_launch(prev: u32) -> (u32, bool) {
 
 /// Kernel argument list: the address of each local, as `cuLaunchKernel` expects.
 macro_rules! args {
-    ($($a:ident),*) => { [$(&$a as *const _ as *mut c_void),*] };
+    ($($a:ident),*) => { [$(&$a as *const _ as *mut ::std::ffi::c_void),*] };
 }
-use args;
+pub(crate) use args;
 
 #[cfg(test)]
 mod tests {

@@ -9,13 +9,26 @@
 //! row tiles split `splits` ways along K (`tile::WorkItem`), and the sparse kernel's are
 //! equal ranges of the row-major tile sequence (`tile::StreamRange`); dynamic shared memory
 //! as given by `layout::{dense,spmm}_smem_bytes` (shared with the host).
+//!
+//! The model operations between the matmuls (`norm`, `elementwise`, `embed`, `rope`, `sample`,
+//! built on `rowwise`) are monomorphised per element type only: `{op}_{dtype}`, one-dimensional
+//! blocks of whole warps and grids of any size (each loops grid-stride over its rows or chunks;
+//! the host launches at most one wave of resident blocks); the row-wise ones (norms, `argmax`,
+//! `sample`) take `rowwise::SCRATCH_BYTES` of dynamic shared memory.
 
 pub mod dense;
+pub mod elementwise;
+pub mod embed;
+pub mod norm;
 pub mod reduce;
+pub mod rope;
+pub mod rowwise;
+pub mod sample;
 pub mod spmm;
 pub mod tile;
 
 use crate::mma::{Bf16, F16};
+use core::ptr;
 
 macro_rules! dense_entries {
     ($($name:ident: $elem:ty, $rt:literal, $mt:literal, $nt:literal;)*) => {$(
@@ -136,3 +149,178 @@ reduce_entries! {
     splitk_reduce_f16, streamk_reduce_f16: F16;
     splitk_reduce_bf16, streamk_reduce_bf16: Bf16;
 }
+
+/// The model-operation entries of one element type (see the module docs; each kernel's
+/// safety contract is that of the function it calls, which the host meets by validating the
+/// operands first).
+macro_rules! model_op_entries {
+    ($elem:ty, $rms:ident, $add_rms:ident, $ln:ident, $add_ln:ident, $add_assign:ident, $add_bias:ident,
+     $silu_mul:ident, $relu:ident, $embed:ident, $gather:ident, $rope_half:ident, $rope_inter:ident,
+     $argmax:ident, $sample:ident) => {
+        /// RMSNorm of each row (see [`norm::row_norm`]).
+        ///
+        /// # Safety
+        /// See [`norm::row_norm`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $rms(
+            x: *const u16, weight: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32, eps: f32,
+        ) {
+            norm::row_norm::<$elem, false, false>(x as *mut u16, ptr::null(), weight, ptr::null(), out, rows, cols, ld, eps);
+        }
+
+        /// `residual += delta`, then RMSNorm of each row (see [`norm::row_norm`]).
+        ///
+        /// # Safety
+        /// See [`norm::row_norm`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $add_rms(
+            residual: *mut u16, delta: *const u16, weight: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32,
+            eps: f32,
+        ) {
+            norm::row_norm::<$elem, false, true>(residual, delta, weight, ptr::null(), out, rows, cols, ld, eps);
+        }
+
+        /// LayerNorm of each row (see [`norm::row_norm`]).
+        ///
+        /// # Safety
+        /// See [`norm::row_norm`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $ln(
+            x: *const u16, weight: *const u16, bias: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32, eps: f32,
+        ) {
+            norm::row_norm::<$elem, true, false>(x as *mut u16, ptr::null(), weight, bias, out, rows, cols, ld, eps);
+        }
+
+        /// `residual += delta`, then LayerNorm of each row (see [`norm::row_norm`]).
+        ///
+        /// # Safety
+        /// See [`norm::row_norm`].
+        #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $add_ln(
+            residual: *mut u16, delta: *const u16, weight: *const u16, bias: *const u16, out: *mut u16, rows: u32,
+            cols: u32, ld: u32, eps: f32,
+        ) {
+            norm::row_norm::<$elem, true, true>(residual, delta, weight, bias, out, rows, cols, ld, eps);
+        }
+
+        /// `acc += x` (see [`elementwise::elementwise`]).
+        ///
+        /// # Safety
+        /// See [`elementwise::elementwise`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $add_assign(acc: *mut u16, x: *const u16, rows: u32, cols: u32, ld: u32) {
+            elementwise::elementwise::<$elem, { elementwise::ADD_ASSIGN }>(acc, x, ptr::null_mut(), rows, cols, ld);
+        }
+
+        /// `x += bias` per column (see [`elementwise::elementwise`]).
+        ///
+        /// # Safety
+        /// See [`elementwise::elementwise`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $add_bias(x: *mut u16, bias: *const u16, rows: u32, cols: u32, ld: u32) {
+            elementwise::elementwise::<$elem, { elementwise::ADD_BIAS }>(x, bias, ptr::null_mut(), rows, cols, ld);
+        }
+
+        /// `out = silu(gate) · up` (see [`elementwise::elementwise`]).
+        ///
+        /// # Safety
+        /// See [`elementwise::elementwise`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $silu_mul(
+            gate: *const u16, up: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32,
+        ) {
+            elementwise::elementwise::<$elem, { elementwise::SILU_MUL }>(gate as *mut u16, up, out, rows, cols, ld);
+        }
+
+        /// `x = relu(x)` (see [`elementwise::elementwise`]).
+        ///
+        /// # Safety
+        /// See [`elementwise::elementwise`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $relu(x: *mut u16, rows: u32, cols: u32, ld: u32) {
+            elementwise::elementwise::<$elem, { elementwise::RELU }>(x, ptr::null(), ptr::null_mut(), rows, cols, ld);
+        }
+
+        /// `out[i] = table[ids[i] + offset]` (`+=` when `accumulate` ≠ 0; see
+        /// [`embed::gather_rows`]).
+        ///
+        /// # Safety
+        /// See [`embed::gather_rows`].
+        #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $embed(
+            table: *const u16, table_rows: u32, ids: *const u32, offset: u32, accumulate: u32, out: *mut u16,
+            rows: u32, cols: u32, ld: u32,
+        ) {
+            embed::gather_rows::<$elem>(table, table_rows, ids, offset, accumulate != 0, out, rows, cols, ld);
+        }
+
+        /// `out[i] = x[rows_[i]]` (see [`embed::gather_rows`]).
+        ///
+        /// # Safety
+        /// See [`embed::gather_rows`].
+        #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $gather(
+            x: *const u16, x_rows: u32, picks: *const u32, out: *mut u16, rows: u32, cols: u32, ld: u32,
+        ) {
+            embed::gather_rows::<$elem>(x, x_rows, picks, 0, false, out, rows, cols, ld);
+        }
+
+        /// RoPE, pairs `(j, j + head_dim/2)` (see [`rope::rope`]).
+        ///
+        /// # Safety
+        /// See [`rope::rope`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $rope_half(
+            x: *mut u16, positions: *const u32, rows: u32, ld: u32, heads: u32, head_dim: u32, theta: f32,
+        ) {
+            rope::rope::<$elem, false>(x, positions, rows, ld, heads, head_dim, theta);
+        }
+
+        /// RoPE, pairs `(2j, 2j + 1)` (see [`rope::rope`]).
+        ///
+        /// # Safety
+        /// See [`rope::rope`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $rope_inter(
+            x: *mut u16, positions: *const u32, rows: u32, ld: u32, heads: u32, head_dim: u32, theta: f32,
+        ) {
+            rope::rope::<$elem, true>(x, positions, rows, ld, heads, head_dim, theta);
+        }
+
+        /// Greedy token of each row (see [`sample::argmax`]).
+        ///
+        /// # Safety
+        /// See [`sample::argmax`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $argmax(logits: *const u16, rows: u32, cols: u32, ld: u32, out: *mut u32) {
+            sample::argmax::<$elem>(logits, rows, cols, ld, out);
+        }
+
+        /// Sampled token of each row (see [`sample::sample`]).
+        ///
+        /// # Safety
+        /// See [`sample::sample`].
+        #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "ptx-kernel" fn $sample(
+            logits: *const u16, rows: u32, cols: u32, ld: u32, out: *mut u32, temperature: f32, top_k: u32,
+            top_p: f32, seed: u64, step: u64,
+        ) {
+            sample::sample::<$elem>(logits, rows, cols, ld, out, temperature, top_k, top_p, seed, step);
+        }
+    };
+}
+
+model_op_entries!(
+    F16, rms_norm_f16, add_rms_norm_f16, layer_norm_f16, add_layer_norm_f16, add_assign_f16, add_bias_f16,
+    silu_mul_f16, relu_f16, embed_f16, gather_rows_f16, rope_half_split_f16, rope_interleaved_f16, argmax_f16,
+    sample_f16
+);
+model_op_entries!(
+    Bf16, rms_norm_bf16, add_rms_norm_bf16, layer_norm_bf16, add_layer_norm_bf16, add_assign_bf16, add_bias_bf16,
+    silu_mul_bf16, relu_bf16, embed_bf16, gather_rows_bf16, rope_half_split_bf16, rope_interleaved_bf16,
+    argmax_bf16, sample_bf16
+);

@@ -34,6 +34,12 @@ impl DeviceIndices {
     pub fn device_ptr(&self) -> u64 {
         self.buf.ptr()
     }
+    /// Sets the number of indices held after a kernel queued on the stream wrote them
+    /// (`len` ≤ capacity, checked by the caller).
+    pub(crate) fn set_len(&mut self, len: usize) {
+        debug_assert!(len <= self.capacity());
+        self.len = len;
+    }
 }
 
 impl Gpu {
