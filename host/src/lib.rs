@@ -33,6 +33,7 @@ mod error;
 mod gpu;
 mod linear;
 mod matrix;
+pub mod model;
 pub mod sparse;
 
 /// Tile shapes and fragment maps shared with the device crate (`gpu/src/layout.rs`).

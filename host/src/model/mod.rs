@@ -1,0 +1,3 @@
+//! End-to-end model inference: checkpoint readers and tokenizers (CPU side).
+
+pub mod gguf;
