@@ -31,9 +31,14 @@ pub enum Error {
     /// A value is out of its valid range (e.g. a sparsity outside 0..=1).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A sparse weight's arrays are inconsistent, or a weight file is corrupt or truncated.
-    #[error("invalid sparse format: {0}")]
+    /// A file's bytes are corrupt or truncated: a sparse weight (or its arrays are
+    /// inconsistent), or a model checkpoint such as GGUF. The message names the file format.
+    #[error("invalid format: {0}")]
     Format(String),
+    /// A well-formed model file or tokenizer does not have what is asked of it: a metadata key
+    /// is missing or of another type, a tensor is absent, a tokenizer kind is unsupported.
+    #[error("model: {0}")]
+    Model(String),
     /// Reading or writing a file failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
