@@ -34,6 +34,7 @@ mod gpu;
 mod linear;
 mod matrix;
 mod memory;
+pub mod model;
 pub mod ops;
 pub mod sparse;
 
