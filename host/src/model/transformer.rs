@@ -176,6 +176,19 @@ impl<B: Backend> Transformer<B> {
     /// Runs the batch of rows in `io` through the model: writes every row's keys and values
     /// into `cache` and the logits of the rows `io.last` names into `scratch.logits`.
     pub fn forward(&self, backend: &B, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>) -> Result<()> {
+        self.forward_phases(backend, s, cache, io, Phases::ALL)
+    }
+
+    /// [`forward`](Self::forward) running only the operations of `phases` (the others are
+    /// skipped, leaving their outputs stale): the time split of a step is measured by timing
+    /// each phase alone. Only `Phases::ALL` computes the model.
+    pub fn forward_phases(&self, backend: &B, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>, phases: Phases) -> Result<()> {
+        let b = Gate { backend, phases };
+        self.forward_gated(&b, s, cache, io)
+    }
+
+    fn forward_gated(&self, g: &Gate<'_, B>, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>) -> Result<()> {
+        let backend = g;
         let c = &self.config;
         let hd = c.head_dim();
         let scale = 1.0 / (hd as f32).sqrt();
@@ -221,7 +234,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// `out = norm(x)`, after `x += delta` when `add`.
-    fn norm(&self, backend: &B, n: &Norm<B>, x: &mut B::Mat, delta: &B::Mat, add: bool, out: &mut B::Mat) -> Result<()> {
+    fn norm(&self, backend: &Gate<'_, B>, n: &Norm<B>, x: &mut B::Mat, delta: &B::Mat, add: bool, out: &mut B::Mat) -> Result<()> {
         let eps = self.config.norm_eps;
         match (&n.bias, add) {
             (None, false) => backend.rms_norm(x, &n.weight, eps, out),
@@ -231,13 +244,61 @@ impl<B: Backend> Transformer<B> {
         }
     }
 
-    fn linear(&self, backend: &B, x: &B::Mat, l: &Linear<B>, out: &mut B::Mat) -> Result<()> {
+    fn linear(&self, backend: &Gate<'_, B>, x: &B::Mat, l: &Linear<B>, out: &mut B::Mat) -> Result<()> {
         backend.linear(x, &l.weight, out)?;
         match &l.bias {
             Some(b) => backend.add_bias(out, b),
             None => Ok(()),
         }
     }
+}
+
+/// Kinds of operations of a forward pass, for timing them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases {
+    /// The linear layers and the LM head (with their biases).
+    pub linears: bool,
+    /// KV-cache writes and attention.
+    pub attention: bool,
+    /// Everything else: embedding, norms, RoPE, activations, residual adds, row gathers.
+    pub rest: bool,
+}
+
+impl Phases {
+    pub const ALL: Phases = Phases { linears: true, attention: true, rest: true };
+}
+
+/// The backend with each operation run only when its phase is enabled.
+struct Gate<'a, B: Backend> {
+    backend: &'a B,
+    phases: Phases,
+}
+
+macro_rules! gated {
+    ($($phase:ident: fn $name:ident(&self $(, $arg:ident: $ty:ty)*);)*) => {
+        impl<B: Backend> Gate<'_, B> {
+            $(fn $name(&self $(, $arg: $ty)*) -> Result<()> {
+                if self.phases.$phase { self.backend.$name($($arg),*) } else { Ok(()) }
+            })*
+        }
+    };
+}
+
+gated! {
+    linears: fn linear(&self, x: &B::Mat, w: &B::Weight, out: &mut B::Mat);
+    linears: fn linear_mat(&self, x: &B::Mat, m: &B::Mat, out: &mut B::Mat);
+    linears: fn add_bias(&self, x: &mut B::Mat, bias: &B::Mat);
+    rest: fn embed(&self, table: &B::Mat, ids: &B::Ids, offset: u32, accumulate: bool, out: &mut B::Mat);
+    rest: fn rms_norm(&self, x: &B::Mat, weight: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn add_rms_norm(&self, residual: &mut B::Mat, delta: &B::Mat, weight: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn layer_norm(&self, x: &B::Mat, weight: &B::Mat, bias: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn add_layer_norm(&self, residual: &mut B::Mat, delta: &B::Mat, weight: &B::Mat, bias: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn silu_mul(&self, gate: &B::Mat, up: &B::Mat, out: &mut B::Mat);
+    rest: fn relu(&self, x: &mut B::Mat);
+    rest: fn rope(&self, x: &mut B::Mat, positions: &B::Ids, head_dim: usize, theta: f32, style: crate::model::config::RopeStyle);
+    rest: fn gather_rows(&self, x: &B::Mat, rows: &B::Ids, out: &mut B::Mat);
+    attention: fn kv_write(&self, cache: &mut B::Cache, layer: usize, k: &B::Mat, v: &B::Mat, slots: &B::Ids, positions: &B::Ids);
+    attention: fn attention(&self, q: &B::Mat, cache: &B::Cache, layer: usize, slots: &B::Ids, positions: &B::Ids, heads: usize, scale: f32, out: &mut B::Mat);
 }
 
 fn duplicate_block<B: Backend>(backend: &B, b: &Block<B>) -> Result<Block<B>> {
