@@ -150,6 +150,16 @@ impl Gpu {
         &self.stream
     }
 
+    /// Free and total device memory in bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: writes two sizes; this handle's context is current.
+        let rc = unsafe { cust::sys::cuMemGetInfo_v2(&mut free, &mut total) };
+        Error::check_raw("memory info", rc)?;
+        Ok((free, total))
+    }
+
     /// Waits for all queued work; surfaces asynchronous kernel faults as errors.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| Error::driver("stream synchronize", e))

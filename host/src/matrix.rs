@@ -120,6 +120,24 @@ impl Gpu {
             .collect())
     }
 
+    /// A copy of a device matrix (queued on the stream).
+    pub fn duplicate<T: Element>(&self, m: &DeviceMatrix<T>) -> Result<DeviceMatrix<T>> {
+        self.check_owner("duplicate: the matrix", &m.buf)?;
+        self.bind()?;
+        Ok(DeviceMatrix { rows: m.rows, cols: m.cols, ld: m.ld, buf: m.buf.duplicate(&self.stream, "duplicate matrix")?, _elem: PhantomData })
+    }
+
+    /// A copy of a device sparse weight (queued on the stream).
+    pub fn duplicate_sparse<T: Element>(&self, w: &DeviceSparseWeight<T>) -> Result<DeviceSparseWeight<T>> {
+        self.check_owner("duplicate_sparse: the weight", &w.words)?;
+        self.bind()?;
+        Ok(DeviceSparseWeight {
+            tile_offsets: w.tile_offsets.duplicate(&self.stream, "duplicate tile offsets")?,
+            words: w.words.duplicate(&self.stream, "duplicate words")?,
+            ..*w
+        })
+    }
+
     /// Copies a (validated) Tiled-CSL weight to the device.
     pub fn upload_sparse<T: Element>(&self, w: &SparseWeight<T>) -> Result<DeviceSparseWeight<T>> {
         check_dims("upload_sparse", w.rows(), w.cols())?;

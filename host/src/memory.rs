@@ -105,6 +105,20 @@ impl<T: DeviceCopy> DeviceAlloc<T> {
         self.buf.len()
     }
 
+    /// A new allocation of the owner's with the same contents, copied on the device in
+    /// `stream`'s order (after the work queued there that writes `self`).
+    pub(crate) fn duplicate(&self, stream: &cust::stream::Stream, what: &'static str) -> Result<Self> {
+        // SAFETY: `T` is `DeviceCopy` (no invalid bit patterns of the kind that matter to a
+        // byte copy), and every element is written by the copy below before anything reads it:
+        // readers are queued on the same stream after the copy.
+        let copy = unsafe { Self::uninitialized(&self.owner, self.len(), what) }?;
+        let bytes = self.len() * std::mem::size_of::<T>();
+        // SAFETY: both are live allocations of `len` elements; the copy is queued on `stream`.
+        let rc = unsafe { cust::sys::cuMemcpyDtoDAsync_v2(copy.ptr(), self.ptr(), bytes, stream.as_inner()) };
+        Error::check_raw(what, rc)?;
+        Ok(copy)
+    }
+
     /// Copies `host` (exactly `len` elements) into the allocation (synchronous).
     pub(crate) fn copy_from(&mut self, host: &[T], what: &'static str) -> Result<()> {
         self.buf.copy_from(host).map_err(|e| Error::driver(what, e))

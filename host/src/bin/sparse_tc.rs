@@ -1,0 +1,543 @@
+//! `sparse-tc`: generate text with a dense or sparse model, benchmark end to end, export.
+//!
+//! ```text
+//! sparse-tc generate --model PATH|synthetic:NAME [--sparsity S] [--prompt TEXT]... [--batch B] [--max-tokens T]
+//! sparse-tc bench-e2e --models llama-2-7b,llama-2-13b --batch 1,8 --sparsity 0,0.8 --csv out.csv
+//! sparse-tc logits --model PATH --prompt TEXT --out FILE       (every position's logits, for reference checks)
+//! sparse-tc export --model PATH [--sparsity S] --out DIR          (Hugging Face safetensors)
+//! ```
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use half::f16;
+use indicatif::{ProgressBar, ProgressStyle};
+use sparse_tc::model::backend::Backend;
+use sparse_tc::model::generate::{check_request, generate, Request};
+use sparse_tc::model::load::gguf::GgufCheckpoint;
+use sparse_tc::model::load::safetensors::{export, HfCheckpoint};
+use sparse_tc::model::load::synthetic::Synthetic;
+use sparse_tc::model::tokenizer::Tokenizer;
+use sparse_tc::model::transformer::{Scratch, StepIo, Transformer};
+use sparse_tc::model::weights::TensorSource;
+use sparse_tc::model::{Config, CpuBackend, FormatChoice, GpuBackend, WeightPlan};
+use sparse_tc::ops::SamplingParams;
+use sparse_tc::Gpu;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "sparse-tc", version, about = "Sparse LLM inference on NVIDIA Tensor Cores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text (or tokens, for synthetic models) and report tokens/s.
+    Generate(GenerateArgs),
+    /// Decode throughput of synthetic models: models × batch × sparsity, written as CSV.
+    BenchE2e(BenchArgs),
+    /// Logits of every prompt position, as little-endian f32 (rows × vocab) plus a JSON header.
+    Logits(LogitsArgs),
+    /// Write a model (optionally magnitude-pruned) as a Hugging Face safetensors checkpoint.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A `.gguf` file, a Hugging Face directory (config.json + safetensors), or
+    /// `synthetic:NAME` (llama-2-7b, llama-2-13b, llama-2-70b, llama-3-8b, opt-30b, opt-66b, …).
+    #[arg(long)]
+    model: String,
+    /// Magnitude-prune the linear weights to this sparsity (synthetic: random zeros).
+    #[arg(long, default_value_t = 0.0)]
+    sparsity: f64,
+    /// Storage of the linear weights: auto (sparse where density ≤ 50%), dense, sparse, or
+    /// `both` (generate runs the pruned model dense, then sparse, side by side).
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Run on the CPU even if a GPU is present.
+    #[arg(long)]
+    cpu: bool,
+    /// Seed of synthetic weights and of sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (repeat for several sequences).
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// Format prompts with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Sequences in the batch (prompts are repeated to fill it).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Most new tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Prompt length in tokens for synthetic models (random tokens).
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Comma-separated presets.
+    #[arg(long, default_value = "llama-2-7b,llama-2-13b")]
+    models: String,
+    /// Comma-separated batch sizes.
+    #[arg(long, default_value = "1,8,16,32")]
+    batch: String,
+    /// Comma-separated sparsities (0 = dense).
+    #[arg(long, default_value = "0,0.5,0.7,0.8,0.9")]
+    sparsity: String,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 128)]
+    gen: usize,
+    /// CSV output file (appended rows; header when new).
+    #[arg(long, default_value = "bench_e2e.csv")]
+    csv: PathBuf,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// Output prefix: writes PREFIX.json (shapes, token ids) and PREFIX.f32 (logits).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also generate this many greedy tokens per prompt (no stop tokens), recorded in the JSON.
+    #[arg(long, default_value_t = 0)]
+    generate: usize,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::BenchE2e(a) => cmd_bench(a),
+        Command::Logits(a) => cmd_logits(a),
+        Command::Export(a) => cmd_export(a),
+    }
+}
+
+/// A checkpoint and, for real models, its tokenizer.
+struct Loaded {
+    source: Box<dyn TensorSource>,
+    tokenizer: Option<Tokenizer>,
+}
+
+fn open_model(m: &ModelArgs) -> Result<Loaded> {
+    if !(0.0..1.0).contains(&m.sparsity) {
+        bail!("--sparsity {} must be in [0, 1)", m.sparsity);
+    }
+    if let Some(name) = m.model.strip_prefix("synthetic:") {
+        return Ok(Loaded { source: Box::new(Synthetic::new(name, m.sparsity, m.seed)?), tokenizer: None });
+    }
+    let path = Path::new(&m.model);
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let ck = GgufCheckpoint::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let tokenizer = Tokenizer::from_gguf(ck.gguf()).context("building the tokenizer from the GGUF metadata")?;
+        return Ok(Loaded { source: Box::new(ck), tokenizer: Some(tokenizer) });
+    }
+    if path.is_dir() {
+        let ck = HfCheckpoint::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let tok_path = path.join("tokenizer.json");
+        let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+        return Ok(Loaded { source: Box::new(ck), tokenizer });
+    }
+    bail!("--model {}: not a .gguf file, a directory, or synthetic:NAME", m.model)
+}
+
+/// The pruning to apply at load: synthetic weights come pruned already.
+fn prune_of(m: &ModelArgs) -> f64 {
+    if m.model.starts_with("synthetic:") {
+        0.0
+    } else {
+        m.sparsity
+    }
+}
+
+fn formats(m: &ModelArgs) -> Result<Vec<FormatChoice>> {
+    Ok(match m.format.as_str() {
+        "auto" => vec![FormatChoice::Auto],
+        "dense" => vec![FormatChoice::Dense],
+        "sparse" => vec![FormatChoice::Sparse],
+        "both" => vec![FormatChoice::Dense, FormatChoice::Sparse],
+        other => bail!("--format {other}: one of auto, dense, sparse, both"),
+    })
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}").unwrap().progress_chars("=> "));
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Estimated device bytes of a model of `c` whose linears keep `density` of their weights
+/// (Tiled-CSL: 4 bytes per nonzero plus padding, when sparse), plus the KV cache and
+/// activations for `rows` rows and `batch` sequences of `seq` positions.
+fn device_bytes(c: &Config, sparse: bool, density: f64, batch: usize, seq: usize, rows: usize) -> Option<u128> {
+    let linear = c.linear_parameter_count()? as u128;
+    let other = (c.parameter_count()? as u128).checked_sub(linear)?;
+    let linear_bytes = if sparse { (linear as f64 * density * 4.0 * 1.05) as u128 } else { linear * 2 };
+    let kv = 2 * 2 * (c.layers * batch) as u128 * (seq * c.kv_dim()) as u128;
+    let act = Scratch::<CpuBackend<f16>>::bytes_per_row(c)? as u128 * rows as u128 + 2 * (batch * c.vocab) as u128;
+    Some(linear_bytes + other * 2 + kv + act)
+}
+
+fn gpu_or_none(cpu: bool) -> Option<Gpu> {
+    if cpu {
+        return None;
+    }
+    match Gpu::new() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("no usable GPU ({e}): running on the CPU (slow but correct)");
+            None
+        }
+    }
+}
+
+/// Refuses a model that does not fit in the GPU's free memory, with the sizes named.
+fn check_fits(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch: usize, seq: usize, rows: usize) -> Result<()> {
+    let (free, total) = gpu.memory_info()?;
+    let sparse = match format {
+        FormatChoice::Dense => false,
+        FormatChoice::Sparse => true,
+        FormatChoice::Auto => sparsity >= 0.5,
+    };
+    let need = device_bytes(c, sparse, 1.0 - sparsity, batch, seq, rows).context("model size overflows")?;
+    if need > free as u128 {
+        bail!(
+            "{} ({}, {:.0}% sparse) needs about {:.1} GB of GPU memory (weights, KV cache for {batch}×{seq} positions, activations); {} has {:.1} GB free of {:.1} GB",
+            c.name,
+            if sparse { "sparse" } else { "dense" },
+            sparsity * 100.0,
+            need as f64 / 1e9,
+            gpu.name(),
+            free as f64 / 1e9,
+            total as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+fn load<B: Backend>(backend: &B, src: &dyn TensorSource, plan: WeightPlan) -> Result<Transformer<B>> {
+    let c = src.config();
+    let pb = progress_bar(c.layers, &format!("loading {} onto {}", c.name, backend.describe()));
+    let t = Instant::now();
+    let model = Transformer::load(backend, src, plan, &mut |done, _| pb.set_position(done as u64))?;
+    backend.synchronize()?;
+    pb.finish_and_clear();
+    let (bytes, sparse, total) = model.linear_bytes(backend);
+    eprintln!(
+        "loaded {} in {:.1} s: {sparse}/{total} linears sparse, linear weights {:.2} GB",
+        model.source,
+        t.elapsed().as_secs_f64(),
+        bytes as f64 / 1e9
+    );
+    Ok(model)
+}
+
+fn prompts_for(a: &GenerateArgs, loaded: &Loaded, c: &Config) -> Result<(Vec<Vec<u32>>, Vec<String>)> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let texts: Vec<String> = if a.prompt.is_empty() { vec!["The capital of France is".into()] } else { a.prompt.clone() };
+    let mut ids = vec![];
+    let mut shown = vec![];
+    for i in 0..a.batch {
+        match &loaded.tokenizer {
+            Some(tok) => {
+                let text = &texts[i % texts.len()];
+                let formatted = if a.chat { tok.apply_chat_template(text, true)? } else { text.clone() };
+                ids.push(tok.encode(&formatted, !a.chat && c.bos.is_some())?);
+                shown.push(text.clone());
+            }
+            None => {
+                // Synthetic: random prompt tokens.
+                let mut x = a.model.seed.wrapping_add(i as u64 * 0x9E37_79B9);
+                let p: Vec<u32> = (0..a.prompt_len)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((x >> 33) % c.vocab as u64) as u32
+                    })
+                    .collect();
+                shown.push(format!("<{} random tokens>", p.len()));
+                ids.push(p);
+            }
+        }
+    }
+    Ok((ids, shown))
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let loaded = open_model(&a.model)?;
+    let c = loaded.source.config().clone();
+    let (prompts, shown) = prompts_for(&a, &loaded, &c)?;
+    let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.model.seed };
+    let req = Request { prompts, max_new_tokens: a.max_tokens, sampling, stop: vec![], honour_stop: loaded.tokenizer.is_some() };
+    let seq = check_request(&c, &req)?;
+    let rows: usize = req.prompts.iter().map(Vec::len).sum();
+    let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format };
+    match gpu_or_none(a.model.cpu) {
+        Some(gpu) => {
+            let backend = GpuBackend::<f16>::new(gpu);
+            for format in formats(&a.model)? {
+                check_fits(backend.gpu(), &c, format, a.model.sparsity, req.prompts.len(), seq, rows)?;
+                let model = load(&backend, loaded.source.as_ref(), plan_of(format))?;
+                run_generate(&backend, &model, &req, &loaded, &shown, format)?;
+            }
+        }
+        None => {
+            let backend = CpuBackend::<f16>::new();
+            for format in formats(&a.model)? {
+                let model = load(&backend, loaded.source.as_ref(), plan_of(format))?;
+                run_generate(&backend, &model, &req, &loaded, &shown, format)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_generate<B: Backend>(
+    backend: &B,
+    model: &Transformer<B>,
+    req: &Request,
+    loaded: &Loaded,
+    shown: &[String],
+    format: FormatChoice,
+) -> Result<()> {
+    let stream = req.prompts.len() == 1 && loaded.tokenizer.is_some();
+    let label = format!("{format:?}").to_lowercase();
+    if stream {
+        print!("[{label}] {}", shown[0]);
+        std::io::stdout().flush()?;
+    }
+    let mut streamed: Vec<u32> = vec![];
+    let mut printed = 0;
+    let out = generate(backend, model, req, &mut |_, t| {
+        if let (true, Some(tok)) = (stream, &loaded.tokenizer) {
+            streamed.push(t);
+            // Print what decodes cleanly so far (a multi-byte character may span tokens).
+            if let Ok(text) = tok.decode(&streamed) {
+                if text.len() > printed && !text.ends_with('\u{FFFD}') {
+                    print!("{}", &text[printed..]);
+                    printed = text.len();
+                    let _ = std::io::stdout().flush();
+                }
+            }
+        }
+    })?;
+    if stream {
+        println!();
+    } else {
+        for (i, toks) in out.tokens.iter().enumerate() {
+            let text = match &loaded.tokenizer {
+                Some(tok) => tok.decode(toks)?,
+                None => format!("{toks:?}"),
+            };
+            println!("[{label} {i}] {} → {text}", shown[i]);
+        }
+    }
+    let generated: usize = out.tokens.iter().map(Vec::len).sum();
+    println!(
+        "[{label}] {} on {}: batch {}, prefill {} tokens in {:.1} ms, decode {} steps: {:.1} tokens/s ({:.2} ms/step); {generated} tokens generated",
+        model.config.name,
+        backend.describe(),
+        out.tokens.len(),
+        out.prompt_tokens,
+        out.prefill.as_secs_f64() * 1e3,
+        out.decode_steps,
+        out.decode_tokens_per_s(),
+        out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
+    );
+    if loaded.tokenizer.is_none() {
+        println!("(synthetic weights: the tokens are meaningless, the speed is real)");
+    }
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let list = |s: &str| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>();
+    let batches: Vec<usize> = list(&a.batch).iter().map(|b| b.parse()).collect::<Result<_, _>>().context("--batch")?;
+    let sparsities: Vec<f64> = list(&a.sparsity).iter().map(|b| b.parse()).collect::<Result<_, _>>().context("--sparsity")?;
+    let gpu = Gpu::new().context("bench-e2e needs a GPU")?;
+    let backend = GpuBackend::<f16>::new(gpu);
+    let new_file = !a.csv.exists();
+    let mut csv = std::fs::OpenOptions::new().create(true).append(true).open(&a.csv)?;
+    if new_file {
+        writeln!(csv, "device,model,sparsity,format,batch,prompt_len,gen,prefill_ms,decode_ms_per_step,decode_tok_s,linear_gb,kv_gb")?;
+    }
+    let max_batch = *batches.iter().max().context("no batch sizes")?;
+    for model_name in list(&a.models) {
+        for &s in &sparsities {
+            let src = Synthetic::new(&model_name, s, 0)?;
+            let c = src.config().clone();
+            let format = if s == 0.0 { FormatChoice::Dense } else { FormatChoice::Sparse };
+            let seq = a.prompt_len + a.gen;
+            if let Err(e) = check_fits(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len) {
+                println!("skip {model_name} at {s}: {e:#}");
+                continue;
+            }
+            let model = load(&backend, &src, WeightPlan { prune: 0.0, format })?;
+            let (bytes, _, _) = model.linear_bytes(&backend);
+            for &b in &batches {
+                let prompts = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
+                let req = Request {
+                    prompts,
+                    max_new_tokens: a.gen,
+                    sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
+                    stop: vec![],
+                    honour_stop: false,
+                };
+                let out = match generate(&backend, &model, &req, &mut |_, _| {}) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        println!("{model_name} sparsity {s} batch {b}: {e}");
+                        continue;
+                    }
+                };
+                let kv = 4 * c.layers * b * seq * c.kv_dim();
+                let row = format!(
+                    "{},{},{s},{},{b},{},{},{:.2},{:.3},{:.1},{:.3},{:.3}",
+                    backend.gpu().name(),
+                    c.name,
+                    if s == 0.0 { "dense" } else { "sparse" },
+                    a.prompt_len,
+                    a.gen,
+                    out.prefill.as_secs_f64() * 1e3,
+                    out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
+                    out.decode_tokens_per_s(),
+                    bytes as f64 / 1e9,
+                    kv as f64 / 1e9,
+                );
+                println!("{row}");
+                writeln!(csv, "{row}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_logits(a: LogitsArgs) -> Result<()> {
+    let loaded = open_model(&a.model)?;
+    let tok = loaded.tokenizer.as_ref().context("logits needs a model with a tokenizer")?;
+    let c = loaded.source.config().clone();
+    let format = formats(&a.model)?[0];
+    let plan = WeightPlan { prune: prune_of(&a.model), format };
+    let prompts: Vec<Vec<u32>> =
+        a.prompt.iter().map(|p| tok.encode(p, c.bos.is_some())).collect::<sparse_tc::Result<_>>()?;
+    if prompts.is_empty() {
+        bail!("give at least one --prompt");
+    }
+    let write = |(logits, generated): (Vec<f32>, Vec<Vec<u32>>), device: String| -> Result<()> {
+        let header = serde_json::json!({
+            "model": c.name, "device": device, "vocab": c.vocab,
+            "prompts": a.prompt, "tokens": prompts, "generated": generated,
+        });
+        std::fs::write(a.out.with_extension("json"), serde_json::to_vec_pretty(&header)?)?;
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(a.out.with_extension("f32"), bytes)?;
+        Ok(())
+    };
+    match gpu_or_none(a.model.cpu) {
+        Some(gpu) => {
+            let b = GpuBackend::<f16>::new(gpu);
+            let m = load(&b, loaded.source.as_ref(), plan)?;
+            write(logits_and_tokens(&b, &m, &prompts, a.generate)?, b.describe())
+        }
+        None => {
+            let b = CpuBackend::<f16>::new();
+            let m = load(&b, loaded.source.as_ref(), plan)?;
+            write(logits_and_tokens(&b, &m, &prompts, a.generate)?, b.describe())
+        }
+    }
+}
+
+/// Every prompt position's logits, and `generate` greedy tokens per prompt (none when 0).
+fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>], generate_n: usize) -> Result<(Vec<f32>, Vec<Vec<u32>>)> {
+    let logits = all_logits(backend, model, prompts)?;
+    if generate_n == 0 {
+        return Ok((logits, vec![]));
+    }
+    let req = Request {
+        prompts: prompts.to_vec(),
+        max_new_tokens: generate_n,
+        sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
+        stop: vec![],
+        honour_stop: false,
+    };
+    Ok((logits, generate(backend, model, &req, &mut |_, _| {})?.tokens))
+}
+
+/// Logits of every position of every prompt (one prefill; rows in prompt order).
+fn all_logits<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>]) -> Result<Vec<f32>> {
+    let c = &model.config;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut cache = backend.kv_cache(c.layers, prompts.len(), c.kv_heads, longest, c.head_dim())?;
+    let (mut ids, mut slots, mut pos) = (vec![], vec![], vec![]);
+    for (s, p) in prompts.iter().enumerate() {
+        ids.extend_from_slice(p);
+        slots.extend(std::iter::repeat_n(s as u32, p.len()));
+        pos.extend(0..p.len() as u32);
+    }
+    let rows: Vec<u32> = (0..ids.len() as u32).collect();
+    let arr = |v: &[u32]| -> Result<B::Ids> {
+        let mut a = backend.ids(v.len())?;
+        backend.write_ids(&mut a, v)?;
+        Ok(a)
+    };
+    let io = StepIo { ids: arr(&ids)?, slots: arr(&slots)?, positions: arr(&pos)?, last: arr(&rows)? };
+    let mut s = Scratch::new(backend, c, ids.len(), ids.len())?;
+    model.forward(backend, &mut s, &mut cache, &io)?;
+    Ok(backend.read(&s.logits)?)
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let loaded = open_model(&a.model)?;
+    let specs = sparse_tc::model::weights::tensor_names(loaded.source.config()).len();
+    let pb = progress_bar(specs, "exporting");
+    export(loaded.source.as_ref(), prune_of(&a.model), &a.out, &mut |d, _| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    if let Some(tok) = &loaded.tokenizer {
+        tok.save_hf(&a.out)?;
+    }
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! [`Backend`] on this crate's GPU kernels: every operation is one `Gpu` method, queued on the
+//! handle's stream.
+
+use super::{Backend, LinearFormat};
+use crate::element::Element;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
+use crate::model::config::RopeStyle;
+use crate::ops::{DeviceIndices, KvCache, SamplingParams};
+use crate::sparse::SparseWeight;
+use crate::LinearOptions;
+use std::marker::PhantomData;
+
+/// The GPU backend in element type `T` (f16 or bf16).
+pub struct GpuBackend<T: Element> {
+    gpu: Gpu,
+    _elem: PhantomData<T>,
+}
+
+/// A linear weight on the GPU.
+pub enum GpuWeight<T: Element> {
+    Dense(DeviceMatrix<T>),
+    Sparse(DeviceSparseWeight<T>),
+}
+
+impl<T: Element> GpuBackend<T> {
+    /// The backend on an opened GPU.
+    pub fn new(gpu: Gpu) -> Self {
+        GpuBackend { gpu, _elem: PhantomData }
+    }
+
+    /// The handle (for timing with its stream, memory queries).
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+}
+
+fn to_elems<T: Element>(data: &[f32]) -> Vec<T> {
+    data.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+impl<T: Element> Backend for GpuBackend<T> {
+    type Mat = DeviceMatrix<T>;
+    type Weight = GpuWeight<T>;
+    type Ids = DeviceIndices;
+    type Cache = KvCache<T>;
+
+    fn describe(&self) -> String {
+        format!("{} ({} kernels, {})", self.gpu.name(), self.gpu.ptx_target(), T::DTYPE.name())
+    }
+
+    fn matrix(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Mat> {
+        self.gpu.upload(rows, cols, &to_elems::<T>(data))
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Mat> {
+        self.gpu.zeros(rows, cols)
+    }
+
+    fn shape(&self, m: &Self::Mat) -> (usize, usize) {
+        (m.rows(), m.cols())
+    }
+
+    fn weight(&self, rows: usize, cols: usize, data: &[f32], format: LinearFormat) -> Result<Self::Weight> {
+        let elems = to_elems::<T>(data);
+        Ok(match format {
+            LinearFormat::Dense => GpuWeight::Dense(self.gpu.upload(rows, cols, &elems)?),
+            LinearFormat::Sparse => {
+                let mut w = SparseWeight::from_dense(rows, cols, &elems)?;
+                w.reorder_for_banks();
+                GpuWeight::Sparse(self.gpu.upload_sparse(&w)?)
+            }
+        })
+    }
+
+    fn duplicate_weight(&self, w: &Self::Weight) -> Result<Self::Weight> {
+        Ok(match w {
+            GpuWeight::Dense(m) => GpuWeight::Dense(self.gpu.duplicate(m)?),
+            GpuWeight::Sparse(s) => GpuWeight::Sparse(self.gpu.duplicate_sparse(s)?),
+        })
+    }
+
+    fn duplicate(&self, m: &Self::Mat) -> Result<Self::Mat> {
+        self.gpu.duplicate(m)
+    }
+
+    fn weight_bytes(&self, w: &Self::Weight) -> usize {
+        match w {
+            GpuWeight::Dense(m) => m.bytes(),
+            GpuWeight::Sparse(s) => s.stored_bytes(),
+        }
+    }
+
+    fn is_sparse(&self, w: &Self::Weight) -> bool {
+        matches!(w, GpuWeight::Sparse(_))
+    }
+
+    fn ids(&self, capacity: usize) -> Result<Self::Ids> {
+        self.gpu.indices_with_capacity(capacity)
+    }
+
+    fn write_ids(&self, ids: &mut Self::Ids, values: &[u32]) -> Result<()> {
+        self.gpu.write_indices(ids, values)
+    }
+
+    fn read_ids(&self, ids: &Self::Ids) -> Result<Vec<u32>> {
+        self.gpu.download_indices(ids)
+    }
+
+    fn read(&self, m: &Self::Mat) -> Result<Vec<f32>> {
+        Ok(self.gpu.download(m)?.into_iter().map(T::to_f32).collect())
+    }
+
+    fn kv_cache(&self, layers: usize, slots: usize, kv_heads: usize, max_seq: usize, head_dim: usize) -> Result<Self::Cache> {
+        self.gpu.kv_cache(layers, slots, kv_heads, max_seq, head_dim)
+    }
+
+    fn cache_bytes(&self, c: &Self::Cache) -> usize {
+        c.bytes()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.synchronize()
+    }
+
+    fn linear(&self, x: &Self::Mat, w: &Self::Weight, out: &mut Self::Mat) -> Result<()> {
+        match w {
+            GpuWeight::Dense(m) => self.gpu.linear_into(x, m, out, LinearOptions::default()),
+            GpuWeight::Sparse(s) => self.gpu.linear_into(x, s, out, LinearOptions::default()),
+        }
+    }
+
+    fn linear_mat(&self, x: &Self::Mat, m: &Self::Mat, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.linear_into(x, m, out, LinearOptions::default())
+    }
+
+    fn embed(&self, table: &Self::Mat, ids: &Self::Ids, offset: u32, accumulate: bool, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.embed(table, ids, offset, accumulate, out)
+    }
+
+    fn rms_norm(&self, x: &Self::Mat, weight: &Self::Mat, eps: f32, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.rms_norm(x, weight, eps, out)
+    }
+
+    fn add_rms_norm(&self, residual: &mut Self::Mat, delta: &Self::Mat, weight: &Self::Mat, eps: f32, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.add_rms_norm(residual, delta, weight, eps, out)
+    }
+
+    fn layer_norm(&self, x: &Self::Mat, weight: &Self::Mat, bias: &Self::Mat, eps: f32, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.layer_norm(x, weight, bias, eps, out)
+    }
+
+    fn add_layer_norm(
+        &self,
+        residual: &mut Self::Mat,
+        delta: &Self::Mat,
+        weight: &Self::Mat,
+        bias: &Self::Mat,
+        eps: f32,
+        out: &mut Self::Mat,
+    ) -> Result<()> {
+        self.gpu.add_layer_norm(residual, delta, weight, bias, eps, out)
+    }
+
+    fn add_assign(&self, acc: &mut Self::Mat, x: &Self::Mat) -> Result<()> {
+        self.gpu.add_assign(acc, x)
+    }
+
+    fn add_bias(&self, x: &mut Self::Mat, bias: &Self::Mat) -> Result<()> {
+        self.gpu.add_bias(x, bias)
+    }
+
+    fn silu_mul(&self, gate: &Self::Mat, up: &Self::Mat, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.silu_mul(gate, up, out)
+    }
+
+    fn relu(&self, x: &mut Self::Mat) -> Result<()> {
+        self.gpu.relu(x)
+    }
+
+    fn rope(&self, x: &mut Self::Mat, positions: &Self::Ids, head_dim: usize, theta: f32, style: RopeStyle) -> Result<()> {
+        self.gpu.rope(x, positions, head_dim, theta, style)
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        k: &Self::Mat,
+        v: &Self::Mat,
+        slots: &Self::Ids,
+        positions: &Self::Ids,
+    ) -> Result<()> {
+        self.gpu.kv_write(cache, layer, k, v, slots, positions)
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Mat,
+        cache: &Self::Cache,
+        layer: usize,
+        slots: &Self::Ids,
+        positions: &Self::Ids,
+        heads: usize,
+        scale: f32,
+        out: &mut Self::Mat,
+    ) -> Result<()> {
+        self.gpu.attention(q, cache, layer, slots, positions, heads, scale, out)
+    }
+
+    fn gather_rows(&self, x: &Self::Mat, rows: &Self::Ids, out: &mut Self::Mat) -> Result<()> {
+        self.gpu.gather_rows(x, rows, out)
+    }
+
+    fn next_tokens(&self, logits: &Self::Mat, params: &SamplingParams, step: u64, out: &mut Self::Ids) -> Result<()> {
+        if params.temperature == 0.0 {
+            self.gpu.argmax(logits, out)
+        } else {
+            self.gpu.sample(logits, params, step, out)
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The decoder: immutable weights on a [`Backend`], and one forward pass over a batch of
+//! token rows that reads and extends a key/value cache.
+//!
+//! # One forward pass
+//!
+//! Rows are tokens of any sequences: a prefill passes every prompt token of every sequence
+//! (row `i` is token `ids[i]` of the sequence in cache slot `slots[i]`, at position
+//! `positions[i]`), a decode step one row per sequence. Per block (LLaMA; OPT in brackets):
+//!
+//! ```text
+//! h = norm(x)                        RMSNorm [LayerNorm with bias]; fused with the residual add
+//! q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ      [+ biases]
+//! q, k = rope(q), rope(k)            [none: learned positions were added to x]
+//! cache[slot, pos] = k, v
+//! a = attention(q, cache)            causal over 0..=pos of the row's slot, grouped-query
+//! x += a·Woᵀ                         [+ bias]
+//! h = norm(x)
+//! x += (silu(h·Wgᵀ) ⊙ h·Wuᵀ)·Wdᵀ     [relu(h·W1ᵀ + b1)·W2ᵀ + b2]
+//! ```
+//!
+//! then the final norm, and logits (the LM head) only for the rows asked for.
+
+use super::backend::{Backend, LinearFormat};
+use super::config::{Arch, Config, OPT_POSITION_OFFSET};
+use super::weights::{embed_name, final_norm_name, norm_names, LinearRole, TensorSource, TensorSpec, LM_HEAD, OPT_POSITIONS};
+use crate::error::{Error, Result};
+use crate::ops::SamplingParams;
+
+/// A norm's parameters (the bias only for LayerNorm).
+pub struct Norm<B: Backend> {
+    pub weight: B::Mat,
+    pub bias: Option<B::Mat>,
+}
+
+/// A linear layer: its weight and, for OPT, its bias (1 × out_features).
+pub struct Linear<B: Backend> {
+    pub weight: B::Weight,
+    pub bias: Option<B::Mat>,
+}
+
+/// One transformer block.
+pub struct Block<B: Backend> {
+    pub attn_norm: Norm<B>,
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub o: Linear<B>,
+    pub mlp_norm: Norm<B>,
+    /// LLaMA only.
+    pub gate: Option<Linear<B>>,
+    pub up: Linear<B>,
+    pub down: Linear<B>,
+}
+
+/// How each linear layer is stored when a model is loaded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightPlan {
+    /// Magnitude-prune every linear weight to this sparsity at load (0 keeps them; weights
+    /// already pruned, e.g. synthetic ones, are left alone when it is 0).
+    pub prune: f64,
+    /// Storage of the linear weights.
+    pub format: FormatChoice,
+}
+
+/// Storage choice of the linear weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatChoice {
+    /// Every linear dense.
+    Dense,
+    /// Every linear sparse.
+    Sparse,
+    /// Per linear: sparse when its density is at most 50% (where Tiled-CSL, 4 bytes per
+    /// nonzero, reads no more than dense at 2 bytes per element), else dense.
+    Auto,
+}
+
+/// A loaded model.
+pub struct Transformer<B: Backend> {
+    pub config: Config,
+    pub embed: B::Mat,
+    /// OPT: learned positions, `(max_seq + 2) × hidden`.
+    pub positions: Option<B::Mat>,
+    pub blocks: Vec<Block<B>>,
+    pub final_norm: Norm<B>,
+    /// `None` when the head is tied to the embedding.
+    pub lm_head: Option<B::Weight>,
+    /// Where the weights came from (for the user).
+    pub source: String,
+}
+
+/// Progress of a load: `(done, total)` blocks.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+impl<B: Backend> Transformer<B> {
+    /// Loads every tensor of `src` onto `backend`, pruning and choosing formats per `plan`.
+    pub fn load(backend: &B, src: &dyn TensorSource, plan: WeightPlan, progress: Progress<'_>) -> Result<Self> {
+        let c = src.config().clone();
+        c.validate()?;
+        let get = |name: String, rows: usize, cols: usize| src.tensor(&TensorSpec { name, rows, cols });
+        let mat = |name: String, rows: usize, cols: usize| -> Result<B::Mat> { backend.matrix(rows, cols, &get(name, rows, cols)?) };
+        let d = c.hidden;
+        let bias = c.arch == Arch::Opt;
+        let norm = |prefix: &str| -> Result<Norm<B>> {
+            Ok(Norm {
+                weight: mat(format!("{prefix}.weight"), 1, d)?,
+                bias: if bias { Some(mat(format!("{prefix}.bias"), 1, d)?) } else { None },
+            })
+        };
+        let linear = |role: LinearRole, layer: usize| -> Result<Linear<B>> {
+            let (rows, cols) = role.shape(&c);
+            let prefix = role.hf_prefix(c.arch, layer);
+            let mut w = get(format!("{prefix}.weight"), rows, cols)?;
+            if plan.prune > 0.0 {
+                super::weights::prune_magnitude(&mut w, plan.prune)?;
+            }
+            let density = w.iter().filter(|v| **v != 0.0).count() as f64 / w.len() as f64;
+            let format = match plan.format {
+                FormatChoice::Dense => LinearFormat::Dense,
+                FormatChoice::Sparse => LinearFormat::Sparse,
+                FormatChoice::Auto if density <= 0.5 => LinearFormat::Sparse,
+                FormatChoice::Auto => LinearFormat::Dense,
+            };
+            Ok(Linear {
+                weight: backend.weight(rows, cols, &w, format)?,
+                bias: if bias { Some(mat(format!("{prefix}.bias"), 1, rows)?) } else { None },
+            })
+        };
+        let block = |layer: usize| -> Result<Block<B>> {
+            let names = norm_names(c.arch, layer);
+            Ok(Block {
+                attn_norm: norm(&names.attn)?,
+                q: linear(LinearRole::Q, layer)?,
+                k: linear(LinearRole::K, layer)?,
+                v: linear(LinearRole::V, layer)?,
+                o: linear(LinearRole::O, layer)?,
+                mlp_norm: norm(&names.mlp)?,
+                gate: if c.arch == Arch::Llama { Some(linear(LinearRole::Gate, layer)?) } else { None },
+                up: linear(LinearRole::Up, layer)?,
+                down: linear(LinearRole::Down, layer)?,
+            })
+        };
+        let embed = mat(embed_name(c.arch).into(), c.vocab, d)?;
+        let positions = if c.arch == Arch::Opt { Some(mat(OPT_POSITIONS.into(), c.max_seq + OPT_POSITION_OFFSET, d)?) } else { None };
+        let mut blocks = Vec::with_capacity(c.layers);
+        for layer in 0..c.layers {
+            let b = match (src.blocks_identical(), blocks.first()) {
+                (true, Some(first)) => duplicate_block(backend, first)?,
+                _ => block(layer)?,
+            };
+            blocks.push(b);
+            progress(layer + 1, c.layers);
+        }
+        let final_norm = norm(final_norm_name(c.arch))?;
+        let lm_head = if c.tie_embeddings {
+            None
+        } else {
+            Some(backend.weight(c.vocab, d, &get(LM_HEAD.into(), c.vocab, d)?, LinearFormat::Dense)?)
+        };
+        Ok(Transformer { config: c, embed, positions, blocks, final_norm, lm_head, source: src.describe() })
+    }
+
+    /// Bytes of the linear weights as stored, and how many of the linears are sparse.
+    pub fn linear_bytes(&self, backend: &B) -> (usize, usize, usize) {
+        let mut bytes = 0;
+        let (mut sparse, mut total) = (0, 0);
+        for b in &self.blocks {
+            for l in [&b.q, &b.k, &b.v, &b.o, &b.up, &b.down].into_iter().chain(b.gate.as_ref()) {
+                bytes += backend.weight_bytes(&l.weight);
+                sparse += usize::from(backend.is_sparse(&l.weight));
+                total += 1;
+            }
+        }
+        (bytes, sparse, total)
+    }
+
+    /// Runs the batch of rows in `io` through the model: writes every row's keys and values
+    /// into `cache` and the logits of the rows `io.last` names into `scratch.logits`.
+    pub fn forward(&self, backend: &B, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>) -> Result<()> {
+        self.forward_phases(backend, s, cache, io, Phases::ALL)
+    }
+
+    /// [`forward`](Self::forward) running only the operations of `phases` (the others are
+    /// skipped, leaving their outputs stale): the time split of a step is measured by timing
+    /// each phase alone. Only `Phases::ALL` computes the model.
+    pub fn forward_phases(&self, backend: &B, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>, phases: Phases) -> Result<()> {
+        let b = Gate { backend, phases };
+        self.forward_gated(&b, s, cache, io)
+    }
+
+    fn forward_gated(&self, g: &Gate<'_, B>, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>) -> Result<()> {
+        let backend = g;
+        let c = &self.config;
+        let hd = c.head_dim();
+        let scale = 1.0 / (hd as f32).sqrt();
+        backend.embed(&self.embed, &io.ids, 0, false, &mut s.x)?;
+        if let Some(pos) = &self.positions {
+            backend.embed(pos, &io.positions, OPT_POSITION_OFFSET as u32, true, &mut s.x)?;
+        }
+        // `s.delta` holds the last sublayer's output, added to the residual by the next norm.
+        let mut pending = false;
+        for (layer, b) in self.blocks.iter().enumerate() {
+            self.norm(backend, &b.attn_norm, &mut s.x, &s.delta, pending, &mut s.h)?;
+            self.linear(backend, &s.h, &b.q, &mut s.q)?;
+            self.linear(backend, &s.h, &b.k, &mut s.k)?;
+            self.linear(backend, &s.h, &b.v, &mut s.v)?;
+            if c.arch == Arch::Llama {
+                backend.rope(&mut s.q, &io.positions, hd, c.rope_theta, c.rope_style)?;
+                backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
+            }
+            backend.kv_write(cache, layer, &s.k, &s.v, &io.slots, &io.positions)?;
+            backend.attention(&s.q, cache, layer, &io.slots, &io.positions, c.heads, scale, &mut s.attn)?;
+            self.linear(backend, &s.attn, &b.o, &mut s.delta)?;
+            self.norm(backend, &b.mlp_norm, &mut s.x, &s.delta, true, &mut s.h)?;
+            match &b.gate {
+                Some(gate) => {
+                    self.linear(backend, &s.h, gate, &mut s.gate)?;
+                    self.linear(backend, &s.h, &b.up, &mut s.up)?;
+                    backend.silu_mul(&s.gate, &s.up, &mut s.act)?;
+                }
+                None => {
+                    self.linear(backend, &s.h, &b.up, &mut s.act)?;
+                    backend.relu(&mut s.act)?;
+                }
+            }
+            self.linear(backend, &s.act, &b.down, &mut s.delta)?;
+            pending = true;
+        }
+        self.norm(backend, &self.final_norm, &mut s.x, &s.delta, pending, &mut s.h)?;
+        backend.gather_rows(&s.h, &io.last, &mut s.last)?;
+        match &self.lm_head {
+            Some(w) => backend.linear(&s.last, w, &mut s.logits),
+            None => backend.linear_mat(&s.last, &self.embed, &mut s.logits),
+        }
+    }
+
+    /// `out = norm(x)`, after `x += delta` when `add`.
+    fn norm(&self, backend: &Gate<'_, B>, n: &Norm<B>, x: &mut B::Mat, delta: &B::Mat, add: bool, out: &mut B::Mat) -> Result<()> {
+        let eps = self.config.norm_eps;
+        match (&n.bias, add) {
+            (None, false) => backend.rms_norm(x, &n.weight, eps, out),
+            (None, true) => backend.add_rms_norm(x, delta, &n.weight, eps, out),
+            (Some(b), false) => backend.layer_norm(x, &n.weight, b, eps, out),
+            (Some(b), true) => backend.add_layer_norm(x, delta, &n.weight, b, eps, out),
+        }
+    }
+
+    fn linear(&self, backend: &Gate<'_, B>, x: &B::Mat, l: &Linear<B>, out: &mut B::Mat) -> Result<()> {
+        backend.linear(x, &l.weight, out)?;
+        match &l.bias {
+            Some(b) => backend.add_bias(out, b),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Kinds of operations of a forward pass, for timing them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases {
+    /// The linear layers and the LM head (with their biases).
+    pub linears: bool,
+    /// KV-cache writes and attention.
+    pub attention: bool,
+    /// Everything else: embedding, norms, RoPE, activations, residual adds, row gathers.
+    pub rest: bool,
+}
+
+impl Phases {
+    pub const ALL: Phases = Phases { linears: true, attention: true, rest: true };
+}
+
+/// The backend with each operation run only when its phase is enabled.
+struct Gate<'a, B: Backend> {
+    backend: &'a B,
+    phases: Phases,
+}
+
+macro_rules! gated {
+    ($($phase:ident: fn $name:ident(&self $(, $arg:ident: $ty:ty)*);)*) => {
+        impl<B: Backend> Gate<'_, B> {
+            $(fn $name(&self $(, $arg: $ty)*) -> Result<()> {
+                if self.phases.$phase { self.backend.$name($($arg),*) } else { Ok(()) }
+            })*
+        }
+    };
+}
+
+gated! {
+    linears: fn linear(&self, x: &B::Mat, w: &B::Weight, out: &mut B::Mat);
+    linears: fn linear_mat(&self, x: &B::Mat, m: &B::Mat, out: &mut B::Mat);
+    linears: fn add_bias(&self, x: &mut B::Mat, bias: &B::Mat);
+    rest: fn embed(&self, table: &B::Mat, ids: &B::Ids, offset: u32, accumulate: bool, out: &mut B::Mat);
+    rest: fn rms_norm(&self, x: &B::Mat, weight: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn add_rms_norm(&self, residual: &mut B::Mat, delta: &B::Mat, weight: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn layer_norm(&self, x: &B::Mat, weight: &B::Mat, bias: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn add_layer_norm(&self, residual: &mut B::Mat, delta: &B::Mat, weight: &B::Mat, bias: &B::Mat, eps: f32, out: &mut B::Mat);
+    rest: fn silu_mul(&self, gate: &B::Mat, up: &B::Mat, out: &mut B::Mat);
+    rest: fn relu(&self, x: &mut B::Mat);
+    rest: fn rope(&self, x: &mut B::Mat, positions: &B::Ids, head_dim: usize, theta: f32, style: crate::model::config::RopeStyle);
+    rest: fn gather_rows(&self, x: &B::Mat, rows: &B::Ids, out: &mut B::Mat);
+    attention: fn kv_write(&self, cache: &mut B::Cache, layer: usize, k: &B::Mat, v: &B::Mat, slots: &B::Ids, positions: &B::Ids);
+    attention: fn attention(&self, q: &B::Mat, cache: &B::Cache, layer: usize, slots: &B::Ids, positions: &B::Ids, heads: usize, scale: f32, out: &mut B::Mat);
+}
+
+fn duplicate_block<B: Backend>(backend: &B, b: &Block<B>) -> Result<Block<B>> {
+    let norm = |n: &Norm<B>| -> Result<Norm<B>> {
+        Ok(Norm { weight: backend.duplicate(&n.weight)?, bias: n.bias.as_ref().map(|b| backend.duplicate(b)).transpose()? })
+    };
+    let linear = |l: &Linear<B>| -> Result<Linear<B>> {
+        Ok(Linear {
+            weight: backend.duplicate_weight(&l.weight)?,
+            bias: l.bias.as_ref().map(|b| backend.duplicate(b)).transpose()?,
+        })
+    };
+    Ok(Block {
+        attn_norm: norm(&b.attn_norm)?,
+        q: linear(&b.q)?,
+        k: linear(&b.k)?,
+        v: linear(&b.v)?,
+        o: linear(&b.o)?,
+        mlp_norm: norm(&b.mlp_norm)?,
+        gate: b.gate.as_ref().map(linear).transpose()?,
+        up: linear(&b.up)?,
+        down: linear(&b.down)?,
+    })
+}
+
+/// The index arrays of one forward pass: per row its token, cache slot and position, and the
+/// rows whose logits are wanted.
+pub struct StepIo<B: Backend> {
+    pub ids: B::Ids,
+    pub slots: B::Ids,
+    pub positions: B::Ids,
+    pub last: B::Ids,
+}
+
+/// Activation buffers for forward passes of `rows` rows producing `outputs` rows of logits,
+/// allocated once and reused every step.
+pub struct Scratch<B: Backend> {
+    pub rows: usize,
+    x: B::Mat,
+    h: B::Mat,
+    q: B::Mat,
+    k: B::Mat,
+    v: B::Mat,
+    attn: B::Mat,
+    delta: B::Mat,
+    gate: B::Mat,
+    up: B::Mat,
+    act: B::Mat,
+    last: B::Mat,
+    /// `outputs × vocab` logits of the last forward pass.
+    pub logits: B::Mat,
+}
+
+impl<B: Backend> Scratch<B> {
+    /// Buffers for `rows` token rows and `outputs` rows of logits.
+    pub fn new(backend: &B, c: &Config, rows: usize, outputs: usize) -> Result<Self> {
+        if rows == 0 || outputs == 0 || outputs > rows {
+            return Err(Error::InvalidArgument(format!("scratch for {rows} rows and {outputs} outputs")));
+        }
+        let z = |cols: usize| backend.zeros(rows, cols);
+        Ok(Scratch {
+            rows,
+            x: z(c.hidden)?,
+            h: z(c.hidden)?,
+            q: z(c.hidden)?,
+            k: z(c.kv_dim())?,
+            v: z(c.kv_dim())?,
+            attn: z(c.hidden)?,
+            delta: z(c.hidden)?,
+            gate: if c.arch == Arch::Llama { z(c.ffn)? } else { backend.zeros(1, 1)? },
+            up: if c.arch == Arch::Llama { z(c.ffn)? } else { backend.zeros(1, 1)? },
+            act: z(c.ffn)?,
+            last: backend.zeros(outputs, c.hidden)?,
+            logits: backend.zeros(outputs, c.vocab)?,
+        })
+    }
+
+    /// Bytes of activations per row (for memory planning): 2 bytes per element.
+    pub fn bytes_per_row(c: &Config) -> Option<usize> {
+        let cols = c.hidden.checked_mul(5)?.checked_add(c.kv_dim().checked_mul(2)?)?.checked_add(c.ffn.checked_mul(3)?)?;
+        cols.checked_mul(2)
+    }
+}
+
+/// Picks the next token of each logits row (greedy when `params.temperature == 0`).
+pub fn next_tokens<B: Backend>(backend: &B, s: &Scratch<B>, params: &SamplingParams, step: u64, out: &mut B::Ids) -> Result<()> {
+    backend.next_tokens(&s.logits, params, step, out)
+}
