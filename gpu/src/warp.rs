@@ -40,3 +40,12 @@ pub unsafe fn shfl_up(v: u32, delta: u32) -> u32 {
     );
     r
 }
+
+/// [`shfl_bfly`] on the bits of an f32 (no instruction of its own).
+///
+/// # Safety
+/// As [`shfl_bfly`].
+#[inline(always)]
+pub unsafe fn shfl_bfly_f32(v: f32, lane_mask: u32) -> f32 {
+    f32::from_bits(shfl_bfly(v.to_bits(), lane_mask))
+}

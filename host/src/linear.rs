@@ -821,7 +821,7 @@ impl Gpu {
     /// Makes `buffer` hold at least `len` elements, reallocating (uninitialised) when it is
     /// smaller; returns whether it did. The handle's workspaces grow this way, so a `linear`
     /// call allocates nothing once they are large enough.
-    fn grow<T: cust::memory::DeviceCopy>(
+    pub(crate) fn grow<T: cust::memory::DeviceCopy>(
         &self,
         buffer: &RefCell<Option<DeviceAlloc<T>>>,
         len: usize,

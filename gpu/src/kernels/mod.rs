@@ -16,6 +16,7 @@
 //! the host launches at most one wave of resident blocks); the row-wise ones (norms, `argmax`,
 //! `sample`) take `rowwise::SCRATCH_BYTES` of dynamic shared memory.
 
+pub mod attention;
 pub mod dense;
 pub mod elementwise;
 pub mod embed;

@@ -175,8 +175,7 @@ fn open_model(m: &ModelArgs) -> Result<Loaded> {
     }
     if path.is_dir() {
         let ck = HfCheckpoint::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let tok_path = path.join("tokenizer.json");
-        let tokenizer = if tok_path.exists() { Some(Tokenizer::from_file(&tok_path)?) } else { None };
+        let tokenizer = if path.join("tokenizer.json").exists() { Some(Tokenizer::from_hf_dir(path)?) } else { None };
         return Ok(Loaded { source: Box::new(ck), tokenizer });
     }
     bail!("--model {}: not a .gguf file, a directory, or synthetic:NAME", m.model)
@@ -286,7 +285,7 @@ fn prompts_for(a: &GenerateArgs, loaded: &Loaded, c: &Config) -> Result<(Vec<Vec
             Some(tok) => {
                 let text = &texts[i % texts.len()];
                 let formatted = if a.chat { tok.apply_chat_template(text, true)? } else { text.clone() };
-                ids.push(tok.encode(&formatted, !a.chat && c.bos.is_some())?);
+                ids.push(tok.encode(&formatted, !a.chat && tok.add_bos_by_default())?);
                 shown.push(text.clone());
             }
             None => {
@@ -462,7 +461,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     let format = formats(&a.model)?[0];
     let plan = WeightPlan { prune: prune_of(&a.model), format };
     let prompts: Vec<Vec<u32>> =
-        a.prompt.iter().map(|p| tok.encode(p, c.bos.is_some())).collect::<sparse_tc::Result<_>>()?;
+        a.prompt.iter().map(|p| tok.encode(p, tok.add_bos_by_default())).collect::<sparse_tc::Result<_>>()?;
     if prompts.is_empty() {
         bail!("give at least one --prompt");
     }
@@ -536,7 +535,8 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     export(loaded.source.as_ref(), prune_of(&a.model), &a.out, &mut |d, _| pb.set_position(d as u64))?;
     pb.finish_and_clear();
     if let Some(tok) = &loaded.tokenizer {
-        tok.save_hf(&a.out)?;
+        std::fs::write(a.out.join("tokenizer.json"), tok.to_json()?)?;
+        std::fs::write(a.out.join("tokenizer_config.json"), tok.to_config_json()?)?;
     }
     eprintln!("wrote {}", a.out.display());
     Ok(())

@@ -23,7 +23,9 @@
 
 mod elementwise;
 mod embed;
+mod attention;
 mod indices;
+mod kv_cache;
 mod norm;
 pub mod reference;
 mod rope;
@@ -34,7 +36,9 @@ mod sample;
 #[allow(dead_code)]
 pub(crate) mod numerics;
 
+pub use attention::AttentionOptions;
 pub use indices::DeviceIndices;
+pub use kv_cache::{KvCache, KvLayout};
 pub use rope::RopeStyle;
 pub use sample::{SamplingParams, NO_TOKEN};
 

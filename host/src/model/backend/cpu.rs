@@ -7,7 +7,7 @@ use super::{check_shape, Backend, LinearFormat};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::model::config::RopeStyle;
-use crate::ops::reference as r;
+use crate::ops::reference::{attention as ra, elementwise, embed as re, norm, rope as rr, sample as rs};
 use crate::ops::{KvLayout, SamplingParams};
 use std::marker::PhantomData;
 
@@ -152,7 +152,7 @@ impl<T: Element> Backend for CpuBackend<T> {
 
     fn kv_cache(&self, layers: usize, slots: usize, kv_heads: usize, max_seq: usize, head_dim: usize) -> Result<CpuCache> {
         let layout = KvLayout { slots, kv_heads, max_seq, head_dim };
-        let len = layout.elements().ok_or_else(|| Error::InvalidArgument(format!("KV cache {layout:?} overflows")))?;
+        let len = layout.elems().ok_or_else(|| Error::InvalidArgument(format!("KV cache {layout:?} overflows")))?;
         Ok(CpuCache { layout, k: vec![vec![0.0; len]; layers], v: vec![vec![0.0; len]; layers] })
     }
 
@@ -182,7 +182,7 @@ impl<T: Element> Backend for CpuBackend<T> {
 
     fn embed(&self, table: &CpuMat, ids: &Vec<u32>, offset: u32, accumulate: bool, out: &mut CpuMat) -> Result<()> {
         check_shape("embed: output", (out.rows, out.cols), (ids.len(), table.cols))?;
-        r::embed(&table.data, table.cols, ids, offset, accumulate, &mut out.data);
+        re::embed(&table.data, table.cols, ids, offset, accumulate, &mut out.data);
         Self::round(&mut out.data);
         Ok(())
     }
@@ -190,7 +190,7 @@ impl<T: Element> Backend for CpuBackend<T> {
     fn rms_norm(&self, x: &CpuMat, weight: &CpuMat, eps: f32, out: &mut CpuMat) -> Result<()> {
         same("rms_norm: output", x, out)?;
         check_shape("rms_norm: weight", (weight.rows, weight.cols), (1, x.cols))?;
-        out.data = r::rms_norm(&x.data, x.cols, &weight.data, eps);
+        norm::rms_norm(&x.data, &weight.data, eps, &mut out.data);
         Self::round(&mut out.data);
         Ok(())
     }
@@ -204,7 +204,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         same("layer_norm: output", x, out)?;
         check_shape("layer_norm: weight", (weight.rows, weight.cols), (1, x.cols))?;
         check_shape("layer_norm: bias", (bias.rows, bias.cols), (1, x.cols))?;
-        out.data = r::layer_norm(&x.data, x.cols, &weight.data, &bias.data, eps);
+        norm::layer_norm(&x.data, &weight.data, &bias.data, eps, &mut out.data);
         Self::round(&mut out.data);
         Ok(())
     }
@@ -216,14 +216,14 @@ impl<T: Element> Backend for CpuBackend<T> {
 
     fn add_assign(&self, acc: &mut CpuMat, x: &CpuMat) -> Result<()> {
         same("add_assign", acc, x)?;
-        r::add_assign(&mut acc.data, &x.data);
+        elementwise::add_assign(&mut acc.data, &x.data);
         Self::round(&mut acc.data);
         Ok(())
     }
 
     fn add_bias(&self, x: &mut CpuMat, bias: &CpuMat) -> Result<()> {
         check_shape("add_bias: bias", (bias.rows, bias.cols), (1, x.cols))?;
-        r::add_bias(&mut x.data, x.cols, &bias.data);
+        elementwise::add_bias(&mut x.data, &bias.data);
         Self::round(&mut x.data);
         Ok(())
     }
@@ -231,13 +231,13 @@ impl<T: Element> Backend for CpuBackend<T> {
     fn silu_mul(&self, gate: &CpuMat, up: &CpuMat, out: &mut CpuMat) -> Result<()> {
         same("silu_mul: up", gate, up)?;
         same("silu_mul: output", gate, out)?;
-        out.data = r::silu_mul(&gate.data, &up.data);
+        elementwise::silu_mul(&gate.data, &up.data, &mut out.data);
         Self::round(&mut out.data);
         Ok(())
     }
 
     fn relu(&self, x: &mut CpuMat) -> Result<()> {
-        r::relu(&mut x.data);
+        elementwise::relu(&mut x.data);
         Ok(())
     }
 
@@ -245,7 +245,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         if positions.len() != x.rows || head_dim == 0 || !x.cols.is_multiple_of(head_dim) {
             return Err(Error::Shape(format!("rope: {}×{} with {} positions, head_dim {head_dim}", x.rows, x.cols, positions.len())));
         }
-        r::rope(&mut x.data, x.cols, positions, head_dim, theta, style);
+        rr::rope(&mut x.data, x.cols, positions, head_dim, theta, style);
         Self::round(&mut x.data);
         Ok(())
     }
@@ -257,8 +257,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         if positions.len() != slots.len() || layer >= cache.k.len() {
             return Err(Error::Shape(format!("kv_write: {} slots, {} positions, layer {layer}", slots.len(), positions.len())));
         }
-        r::kv_write(&mut cache.k[layer], &mut cache.v[layer], &l, &k.data, &v.data, slots, positions);
-        Ok(())
+        ra::kv_write_reference(&mut cache.k[layer], &mut cache.v[layer], l, &k.data, &v.data, slots, positions)
     }
 
     fn attention(
@@ -278,7 +277,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         if heads == 0 || q.cols != heads * l.head_dim || !heads.is_multiple_of(l.kv_heads) || slots.len() != q.rows || positions.len() != q.rows {
             return Err(Error::Shape(format!("attention: q {}×{} for {heads} heads of {}", q.rows, q.cols, l.head_dim)));
         }
-        out.data = r::attention(&q.data, k, v, &l, slots, positions, heads, scale);
+        out.data = ra::attention_reference(&q.data, k, v, l, slots, positions, heads, scale)?;
         Self::round(&mut out.data);
         Ok(())
     }
@@ -297,9 +296,12 @@ impl<T: Element> Backend for CpuBackend<T> {
 
     fn next_tokens(&self, logits: &CpuMat, params: &SamplingParams, step: u64, out: &mut Vec<u32>) -> Result<()> {
         out.clear();
-        for (row, l) in logits.data.chunks_exact(logits.cols).enumerate() {
-            out.push(if params.temperature == 0.0 { r::argmax(l) } else { r::sample(l, params, step, row as u64) });
+        out.resize(logits.rows, 0);
+        if params.temperature == 0.0 {
+            rs::argmax(&logits.data, logits.cols, out);
+            Ok(())
+        } else {
+            rs::sample(&logits.data, logits.cols, params, step, out)
         }
-        Ok(())
     }
 }

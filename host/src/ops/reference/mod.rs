@@ -15,6 +15,7 @@
 //! (`gpu/src/numerics.rs`), so element-wise operations, RoPE, gathers, argmax and sampling agree
 //! with the GPU bit for bit once their result is rounded to the GPU's type.
 
+pub mod attention;
 pub mod elementwise;
 pub mod embed;
 pub mod norm;
