@@ -21,10 +21,13 @@
 //! - [`ldmatrix`]: `ldmatrix` x1/x2/x4 and `.trans`.
 //! - [`mma`]: typed fragments and `mma.sync.m16n8k16` (f16, bf16 → f32).
 //! - [`convert`]: f32 → f16/bf16 rounding.
+//! - [`math`]: `ex2.approx` (the softmax exponentials).
+//! - [`warp`]: lane exchanges (`shfl.sync.bfly`).
 //! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`, and a
 //!   wait for a run-time number of pending copy groups (pipelines with variable-size steps).
 //! - [`layout`]: tile shapes and lane→element maps (pure Rust, shared with the host).
-//! - [`kernels`]: the dense GEMM, the sparse SpMM and the split-K reduction.
+//! - [`kernels`]: the dense GEMM, the sparse SpMM, the split-K reduction, and attention over
+//!   the KV cache.
 
 #![no_std]
 #![feature(abi_ptx, asm_experimental_arch, stdarch_nvptx)]
@@ -52,11 +55,13 @@ pub mod griddep;
 pub mod kernels;
 pub mod layout;
 pub mod ldmatrix;
+pub mod math;
 pub mod mma;
 pub mod pipeline;
 pub mod shared;
 pub mod sync;
 pub mod thread;
+pub mod warp;
 
 /// Device code cannot unwind or print; a panic (which the kernels are written never to reach:
 /// no slice indexing, no division by run-time zero) traps the kernel, which the host sees as a
