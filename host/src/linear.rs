@@ -447,7 +447,7 @@ impl Gpu {
     /// memory size: the dynamic shared-memory limit raised to `smem`, the block size checked
     /// against what the kernel's register use allows, and the resident-block count
     /// (SMs × occupancy) for split planning.
-    fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
+    pub(crate) fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
         let func = self.module.get_function(name).map_err(|e| Error::driver("kernel lookup", e))?;
         if let Some(&slots) = self.kernels.borrow().get(&(name.to_string(), smem)) {
             return Ok((func, slots));
@@ -517,7 +517,7 @@ impl Gpu {
     /// Makes `buffer` hold at least `len` elements, reallocating (uninitialised) when it is
     /// smaller; returns whether it did. The handle's workspaces grow this way, so a `linear`
     /// call allocates nothing once they are large enough.
-    fn grow<T: cust::memory::DeviceCopy>(
+    pub(crate) fn grow<T: cust::memory::DeviceCopy>(
         &self,
         buffer: &RefCell<Option<DeviceAlloc<T>>>,
         len: usize,
@@ -537,7 +537,7 @@ impl Gpu {
     }
 
     /// Launches on this handle's stream.
-    fn launch(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
+    pub(crate) fn launch(&self, func: &Function<'_>, grid: (u32, u32, u32), block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
         // SAFETY: every caller passes the argument list of the kernel's documented signature
         // (pointer-sized device addresses and u32 scalars, in order), built from validated
         // operands whose allocations outlive the queued work: they are borrowed for the call,
@@ -576,7 +576,7 @@ fn next_launch(prev: u32) -> (u32, bool) {
 macro_rules! args {
     ($($a:ident),*) => { [$(&$a as *const _ as *mut c_void),*] };
 }
-use args;
+pub(crate) use args;
 
 #[cfg(test)]
 mod tests {

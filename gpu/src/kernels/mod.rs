@@ -10,6 +10,7 @@
 //! equal ranges of the row-major tile sequence (`tile::StreamRange`); dynamic shared memory
 //! as given by `layout::{dense,spmm}_smem_bytes` (shared with the host).
 
+pub mod attention;
 pub mod dense;
 pub mod reduce;
 pub mod spmm;
