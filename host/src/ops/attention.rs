@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::linear::args;
 use crate::matrix::DeviceMatrix;
-use std::ffi::c_void;
 
 /// Options of [`Gpu::attention_with`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,5 +239,147 @@ mod tests {
         assert_eq!(plan_chunks(1, 1 << 30, 100_000), MAX_CHUNKS);
         assert_eq!(plan_chunks(0, 4096, 396), 1);
         assert_eq!(plan_chunks(3, 0, 396), 1);
+    }
+
+    /// A host model of one warp's step of the attention kernel, issuing `ldmatrix` and
+    /// `mma` with exactly the kernel's addresses and register packing
+    /// (`gpu/src/kernels/attention.rs`) on the padded shared tiles, against plain matrix
+    /// products: the Q A fragments (`ldmatrix_a_src`), `S = Q·Kᵀ` from K rows as B
+    /// fragments (`ldmatrix_b_src` at n-tile `2·warp`), the C fragments of S reused as the A
+    /// fragment of P, and `P·V` with V through `ldmatrix.trans`.
+    mod fragment_model {
+        use super::super::plan::*;
+        use crate::layout::{frag_a_coord, frag_b_coord, frag_c_coord, ldmatrix_a_src, ldmatrix_b_src};
+
+        /// Shared memory as 16-bit cells addressed by byte offset (values: small integers).
+        struct Smem(std::collections::HashMap<usize, f64>);
+
+        impl Smem {
+            fn at(&self, byte: usize) -> f64 {
+                *self.0.get(&byte).unwrap_or_else(|| panic!("read of unwritten shared byte {byte}"))
+            }
+        }
+
+        /// `ldmatrix.x4` (`trans` = `.trans`): `addr(lane)` is the row address lane supplies;
+        /// returns per lane its 4 registers of 2 halves. Matrix m takes its row addresses
+        /// from lanes 8m .. 8m + 8; a lane receives row lane/4, elements 2·(lane%4) and +1
+        /// (with `.trans`: element lane/4 of rows 2·(lane%4) and +1).
+        fn ldmatrix_x4(smem: &Smem, addr: impl Fn(usize) -> usize, trans: bool) -> Vec<[[f64; 2]; 4]> {
+            (0..32)
+                .map(|lane| {
+                    let mut regs = [[0.0; 2]; 4];
+                    for (m, reg) in regs.iter_mut().enumerate() {
+                        for (half, v) in reg.iter_mut().enumerate() {
+                            let (row, col) = if trans { (2 * (lane % 4) + half, lane / 4) } else { (lane / 4, 2 * (lane % 4) + half) };
+                            *v = smem.at(addr(8 * m + row) + 2 * col);
+                        }
+                    }
+                    regs
+                })
+                .collect()
+        }
+
+        /// `mma.m16n8k16`: A (per lane a0..a7 as 4 registers), B (b0..b3 as 2), C += A·B.
+        fn mma(a: &[[[f64; 2]; 4]], b: &[[[f64; 2]; 2]], c: &mut [[f64; 4]]) {
+            let (mut am, mut bm) = ([[f64::NAN; 16]; 16], [[f64::NAN; 8]; 16]);
+            for lane in 0..32 {
+                for i in 0..8 {
+                    let (r, k) = frag_a_coord(lane, i);
+                    am[r][k] = a[lane][i / 2][i % 2];
+                }
+                for i in 0..4 {
+                    let (k, n) = frag_b_coord(lane, i);
+                    bm[k][n] = b[lane][i / 2][i % 2];
+                }
+            }
+            for lane in 0..32 {
+                for i in 0..4 {
+                    let (r, n) = frag_c_coord(lane, i);
+                    c[lane][i] += (0..16).map(|k| am[r][k] * bm[k][n]).sum::<f64>();
+                }
+            }
+        }
+
+        #[test]
+        fn warp_step_computes_q_kt_and_p_v() {
+            for hd16 in HEAD_DIM_CONFIGS {
+                let (rb, dim) = (tile_row_bytes(hd16), 16 * hd16);
+                // Q (16 heads), K and V (a 64-key tile), element values from their indices.
+                let qv = |r: usize, d: usize| ((r * 7 + d * 3) % 11) as f64 - 5.0;
+                let kv = |j: usize, d: usize| ((j * 5 + d) % 13) as f64 - 6.0;
+                let vv = |j: usize, d: usize| ((j + d * 11) % 9) as f64 - 4.0;
+                let (q0, k0, v0) = (0, stage_offset(hd16, 1), stage_offset(hd16, 1) + KEY_TILE * rb);
+                let mut cells = std::collections::HashMap::new();
+                for d in 0..dim {
+                    for r in 0..HEADS_PER_BLOCK {
+                        cells.insert(q0 + r * rb + 2 * d, qv(r, d));
+                    }
+                    for j in 0..KEY_TILE {
+                        cells.insert(k0 + j * rb + 2 * d, kv(j, d));
+                        cells.insert(v0 + j * rb + 2 * d, vv(j, d));
+                    }
+                }
+                let smem = Smem(cells);
+                assert!(v0 + KEY_TILE * rb <= ml_offset(hd16));
+                // Q fragments (kernel: ldmatrix_a_src(lane, 0, kk), offset r·rb + c·16).
+                let qa: Vec<_> = (0..hd16)
+                    .map(|kk| {
+                        ldmatrix_x4(&smem, |l| { let (r, c) = ldmatrix_a_src(l, 0, kk); q0 + r * rb + c * 16 }, false)
+                    })
+                    .collect();
+                for warp in 0..ATTN_WARPS {
+                    // S: n-tiles 2·warp, 2·warp + 1.
+                    let mut s = [vec![[0.0; 4]; 32], vec![[0.0; 4]; 32]];
+                    for (kk, a) in qa.iter().enumerate() {
+                        let b = ldmatrix_x4(&smem, |l| { let (r, c) = ldmatrix_b_src(l, 2 * warp, kk); k0 + r * rb + c * 16 }, false);
+                        let (b01, b23): (Vec<_>, Vec<_>) = b.iter().map(|r| ([r[0], r[1]], [r[2], r[3]])).unzip();
+                        mma(a, &b01, &mut s[0]);
+                        mma(a, &b23, &mut s[1]);
+                    }
+                    let key0 = warp * WARP_KEYS;
+                    for (nt, frag) in s.iter().enumerate() {
+                        for lane in 0..32 {
+                            for e in 0..4 {
+                                let (r, col) = frag_c_coord(lane, e);
+                                let want: f64 = (0..dim).map(|d| qv(r, d) * kv(key0 + nt * 8 + col, d)).sum();
+                                assert_eq!(frag[lane][e], want, "hd16 {hd16} warp {warp} S[{r}][{}]", nt * 8 + col);
+                            }
+                        }
+                    }
+                    // P = S as the A fragment: [pack(c0, c1) of n-tile 0, pack(c2, c3) of 0,
+                    // pack(c0, c1) of 1, pack(c2, c3) of 1].
+                    let pa: Vec<[[f64; 2]; 4]> = (0..32)
+                        .map(|l| [[s[0][l][0], s[0][l][1]], [s[0][l][2], s[0][l][3]], [s[1][l][0], s[1][l][1]], [s[1][l][2], s[1][l][3]]])
+                        .collect();
+                    for lane in 0..32 {
+                        for i in 0..8 {
+                            let (r, k) = frag_a_coord(lane, i);
+                            let want: f64 = (0..dim).map(|d| qv(r, d) * kv(key0 + k, d)).sum();
+                            assert_eq!(pa[lane][i / 2][i % 2], want, "P[{r}][{k}] is S[{r}][{k}]");
+                        }
+                    }
+                    // O = P·V (kernel: row warp·16 + lane%16, chunk 2·dp + lane/16, .trans).
+                    for dp in 0..hd16 {
+                        let b = ldmatrix_x4(&smem, |l| v0 + (warp * WARP_KEYS + l % 16) * rb + (2 * dp + l / 16) * 16, true);
+                        let (b01, b23): (Vec<_>, Vec<_>) = b.iter().map(|r| ([r[0], r[1]], [r[2], r[3]])).unzip();
+                        let mut o = [vec![[0.0; 4]; 32], vec![[0.0; 4]; 32]];
+                        mma(&pa, &b01, &mut o[0]);
+                        mma(&pa, &b23, &mut o[1]);
+                        for (h, frag) in o.iter().enumerate() {
+                            for lane in 0..32 {
+                                for e in 0..4 {
+                                    let (r, col) = frag_c_coord(lane, e);
+                                    let d = 16 * dp + 8 * h + col;
+                                    let want: f64 = (0..16)
+                                        .map(|k| (0..dim).map(|x| qv(r, x) * kv(key0 + k, x)).sum::<f64>() * vv(key0 + k, d))
+                                        .sum();
+                                    assert_eq!(frag[lane][e], want, "hd16 {hd16} warp {warp} O[{r}][{d}]");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
