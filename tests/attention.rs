@@ -216,7 +216,7 @@ fn run_case<T: Element>(gpu: &Gpu, case: &Case) {
         head_dim: case.head_dim,
     };
     let mut caches = Caches::<T>::new(gpu, layout);
-    let opts = AttentionOptions { chunks: case.chunks };
+    let opts = AttentionOptions { chunks: case.chunks, ..Default::default() };
 
     // Prefill: all prompt tokens, in random order.
     let mut rows: Vec<(u32, u32)> =
@@ -340,6 +340,11 @@ fn attention_long_decode_is_split_and_exact() {
     caches.write(&gpu, &mut rng, &vec![0; 5000], &positions);
     for pos in [4999, 2500, 64, 63, 0] {
         caches.attend(&gpu, &mut rng, &[0], &[pos], 32, 2.0, AttentionOptions::default(), &format!("decode at {pos}"));
+        // The planning hint, right or wrong (too small: fewer, longer pieces), changes nothing.
+        for max_position in [pos as usize, 100, 0] {
+            let opts = AttentionOptions { max_position: Some(max_position), ..Default::default() };
+            caches.attend(&gpu, &mut rng, &[0], &[pos], 32, 2.0, opts, &format!("decode at {pos}, hint {max_position}"));
+        }
     }
 }
 
@@ -359,7 +364,7 @@ fn attention_is_deterministic() {
     for chunks in [None, Some(1), Some(5)] {
         let run = || {
             let mut out = gpu.zeros::<bf16>(n, width).unwrap();
-            let opts = AttentionOptions { chunks };
+            let opts = AttentionOptions { chunks, ..Default::default() };
             gpu.attention_with(&dq, &caches.gpu, LAYER, &ds, &dp, 8, 0.125, &mut out, opts).unwrap();
             gpu.download(&out).unwrap()
         };
@@ -385,7 +390,8 @@ fn out_of_range_rows_are_skipped_or_nan() {
         let bad_pos = [10, 0, 299, 300, u32::MAX, 150, 5];
         caches.write(&gpu, &mut rng, &bad_slots, &bad_pos);
         caches.check_contents(&gpu, "kv_write with out-of-range rows");
-        let got = caches.attend(&gpu, &mut rng, &bad_slots, &bad_pos, 6, 1.0, AttentionOptions { chunks }, &format!("chunks {chunks:?}"));
+        let opts = AttentionOptions { chunks, ..Default::default() };
+        let got = caches.attend(&gpu, &mut rng, &bad_slots, &bad_pos, 6, 1.0, opts, &format!("chunks {chunks:?}"));
         // (check_attention asserted NaN rows and exact others; the valid rows are not NaN.)
         let width = 6 * 64;
         for (i, &valid) in [true, false, true, false, false, true, false].iter().enumerate() {
@@ -481,7 +487,7 @@ fn attention_shape_errors() {
     shape(gpu.attention(&q, &cache, 0, &s2, &p1, 6, 1.0, &mut out), "two slots for one row");
     invalid(gpu.attention(&q, &cache, 2, &s1, &p1, 6, 1.0, &mut out), "layer 2 of 2");
     invalid(gpu.attention(&q, &cache, 0, &s1, &p1, 6, f32::NAN, &mut out), "NaN scale");
-    let opts = |chunks| AttentionOptions { chunks: Some(chunks) };
+    let opts = |chunks| AttentionOptions { chunks: Some(chunks), ..Default::default() };
     invalid(gpu.attention_with(&q, &cache, 0, &s1, &p1, 6, 1.0, &mut out, opts(0)), "0 chunks");
     invalid(gpu.attention_with(&q, &cache, 0, &s1, &p1, 6, 1.0, &mut out, opts(1025)), "1025 chunks");
     // Still usable after the refusals.

@@ -21,10 +21,16 @@ use crate::matrix::DeviceMatrix;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttentionOptions {
     /// Blocks each row's keys are split among (flash-decoding); `None` chooses from the
-    /// rows, heads, SM count and the cache's `max_seq`. Each row cuts its own keys into at
-    /// most this many pieces of whole 64-key tiles, so any value gives the same result up to
-    /// rounding; 1 means no split (no workspace, no combine kernel). At most 1024.
+    /// rows, heads, SM count and the longest position ([`Self::max_position`]). Each row
+    /// cuts its own keys into at most this many pieces of whole 64-key tiles, so any value
+    /// gives the same result up to rounding; 1 means no split (no workspace, no combine
+    /// kernel). At most 1024.
     pub chunks: Option<usize>,
+    /// The largest position among the rows, if the caller knows it (e.g. the longest
+    /// sequence of the batch); `None` assumes the cache's `max_seq − 1`. Only the automatic
+    /// choice of `chunks` uses it: a row at a larger position is still attended in full (its
+    /// pieces are just longer), so a wrong hint costs speed, never correctness.
+    pub max_position: Option<usize>,
 }
 
 /// Largest grid x (`2³¹ − 1`) and grid y / z (65535) of a launch.
@@ -62,7 +68,8 @@ impl Gpu {
         self.attention_with(q, cache, layer, slots, positions, n_heads, scale, out, AttentionOptions::default())
     }
 
-    /// As [`Gpu::attention`], with options (a fixed split of the sequence).
+    /// As [`Gpu::attention`], with options (a fixed split of the sequence, or a hint of the
+    /// longest position for the automatic one).
     #[allow(clippy::too_many_arguments)]
     pub fn attention_with<T: Element>(
         &self,
@@ -128,7 +135,10 @@ impl Gpu {
                 return Err(Error::InvalidArgument(format!("attention: chunks = {c} must be between 1 and {MAX_CHUNKS}")));
             }
             Some(c) => c,
-            None => plan_chunks(n.saturating_mul(head_blocks), layout.max_seq, resident),
+            None => {
+                let keys = opts.max_position.map_or(layout.max_seq, |p| p.saturating_add(1).min(layout.max_seq));
+                plan_chunks(n.saturating_mul(head_blocks), keys, resident)
+            }
         };
         let blocks = n.checked_mul(chunks).filter(|&b| b <= MAX_GRID_X).ok_or_else(|| {
             Error::Shape(format!(
