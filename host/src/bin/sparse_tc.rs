@@ -401,7 +401,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let new_file = !a.csv.exists();
     let mut csv = std::fs::OpenOptions::new().create(true).append(true).open(&a.csv)?;
     if new_file {
-        writeln!(csv, "device,model,sparsity,format,batch,prompt_len,gen,prefill_ms,decode_ms_per_step,decode_tok_s,linear_gb,kv_gb")?;
+        writeln!(csv, "device,model,sparsity,format,batch,prompt_len,gen,prefill_ms,decode_ms_per_step,decode_tok_s,linear_gb,kv_gb,only_linears_ms,only_attention_ms,only_rest_ms")?;
     }
     let max_batch = *batches.iter().max().context("no batch sizes")?;
     for model_name in list(&a.models) {
@@ -433,8 +433,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     }
                 };
                 let kv = 4 * c.layers * b * seq * c.kv_dim();
+                let split = time_split(&backend, &model, b, a.prompt_len + a.gen / 2)?;
                 let row = format!(
-                    "{},{},{s},{},{b},{},{},{:.2},{:.3},{:.1},{:.3},{:.3}",
+                    "{},{},{s},{},{b},{},{},{:.2},{:.3},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3}",
                     backend.gpu().name(),
                     c.name,
                     if s == 0.0 { "dense" } else { "sparse" },
@@ -445,6 +446,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     out.decode_tokens_per_s(),
                     bytes as f64 / 1e9,
                     kv as f64 / 1e9,
+                    split[0],
+                    split[1],
+                    split[2],
                 );
                 println!("{row}");
                 writeln!(csv, "{row}")?;
@@ -452,6 +456,44 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Milliseconds of one decode step of `batch` sequences at position `pos` running only the
+/// linears, only attention (with the KV-cache writes), only the rest (median of 20 steps
+/// each, after 3 warm-up steps; each includes its own launch gaps). The full step is timed by
+/// the generation itself.
+fn time_split<T: sparse_tc::Element>(backend: &GpuBackend<T>, model: &Transformer<GpuBackend<T>>, batch: usize, pos: usize) -> Result<[f64; 3]> {
+    use sparse_tc::model::transformer::Phases;
+    let c = &model.config;
+    let mut cache = backend.kv_cache(c.layers, batch, c.kv_heads, pos + 1, c.head_dim())?;
+    let arr = |v: &[u32]| -> Result<_> {
+        let mut a = backend.ids(v.len())?;
+        backend.write_ids(&mut a, v)?;
+        Ok(a)
+    };
+    let slots: Vec<u32> = (0..batch as u32).collect();
+    let io = StepIo { ids: arr(&vec![1; batch])?, slots: arr(&slots)?, positions: arr(&vec![pos as u32; batch])?, last: arr(&slots)? };
+    let mut s = Scratch::new(backend, c, batch, batch)?;
+    let phases = [
+        Phases { linears: true, attention: false, rest: false },
+        Phases { linears: false, attention: true, rest: false },
+        Phases { linears: false, attention: false, rest: true },
+    ];
+    let mut out = [0.0; 3];
+    for (o, &p) in out.iter_mut().zip(&phases) {
+        let mut times = vec![];
+        for i in 0..23 {
+            let t = Instant::now();
+            model.forward_phases(backend, &mut s, &mut cache, &io, p)?;
+            backend.synchronize()?;
+            if i >= 3 {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        *o = times[times.len() / 2];
+    }
+    Ok(out)
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
