@@ -30,6 +30,9 @@ pub struct Gpu {
     /// (`linear.rs: completion_flags`).
     pub(crate) flags: RefCell<Option<DeviceAlloc<u32>>>,
     pub(crate) flag_launch: Cell<u32>,
+    /// Set by a recording or a replay (`graph.rs`): the flags may hold numbers an ordinary
+    /// launch reuses, so the next one zeroes them first.
+    pub(crate) flags_stale: Cell<bool>,
     /// Per kernel name and dynamic shared memory: launch set-up done (smem limit raised) and
     /// its resident blocks on the GPU, so a `linear` call does no driver queries beyond the
     /// kernel lookup.
@@ -112,6 +115,7 @@ impl Gpu {
             workspace: RefCell::new(None),
             flags: RefCell::new(None),
             flag_launch: Cell::new(0),
+            flags_stale: Cell::new(false),
             kernels: RefCell::default(),
             sm_count,
             smem,

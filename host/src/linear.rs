@@ -806,16 +806,25 @@ impl Gpu {
     fn completion_flags(&self, count: usize) -> Result<(u64, u32)> {
         let (launch, wrapped) = next_launch(self.flag_launch.get());
         let grown = self.grow(&self.flags, count, "completion flags")?;
-        let flags = self.flags.borrow();
-        let (ptr, len) = flags.as_ref().map_or((0, 0), |b| (b.ptr(), b.len()));
-        if grown || wrapped {
-            // SAFETY: sets `len` u32 of a live allocation, queued on this handle's stream
-            // after every kernel that used the flags before and before any that reads them.
-            let rc = unsafe { cust::sys::cuMemsetD32Async(ptr, 0, len, self.stream.as_inner()) };
-            Error::check_raw("zeroing completion flags", rc)?;
+        let span = self.flags.borrow().as_ref().map_or((0, 0), |b| (b.ptr(), b.len()));
+        // After a replay of a recording the flags hold the recorded launches' numbers, which
+        // an ordinary launch may reach again (`graph.rs`): zero them as after a wrap.
+        if grown || wrapped || self.flags_stale.replace(false) {
+            self.zero_flags_queued(span)?;
         }
         self.flag_launch.set(launch);
-        Ok((ptr, launch))
+        Ok((span.0, launch))
+    }
+
+    /// Queues the zeroing of the completion flags `(address, length)` (nothing when empty).
+    pub(crate) fn zero_flags_queued(&self, (ptr, len): (u64, usize)) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: sets `len` u32 of the live flags allocation, queued on this handle's stream
+        // after every kernel that used the flags before and before any that reads them.
+        let rc = unsafe { cust::sys::cuMemsetD32Async(ptr, 0, len, self.stream.as_inner()) };
+        Error::check_raw("zeroing completion flags", rc)
     }
 
     /// Makes `buffer` hold at least `len` elements, reallocating (uninitialised) when it is

@@ -98,13 +98,59 @@ impl Gpu {
     /// Overwrites every element (padding stays zero), e.g. to poison an output in tests.
     pub fn fill<T: Element>(&self, m: &mut DeviceMatrix<T>, value: T) -> Result<()> {
         self.check_owner("fill: the matrix", &m.buf)?;
-        self.bind()?;
-        self.synchronize()?;
         let mut host = vec![0u16; m.rows * m.ld];
         for row in host.chunks_exact_mut(m.ld) {
             row[..m.cols].fill(value.to_bits());
         }
-        m.buf.copy_from(&host, "fill")
+        self.overwrite(m, &host, "fill")
+    }
+
+    /// Overwrites a device matrix with row-major `rows × cols` host values, after the work
+    /// queued before (e.g. new inputs of a recorded step, see [`Gpu::replay`]).
+    pub fn write<T: Element>(&self, m: &mut DeviceMatrix<T>, data: &[T]) -> Result<()> {
+        self.check_owner("write: the matrix", &m.buf)?;
+        if data.len() != m.rows * m.cols {
+            return Err(Error::Shape(format!(
+                "write: a {}×{} matrix needs {} elements, got {}",
+                m.rows,
+                m.cols,
+                m.rows * m.cols,
+                data.len()
+            )));
+        }
+        let mut host = vec![0u16; m.rows * m.ld];
+        for (dst, src) in host.chunks_exact_mut(m.ld).zip(data.chunks_exact(m.cols)) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s.to_bits();
+            }
+        }
+        self.overwrite(m, &host, "write")
+    }
+
+    /// Waits for queued work, then copies padded rows (`rows × ld` bits) into `m`.
+    fn overwrite<T: Element>(&self, m: &mut DeviceMatrix<T>, padded: &[u16], what: &'static str) -> Result<()> {
+        self.bind()?;
+        self.synchronize()?;
+        m.buf.copy_from(padded, what)
+    }
+
+    /// `dst = src` on the device, queued on the stream (both the same shape).
+    pub fn copy<T: Element>(&self, src: &DeviceMatrix<T>, dst: &mut DeviceMatrix<T>) -> Result<()> {
+        self.check_owner("copy: the source", &src.buf)?;
+        self.check_owner("copy: the destination", &dst.buf)?;
+        if (src.rows, src.cols) != (dst.rows, dst.cols) {
+            return Err(Error::Shape(format!(
+                "copy: the source is {}×{}, the destination {}×{}",
+                src.rows, src.cols, dst.rows, dst.cols
+            )));
+        }
+        self.bind()?;
+        // Same shape, so the same padded length (`rows × ld` elements of 2 bytes).
+        let bytes = src.buf.len() * 2;
+        // SAFETY: two live allocations of this handle of `bytes` bytes each; queued on its
+        // stream, ordered with the work that writes the source or reads the destination.
+        let rc = unsafe { cust::sys::cuMemcpyDtoDAsync_v2(dst.buf.ptr(), src.buf.ptr(), bytes, self.stream.as_inner()) };
+        Error::check_raw("copy", rc)
     }
 
     /// Waits for queued work, then copies a device matrix back (row-major, no padding).

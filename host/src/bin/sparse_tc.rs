@@ -94,6 +94,10 @@ struct GenerateArgs {
     /// Nucleus sampling threshold (1 = off).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Launch every decode step's kernels one by one instead of replaying a recorded step
+    /// (a CUDA graph).
+    #[arg(long)]
+    eager: bool,
 }
 
 #[derive(Args)]
@@ -114,6 +118,9 @@ struct BenchArgs {
     /// CSV output file (appended rows; header when new).
     #[arg(long, default_value = "bench_e2e.csv")]
     csv: PathBuf,
+    /// Decode without replaying a recorded step (a CUDA graph).
+    #[arg(long)]
+    eager: bool,
 }
 
 #[derive(Args)]
@@ -310,7 +317,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let c = loaded.source.config().clone();
     let (prompts, shown) = prompts_for(&a, &loaded, &c)?;
     let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.model.seed };
-    let req = Request { prompts, max_new_tokens: a.max_tokens, sampling, stop: vec![], honour_stop: loaded.tokenizer.is_some() };
+    let req = Request { prompts, max_new_tokens: a.max_tokens, sampling, stop: vec![], honour_stop: loaded.tokenizer.is_some(), record_decode: !a.eager };
     let seq = check_request(&c, &req)?;
     let rows: usize = req.prompts.iter().map(Vec::len).sum();
     let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format };
@@ -401,8 +408,15 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let new_file = !a.csv.exists();
     let mut csv = std::fs::OpenOptions::new().create(true).append(true).open(&a.csv)?;
     if new_file {
-        writeln!(csv, "device,model,sparsity,format,batch,prompt_len,gen,prefill_ms,decode_ms_per_step,decode_tok_s,linear_gb,kv_gb,only_linears_ms,only_attention_ms,only_rest_ms")?;
+        writeln!(
+            csv,
+            "device,model,sparsity,format,batch,prompt_len,gen,replayed,prefill_ms,decode_ms_per_step,decode_tok_s,\
+             gpu_used_gb,linear_gb,kv_gb,copy_tb_s,floor_ms,step_eager_ms,step_recorded_ms,linears_ms,attention_ms,rest_ms"
+        )?;
     }
+    // The HBM floor of a step: the bytes it must read at the copy bandwidth of this run.
+    let bandwidth = copy_bandwidth(backend.gpu())?;
+    println!("{}: device-to-device copy {:.2} TB/s (read + write)", backend.gpu().name(), bandwidth / 1e12);
     let max_batch = *batches.iter().max().context("no batch sizes")?;
     for model_name in list(&a.models) {
         for &s in &sparsities {
@@ -424,6 +438,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
                     stop: vec![],
                     honour_stop: false,
+                    record_decode: !a.eager,
                 };
                 let out = match generate(&backend, &model, &req, &mut |_, _| {}) {
                     Ok(o) => o,
@@ -433,23 +448,35 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     }
                 };
                 let kv = 4 * c.layers * b * seq * c.kv_dim();
-                let split = time_split(&backend, &model, b, a.prompt_len + a.gen / 2)?;
+                // Read per step: every linear weight, the LM head, the cache up to the mean position.
+                let mean_pos = a.prompt_len + a.gen / 2;
+                let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
+                let split = time_split(&backend, &model, b, mean_pos)?;
+                let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
                 let row = format!(
-                    "{},{},{s},{},{b},{},{},{:.2},{:.3},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3}",
+                    "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
                     backend.gpu().name(),
                     c.name,
                     if s == 0.0 { "dense" } else { "sparse" },
                     a.prompt_len,
                     a.gen,
+                    out.replayed,
                     out.prefill.as_secs_f64() * 1e3,
                     out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
                     out.decode_tokens_per_s(),
                     bytes as f64 / 1e9,
                     kv as f64 / 1e9,
-                    split[0],
-                    split[1],
-                    split[2],
+                    bandwidth / 1e12,
+                    step_bytes as f64 / bandwidth * 1e3,
+                    split.eager,
+                    split.recorded,
+                    split.linears,
+                    split.attention,
+                    split.rest,
                 );
+                if let Some(e) = &out.record_error {
+                    println!("note: decode ran eagerly, recording failed: {e}");
+                }
                 println!("{row}");
                 writeln!(csv, "{row}")?;
             }
@@ -458,11 +485,46 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds of one decode step of `batch` sequences at position `pos` running only the
-/// linears, only attention (with the KV-cache writes), only the rest (median of 20 steps
-/// each, after 3 warm-up steps; each includes its own launch gaps). The full step is timed by
-/// the generation itself.
-fn time_split<T: sparse_tc::Element>(backend: &GpuBackend<T>, model: &Transformer<GpuBackend<T>>, batch: usize, pos: usize) -> Result<[f64; 3]> {
+/// Median GPU milliseconds of `f`'s queued work over 20 runs after 3 warm-ups, from CUDA
+/// events on the handle's stream (launch gaps included: the GPU idles while the host queues).
+fn median_ms(gpu: &Gpu, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    use cust::event::{Event, EventFlags};
+    let (start, stop) = (Event::new(EventFlags::DEFAULT)?, Event::new(EventFlags::DEFAULT)?);
+    let mut times = vec![];
+    for i in 0..23 {
+        start.record(gpu.stream())?;
+        f()?;
+        stop.record(gpu.stream())?;
+        stop.synchronize()?;
+        if i >= 3 {
+            times.push(stop.elapsed_time_f32(&start)? as f64);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Device-to-device copy bandwidth (bytes read + written per second) of a 1 GiB matrix.
+fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
+    let (rows, cols) = (32768, 16384);
+    let src = gpu.zeros::<f16>(rows, cols)?;
+    let mut dst = gpu.zeros::<f16>(rows, cols)?;
+    let ms = median_ms(gpu, &mut || Ok(gpu.copy(&src, &mut dst)?))?;
+    Ok(2.0 * (rows * cols * 2) as f64 / (ms * 1e-3))
+}
+
+/// One decode step of `batch` sequences at position `pos`, in milliseconds: the whole step
+/// launched eagerly and replayed from a recording, then (recorded) only the linears, only
+/// attention with the KV-cache writes, only the rest. Launch gaps = eager − recorded.
+struct StepSplit {
+    eager: f64,
+    recorded: f64,
+    linears: f64,
+    attention: f64,
+    rest: f64,
+}
+
+fn time_split<T: sparse_tc::Element>(backend: &GpuBackend<T>, model: &Transformer<GpuBackend<T>>, batch: usize, pos: usize) -> Result<StepSplit> {
     use sparse_tc::model::transformer::Phases;
     let c = &model.config;
     let mut cache = backend.kv_cache(c.layers, batch, c.kv_heads, pos + 1, c.head_dim())?;
@@ -474,26 +536,15 @@ fn time_split<T: sparse_tc::Element>(backend: &GpuBackend<T>, model: &Transforme
     let slots: Vec<u32> = (0..batch as u32).collect();
     let io = StepIo { ids: arr(&vec![1; batch])?, slots: arr(&slots)?, positions: arr(&vec![pos as u32; batch])?, last: arr(&slots)? };
     let mut s = Scratch::new(backend, c, batch, batch)?;
-    let phases = [
-        Phases { linears: true, attention: false, rest: false },
-        Phases { linears: false, attention: true, rest: false },
-        Phases { linears: false, attention: false, rest: true },
-    ];
-    let mut out = [0.0; 3];
-    for (o, &p) in out.iter_mut().zip(&phases) {
-        let mut times = vec![];
-        for i in 0..23 {
-            let t = Instant::now();
-            model.forward_phases(backend, &mut s, &mut cache, &io, p)?;
-            backend.synchronize()?;
-            if i >= 3 {
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        *o = times[times.len() / 2];
+    let gpu = backend.gpu();
+    let only = |linears, attention, rest| Phases { linears, attention, rest };
+    let mut ms = vec![median_ms(gpu, &mut || Ok(model.forward(backend, &mut s, &mut cache, &io)?))?];
+    for p in [Phases::ALL, only(true, false, false), only(false, true, false), only(false, false, true)] {
+        let rec = gpu.record(|| model.forward_phases(backend, &mut s, &mut cache, &io, p))?;
+        // SAFETY: the recorded operands (model, `s`, `cache`, `io`) outlive `rec`.
+        ms.push(median_ms(gpu, &mut || Ok(unsafe { gpu.replay(&rec) }?))?);
     }
-    Ok(out)
+    Ok(StepSplit { eager: ms[0], recorded: ms[1], linears: ms[2], attention: ms[3], rest: ms[4] })
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
@@ -543,6 +594,7 @@ fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &
         sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
         stop: vec![],
         honour_stop: false,
+        record_decode: true,
     };
     Ok((logits, generate(backend, model, &req, &mut |_, _| {})?.tokens))
 }

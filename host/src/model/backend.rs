@@ -64,6 +64,19 @@ pub trait Backend {
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
 
+    /// Work recorded once and replayed (a CUDA graph on the GPU).
+    type Recording;
+    /// Records the operations `f` queues, without running them, for [`replay`](Self::replay);
+    /// `Ok(None)` when the backend does not record (the CPU runs everything eagerly). Run the
+    /// same operations once unrecorded first: recording fails where an operation would have
+    /// to allocate.
+    fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>>;
+    /// Runs the recorded operations again, with the operands' current contents.
+    ///
+    /// # Safety
+    /// Every operand the recorded operations used is still alive (see [`crate::Gpu::replay`]).
+    unsafe fn replay(&self, r: &Self::Recording) -> Result<()>;
+
     /// `out = x · wᵀ`.
     fn linear(&self, x: &Self::Mat, w: &Self::Weight, out: &mut Self::Mat) -> Result<()>;
     /// `out = x · mᵀ` for a matrix used as a dense weight (a tied LM head).

@@ -21,6 +21,9 @@ pub struct Request {
     pub stop: Vec<u32>,
     /// When false, sequences run `max_new_tokens` steps whatever they produce (benchmarks).
     pub honour_stop: bool,
+    /// Record the decode step once and replay it (a CUDA graph on the GPU: one launch per
+    /// step instead of hundreds); the CPU and a driver that refuses run every step eagerly.
+    pub record_decode: bool,
 }
 
 /// What came out, with timings measured around the synchronised GPU work.
@@ -36,6 +39,10 @@ pub struct Output {
     pub decode_steps: usize,
     /// Prompt tokens processed.
     pub prompt_tokens: usize,
+    /// Whether the decode steps after the first replayed a recording.
+    pub replayed: bool,
+    /// Why recording was asked for but not used (the steps ran eagerly).
+    pub record_error: Option<String>,
 }
 
 impl Output {
@@ -149,13 +156,30 @@ pub fn generate<B: Backend>(
     let mut step_io = io(&picked, &all_slots, &vec![0; batch], &all_slots)?;
     let mut scratch = Scratch::new(backend, c, batch, batch)?;
     let mut feed = picked;
+    // Declared after every operand it uses, so it is dropped first.
+    let mut recording: Option<B::Recording> = None;
+    let mut record_error = None;
     while !done.iter().all(|&d| d) {
         let pos: Vec<u32> = (0..batch)
             .map(|s| (req.prompts[s].len() + tokens[s].len() - 1).min(max_seq - 1) as u32)
             .collect();
         backend.write_ids(&mut step_io.ids, &feed)?;
         backend.write_ids(&mut step_io.positions, &pos)?;
-        model.forward(backend, &mut scratch, &mut cache, &step_io)?;
+        // The first step runs eagerly (its workspaces reach their final size), the second is
+        // recorded, then every step replays it with the ids and positions written above.
+        if steps == 1 && req.record_decode {
+            match backend.record(&mut || model.forward(backend, &mut scratch, &mut cache, &step_io)) {
+                Ok(r) => recording = r,
+                Err(e) => record_error = Some(e.to_string()),
+            }
+        }
+        match &recording {
+            // SAFETY: the recorded step's operands (the model, `scratch`, `cache`, `step_io`)
+            // outlive `recording`, and the host touches them only through the backend's
+            // stream-ordered copies.
+            Some(r) => unsafe { backend.replay(r)? },
+            None => model.forward(backend, &mut scratch, &mut cache, &step_io)?,
+        }
         steps += 1;
         backend.next_tokens(&scratch.logits, &req.sampling, steps as u64, &mut next)?;
         let picked = backend.read_ids(&next)?;
@@ -166,5 +190,6 @@ pub fn generate<B: Backend>(
             }
         }
     }
-    Ok(Output { tokens, prefill, decode: start.elapsed(), decode_steps: steps, prompt_tokens })
+    let replayed = recording.is_some();
+    Ok(Output { tokens, prefill, decode: start.elapsed(), decode_steps: steps, prompt_tokens, replayed, record_error })
 }

@@ -164,6 +164,17 @@ impl<T: Element> Backend for CpuBackend<T> {
         Ok(())
     }
 
+    /// Never made: the CPU does not record.
+    type Recording = std::convert::Infallible;
+
+    fn record(&self, _f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        Ok(None)
+    }
+
+    unsafe fn replay(&self, r: &Self::Recording) -> Result<()> {
+        match *r {}
+    }
+
     fn linear(&self, x: &CpuMat, w: &CpuWeight<T>, out: &mut CpuMat) -> Result<()> {
         if x.cols != w.cols {
             return Err(Error::Shape(format!("linear: X is {}×{}, W is {}×{}", x.rows, x.cols, w.rows, w.cols)));

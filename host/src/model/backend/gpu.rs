@@ -124,6 +124,17 @@ impl<T: Element> Backend for GpuBackend<T> {
         self.gpu.synchronize()
     }
 
+    type Recording = crate::Recording;
+
+    fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        self.gpu.record(f).map(Some)
+    }
+
+    unsafe fn replay(&self, r: &Self::Recording) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.gpu.replay(r) }
+    }
+
     fn linear(&self, x: &Self::Mat, w: &Self::Weight, out: &mut Self::Mat) -> Result<()> {
         match w {
             GpuWeight::Dense(m) => self.gpu.linear_into(x, m, out, LinearOptions::default()),

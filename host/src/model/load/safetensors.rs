@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -40,8 +40,10 @@ impl HfCheckpoint {
         if index_path.exists() {
             let v: Value = serde_json::from_slice(&std::fs::read(&index_path)?).map_err(|e| model_err(&index_path, e))?;
             let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| model_err(&index_path, "no weight_map"))?;
+            // A set, not a scan of `files`: an index may name very many shards.
+            let mut seen = HashSet::new();
             for f in map.values().filter_map(Value::as_str) {
-                if !files.iter().any(|g: &String| g == f) {
+                if seen.insert(f) {
                     files.push(f.to_string());
                 }
             }
@@ -65,6 +67,12 @@ impl HfCheckpoint {
                 index.insert(name.to_string(), i);
             }
             shards.push(map);
+        }
+        // Every layer has tensors of its own: a layer count beyond the tensors present is
+        // refused before `tensor_names` lists that many layers (a config of 2^31 - 1 tiny
+        // layers validates, and its list would take terabytes).
+        if config.layers > index.len() {
+            return Err(model_err(dir, format!("num_hidden_layers = {} but the checkpoint has only {} tensors", config.layers, index.len())));
         }
         let ck = HfCheckpoint { config, dir: dir.to_path_buf(), shards, index };
         for spec in tensor_names(&ck.config) {
@@ -128,11 +136,13 @@ pub fn config_from_json(path: &Path) -> Result<Config> {
         usize::try_from(n).map_err(|_| model_err(path, format!("{k} = {n} is too large")))
     };
     let f = |k: &str, default: f64| v.get(k).and_then(Value::as_f64).unwrap_or(default) as f32;
-    let ids = |k: &str| -> Vec<u32> {
+    // Token ids beyond u32 are refused, not truncated (2^32 + 2 would become id 2).
+    let id = |k: &str, n: u64| u32::try_from(n).map_err(|_| model_err(path, format!("{k} = {n} is not a token id")));
+    let ids = |k: &str| -> Result<Vec<u32>> {
         match v.get(k) {
-            Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
-            _ => vec![],
+            Some(Value::Number(n)) => n.as_u64().map(|n| id(k, n)).into_iter().collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| id(k, n)).collect(),
+            _ => Ok(vec![]),
         }
     };
     let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
@@ -160,8 +170,8 @@ pub fn config_from_json(path: &Path) -> Result<Config> {
                 rope_style: RopeStyle::HalfSplit,
                 norm_eps: f("rms_norm_eps", 1e-6),
                 tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-                eos: ids("eos_token_id"),
-                bos: ids("bos_token_id").first().copied(),
+                eos: ids("eos_token_id")?,
+                bos: ids("bos_token_id")?.first().copied(),
             }
         }
         "opt" => {
@@ -190,8 +200,8 @@ pub fn config_from_json(path: &Path) -> Result<Config> {
                 rope_style: RopeStyle::HalfSplit,
                 norm_eps: 1e-5,
                 tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
-                eos: ids("eos_token_id"),
-                bos: ids("bos_token_id").first().copied(),
+                eos: ids("eos_token_id")?,
+                bos: ids("bos_token_id")?.first().copied(),
             }
         }
         other => return Err(model_err(path, format!("model_type {other:?} is not supported (llama, mistral, opt are)"))),
