@@ -5,6 +5,8 @@
 //! sparse-tc bench-e2e --models llama-2-7b,llama-2-13b --batch 1,8 --sparsity 0,0.8 --csv out.csv
 //! sparse-tc logits --model PATH --prompt TEXT --out FILE       (every position's logits, for reference checks)
 //! sparse-tc export --model PATH [--sparsity S] --out DIR          (Hugging Face safetensors)
+//! sparse-tc prune --model PATH --method wanda --sparsity 0.5 --out DIR   (a sparse checkpoint)
+//! sparse-tc perplexity --model PATH --text FILE [--context 512]
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sparse_tc::model::backend::Backend;
 use sparse_tc::model::generate::{check_request, generate, Request};
 use sparse_tc::model::load::gguf::GgufCheckpoint;
-use sparse_tc::model::load::safetensors::{export, HfCheckpoint};
+use sparse_tc::model::load::safetensors::{export_with, ExportOptions, HfCheckpoint};
+use sparse_tc::model::perplexity::perplexity;
+use sparse_tc::model::prune::{calibration_windows, prune_model, Method, Owl, Pattern, PruneConfig, SparseGptOptions};
 use sparse_tc::model::load::synthetic::Synthetic;
 use sparse_tc::model::tokenizer::Tokenizer;
 use sparse_tc::model::transformer::{Scratch, StepIo, Transformer};
@@ -41,8 +45,14 @@ enum Command {
     BenchE2e(BenchArgs),
     /// Logits of every prompt position, as little-endian f32 (rows × vocab) plus a JSON header.
     Logits(LogitsArgs),
-    /// Write a model (optionally magnitude-pruned) as a Hugging Face safetensors checkpoint.
+    /// Write a model (optionally magnitude-pruned) as a Hugging Face safetensors checkpoint
+    /// (dense: zeros in place; a sparse checkpoint exports dense this way).
     Export(ExportArgs),
+    /// Prune a model's linear layers (magnitude, Wanda or SparseGPT, calibrated on a text)
+    /// and write a sparse checkpoint that loads without re-pruning.
+    Prune(PruneArgs),
+    /// Perplexity of a model on a text file (sliding windows, token-level cross-entropy).
+    Perplexity(PerplexityArgs),
 }
 
 #[derive(Args, Clone)]
@@ -145,6 +155,66 @@ struct ExportArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct PruneArgs {
+    /// A `.gguf` file or a Hugging Face directory.
+    #[arg(long)]
+    model: String,
+    /// magnitude, wanda or sparsegpt.
+    #[arg(long, default_value = "wanda")]
+    method: String,
+    /// Share of each row's weights set to zero, in [0, 1) (2:4 implies 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    sparsity: f64,
+    /// `unstructured` or N:M (e.g. `2:4`: 2 zeros in every 4 consecutive weights).
+    #[arg(long, default_value = "unstructured")]
+    pattern: String,
+    /// OWL: per-layer sparsities from the layers' outlier ratios (spread ±lambda around
+    /// --sparsity); for wanda and sparsegpt, unstructured.
+    #[arg(long)]
+    owl: bool,
+    /// OWL's spread of layer sparsities.
+    #[arg(long, default_value_t = 0.08)]
+    owl_lambda: f64,
+    /// Calibration text (wanda, sparsegpt); `.ci/fetch-texts` provides the default.
+    #[arg(long, default_value = ".cache/texts/calib.txt")]
+    calib: PathBuf,
+    /// Calibration windows, spread over the text.
+    #[arg(long, default_value_t = 32)]
+    calib_samples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 256)]
+    calib_len: usize,
+    /// Output directory (a checkpoint: config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the linear weights dense (zeros in place, the plain Hugging Face layout)
+    /// instead of packed.
+    #[arg(long)]
+    dense: bool,
+    /// Run on the CPU even if a GPU is present.
+    #[arg(long)]
+    cpu: bool,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// UTF-8 text to evaluate (`.ci/fetch-texts` provides `.cache/texts/eval.txt`).
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    context: usize,
+    /// Tokens between window starts (default: the context, non-overlapping windows).
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Evaluate at most this many tokens of the text (0 = all).
+    #[arg(long, default_value_t = 0)]
+    max_tokens: usize,
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -158,6 +228,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchE2e(a) => cmd_bench(a),
         Command::Logits(a) => cmd_logits(a),
         Command::Export(a) => cmd_export(a),
+        Command::Prune(a) => cmd_prune(a),
+        Command::Perplexity(a) => cmd_perplexity(a),
     }
 }
 
@@ -624,14 +696,163 @@ fn all_logits<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u3
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
     let loaded = open_model(&a.model)?;
+    refuse_same_dir(&a.model.model, &a.out)?;
     let specs = sparse_tc::model::weights::tensor_names(loaded.source.config()).len();
     let pb = progress_bar(specs, "exporting");
-    export(loaded.source.as_ref(), prune_of(&a.model), &a.out, &mut |d, _| pb.set_position(d as u64))?;
+    let opts = ExportOptions { prune: prune_of(&a.model), tokenizer: loaded.tokenizer.as_ref(), ..ExportOptions::default() };
+    export_with(loaded.source.as_ref(), &a.out, &opts, &mut |d, _| pb.set_position(d as u64))?;
     pb.finish_and_clear();
-    if let Some(tok) = &loaded.tokenizer {
-        std::fs::write(a.out.join("tokenizer.json"), tok.to_json()?)?;
-        std::fs::write(a.out.join("tokenizer_config.json"), tok.to_config_json()?)?;
-    }
     eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Refuses writing a checkpoint into the directory it is read from (the input files are
+/// memory-mapped while the output replaces them).
+fn refuse_same_dir(model: &str, out: &Path) -> Result<()> {
+    let input = Path::new(model);
+    let input_dir = if input.is_dir() { Some(input.to_path_buf()) } else { input.parent().map(Path::to_path_buf) };
+    if let (Some(i), true) = (input_dir, out.exists()) {
+        if i.canonicalize().ok() == out.canonicalize().ok() {
+            bail!("--out {} is the directory of --model: write the new checkpoint elsewhere", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// Tokens of a UTF-8 text file, with the tokenizer's BOS first when the model asks for one.
+fn text_tokens(path: &Path, tok: &Tokenizer) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(tok.encode(&text, tok.add_bos_by_default())?)
+}
+
+fn cmd_prune(a: PruneArgs) -> Result<()> {
+    let method = Method::parse(&a.method)?;
+    let pattern = match a.pattern.as_str() {
+        "unstructured" => Pattern::Unstructured,
+        nm => {
+            let (n, m) = nm.split_once(':').with_context(|| format!("--pattern {nm}: `unstructured` or N:M such as 2:4"))?;
+            let p = Pattern::NofM { n: n.parse().context("--pattern N")?, m: m.parse().context("--pattern M")? };
+            p.validate()?;
+            p
+        }
+    };
+    let cfg = PruneConfig {
+        method,
+        sparsity: a.sparsity,
+        pattern,
+        owl: a.owl.then_some(Owl { lambda: a.owl_lambda, ..Owl::default() }),
+        sparsegpt: SparseGptOptions::default(),
+    };
+    if a.model.starts_with("synthetic:") {
+        bail!("--model {}: prune a real checkpoint (synthetic weights are pruned at random already)", a.model);
+    }
+    let margs = ModelArgs { model: a.model.clone(), sparsity: 0.0, format: "dense".into(), cpu: a.cpu, seed: 0 };
+    let loaded = open_model(&margs)?;
+    refuse_same_dir(&a.model, &a.out)?;
+    let c = loaded.source.config().clone();
+    let windows = if method == Method::Magnitude {
+        vec![]
+    } else {
+        let tok = loaded.tokenizer.as_ref().context("calibration needs the model's tokenizer (none found with --model)")?;
+        if !a.calib.exists() {
+            bail!("calibration text {} not found: run .ci/fetch-texts, or pass --calib FILE", a.calib.display());
+        }
+        let tokens = text_tokens(&a.calib, tok)?;
+        let windows = calibration_windows(&tokens, a.calib_samples, a.calib_len.min(c.max_seq)).with_context(|| format!("calibration text {}", a.calib.display()))?;
+        if windows.len() < a.calib_samples {
+            eprintln!("calibration text {} holds {} windows of {} tokens (asked for {})", a.calib.display(), windows.len(), a.calib_len, a.calib_samples);
+        }
+        windows
+    };
+    let plan = WeightPlan { prune: 0.0, format: FormatChoice::Dense };
+    let t = Instant::now();
+    let pruned_layers = |p: &sparse_tc::model::prune::Pruned<'_>| {
+        let spread = p.layer_sparsity.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        eprintln!(
+            "pruned in {:.1} s ({}): linear sparsity {:.1}% (layers {:.1}–{:.1}%)",
+            t.elapsed().as_secs_f64(),
+            p.how,
+            p.sparsity() * 100.0,
+            spread.0 * 100.0,
+            spread.1 * 100.0
+        );
+    };
+    let write = |p: &sparse_tc::model::prune::Pruned<'_>| -> Result<()> {
+        let provenance = serde_json::json!({
+            "source": loaded.source.describe(),
+            "pruning": p.how,
+            "layer_sparsity": p.layer_sparsity,
+            "sparse_tc_version": env!("CARGO_PKG_VERSION"),
+        });
+        let opts = ExportOptions { prune: 0.0, packed: !a.dense, provenance: Some(provenance), tokenizer: loaded.tokenizer.as_ref() };
+        let pb = progress_bar(sparse_tc::model::weights::tensor_names(&c).len(), "writing");
+        export_with(p, &a.out, &opts, &mut |d, _| pb.set_position(d as u64))?;
+        pb.finish_and_clear();
+        eprintln!("wrote {} ({})", a.out.display(), if a.dense { "dense Hugging Face layout" } else { "sparse checkpoint, packed linears" });
+        Ok(())
+    };
+    macro_rules! prune_on {
+        ($backend:expr, $where:expr) => {{
+            let backend = $backend;
+            let mut model = load(&backend, loaded.source.as_ref(), plan)?;
+            let pb = progress_bar(c.layers, &format!("pruning ({}){}", method.name(), $where));
+            let p = prune_model(&backend, &mut model, loaded.source.as_ref(), &windows, &cfg, &mut |d, t| {
+                pb.set_length(t as u64);
+                pb.set_position(d as u64)
+            })?;
+            pb.finish_and_clear();
+            pruned_layers(&p);
+            write(&p)
+        }};
+    }
+    match gpu_or_none(a.cpu) {
+        Some(gpu) => prune_on!(GpuBackend::<f16>::new(gpu), ""),
+        None => prune_on!(CpuBackend::<f16>::new(), " on the CPU"),
+    }
+}
+
+fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
+    let loaded = open_model(&a.model)?;
+    let tok = loaded.tokenizer.as_ref().context("perplexity needs the model's tokenizer (none found with --model)")?;
+    let mut tokens = text_tokens(&a.text, tok)?;
+    if a.max_tokens > 0 {
+        tokens.truncate(a.max_tokens);
+    }
+    let stride = a.stride.unwrap_or(a.context);
+    let c = loaded.source.config().clone();
+    let formats = formats(&a.model)?;
+    let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format };
+    let report = |what: &str, p: &sparse_tc::model::perplexity::Perplexity, secs: f64| {
+        println!(
+            "{} [{what}] on {}: perplexity {:.3} (mean NLL {:.4} nats over {} tokens, {} windows of ≤ {} tokens, stride {stride}) in {secs:.1} s",
+            c.name,
+            a.text.display(),
+            p.perplexity,
+            p.nll,
+            p.tokens,
+            p.windows,
+            a.context
+        )
+    };
+    macro_rules! eval {
+        ($backend:expr) => {{
+            let backend = $backend;
+            for &format in &formats {
+                let model = load(&backend, loaded.source.as_ref(), plan_of(format))?;
+                let pb = progress_bar(1, "perplexity");
+                let t = Instant::now();
+                let p = perplexity(&backend, &model, &tokens, a.context, stride, &mut |d, n| {
+                    pb.set_length(n as u64);
+                    pb.set_position(d as u64)
+                })?;
+                pb.finish_and_clear();
+                report(&format!("{format:?} on {}", backend.describe()).to_lowercase(), &p, t.elapsed().as_secs_f64());
+            }
+        }};
+    }
+    match gpu_or_none(a.model.cpu) {
+        Some(gpu) => eval!(GpuBackend::<f16>::new(gpu)),
+        None => eval!(CpuBackend::<f16>::new()),
+    }
     Ok(())
 }

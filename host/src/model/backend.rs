@@ -41,6 +41,12 @@ pub trait Backend {
     fn shape(&self, m: &Self::Mat) -> (usize, usize);
     /// A linear weight from row-major f32 values (zeros already in place for pruned ones).
     fn weight(&self, rows: usize, cols: usize, data: &[f32], format: LinearFormat) -> Result<Self::Weight>;
+    /// A linear weight from an already packed sparse weight (a sparse checkpoint), stored as
+    /// `format`; the default densifies it through [`weight`](Self::weight).
+    fn packed_weight(&self, w: &crate::sparse::SparseWeight<half::f16>, format: LinearFormat) -> Result<Self::Weight> {
+        let dense: Vec<f32> = w.to_dense().iter().map(|v| v.to_f32()).collect();
+        self.weight(w.rows(), w.cols(), &dense, format)
+    }
     /// A copy of a weight (synthetic models reuse one layer's weights for every layer).
     fn duplicate_weight(&self, w: &Self::Weight) -> Result<Self::Weight>;
     /// A copy of a matrix.

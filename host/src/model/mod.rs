@@ -12,6 +12,8 @@ pub mod config;
 pub mod generate;
 pub mod gguf;
 pub mod load;
+pub mod perplexity;
+pub mod prune;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

@@ -74,6 +74,18 @@ pub enum FormatChoice {
     Auto,
 }
 
+impl FormatChoice {
+    /// The storage of a linear whose weights have `density` nonzeros.
+    pub fn for_density(self, density: f64) -> LinearFormat {
+        match self {
+            FormatChoice::Dense => LinearFormat::Dense,
+            FormatChoice::Sparse => LinearFormat::Sparse,
+            FormatChoice::Auto if density <= 0.5 => LinearFormat::Sparse,
+            FormatChoice::Auto => LinearFormat::Dense,
+        }
+    }
+}
+
 /// A loaded model.
 pub struct Transformer<B: Backend> {
     pub config: Config,
@@ -109,21 +121,21 @@ impl<B: Backend> Transformer<B> {
         let linear = |role: LinearRole, layer: usize| -> Result<Linear<B>> {
             let (rows, cols) = role.shape(&c);
             let prefix = role.hf_prefix(c.arch, layer);
-            let mut w = get(format!("{prefix}.weight"), rows, cols)?;
+            let bias = if bias { Some(mat(format!("{prefix}.bias"), 1, rows)?) } else { None };
+            let spec = TensorSpec { name: format!("{prefix}.weight"), rows, cols };
+            // A packed weight (sparse checkpoint) loads as it is, unless it is to be pruned.
+            if plan.prune == 0.0 {
+                if let Some(p) = src.packed(&spec)? {
+                    let density = p.nnz() as f64 / (rows * cols) as f64;
+                    return Ok(Linear { weight: backend.packed_weight(&p, plan.format.for_density(density))?, bias });
+                }
+            }
+            let mut w = src.tensor(&spec)?;
             if plan.prune > 0.0 {
                 super::weights::prune_magnitude(&mut w, plan.prune)?;
             }
             let density = w.iter().filter(|v| **v != 0.0).count() as f64 / w.len() as f64;
-            let format = match plan.format {
-                FormatChoice::Dense => LinearFormat::Dense,
-                FormatChoice::Sparse => LinearFormat::Sparse,
-                FormatChoice::Auto if density <= 0.5 => LinearFormat::Sparse,
-                FormatChoice::Auto => LinearFormat::Dense,
-            };
-            Ok(Linear {
-                weight: backend.weight(rows, cols, &w, format)?,
-                bias: if bias { Some(mat(format!("{prefix}.bias"), 1, rows)?) } else { None },
-            })
+            Ok(Linear { weight: backend.weight(rows, cols, &w, plan.format.for_density(density))?, bias })
         };
         let block = |layer: usize| -> Result<Block<B>> {
             let names = norm_names(c.arch, layer);
@@ -188,44 +200,90 @@ impl<B: Backend> Transformer<B> {
     }
 
     fn forward_gated(&self, g: &Gate<'_, B>, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>) -> Result<()> {
-        let backend = g;
-        let c = &self.config;
-        let hd = c.head_dim();
-        let scale = 1.0 / (hd as f32).sqrt();
+        self.embed_gated(g, s, io)?;
+        for layer in 0..self.blocks.len() {
+            self.block_gated(g, layer, s, cache, io, None)?;
+        }
+        self.head_gated(g, s, io)
+    }
+
+    /// The first part of a forward pass run block by block (calibration, `prune.rs`):
+    /// `scratch`'s residual stream becomes the embedded rows of `io`.
+    pub fn start_rows(&self, backend: &B, s: &mut Scratch<B>, io: &StepIo<B>) -> Result<()> {
+        self.embed_gated(&Gate { backend, phases: Phases::ALL }, s, io)
+    }
+
+    /// Block `layer` of a forward pass begun with [`start_rows`](Self::start_rows) (blocks in
+    /// order): reads and advances `scratch`'s residual stream, writes the block's keys and
+    /// values into `cache`, and shows `observe` every linear layer's input as the block
+    /// computes it (the activations each weight multiplies, by [`Site`]).
+    pub fn run_block(&self, backend: &B, layer: usize, s: &mut Scratch<B>, cache: &mut B::Cache, io: &StepIo<B>, observe: Option<Observer<'_, B>>) -> Result<()> {
+        self.block_gated(&Gate { backend, phases: Phases::ALL }, layer, s, cache, io, observe)
+    }
+
+    fn embed_gated(&self, backend: &Gate<'_, B>, s: &mut Scratch<B>, io: &StepIo<B>) -> Result<()> {
         backend.embed(&self.embed, &io.ids, 0, false, &mut s.x)?;
         if let Some(pos) = &self.positions {
             backend.embed(pos, &io.positions, OPT_POSITION_OFFSET as u32, true, &mut s.x)?;
         }
         // `s.delta` holds the last sublayer's output, added to the residual by the next norm.
-        let mut pending = false;
-        for (layer, b) in self.blocks.iter().enumerate() {
-            self.norm(backend, &b.attn_norm, &mut s.x, &s.delta, pending, &mut s.h)?;
-            self.linear(backend, &s.h, &b.q, &mut s.q)?;
-            self.linear(backend, &s.h, &b.k, &mut s.k)?;
-            self.linear(backend, &s.h, &b.v, &mut s.v)?;
-            if c.arch == Arch::Llama {
-                backend.rope(&mut s.q, &io.positions, hd, c.rope_theta, c.rope_style)?;
-                backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
+        s.pending = false;
+        Ok(())
+    }
+
+    fn block_gated(
+        &self,
+        backend: &Gate<'_, B>,
+        layer: usize,
+        s: &mut Scratch<B>,
+        cache: &mut B::Cache,
+        io: &StepIo<B>,
+        mut observe: Option<Observer<'_, B>>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let b = self.blocks.get(layer).ok_or_else(|| Error::InvalidArgument(format!("block {layer} of a model of {} blocks", self.blocks.len())))?;
+        let hd = c.head_dim();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut look = |site: Site, m: &B::Mat| -> Result<()> {
+            match observe.as_mut() {
+                Some(f) => f(layer, site, m),
+                None => Ok(()),
             }
-            backend.kv_write(cache, layer, &s.k, &s.v, &io.slots, &io.positions)?;
-            backend.attention(&s.q, cache, layer, &io.slots, &io.positions, c.heads, scale, &mut s.attn)?;
-            self.linear(backend, &s.attn, &b.o, &mut s.delta)?;
-            self.norm(backend, &b.mlp_norm, &mut s.x, &s.delta, true, &mut s.h)?;
-            match &b.gate {
-                Some(gate) => {
-                    self.linear(backend, &s.h, gate, &mut s.gate)?;
-                    self.linear(backend, &s.h, &b.up, &mut s.up)?;
-                    backend.silu_mul(&s.gate, &s.up, &mut s.act)?;
-                }
-                None => {
-                    self.linear(backend, &s.h, &b.up, &mut s.act)?;
-                    backend.relu(&mut s.act)?;
-                }
-            }
-            self.linear(backend, &s.act, &b.down, &mut s.delta)?;
-            pending = true;
+        };
+        self.norm(backend, &b.attn_norm, &mut s.x, &s.delta, s.pending, &mut s.h)?;
+        look(Site::Attn, &s.h)?;
+        self.linear(backend, &s.h, &b.q, &mut s.q)?;
+        self.linear(backend, &s.h, &b.k, &mut s.k)?;
+        self.linear(backend, &s.h, &b.v, &mut s.v)?;
+        if c.arch == Arch::Llama {
+            backend.rope(&mut s.q, &io.positions, hd, c.rope_theta, c.rope_style)?;
+            backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
         }
-        self.norm(backend, &self.final_norm, &mut s.x, &s.delta, pending, &mut s.h)?;
+        backend.kv_write(cache, layer, &s.k, &s.v, &io.slots, &io.positions)?;
+        backend.attention(&s.q, cache, layer, &io.slots, &io.positions, c.heads, scale, &mut s.attn)?;
+        look(Site::AttnOut, &s.attn)?;
+        self.linear(backend, &s.attn, &b.o, &mut s.delta)?;
+        self.norm(backend, &b.mlp_norm, &mut s.x, &s.delta, true, &mut s.h)?;
+        look(Site::Mlp, &s.h)?;
+        match &b.gate {
+            Some(gate) => {
+                self.linear(backend, &s.h, gate, &mut s.gate)?;
+                self.linear(backend, &s.h, &b.up, &mut s.up)?;
+                backend.silu_mul(&s.gate, &s.up, &mut s.act)?;
+            }
+            None => {
+                self.linear(backend, &s.h, &b.up, &mut s.act)?;
+                backend.relu(&mut s.act)?;
+            }
+        }
+        look(Site::MlpAct, &s.act)?;
+        self.linear(backend, &s.act, &b.down, &mut s.delta)?;
+        s.pending = true;
+        Ok(())
+    }
+
+    fn head_gated(&self, backend: &Gate<'_, B>, s: &mut Scratch<B>, io: &StepIo<B>) -> Result<()> {
+        self.norm(backend, &self.final_norm, &mut s.x, &s.delta, s.pending, &mut s.h)?;
         backend.gather_rows(&s.h, &io.last, &mut s.last)?;
         match &self.lm_head {
             Some(w) => backend.linear(&s.last, w, &mut s.logits),
@@ -252,6 +310,37 @@ impl<B: Backend> Transformer<B> {
         }
     }
 }
+
+/// Where a block's linear layers read their input: the activations a weight multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// The attention norm's output: the input of q, k and v.
+    Attn,
+    /// The attention's output: the input of o.
+    AttnOut,
+    /// The MLP norm's output: the input of gate and up (OPT: fc1).
+    Mlp,
+    /// The activation: the input of down (OPT: fc2).
+    MlpAct,
+}
+
+impl Site {
+    /// Every site, in forward order.
+    pub const ALL: [Site; 4] = [Site::Attn, Site::AttnOut, Site::Mlp, Site::MlpAct];
+
+    /// The site whose activations `role` multiplies.
+    pub fn of(role: LinearRole) -> Site {
+        match role {
+            LinearRole::Q | LinearRole::K | LinearRole::V => Site::Attn,
+            LinearRole::O => Site::AttnOut,
+            LinearRole::Gate | LinearRole::Up => Site::Mlp,
+            LinearRole::Down => Site::MlpAct,
+        }
+    }
+}
+
+/// Sees each linear input of a block as it is computed: `(layer, site, activations)`.
+pub type Observer<'a, B> = &'a mut dyn FnMut(usize, Site, &<B as Backend>::Mat) -> Result<()>;
 
 /// Kinds of operations of a forward pass, for timing them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +426,8 @@ pub struct StepIo<B: Backend> {
 /// allocated once and reused every step.
 pub struct Scratch<B: Backend> {
     pub rows: usize,
+    /// Whether `delta` holds a sublayer output not yet added to the residual `x`.
+    pending: bool,
     x: B::Mat,
     h: B::Mat,
     q: B::Mat,
@@ -361,6 +452,7 @@ impl<B: Backend> Scratch<B> {
         let z = |cols: usize| backend.zeros(rows, cols);
         Ok(Scratch {
             rows,
+            pending: false,
             x: z(c.hidden)?,
             h: z(c.hidden)?,
             q: z(c.hidden)?,
@@ -376,11 +468,34 @@ impl<B: Backend> Scratch<B> {
         })
     }
 
+    /// A copy of the residual stream (between blocks of a block-by-block pass).
+    pub fn save_residual(&self, backend: &B) -> Result<Residual<B>> {
+        Ok(Residual { x: backend.duplicate(&self.x)?, delta: backend.duplicate(&self.delta)?, pending: self.pending })
+    }
+
+    /// Puts back a residual stream saved from scratch of the same shape.
+    pub fn restore_residual(&mut self, backend: &B, r: &Residual<B>) -> Result<()> {
+        if backend.shape(&r.x) != backend.shape(&self.x) {
+            return Err(Error::Shape(format!("restore_residual: {:?} into scratch of {:?}", backend.shape(&r.x), backend.shape(&self.x))));
+        }
+        self.x = backend.duplicate(&r.x)?;
+        self.delta = backend.duplicate(&r.delta)?;
+        self.pending = r.pending;
+        Ok(())
+    }
+
     /// Bytes of activations per row (for memory planning): 2 bytes per element.
     pub fn bytes_per_row(c: &Config) -> Option<usize> {
         let cols = c.hidden.checked_mul(5)?.checked_add(c.kv_dim().checked_mul(2)?)?.checked_add(c.ffn.checked_mul(3)?)?;
         cols.checked_mul(2)
     }
+}
+
+/// A saved residual stream ([`Scratch::save_residual`]).
+pub struct Residual<B: Backend> {
+    x: B::Mat,
+    delta: B::Mat,
+    pending: bool,
 }
 
 /// Picks the next token of each logits row (greedy when `params.temperature == 0`).

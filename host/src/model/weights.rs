@@ -169,6 +169,11 @@ pub trait TensorSource {
     /// The tensor called `spec.name` (Hugging Face naming), `spec.rows × spec.cols` f32 values
     /// row-major; an error naming the tensor when it is missing or shaped otherwise.
     fn tensor(&self, spec: &TensorSpec) -> Result<Vec<f32>>;
+    /// The tensor already packed sparse (a sparse checkpoint's linear weights), so it loads
+    /// without densifying; `None` when the source stores it dense.
+    fn packed(&self, _spec: &TensorSpec) -> Result<Option<crate::sparse::SparseWeight<half::f16>>> {
+        Ok(None)
+    }
     /// Whether every block's tensors are the same (synthetic weights): the loader then builds
     /// the first block and copies it on the device for the others.
     fn blocks_identical(&self) -> bool {

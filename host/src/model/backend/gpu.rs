@@ -74,6 +74,20 @@ impl<T: Element> Backend for GpuBackend<T> {
         })
     }
 
+    fn packed_weight(&self, w: &SparseWeight<half::f16>, format: LinearFormat) -> Result<Self::Weight> {
+        if format == LinearFormat::Sparse && T::DTYPE == crate::Dtype::F16 {
+            // Same element type: the packed words are this backend's, uploaded as they are
+            // (validated again by `from_parts`, which checks every word).
+            let mut p = SparseWeight::<T>::from_parts(w.rows(), w.cols(), w.tile_offsets().to_vec(), w.words().to_vec(), w.is_reordered())?;
+            if !p.is_reordered() {
+                p.reorder_for_banks();
+            }
+            return Ok(GpuWeight::Sparse(self.gpu.upload_sparse(&p)?));
+        }
+        let dense: Vec<f32> = w.to_dense().iter().map(|v| v.to_f32()).collect();
+        self.weight(w.rows(), w.cols(), &dense, format)
+    }
+
     fn duplicate_weight(&self, w: &Self::Weight) -> Result<Self::Weight> {
         Ok(match w {
             GpuWeight::Dense(m) => GpuWeight::Dense(self.gpu.duplicate(m)?),

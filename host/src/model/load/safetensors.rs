@@ -7,7 +7,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, Config, RopeStyle};
-use crate::model::weights::{tensor_names, TensorSource, TensorSpec};
+use crate::model::weights::{tensor_names, LinearRole, TensorSource, TensorSpec};
+use crate::sparse::SparseWeight;
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -34,7 +35,9 @@ impl HfCheckpoint {
     /// Opens `dir` (config.json + safetensors); checks that every tensor the config needs is
     /// present with its shape, before any is read.
     pub fn open(dir: &Path) -> Result<Self> {
-        let config = config_from_json(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let config = config_from_json(&config_path)?;
+        check_sparse_version(&config_path)?;
         let mut files = vec![];
         let index_path = dir.join("model.safetensors.index.json");
         if index_path.exists() {
@@ -87,7 +90,20 @@ impl HfCheckpoint {
         st.tensor(name).map_err(|e| model_err(&self.dir, format!("tensor {name}: {e}")))
     }
 
+    /// The packed form of `spec` (`NAME.stcw`), when the checkpoint stores it so.
+    fn packed_name(&self, spec: &TensorSpec) -> Option<String> {
+        let name = format!("{}{PACKED_SUFFIX}", spec.name);
+        (!self.index.contains_key(&spec.name) && self.index.contains_key(&name)).then_some(name)
+    }
+
     fn check(&self, spec: &TensorSpec) -> Result<()> {
+        if let Some(name) = self.packed_name(spec) {
+            let v = self.view(&name)?;
+            if v.dtype() != StDtype::U8 || v.shape().len() != 1 {
+                return Err(model_err(&self.dir, format!("packed tensor {name} is {:?} of shape {:?}; expected U8 bytes", v.dtype(), v.shape())));
+            }
+            return Ok(());
+        }
         let v = self.view(&spec.name)?;
         let numel: usize = v.shape().iter().product();
         let shape_ok = match v.shape() {
@@ -111,6 +127,9 @@ impl TensorSource for HfCheckpoint {
     }
 
     fn tensor(&self, spec: &TensorSpec) -> Result<Vec<f32>> {
+        if let Some(w) = self.packed(spec)? {
+            return Ok(w.to_dense().iter().map(|v| v.to_f32()).collect());
+        }
         self.check(spec)?;
         let v = self.view(&spec.name)?;
         let bytes = v.data();
@@ -121,8 +140,30 @@ impl TensorSource for HfCheckpoint {
         })
     }
 
+    fn packed(&self, spec: &TensorSpec) -> Result<Option<SparseWeight<f16>>> {
+        let Some(name) = self.packed_name(spec) else { return Ok(None) };
+        self.check(spec)?;
+        let w = SparseWeight::<f16>::load(self.view(&name)?.data()).map_err(|e| model_err(&self.dir, format!("{name}: {e}")))?;
+        if (w.rows(), w.cols()) != (spec.rows, spec.cols) {
+            return Err(model_err(&self.dir, format!("{name} is {}×{}, the config needs {}×{}", w.rows(), w.cols(), spec.rows, spec.cols)));
+        }
+        Ok(Some(w))
+    }
+
     fn describe(&self) -> String {
         format!("{} (Hugging Face safetensors, {})", self.config.name, self.dir.display())
+    }
+}
+
+/// Refuses a sparse checkpoint written by a newer layout than this crate reads.
+fn check_sparse_version(path: &Path) -> Result<()> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).map_err(|e| model_err(path, e))?).map_err(|e| model_err(path, e))?;
+    match v.get("sparse_tc").and_then(|s| s.get("checkpoint_version")) {
+        None => Ok(()),
+        Some(n) => match n.as_u64() {
+            Some(n) if n <= SPARSE_CHECKPOINT_VERSION => Ok(()),
+            _ => Err(model_err(path, format!("sparse_tc.checkpoint_version {n}: this build reads up to {SPARSE_CHECKPOINT_VERSION}"))),
+        },
     }
 }
 
@@ -217,6 +258,7 @@ pub fn config_to_json(c: &Config) -> Value {
         Arch::Llama => serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
+            "_name_or_path": c.name,
             "vocab_size": c.vocab,
             "hidden_size": c.hidden,
             "intermediate_size": c.ffn,
@@ -238,6 +280,7 @@ pub fn config_to_json(c: &Config) -> Value {
         Arch::Opt => serde_json::json!({
             "architectures": ["OPTForCausalLM"],
             "model_type": "opt",
+            "_name_or_path": c.name,
             "vocab_size": c.vocab,
             "hidden_size": c.hidden,
             "word_embed_proj_dim": c.hidden,
@@ -257,35 +300,109 @@ pub fn config_to_json(c: &Config) -> Value {
 }
 
 /// Writes `src` (every tensor the config needs, magnitude-pruned to `prune` for the linear
-/// weights when > 0) as f16 safetensors with its `config.json` into `dir`. Writes to
-/// temporary names first and renames at the end, so an interrupted export never leaves a
-/// half-written checkpoint under the final names.
+/// weights when > 0) as f16 safetensors with its `config.json` into `dir`: [`export_with`]
+/// with dense tensors and no tokenizer.
 pub fn export(src: &dyn TensorSource, prune: f64, dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+    export_with(src, dir, &ExportOptions { prune, ..ExportOptions::default() }, progress)
+}
+
+/// The version of the sparse checkpoint layout [`export_with`] writes with `packed` (in
+/// `config.json` under `sparse_tc.checkpoint_version`); [`HfCheckpoint::open`] refuses newer.
+pub const SPARSE_CHECKPOINT_VERSION: u64 = 1;
+
+/// Suffix of a packed linear weight's tensor name: `NAME.stcw` holds the bytes of a sparse
+/// weight file (`crate::sparse::file`: versioned, checksummed, validated when read) in place
+/// of the dense `NAME`.
+pub const PACKED_SUFFIX: &str = ".stcw";
+
+/// What [`export_with`] writes besides the tensors.
+#[derive(Default)]
+pub struct ExportOptions<'a> {
+    /// Magnitude-prune the linear weights to this sparsity first (0: as they are).
+    pub prune: f64,
+    /// Store every linear weight packed (Tiled-CSL, f16, reordered for the GPU's shared
+    /// memory banks) as `NAME.stcw`: a sparse checkpoint that loads without densifying.
+    /// Dense (false) is the plain Hugging Face layout with zeros in place.
+    pub packed: bool,
+    /// Written into `config.json` under `sparse_tc` (how the weights were made).
+    pub provenance: Option<Value>,
+    /// Written as `tokenizer.json` and `tokenizer_config.json`.
+    pub tokenizer: Option<&'a crate::model::tokenizer::Tokenizer>,
+}
+
+/// Writes `src` as a checkpoint directory `dir`: `model.safetensors` (f16, or packed linear
+/// weights), `config.json` and the tokenizer files. Every file goes to a temporary name first
+/// and is renamed at the end, so an interrupted export never leaves a half-written file under
+/// a final name; exporting into the directory `src` is read from is refused by the caller's
+/// check of paths (see the CLI), since the renames would replace mapped files.
+pub fn export_with(src: &dyn TensorSource, dir: &Path, opts: &ExportOptions<'_>, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+    if !(0.0..1.0).contains(&opts.prune) {
+        return Err(Error::InvalidArgument(format!("export: prune = {} must be in [0, 1)", opts.prune)));
+    }
     std::fs::create_dir_all(dir)?;
     let c = src.config();
     let specs = tensor_names(c);
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(specs.len());
+    let linears: HashSet<String> = (0..c.layers)
+        .flat_map(|l| LinearRole::all(c.arch).iter().map(move |r| format!("{}.weight", r.hf_prefix(c.arch, l))))
+        .collect();
+    let mut data: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let mut v = src.tensor(spec)?;
-        if prune > 0.0 && spec.rows > 1 && (spec.name.ends_with("proj.weight") || spec.name.contains(".fc")) {
-            crate::model::weights::prune_magnitude(&mut v, prune)?;
+        let linear = linears.contains(&spec.name);
+        if opts.prune > 0.0 && linear {
+            crate::model::weights::prune_magnitude(&mut v, opts.prune)?;
         }
-        let bytes: Vec<u8> = v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
-        let shape = if spec.rows == 1 { vec![spec.cols] } else { vec![spec.rows, spec.cols] };
-        data.push((spec.name.clone(), shape, bytes));
+        let halves: Vec<f16> = v.iter().map(|x| f16::from_f32(*x)).collect();
+        if opts.packed && linear {
+            let mut w = crate::sparse::SparseWeight::from_dense(spec.rows, spec.cols, &halves)?;
+            w.reorder_for_banks();
+            let mut bytes = vec![];
+            w.save(&mut bytes)?;
+            let len = bytes.len();
+            data.push((format!("{}{PACKED_SUFFIX}", spec.name), StDtype::U8, vec![len], bytes));
+        } else {
+            let bytes: Vec<u8> = halves.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let shape = if spec.rows == 1 { vec![spec.cols] } else { vec![spec.rows, spec.cols] };
+            data.push((spec.name.clone(), StDtype::F16, shape, bytes));
+        }
         progress(i + 1, specs.len());
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
         .iter()
-        .map(|(n, s, b)| safetensors::tensor::TensorView::new(StDtype::F16, s.clone(), b).map(|t| (n.clone(), t)))
+        .map(|(n, d, s, b)| safetensors::tensor::TensorView::new(*d, s.clone(), b).map(|t| (n.clone(), t)))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::Format(format!("export: {e}")))?;
+    let mut files: Vec<(&str, PathBuf)> = vec![];
     let tmp = dir.join("model.safetensors.partial");
     safetensors::serialize_to_file(views, None, &tmp).map_err(|e| Error::Format(format!("export: {e}")))?;
-    let cfg_tmp = dir.join("config.json.partial");
-    std::fs::write(&cfg_tmp, serde_json::to_vec_pretty(&config_to_json(c)).map_err(|e| Error::Format(e.to_string()))?)?;
-    std::fs::rename(&tmp, dir.join("model.safetensors"))?;
-    std::fs::rename(&cfg_tmp, dir.join("config.json"))?;
+    files.push(("model.safetensors", tmp));
+    let mut config = config_to_json(c);
+    if opts.packed || opts.provenance.is_some() {
+        let mut info = serde_json::Map::new();
+        if opts.packed {
+            info.insert("checkpoint_version".into(), SPARSE_CHECKPOINT_VERSION.into());
+            info.insert("packed_linears".into(), format!("NAME{PACKED_SUFFIX}: U8 tensors holding sparse_tc weight files (Tiled-CSL, f16)").into());
+        }
+        if let Some(p) = &opts.provenance {
+            info.insert("provenance".into(), p.clone());
+        }
+        config["sparse_tc"] = Value::Object(info);
+    }
+    let json = |v: &Value| serde_json::to_vec_pretty(v).map_err(|e| Error::Format(e.to_string()));
+    let mut write = |name: &'static str, bytes: Vec<u8>| -> Result<()> {
+        let tmp = dir.join(format!("{name}.partial"));
+        std::fs::write(&tmp, bytes)?;
+        files.push((name, tmp));
+        Ok(())
+    };
+    write("config.json", json(&config)?)?;
+    if let Some(t) = opts.tokenizer {
+        write("tokenizer.json", t.to_json()?.into_bytes())?;
+        write("tokenizer_config.json", t.to_config_json()?.into_bytes())?;
+    }
+    for (name, tmp) in files {
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
     Ok(())
 }
 
