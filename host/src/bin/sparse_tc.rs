@@ -456,7 +456,7 @@ fn run_generate<B: Backend>(
     let generated: usize = out.tokens.iter().map(Vec::len).sum();
     println!(
         "[{label}] {} on {}: batch {}, prefill {} tokens in {:.1} ms, decode {} steps: {:.1} tokens/s ({:.2} ms/step); {generated} tokens generated",
-        model.config.name,
+        model.source,
         backend.describe(),
         out.tokens.len(),
         out.prompt_tokens,

@@ -129,7 +129,7 @@ fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
     let mut l = vec![0.0f64; n * n];
     for i in 0..n {
         for j in 0..=i {
-            let dot: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
+            let dot: f64 = l[i * n..i * n + j].iter().zip(&l[j * n..j * n + j]).map(|(a, b)| a * b).sum();
             let v = a[i * n + j] - dot;
             if i == j {
                 if !(v > 0.0 && v.is_finite()) {
@@ -149,22 +149,45 @@ fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
 /// Upper Cholesky factor `U` of `h⁻¹` (`h⁻¹ = Uᵀ U`), row-major n × n.
 pub(crate) fn upper_cholesky_of_inverse(h: &[f64], n: usize) -> Result<Vec<f64>> {
     let l = cholesky(h, n)?;
-    // L⁻¹ (lower triangular), by forward substitution column by column.
-    let mut li = vec![0.0f64; n * n];
+    // L⁻¹ (lower triangular) by forward substitution, stored transposed (`lt[c][k]` =
+    // L⁻¹[k][c]) so every inner product below runs over contiguous memory.
+    let mut lt = vec![0.0f64; n * n];
     for c in 0..n {
-        li[c * n + c] = 1.0 / l[c * n + c];
+        let col = &mut lt[c * n..(c + 1) * n];
+        col[c] = 1.0 / l[c * n + c];
         for i in c + 1..n {
-            let s: f64 = (c..i).map(|k| l[i * n + k] * li[k * n + c]).sum();
-            li[i * n + c] = -s / l[i * n + i];
+            let s: f64 = l[i * n + c..i * n + i].iter().zip(&col[c..i]).map(|(a, b)| a * b).sum();
+            col[i] = -s / l[i * n + i];
         }
     }
-    // h⁻¹ = L⁻ᵀ L⁻¹: entry (i, j) = Σ_k L⁻¹[k][i] · L⁻¹[k][j] over k ≥ max(i, j).
+    // h⁻¹ = L⁻ᵀ L⁻¹: entry (i, j), j ≤ i, is Σ_{k ≥ i} L⁻¹[k][i] · L⁻¹[k][j]; rows on all cores.
     let mut inv = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = (i..n).map(|k| li[k * n + i] * li[k * n + j]).sum();
-            inv[i * n + j] = s;
-            inv[j * n + i] = s;
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let rows: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let lt = &lt;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t..n)
+                        .step_by(threads)
+                        .map(|i| (0..=i).map(|j| lt[i * n + i..(i + 1) * n].iter().zip(&lt[j * n + i..(j + 1) * n]).map(|(a, b)| a * b).sum()).collect::<Vec<f64>>())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let parts: Vec<Vec<Vec<f64>>> = handles.into_iter().map(|h| h.join().expect("inverse thread")).collect();
+        let mut rows = vec![vec![]; n];
+        for (t, part) in parts.into_iter().enumerate() {
+            for (r, row) in part.into_iter().enumerate() {
+                rows[t + r * threads] = row;
+            }
+        }
+        rows
+    });
+    for (i, row) in rows.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            inv[i * n + j] = v;
+            inv[j * n + i] = v;
         }
     }
     // U = (lower Cholesky factor of h⁻¹)ᵀ.
