@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # compute-sanitizer over the GPU suites of gpu-bundle/ (run from the repo root on the GPU
-# machine): every tool in TOOLS over dense and spmm with both PTX builds, then memcheck over
-# the model suites (ops, attention, model). Appends to $OUT/sanitizer.log; one summary line
-# per run on stdout.
+# machine): every tool in TOOLS over the kernel suites (dense, spmm, bitmap) with both PTX
+# builds, then memcheck over the model suites (ops, attention, model, graph, prune).
+# Appends to $OUT/sanitizer.log; one summary line per run on stdout.
 set -uo pipefail
 out="${OUT:-$PWD/gpu-logs}"; mkdir -p "$out"
 t=gpu-bundle/tests
@@ -14,6 +14,8 @@ run() { # tool ptx suite
   { echo "=== $name (rc=$rc)"; cat "$out/s.log"; } >> "$out/sanitizer.log"; rm -f "$out/s.log"
 }
 for tool in ${TOOLS:-memcheck racecheck synccheck initcheck}; do
-  for ptx in "" sm_80; do for suite in dense spmm; do run "$tool" "$ptx" "$suite"; done; done
+  for ptx in "" sm_80; do
+    for suite in ${KERNEL_SUITES:-dense spmm bitmap}; do [[ -x $t/$suite ]] && run "$tool" "$ptx" "$suite"; done
+  done
 done
-for suite in ${MODEL_SUITES:-ops attention model}; do run memcheck "" "$suite"; done
+for suite in ${MODEL_SUITES:-ops attention model graph prune}; do [[ -x $t/$suite ]] && run memcheck "" "$suite"; done

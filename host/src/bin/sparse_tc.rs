@@ -846,7 +846,7 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
                     pb.set_position(d as u64)
                 })?;
                 pb.finish_and_clear();
-                report(&format!("{format:?} on {}", backend.describe()).to_lowercase(), &p, t.elapsed().as_secs_f64());
+                report(&format!("{} on {}", format!("{format:?}").to_lowercase(), backend.describe()), &p, t.elapsed().as_secs_f64());
             }
         }};
     }
