@@ -18,4 +18,4 @@ bindgen \
   --with-derive-ord \
   --size_t-is-usize \
   wrapper.h -- -I/opt/cuda/include \
-  > src/cuda.rs
+  > bindgen/cuda.rs  # then: python3 generate_dynamic.py

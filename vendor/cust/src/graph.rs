@@ -334,13 +334,8 @@ impl Graph {
     #[cfg(any(windows, unix))]
     pub fn dump_debug_dotfile<P: AsRef<Path>>(&mut self, path: P) -> CudaResult<()> {
         // not currently present in cuda-driver-sys for some reason
-        extern "C" {
-            fn cuGraphDebugDotPrint(
-                hGraph: cuda::CUgraph,
-                path: *const c_char,
-                flags: c_uint,
-            ) -> cuda::CUresult;
-        }
+        // sparse_tc: declared in (vendored) cust_raw instead, which loads libcuda at run time.
+        use cuda::cuGraphDebugDotPrint;
 
         let path = path.as_ref();
         let mut buf = Vec::new();
