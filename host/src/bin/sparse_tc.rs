@@ -630,10 +630,10 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("give at least one --prompt");
     }
-    let write = |(logits, generated): (Vec<f32>, Vec<Vec<u32>>), device: String| -> Result<()> {
+    let write = |(logits, generated, margins): (Vec<f32>, Vec<Vec<u32>>, Vec<Vec<f32>>), device: String| -> Result<()> {
         let header = serde_json::json!({
             "model": c.name, "device": device, "vocab": c.vocab,
-            "prompts": a.prompt, "tokens": prompts, "generated": generated,
+            "prompts": a.prompt, "tokens": prompts, "generated": generated, "greedy_margins": margins,
         });
         std::fs::write(a.out.with_extension("json"), serde_json::to_vec_pretty(&header)?)?;
         let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -655,10 +655,10 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
 }
 
 /// Every prompt position's logits, and `generate` greedy tokens per prompt (none when 0).
-fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>], generate_n: usize) -> Result<(Vec<f32>, Vec<Vec<u32>>)> {
+fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>], generate_n: usize) -> Result<(Vec<f32>, Vec<Vec<u32>>, Vec<Vec<f32>>)> {
     let logits = all_logits(backend, model, prompts)?;
     if generate_n == 0 {
-        return Ok((logits, vec![]));
+        return Ok((logits, vec![], vec![]));
     }
     let req = Request {
         prompts: prompts.to_vec(),
@@ -668,7 +668,40 @@ fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &
         honour_stop: false,
         record_decode: true,
     };
-    Ok((logits, generate(backend, model, &req, &mut |_, _| {})?.tokens))
+    let generated = generate(backend, model, &req, &mut |_, _| {})?.tokens;
+    let margins = greedy_margins(backend, model, prompts, &generated)?;
+    Ok((logits, generated, margins))
+}
+
+/// For each generated token, the gap between the largest and the second-largest logit of the
+/// step that picked it (recomputed by one prefill of prompt + generated tokens): where two
+/// implementations' greedy tokens part, this says whether the step was a near-tie, closer
+/// than the logits' error bound.
+fn greedy_margins<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>], generated: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    let vocab = model.config.vocab;
+    let mut out = vec![];
+    for (p, g) in prompts.iter().zip(generated) {
+        let full: Vec<u32> = p.iter().chain(g).copied().collect();
+        let logits = all_logits(backend, model, &[full[..full.len() - 1].to_vec()])?;
+        // Row p.len() - 1 + i predicted generated token i.
+        let margins = (0..g.len())
+            .map(|i| {
+                let row = &logits[(p.len() - 1 + i) * vocab..(p.len() + i) * vocab];
+                let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+                for &v in row {
+                    if v > a {
+                        b = a;
+                        a = v;
+                    } else if v > b {
+                        b = v;
+                    }
+                }
+                a - b
+            })
+            .collect();
+        out.push(margins);
+    }
+    Ok(out)
 }
 
 /// Logits of every position of every prompt (one prefill; rows in prompt order).
