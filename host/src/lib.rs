@@ -51,7 +51,7 @@ pub use graph::Recording;
 pub use linear::{BlockShape, LinearOptions, LinearWeight};
 pub use matrix::{DeviceMatrix, DeviceSparseWeight};
 pub use ops::{DeviceIndices, RopeStyle, SamplingParams};
-pub use sparse::SparseWeight;
+pub use sparse::{BitmapWeight, SparseWeight};
 
 /// The PTX of the device crate for sm_80 and later (A100, H100, …), built by `host/build.rs`.
 pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_tc_gpu.ptx"));
@@ -59,3 +59,8 @@ pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_tc_gpu.ptx"
 /// The PTX of the device crate for sm_90 and later (H100, …), with instructions the portable
 /// build cannot use; [`Gpu`] loads it on compute capability 9.0+ (see [`Gpu::ptx_target`]).
 pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_tc_gpu_sm90.ptx"));
+
+/// The README's Rust snippets, compiled as doctests so that they stay correct as written.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeSnippets;
