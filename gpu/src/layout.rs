@@ -217,3 +217,79 @@ pub const fn ldmatrix_a_src(lane: usize, warp_row0: usize, kk: usize) -> (usize,
 pub const fn ldmatrix_b_src(lane: usize, nt: usize, kk: usize) -> (usize, usize) {
     ((nt + lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2)
 }
+
+// ---- The bitmap sparse format (host `sparse::bitmap`, kernel `kernels::bitmap`). ----
+
+/// Rows and columns of one 8×8 bitmap block; its `u64` mask has bit `8·r + c` for entry
+/// `(r, c)`, and its nonzero values are stored in bit order.
+pub const BITMAP_BLOCK: usize = 8;
+/// Rows and columns of one bitmap tile (64×64 = 64 blocks = 16 `mma` A fragments of 16×16).
+pub const BITMAP_TILE: usize = 64;
+/// Blocks of one bitmap tile.
+pub const BITMAP_TILE_BLOCKS: usize = (BITMAP_TILE / BITMAP_BLOCK) * (BITMAP_TILE / BITMAP_BLOCK);
+/// 16×16 fragments of one bitmap tile.
+pub const BITMAP_TILE_FRAGS: usize = BITMAP_TILE_BLOCKS / 4;
+/// Bytes of a bitmap tile's masks (one `u64` per block, in block order).
+pub const BITMAP_MASK_BYTES: usize = 8 * BITMAP_TILE_BLOCKS;
+/// Bytes of a bitmap tile's fragment offsets: one `u16` per fragment, the index of its first
+/// value among the tile's values (the sum of the popcounts of the fragments before it).
+pub const BITMAP_FRAG_OFFSET_BYTES: usize = 2 * BITMAP_TILE_FRAGS;
+/// Bytes before a bitmap tile's values: masks, then fragment offsets (544, a multiple of 16).
+pub const BITMAP_TILE_HEADER_BYTES: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
+/// Unit of a bitmap tile's length and offsets: 16 bytes (one `cp.async`).
+pub const BITMAP_QUAD_BYTES: usize = 16;
+/// Largest bitmap tile: header and 4096 values (8736 bytes, a multiple of 16).
+pub const BITMAP_MAX_TILE_BYTES: usize = BITMAP_TILE_HEADER_BYTES + 2 * BITMAP_TILE * BITMAP_TILE;
+/// Bitmap tiles stacked in one *panel*: the `SPARSE_TILE_M`×64 slice of W one kernel step
+/// multiplies (stored contiguously, so a step is one contiguous copy).
+pub const BITMAP_PANEL_TILES: usize = SPARSE_TILE_M / BITMAP_TILE;
+/// Pipeline stages (double buffering) of the bitmap kernel.
+pub const BITMAP_STAGES: usize = 2;
+
+const _: () = assert!(BITMAP_TILE_HEADER_BYTES.is_multiple_of(BITMAP_QUAD_BYTES));
+const _: () = assert!(BITMAP_MAX_TILE_BYTES.is_multiple_of(BITMAP_QUAD_BYTES));
+
+/// Block index (0..64) inside a bitmap tile of tile-local entry (`row`, `col`), and its bit
+/// in the block's mask. Blocks are stored fragment by fragment, fragment `f = 4·(row/16) +
+/// col/16` (its 16×16 slab of rows and its k16 step), and inside a fragment in the order of
+/// the `mma.m16n8k16` A registers: (rows 0–7, k 0–7) = a0a1, (rows 8–15, k 0–7) = a2a3,
+/// (rows 0–7, k 8–15) = a4a5, (rows 8–15, k 8–15) = a6a7 ([`frag_a_coord`]). So lane `l`
+/// holds bits `2l` and `2l + 1` of each of the fragment's four masks: register `j` of its A
+/// fragment is made from block `4f + j` alone.
+pub const fn bitmap_block_bit(row: usize, col: usize) -> (usize, usize) {
+    let frag = (row / 16) * (BITMAP_TILE / 16) + col / 16;
+    let j = (row % 16) / 8 + 2 * ((col % 16) / 8);
+    (4 * frag + j, (row % 8) * 8 + col % 8)
+}
+
+/// Inverse of [`bitmap_block_bit`]: the tile-local (row, col) of `bit` in block `block`.
+pub const fn bitmap_block_coord(block: usize, bit: usize) -> (usize, usize) {
+    let (frag, j) = (block / 4, block % 4);
+    let row = (frag / (BITMAP_TILE / 16)) * 16 + (j % 2) * 8 + bit / 8;
+    let col = (frag % (BITMAP_TILE / 16)) * 16 + (j / 2) * 8 + bit % 8;
+    (row, col)
+}
+
+/// Tiles in bitmap panel row `panel_row` of a weight with `tiles_m` tile rows: 4, or fewer
+/// in the last panel row.
+pub const fn bitmap_panel_height(panel_row: usize, tiles_m: usize) -> usize {
+    let rest = tiles_m - panel_row * BITMAP_PANEL_TILES;
+    if rest < BITMAP_PANEL_TILES { rest } else { BITMAP_PANEL_TILES }
+}
+
+/// Index of tile (`tile_row`, `tile_col`) in a bitmap weight's tile sequence: panels (4 tile
+/// rows × 1 tile column) in row-major order, the tiles of a panel top to bottom. So panel
+/// `(p, kt)` starts at tile `4·p·tiles_k + kt·h` (`h` its height) and consecutive panels of a
+/// stream-K range are consecutive bytes.
+pub const fn bitmap_tile_index(tile_row: usize, tile_col: usize, tiles_m: usize, tiles_k: usize) -> usize {
+    let p = tile_row / BITMAP_PANEL_TILES;
+    let h = bitmap_panel_height(p, tiles_m);
+    BITMAP_PANEL_TILES * p * tiles_k + tile_col * h + tile_row % BITMAP_PANEL_TILES
+}
+
+/// Dynamic shared memory of the bitmap kernel with `nt` token tiles of 8 and stage slots of
+/// `slot_bytes` (the weight's largest panel, a multiple of 128): `BITMAP_STAGES` × (panel
+/// slot + X tile).
+pub const fn bitmap_smem_bytes(nt: usize, slot_bytes: usize) -> usize {
+    BITMAP_STAGES * (slot_bytes + nt * 8 * ROW_BYTES)
+}

@@ -8,7 +8,7 @@
 //! | 8                 | 4 (u32)          | version, = 4                                        |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags: bit 0 = words are bank-reordered; others 0   |
-//! | 14                | 2 (u16)          | reserved, = 0                                       |
+//! | 14                | 2 (u16)          | format tag: 0 = Tiled-CSL (versions 2–4)            |
 //! | 16                | 8 (u64)          | rows (M, out features), ≥ 1                         |
 //! | 24                | 8 (u64)          | cols (K, in features), ≥ 1                          |
 //! | 32                | 8 (u64)          | n_offsets = ceil(M/256)·ceil(K/64) + 1              |
@@ -33,6 +33,11 @@
 //! halves, so the SpMM can take W as the `mma` B operand). A version-2 or -3 file
 //! is converted while loading: each position is remapped (a bijection of `0..16384`), and a
 //! bank-reordered weight is reordered again for the new banks.
+//!
+//! Version 5 is the same container holding another format, named by the format tag at byte
+//! 14 (reserved, = 0, up to version 4): tag 1 is the bitmap format
+//! ([`super::bitmap::file`]). Tiled-CSL files are still written as version 4 with tag 0;
+//! [`SparseWeight::load`] refuses a version-5 file with a message naming its format.
 //!
 //! Nothing may follow the last checksum. FNV-1a 64 (offset basis `0xcbf29ce484222325`, prime
 //! `0x100000001b3`) is not cryptographic, but it detects every change of a single byte: each
@@ -71,10 +76,14 @@ pub const VERSION: u32 = 4;
 const VERSION_ROW_SWIZZLED: u32 = 2;
 /// The last version with 64 × 64 tiles; such files are rejected with an explanation.
 const VERSION_64X64_TILES: u32 = 1;
+/// The container version whose byte 14 is a format tag (other formats than Tiled-CSL).
+pub(crate) const VERSION_TAGGED: u32 = 5;
+/// Format tag of the bitmap format (`super::bitmap`), in version-5 files.
+pub(crate) const FORMAT_TAG_BITMAP: u16 = 1;
 /// Bytes of the fixed header, checksum included.
 pub const HEADER_BYTES: usize = 56;
 /// Bytes covered by the header checksum.
-const HEADER_SUMMED: usize = 48;
+pub(crate) const HEADER_SUMMED: usize = 48;
 /// Flag bit: the words are bank-reordered.
 const FLAG_REORDERED: u8 = 1;
 /// Words encoded or decoded per piece when streaming a section (at most).
@@ -132,8 +141,25 @@ const fn dtype_code(d: Dtype) -> u8 {
 /// Writes a complete file from raw parts (no validation; `save` passes valid parts).
 #[allow(clippy::too_many_arguments)]
 fn write_parts<W: Write>(
+    w: W,
+    version: u32,
+    dtype: Dtype,
+    flags: u8,
+    rows: u64,
+    cols: u64,
+    offsets: &[u32],
+    words: &[u32],
+) -> Result<()> {
+    write_container(w, version, 0, dtype, flags, rows, cols, offsets, words)
+}
+
+/// Writes a complete container: the header (with format tag `tag` at byte 14), the offsets
+/// section and the data section, each with its checksum (no validation).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_container<W: Write>(
     mut w: W,
     version: u32,
+    tag: u16,
     dtype: Dtype,
     flags: u8,
     rows: u64,
@@ -146,7 +172,7 @@ fn write_parts<W: Write>(
     header.extend_from_slice(&version.to_le_bytes());
     header.push(dtype_code(dtype));
     header.push(flags);
-    header.extend_from_slice(&0u16.to_le_bytes());
+    header.extend_from_slice(&tag.to_le_bytes());
     header.extend_from_slice(&rows.to_le_bytes());
     header.extend_from_slice(&cols.to_le_bytes());
     header.extend_from_slice(&(offsets.len() as u64).to_le_bytes());
@@ -178,7 +204,7 @@ fn write_section<W: Write>(w: &mut W, data: &[u32]) -> Result<()> {
 }
 
 /// `read_exact` that reports a short read as a truncated file.
-fn read_exact_or_truncated<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
+pub(crate) fn read_exact_or_truncated<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         ErrorKind::UnexpectedEof => Error::Format(format!("truncated file: {what} ends early")),
         _ => Error::Io(e),
@@ -192,7 +218,7 @@ fn read_exact_or_truncated<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Re
 /// arrive, so a short input with a huge count fails with a few KiB allocated. Only when
 /// `reserve` (the caller checked the file's length against the header) is the whole output
 /// allocated up front.
-fn read_section<R: Read>(r: &mut R, n: usize, name: &str, reserve: bool) -> Result<Vec<u32>> {
+pub(crate) fn read_section<R: Read>(r: &mut R, n: usize, name: &str, reserve: bool) -> Result<Vec<u32>> {
     let mut out = Vec::with_capacity(if reserve { n } else { n.min(FIRST_PIECE_WORDS) });
     let mut hash = Fnv1a64::new();
     let mut piece = n.min(FIRST_PIECE_WORDS);
@@ -225,13 +251,13 @@ fn read_section<R: Read>(r: &mut R, n: usize, name: &str, reserve: bool) -> Resu
 }
 
 /// Little-endian field readers over the fixed header (indices are constants in range).
-fn le_u16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn le_u32(b: &[u8], at: usize) -> u32 {
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
-fn le_u64(b: &[u8], at: usize) -> u64 {
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
@@ -274,6 +300,15 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
              {TILE_M}×{TILE_K} in version {VERSION_ROW_SWIZZLED}; re-encode the weight (this \
              library reads versions {VERSION_ROW_SWIZZLED} to {VERSION})"
         )));
+    }
+    if version == VERSION_TAGGED && le_u64(h, HEADER_SUMMED) == fnv1a64(&h[..HEADER_SUMMED]) {
+        let tag = le_u16(h, 14);
+        return Err(Error::Format(match tag {
+            FORMAT_TAG_BITMAP => "this file holds a bitmap weight (version 5, format tag 1): load it with \
+                                  BitmapWeight::load"
+                .into(),
+            _ => format!("unknown format tag {tag} in a version-5 file"),
+        }));
     }
     if !(VERSION_ROW_SWIZZLED..=VERSION).contains(&version) {
         return Err(Error::Format(format!(

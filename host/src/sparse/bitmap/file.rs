@@ -1,0 +1,194 @@
+//! Bitmap weight files: the container of [`crate::sparse::file`] (same magic, header,
+//! sections and FNV-1a 64 checksums) at version 5 with format tag 1.
+//!
+//! | offset            | size             | field                                               |
+//! |-------------------|------------------|-----------------------------------------------------|
+//! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
+//! | 8                 | 4 (u32)          | version, = 5                                        |
+//! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
+//! | 13                | 1 (u8)           | flags, = 0                                          |
+//! | 14                | 2 (u16)          | format tag, = 1 (bitmap)                            |
+//! | 16                | 8 (u64)          | rows (M), ≥ 1                                       |
+//! | 24                | 8 (u64)          | cols (K), ≥ 1                                       |
+//! | 32                | 8 (u64)          | n_offsets = ceil(M/64)·ceil(K/64) + 1               |
+//! | 40                | 8 (u64)          | n_words: data words, a multiple of 4, 136·tiles ..= 2184·tiles |
+//! | 48                | 8 (u64)          | FNV-1a 64 of bytes 0..48                            |
+//! | 56                | 4 · n_offsets    | tile_offsets (quads), u32 each                      |
+//! | 56 + 4·n_offsets  | 8 (u64)          | FNV-1a 64 of the tile_offsets bytes                 |
+//! | 64 + 4·n_offsets  | 4 · n_words      | data, u32 each (the tiles, see [`super`])           |
+//! | end − 8           | 8 (u64)          | FNV-1a 64 of the data bytes                         |
+//!
+//! [`BitmapWeight::load`] checks magic, version and format tag, header checksum, dtype,
+//! flags, then the dimensions and the counts they imply with checked arithmetic, *before*
+//! it allocates anything: [`BitmapWeight::load_file`] compares the file length with the
+//! length the header describes, and from a plain reader sections are read in growing pieces
+//! (memory follows the bytes that arrive, not the counts a header claims). Then the section
+//! checksums, no trailing bytes, and everything [`BitmapWeight::from_parts`] checks. Every
+//! failure is an [`Error::Format`] ([`Error::UnsupportedDtype`] for the other element type,
+//! [`Error::Io`] for a failing reader); it never panics. A Tiled-CSL file (versions 2–4) is
+//! refused with a message saying so.
+
+use std::io::{ErrorKind, Read, Write};
+use std::path::Path;
+
+use super::{tile_grid, tile_quads, BitmapWeight, MAX_TILE_QUADS, QUAD_WORDS};
+use crate::checked::Sizes;
+use crate::element::{Dtype, Element};
+use crate::error::{Error, Result};
+use crate::sparse::file::{
+    fnv1a64, le_u16, le_u32, le_u64, read_exact_or_truncated, read_section, write_container, FORMAT_TAG_BITMAP,
+    HEADER_BYTES, HEADER_SUMMED, MAGIC, VERSION_TAGGED,
+};
+
+/// The container version of bitmap files.
+pub const VERSION: u32 = VERSION_TAGGED;
+/// The format tag of bitmap files (byte 14).
+pub const FORMAT_TAG: u16 = FORMAT_TAG_BITMAP;
+
+/// The checked header of a bitmap file.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    rows: usize,
+    cols: usize,
+    tiles: usize,
+    n_words: usize,
+}
+
+impl Header {
+    /// Bytes of the whole file the header describes.
+    fn file_len(&self) -> Result<usize> {
+        let f = Sizes::FILE;
+        let offsets = f.mul("tile_offsets bytes (4 · n_offsets)", 4, f.add("n_offsets", self.tiles, 1)?)?;
+        let words = f.mul("data bytes (4 · n_words)", 4, self.n_words)?;
+        f.add("file length", HEADER_BYTES + 16, f.add("section bytes", offsets, words)?)
+    }
+}
+
+/// Checks the fixed header of a bitmap file read as `T`, reading nothing else.
+fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
+    if h[..8] != MAGIC {
+        return Err(Error::Format("not a sparse weight file (bad magic)".into()));
+    }
+    let version = le_u32(h, 8);
+    if (2..=4).contains(&version) {
+        return Err(Error::Format(format!(
+            "this file holds a Tiled-CSL weight (version {version}): load it with SparseWeight::load"
+        )));
+    }
+    if version != VERSION {
+        return Err(Error::Format(format!("unsupported file version {version} (bitmap files are version {VERSION})")));
+    }
+    if le_u64(h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
+        return Err(Error::Format("header checksum mismatch (corrupt file)".into()));
+    }
+    let tag = le_u16(h, 14);
+    if tag != FORMAT_TAG {
+        return Err(Error::Format(format!("format tag {tag} is not the bitmap format's ({FORMAT_TAG})")));
+    }
+    let dtype = match h[12] {
+        0 => Dtype::F16,
+        1 => Dtype::Bf16,
+        code => return Err(Error::Format(format!("unknown dtype code {code} in file"))),
+    };
+    if dtype != T::DTYPE {
+        return Err(Error::UnsupportedDtype(format!(
+            "file holds {} weights, but {} was requested",
+            dtype.name(),
+            T::DTYPE.name()
+        )));
+    }
+    if h[13] != 0 {
+        return Err(Error::Format(format!("unknown flag bits {:#04x}", h[13])));
+    }
+    let rows = Sizes::FILE.to_usize("rows", le_u64(h, 16))?;
+    let cols = Sizes::FILE.to_usize("cols", le_u64(h, 24))?;
+    let (_, _, tiles) = tile_grid(rows, cols).map_err(|e| Error::Format(format!("file header: {e}")))?;
+    let n_offsets = le_u64(h, 32);
+    if usize::try_from(n_offsets) != Ok(tiles + 1) {
+        return Err(Error::Format(format!(
+            "header says {n_offsets} tile offsets, but a {rows}×{cols} weight has {}",
+            tiles + 1
+        )));
+    }
+    // Bounds, not sizes (u64, saturating): every tile is 34..=546 quads, offsets are u32.
+    let n_words = le_u64(h, 40);
+    let quad = QUAD_WORDS as u64;
+    let min = (tiles as u64).saturating_mul(tile_quads(0) as u64 * quad);
+    let max = (tiles as u64).saturating_mul(MAX_TILE_QUADS as u64 * quad).min(u64::from(u32::MAX) * quad);
+    if n_words < min || n_words > max || !n_words.is_multiple_of(quad) {
+        return Err(Error::Format(format!(
+            "header says {n_words} data words; a {rows}×{cols} bitmap weight has a multiple of {quad} in {min}..={max}"
+        )));
+    }
+    let n_words = Sizes::FILE.to_usize("n_words", n_words)?;
+    Ok(Header { rows, cols, tiles, n_words })
+}
+
+impl<T: Element> BitmapWeight<T> {
+    /// Writes the weight in the file format of [this module](self).
+    pub fn save<W: Write>(&self, w: W) -> Result<()> {
+        write_container(
+            w,
+            VERSION,
+            FORMAT_TAG,
+            T::DTYPE,
+            0,
+            self.rows as u64,
+            self.cols as u64,
+            &self.tile_offsets,
+            &self.data,
+        )
+    }
+
+    /// Reads and fully validates a weight written by [`save`](Self::save) (see the
+    /// [module docs](self) for what is checked, in which order).
+    pub fn load<R: Read>(r: R) -> Result<Self> {
+        Self::load_sized(r, None)
+    }
+
+    /// [`save`](Self::save) to a file (created or truncated).
+    pub fn save_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save(std::io::BufWriter::new(std::fs::File::create(path)?))
+    }
+
+    /// [`load`](Self::load) from a file, whose length must be the one its header describes
+    /// (checked before the sections are read).
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        Self::load_sized(std::io::BufReader::new(file), Some(len))
+    }
+
+    fn load_sized<R: Read>(mut r: R, len: Option<u64>) -> Result<Self> {
+        let mut h = [0u8; HEADER_BYTES];
+        read_exact_or_truncated(&mut r, &mut h, "the header")?;
+        let header = parse_header::<T>(&h)?;
+        let Header { rows, cols, tiles, n_words } = header;
+        if let Some(len) = len {
+            let expected = header.file_len()? as u64;
+            if len != expected {
+                let what = if len < expected { "truncated file" } else { "trailing bytes" };
+                return Err(Error::Format(format!(
+                    "{what}: the header describes a {rows}×{cols} bitmap weight of {n_words} data words, {expected} \
+                     bytes in all, but the file has {len} bytes"
+                )));
+            }
+        }
+        let reserve = len.is_some();
+        let offsets = read_section(&mut r, tiles + 1, "tile_offsets", reserve)?;
+        let data = read_section(&mut r, n_words, "data", reserve)?;
+        let mut probe = [0u8; 1];
+        loop {
+            match r.read(&mut probe) {
+                Ok(0) => break,
+                Ok(_) => return Err(Error::Format("trailing bytes after the data checksum".into())),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Self::from_parts(rows, cols, offsets, data).map_err(|e| match e {
+            Error::InvalidArgument(m) | Error::Shape(m) => Error::Format(format!("bitmap file: {m}")),
+            other => other,
+        })
+    }
+}

@@ -1,0 +1,332 @@
+//! Fuzzing of the bitmap weight file parser (`BitmapWeight::load` / `load_file`) with
+//! proptest, like `tests/fuzz_sparse_file.rs` for Tiled-CSL files: no input may cause a
+//! panic or an allocation the input cannot justify.
+//!
+//! Inputs: random bytes (behind the magic and the bitmap version too); valid files with bit
+//! flips, byte writes, truncations, extensions and splices; valid files whose header fields
+//! are set to extreme values with the header checksum recomputed (so the parser looks past
+//! it), from memory and through `load_file` (which checks the length against the header).
+//! Every case asserts `Ok` or a `Format` / `Shape` / `UnsupportedDtype` error, that an
+//! accepted file is canonical (it saves back to the same bytes), that a file is never
+//! accepted as both f16 and bf16, and — through a per-thread counting global allocator — that
+//! the peak allocated while loading stays within `3 × input length + 320 KiB`.
+//!
+//! CI runs a bounded number of cases (a few seconds in release); `PROPTEST_CASES=200000
+//! cargo test --release --test fuzz_bitmap_file` fuzzes longer.
+
+use half::{bf16, f16};
+use proptest::prelude::*;
+use sparse_tc::sparse::file::{fnv1a64, HEADER_BYTES, MAGIC};
+use sparse_tc::{BitmapWeight, Element, Error, SparseWeight};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+// ---- Allocation accounting, per thread. ----
+
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get().wrapping_add(delta);
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged and only
+// adds bookkeeping in const-initialised thread-locals (which never allocate).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            track(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            track(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        track(-(layout.size() as isize));
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            track(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn peak_alloc<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let r = f();
+    (r, (PEAK.with(Cell::get) - base).max(0) as usize)
+}
+
+fn budget(len: usize) -> usize {
+    3 * len + 320 * 1024
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+// ---- Inputs. ----
+
+/// A small random weight of density `keep`, some of its 8×8 blocks full, saved.
+fn saved<T: Element>(rows: usize, cols: usize, keep: f64, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let full_block = (next() * 5.0) as usize; // a block index class kept whole
+    let dense: Vec<T> = (0..rows * cols)
+        .map(|i| {
+            let u = next();
+            let block = (i / cols / 8) * cols.div_ceil(8) + (i % cols) / 8;
+            let v = (u * 8.0 - 1.0) as f32 + 0.125;
+            T::from_f32(if u < keep || block % 5 == full_block { v } else { 0.0 })
+        })
+        .collect();
+    let mut b = Vec::new();
+    BitmapWeight::from_dense(rows, cols, &dense).unwrap().save(&mut b).unwrap();
+    b
+}
+
+fn valid_file() -> impl Strategy<Value = (bool, Vec<u8>)> {
+    (any::<bool>(), 1usize..300, 1usize..200, 0.0f64..=1.0, any::<u64>()).prop_map(|(bf, rows, cols, keep, seed)| {
+        let keep = keep * keep;
+        (bf, if bf { saved::<bf16>(rows, cols, keep, seed) } else { saved::<f16>(rows, cols, keep, seed) })
+    })
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(usize, u8),
+    Set(usize, u8),
+    Truncate(usize),
+    Extend(Vec<u8>),
+    Splice(usize, usize, Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (any::<usize>(), 1u8..=255).prop_map(|(a, m)| Mutation::Flip(a, m)),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(a, v)| Mutation::Set(a, v)),
+        2 => any::<usize>().prop_map(Mutation::Truncate),
+        1 => proptest::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
+        1 => (any::<usize>(), 0usize..32, proptest::collection::vec(any::<u8>(), 0..32))
+            .prop_map(|(a, n, v)| Mutation::Splice(a, n, v)),
+    ]
+}
+
+fn apply(b: &mut Vec<u8>, m: &Mutation) {
+    let len = b.len();
+    match m {
+        Mutation::Flip(at, mask) if len > 0 => b[at % len] ^= mask,
+        Mutation::Set(at, v) if len > 0 => b[at % len] = *v,
+        Mutation::Truncate(at) => b.truncate(at % (len + 1)),
+        Mutation::Extend(v) => b.extend_from_slice(v),
+        Mutation::Splice(at, n, v) => {
+            let start = at % (len + 1);
+            let end = (start + n).min(len);
+            b.splice(start..end, v.iter().copied());
+        }
+        _ => {}
+    }
+}
+
+/// Header fields by byte offset and width: version, dtype, flags, format tag, rows, cols,
+/// n_offsets, n_words.
+const FIELDS: [(usize, usize); 8] = [(8, 4), (12, 1), (13, 1), (14, 2), (16, 8), (24, 8), (32, 8), (40, 8)];
+
+fn extreme() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(4),
+        Just(5),
+        Just(136),
+        Just(2184),
+        Just(u64::from(u16::MAX)),
+        Just(u64::from(u32::MAX) - 3),
+        Just(u64::from(u32::MAX)),
+        Just(4 * u64::from(u32::MAX)),
+        Just(1 << 32),
+        Just((1 << 31) - 1),
+        Just(u64::MAX / 4),
+        Just(u64::MAX / 4 + 1),
+        Just(1 << 62),
+        Just(1 << 63),
+        Just(u64::MAX),
+        any::<u64>(),
+        0u64..70_000,
+    ]
+}
+
+/// Writes `value` into header field `field` and recomputes the header checksum; with
+/// `consistent`, n_offsets follows rows and cols.
+fn set_field(b: &mut [u8], field: usize, value: u64, consistent: bool) {
+    if b.len() < HEADER_BYTES {
+        return;
+    }
+    let (at, width) = FIELDS[field % FIELDS.len()];
+    b[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+    if consistent {
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let tiles = u64_at(16).div_ceil(64).checked_mul(u64_at(24).div_ceil(64)).and_then(|t| t.checked_add(1));
+        if let Some(n) = tiles {
+            b[32..40].copy_from_slice(&n.to_le_bytes());
+        }
+    }
+    let sum = fnv1a64(&b[..48]);
+    b[48..56].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Loads `bytes` as f16 and bf16: within the budget, canonical when accepted, never both.
+fn check_load(bytes: &[u8]) -> Result<(), TestCaseError> {
+    fn one<T: Element>(bytes: &[u8]) -> Result<bool, TestCaseError> {
+        let (r, peak) = peak_alloc(|| BitmapWeight::<T>::load(bytes));
+        prop_assert!(peak <= budget(bytes.len()), "load of {} bytes allocated {peak} bytes at once", bytes.len());
+        match r {
+            Ok(w) => {
+                let mut again = Vec::new();
+                w.save(&mut again).unwrap();
+                prop_assert!(again == bytes, "an accepted file is not canonical");
+                Ok(true)
+            }
+            Err(Error::Format(m)) | Err(Error::Shape(m)) | Err(Error::UnsupportedDtype(m)) => {
+                prop_assert!(!m.is_empty());
+                Ok(false)
+            }
+            Err(e) => Err(TestCaseError::fail(format!("unexpected error kind: {e:?}"))),
+        }
+    }
+    let a = one::<f16>(bytes)?;
+    let b = one::<bf16>(bytes)?;
+    prop_assert!(!(a && b), "one file accepted as both f16 and bf16");
+    // Never a Tiled-CSL weight: the format tag keeps the two apart.
+    prop_assert!(SparseWeight::<f16>::load(bytes).is_err() || !a);
+    Ok(())
+}
+
+/// `load_file` agrees with `load` and stays within the budget.
+fn check_load_file(bytes: &[u8], bf: bool) -> Result<(), TestCaseError> {
+    thread_local! {
+        static PATH: std::path::PathBuf = std::env::temp_dir()
+            .join(format!("sparse_tc_fuzz_bitmap_{}_{:?}.stcw", std::process::id(), std::thread::current().id()));
+    }
+    let path = PATH.with(Clone::clone);
+    std::fs::write(&path, bytes).unwrap();
+    fn both<T: Element>(path: &std::path::Path, bytes: &[u8]) -> Result<(), TestCaseError> {
+        let (from_file, peak) = peak_alloc(|| BitmapWeight::<T>::load_file(path));
+        prop_assert!(peak <= budget(bytes.len()), "load_file of {} bytes allocated {peak}", bytes.len());
+        match (&from_file, &BitmapWeight::<T>::load(bytes)) {
+            (Ok(a), Ok(b)) => prop_assert!(a == b),
+            (Err(_), Err(_)) => {}
+            (a, b) => return Err(TestCaseError::fail(format!("file: {a:?}, memory: {b:?}"))),
+        }
+        Ok(())
+    }
+    let r = if bf { both::<bf16>(&path, bytes) } else { both::<f16>(&path, bytes) };
+    std::fs::remove_file(&path).ok();
+    r
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(1500), ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        check_load(&bytes)?;
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&bytes);
+        check_load(&b)?;
+        if b.len() >= 16 {
+            b[8..12].copy_from_slice(&5u32.to_le_bytes());
+            b[14..16].copy_from_slice(&1u16.to_le_bytes());
+            check_load(&b)?;
+        }
+    }
+
+    #[test]
+    fn mutated_valid_files_are_rejected_or_canonical(
+        (bf, file) in valid_file(),
+        mutations in proptest::collection::vec(mutation(), 1..5),
+    ) {
+        check_load(&file)?;
+        let mut b = file.clone();
+        for m in &mutations {
+            apply(&mut b, m);
+        }
+        check_load(&b)?;
+        if b != file {
+            prop_assert!(BitmapWeight::<f16>::load(&b[..]).is_err() && BitmapWeight::<bf16>::load(&b[..]).is_err());
+        }
+        check_load_file(&b, bf)?;
+    }
+
+    #[test]
+    fn extreme_header_fields_fail_cleanly(
+        (bf, file) in valid_file(),
+        edits in proptest::collection::vec((0usize..8, extreme()), 1..4),
+        consistent in any::<bool>(),
+        truncate in prop_oneof![Just(None), any::<usize>().prop_map(Some)],
+    ) {
+        let mut b = file;
+        for (field, value) in edits {
+            set_field(&mut b, field, value, consistent);
+        }
+        if let Some(t) = truncate {
+            b.truncate(HEADER_BYTES + t % (b.len() - HEADER_BYTES + 1));
+        }
+        check_load(&b)?;
+        check_load_file(&b, bf)?;
+    }
+}
+
+#[test]
+fn huge_headers_over_short_inputs_allocate_almost_nothing() {
+    let file = saved::<f16>(300, 90, 0.3, 17);
+    for (rows, cols, words) in [
+        (1u64 << 20, 1u64 << 20, 4 * u64::from(u32::MAX)),
+        (1 << 31, 1 << 31, 4 * u64::from(u32::MAX)),
+        (u64::from(u32::MAX), 64, 1 << 30),
+        (64, 1 << 40, 1 << 40),
+    ] {
+        let mut b = file.clone();
+        set_field(&mut b, 4, rows, false);
+        set_field(&mut b, 5, cols, true);
+        set_field(&mut b, 7, words, false);
+        for len in (HEADER_BYTES..HEADER_BYTES + 300).chain([b.len()]) {
+            let body = &b[..len];
+            let (r, peak) = peak_alloc(|| BitmapWeight::<f16>::load(body));
+            assert!(matches!(r, Err(Error::Format(_))), "{rows}×{cols}, {words} words, {len} bytes: {r:?}");
+            assert!(peak <= 2 * len + 16 * 1024, "{rows}×{cols}, {words} words, {len} bytes: {peak} bytes allocated");
+        }
+        let path = std::env::temp_dir().join(format!("sparse_tc_fuzz_bitmap_huge_{}.stcw", std::process::id()));
+        std::fs::write(&path, &b).unwrap();
+        let (r, peak) = peak_alloc(|| BitmapWeight::<f16>::load_file(&path));
+        std::fs::remove_file(&path).ok();
+        assert!(matches!(r, Err(Error::Format(_))), "{r:?}");
+        assert!(peak <= 16 * 1024, "{peak}");
+    }
+}
