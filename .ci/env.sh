@@ -1,25 +1,22 @@
 # shellcheck shell=bash
-# Environment setup for building and testing sparse_tc on a machine with no GPU
-# and no CUDA install.  SOURCE it, do not execute it:
+# Environment setup for building and testing sparse_tc (with or without a GPU or CUDA).
+# SOURCE it, do not execute it:
 #
 #     . "$(dirname "$0")/env.sh"
 #
 # What it does (idempotent; a warm run downloads nothing and takes well under a second):
 #   1. installs the pinned nightly toolchain (+ rust-src, llvm-bitcode-linker, llvm-tools)
-#      if missing; rust-toolchain.toml at the repo root pins it for cargo.
-#   2. makes cust's build script (find_cuda_helper) find a libcuda.so to link against:
-#      an existing CUDA install is used as is; otherwise Debian's non-free `libcuda1` is
-#      unpacked into <repo>/.cache/cuda/lib64 (without touching the system's apt sources),
-#      and CUDA_LIBRARY_PATH / LD_LIBRARY_PATH point at it.  With that stub on a GPU-less
-#      machine cuInit() returns CUDA_ERROR_NO_DEVICE (100), which the tests treat as "skip".
-#      Never carry .cache/cuda to a GPU machine: the driver's own libcuda.so.1 must load.
+#      if missing; rust-toolchain.toml at the repo root pins it for cargo.  Afterwards plain
+#      `cargo build/test/run` work in any shell in the repo without sourcing this file: nothing
+#      links CUDA (vendor/cust_raw loads libcuda.so.1 at run time; without it cuInit() returns
+#      CUDA_ERROR_NO_DEVICE, which the tests treat as "skip").
+#   2. exports SPARSE_TC_PTX_FROM_SOURCE=1 (as .cargo/config.toml does for cargo in the repo):
+#      host/build.rs builds gpu/ to PTX instead of using the shipped host/ptx/.
 #   3. defines `ensure_ptxas`, which fetches ptxas from the PyPI wheel nvidia-cuda-nvcc
 #      into <repo>/.cache/ptxas/ and exports PTXAS.
 #
 # Safe under `set -euo pipefail` in the sourcing shell; does not change shell options.
 # Progress goes to stderr, prefixed "[env]".
-#
-# Knobs (environment): SPARSE_TC_NO_CUDA_STUB=1 skips step 2 entirely.
 
 SPARSE_TC_TOOLCHAIN="nightly-2026-10-30"
 SPARSE_TC_NVCC_WHEEL_VERSION="13.5.37"
@@ -59,128 +56,9 @@ _env_toolchain() {
 }
 
 # ---------------------------------------------------------------------------
-# 2. libcuda for linking (and loading) cust
+# 2. PTX from gpu/ (not the shipped host/ptx/)
 # ---------------------------------------------------------------------------
-
-# Prepend $1 to the colon-separated variable named $2 unless already present.
-_env_path_prepend() {
-    local dir="$1" var="$2" cur
-    cur="${!var:-}"
-    case ":$cur:" in
-        *":$dir:"*) ;;
-        *) export "$var=$dir${cur:+:$cur}" ;;
-    esac
-}
-
-# True if some directory that find_cuda_helper searches already holds libcuda.so.
-_env_cuda_linkable() {
-    local base bases=() p
-    if [[ -n "${CUDA_LIBRARY_PATH:-}" ]]; then
-        IFS=: read -r -a bases <<<"$CUDA_LIBRARY_PATH"
-    fi
-    bases+=(/opt/cuda /usr/local/cuda)
-    for p in /usr/local/cuda-*; do [[ -e "$p" ]] && bases+=("$p"); done
-    for base in "${bases[@]}"; do
-        [[ -n "$base" ]] || continue
-        for p in "$base/lib64/libcuda.so" "$base/lib64/stubs/libcuda.so" \
-                 "$base/targets/x86_64-linux/lib/stubs/libcuda.so"; do
-            [[ -e "$p" ]] && return 0
-        done
-    done
-    return 1
-}
-
-_env_fetch_debian_libcuda() {
-    local dest="$1" codename="" id="" work sources deb so
-    # shellcheck disable=SC1091
-    if [[ -r /etc/os-release ]]; then
-        id="$(. /etc/os-release && printf '%s' "${ID:-}")"
-        codename="$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")"
-    fi
-    if [[ "$id" != debian || -z "$codename" ]]; then
-        _env_log "ERROR: no libcuda found and this is not Debian (ID=$id VERSION_CODENAME=$codename);"
-        _env_log "       install a CUDA driver/toolkit or set CUDA_LIBRARY_PATH=<dir with lib64/libcuda.so>"
-        return 1
-    fi
-    _env_log "no libcuda on this machine: fetching Debian $codename non-free libcuda1 (stub for linking)"
-    work="$SPARSE_TC_ROOT/.cache/apt"
-    rm -rf "$work"
-    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/deb" "$work/x"
-    sources="$work/sources.sources"
-    cat >"$sources" <<EOF
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: $codename
-Components: main contrib non-free non-free-firmware
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-    local -a aptopts=(
-        -q -o "Dir::Etc::sourcelist=$sources"
-        -o Dir::Etc::sourceparts=/nonexistent
-        -o "Dir::State::Lists=$work/lists"
-        -o "Dir::Cache=$work/cache"
-        -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
-        -o APT::Sandbox::User=root
-        -o Acquire::Languages=none
-    )
-    apt-get "${aptopts[@]}" update >"$work/update.log" 2>&1 || {
-        _env_log "ERROR: private apt-get update failed; log:"; cat "$work/update.log" >&2; return 1; }
-    (cd "$work/deb" && apt-get "${aptopts[@]}" download libcuda1) >"$work/download.log" 2>&1 || {
-        _env_log "ERROR: apt-get download libcuda1 failed; log:"; cat "$work/download.log" >&2; return 1; }
-    deb="$(ls "$work"/deb/libcuda1_*.deb)"
-    dpkg -x "$deb" "$work/x"
-    mkdir -p "$dest"
-    # Copy libcuda.so* wherever the package keeps them (symlinks preserved).
-    while IFS= read -r so; do
-        cp -P "$so" "$dest/"
-    done < <(find "$work/x" -name 'libcuda.so*' \( -type f -o -type l \))
-    # Real file: libcuda.so.<ver>; make sure .so.1 and the unversioned link exist.
-    so="$(find "$dest" -maxdepth 1 -type f -name 'libcuda.so.*' | head -n1)"
-    if [[ -z "$so" ]]; then
-        _env_log "ERROR: no libcuda.so.* file inside $deb"; return 1
-    fi
-    so="$(basename "$so")"
-    [[ -e "$dest/libcuda.so.1" ]] || ln -sf "$so" "$dest/libcuda.so.1"
-    [[ -e "$dest/libcuda.so" ]] || ln -sf libcuda.so.1 "$dest/libcuda.so"
-    printf '%s\n' "$(basename "$deb")" >"$dest/.from-deb"
-    rm -rf "$work"
-    _env_log "libcuda stub: $(cat "$dest/.from-deb") -> $dest"
-}
-
-_env_cuda() {
-    if [[ "${SPARSE_TC_NO_CUDA_STUB:-0}" == 1 ]]; then
-        _env_log "SPARSE_TC_NO_CUDA_STUB=1: leaving libcuda setup alone"
-        return 0
-    fi
-    local stub="$SPARSE_TC_ROOT/.cache/cuda"
-    # Already set up by an earlier sourcing in this shell (or a parent): just re-export.
-    if [[ -e "$stub/lib64/libcuda.so" && -e "$stub/lib64/libcuda.so.1" \
-          && ! -e "$stub/.system-link" ]]; then
-        export CUDA_LIBRARY_PATH="$stub"
-        _env_path_prepend "$stub/lib64" LD_LIBRARY_PATH
-        return 0
-    fi
-    if _env_cuda_linkable; then
-        return 0   # a CUDA install / CUDA_LIBRARY_PATH that cust can use exists already
-    fi
-    local ldc sys
-    ldc="$(ldconfig -p 2>/dev/null || true)"
-    sys="$(awk '/libcuda\.so\.1 .*x86-64/ {print $NF; exit}' <<<"$ldc")"
-    if [[ -n "$sys" ]]; then
-        # A driver is installed (libcuda.so.1 in the loader cache) but no toolkit dir that
-        # find_cuda_helper searches: give it a lib64/libcuda.so link to the real driver.
-        # LD_LIBRARY_PATH stays untouched so the driver's own library loads at run time.
-        local sysdir="$SPARSE_TC_ROOT/.cache/cuda-system"
-        mkdir -p "$sysdir/lib64"
-        ln -sfn "$sys" "$sysdir/lib64/libcuda.so"
-        export CUDA_LIBRARY_PATH="$sysdir"
-        _env_log "system libcuda $sys: linking through $sysdir/lib64"
-        return 0
-    fi
-    _env_fetch_debian_libcuda "$stub/lib64"
-    export CUDA_LIBRARY_PATH="$stub"
-    _env_path_prepend "$stub/lib64" LD_LIBRARY_PATH
-}
+export SPARSE_TC_PTX_FROM_SOURCE=1
 
 # ---------------------------------------------------------------------------
 # 3. ptxas (on demand)
@@ -224,7 +102,6 @@ PY
 
 # ---------------------------------------------------------------------------
 _env_toolchain
-_env_cuda
 # rust-toolchain.toml pins the nightly inside the repo (cargo there uses it); check it.
 _env_check_active() {
     local active

@@ -1,7 +1,15 @@
-//! Builds the device crate `gpu/` to PTX and hands it to the host crate (the role
-//! `cuda_builder` plays in Rust-CUDA).
+//! Hands the device crate `gpu/`'s PTX to the host crate (the role `cuda_builder` plays in
+//! Rust-CUDA).
 //!
-//! Runs a nested `cargo build --target nvptx64-nvidia-cuda -Zbuild-std=core` twice: with
+//! By default it copies the PTX shipped in `host/ptx/`, so that building this crate (e.g. as a
+//! dependency) needs neither the pinned nightly nor the nvptx target: any stable Rust will do.
+//! With `SPARSE_TC_PTX_FROM_SOURCE=1` (set for this repository by `.cargo/config.toml` and
+//! `.ci/env.sh`, so editing a kernel here rebuilds its PTX) it builds `gpu/` instead, and warns
+//! when the result differs from `host/ptx/` (`.ci/check-shipped-ptx --update` refreshes it;
+//! CI checks that the two are equal).
+//!
+//! The build from source runs a nested `cargo build --target nvptx64-nvidia-cuda
+//! -Zbuild-std=core` twice: with
 //! `-C target-cpu=sm_80` (Tensor Core `mma.sync`, `cp.async`, `ldmatrix`; runs on A100 and
 //! H100) and PTX ISA 7.4 (`+ptx74`: L2 cache policies and `discard`), and with sm_90, PTX 8.3
 //! and `--cfg sm90` (instructions only Hopper has; `Gpu` loads this one on compute
@@ -21,15 +29,47 @@ mod layout;
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let gpu = root.join("gpu");
+    let shipped = root.join("host").join("ptx");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    println!("cargo:rerun-if-env-changed={FROM_SOURCE}");
+    if !from_source() {
+        for build in BUILDS {
+            let ptx = shipped.join(build.file);
+            println!("cargo:rerun-if-changed={}", ptx.display());
+            std::fs::copy(&ptx, out.join(build.file)).unwrap_or_else(|e| {
+                panic!("cannot copy the shipped PTX {}: {e} (or set {FROM_SOURCE}=1 to build gpu/)", ptx.display())
+            });
+        }
+        return;
+    }
     println!("cargo:rerun-if-changed={}", gpu.join("src").display());
     println!("cargo:rerun-if-changed={}", gpu.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", root.join("rust-toolchain.toml").display());
 
     let toolchain = pinned_toolchain(&root.join("rust-toolchain.toml"));
     for build in BUILDS {
-        let ptx = build_ptx(&gpu, &out.join(build.dir), &toolchain, build.rustflags);
-        std::fs::write(out.join(build.file), add_launch_bounds(&ptx)).expect("writing the PTX");
+        let ptx = add_launch_bounds(&build_ptx(&gpu, &out.join(build.dir), &toolchain, build.rustflags));
+        println!("cargo:rerun-if-changed={}", shipped.join(build.file).display());
+        if std::fs::read_to_string(shipped.join(build.file)).ok().as_deref() != Some(ptx.as_str()) {
+            println!(
+                "cargo:warning=host/ptx/{} differs from this build of gpu/: run .ci/check-shipped-ptx --update before committing",
+                build.file
+            );
+        }
+        std::fs::write(out.join(build.file), ptx).expect("writing the PTX");
+    }
+}
+
+/// The environment variable that selects the build from source.
+const FROM_SOURCE: &str = "SPARSE_TC_PTX_FROM_SOURCE";
+
+/// `SPARSE_TC_PTX_FROM_SOURCE=1`: build `gpu/` (pinned nightly, nvptx) instead of copying
+/// `host/ptx/`.
+fn from_source() -> bool {
+    match env::var(FROM_SOURCE).as_deref() {
+        Ok("1") => true,
+        Ok("0") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("{FROM_SOURCE}={other:?}: expected 1 (build gpu/) or 0 (use host/ptx/)"),
     }
 }
 
@@ -39,7 +79,8 @@ struct PtxBuild {
     rustflags: &'static str,
     /// Its own target directory (under `OUT_DIR`), so the two builds do not rebuild each other.
     dir: &'static str,
-    /// The PTX file written to `OUT_DIR` (embedded by `host/src/lib.rs`).
+    /// The PTX file written to `OUT_DIR` (embedded by `host/src/lib.rs`), and its name in
+    /// `host/ptx/`.
     file: &'static str,
 }
 
