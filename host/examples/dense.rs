@@ -4,18 +4,29 @@
 //! times the kernel with CUDA events and prints µs and TB/s; without one it says so and runs
 //! the CPU path.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
+use clap::Parser;
 use sparse_tc::{cpu, Gpu};
 
 mod common;
 
+/// The dense Tensor Core `linear` against a CPU check: Y[N×M] = X[N×K] · W[M×K]ᵀ.
+#[derive(Parser)]
+struct Args {
+    /// Output features (rows of W).
+    #[arg(default_value_t = 11008, value_parser = clap::value_parser!(u32).range(1..))]
+    m: u32,
+    /// Input features.
+    #[arg(default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    k: u32,
+    /// Tokens.
+    #[arg(default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    n: u32,
+}
+
 fn main() -> Result<()> {
-    let dims: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>().context("M K N must be integers")?;
-    let (m, k, n) = match dims[..] {
-        [m, k, n] => (m, k, n),
-        [] => (11008, 4096, 16),
-        _ => anyhow::bail!("usage: dense [M K N]"),
-    };
+    let a = Args::parse();
+    let (m, k, n) = (a.m as usize, a.k as usize, a.n as usize);
     println!("Y[{n}×{m}] = X[{n}×{k}] · W[{m}×{k}]ᵀ, f16 in, f32 accumulate");
     let mut seed = 0x1234_5678_9abc_def0u64;
     let w = common::random_f16s(&mut seed, m * k);

@@ -20,7 +20,7 @@
 //!
 //! Built only with the `plots` feature (`required-features` in Cargo.toml).
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::{BTreeMap, BTreeSet};
@@ -449,11 +449,19 @@ fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Opti
     Ok(Some(path.clone()))
 }
 
+/// Plots of a benchmark CSV (`cargo bench --bench linear -- --csv FILE`): speedup over cuBLAS
+/// against sparsity, and the share of the copy bandwidth, one pair per element type.
+#[derive(clap::Parser)]
+struct Args {
+    /// The benchmark's CSV.
+    csv: String,
+    /// Directory for the plots (`<out>/<dtype>/*.png`).
+    out: String,
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [csv, out] = &args[..] else {
-        bail!("usage: cargo run --release --features plots --example plot_results -- <results.csv> <out_dir>");
-    };
+    let Args { csv, out } = <Args as clap::Parser>::parse();
+    let (csv, out) = (&csv, &out);
     plotters::style::register_font(SANS, FontStyle::Normal, FONT).map_err(|_| anyhow::anyhow!("embedded font is not a valid TTF"))?;
     let data = parse_csv(Path::new(csv))?;
     ensure!(!data.rows.is_empty(), "no usable rows in {csv}");

@@ -4,21 +4,45 @@
 //! `cargo run --release --example spmm -- [SPARSITY [M K N]]` (default 0.8, 28672 4096 16).
 //! Without a GPU it says so and runs the multi-threaded CPU SpMM against the CPU dense path.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
+use clap::Parser;
 use half::f16;
 use sparse_tc::{cpu, Gpu, SparseWeight};
 use std::time::Instant;
 
 mod common;
 
+/// Prune a random weight, pack it, and run the sparse and the dense `linear` on it.
+#[derive(Parser)]
+struct Args {
+    /// Share of W's weights pruned, in [0, 1].
+    #[arg(default_value_t = 0.8, value_parser = sparsity)]
+    sparsity: f64,
+    /// Output features (rows of W); M, K and N go together.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..), requires_all = ["k", "n"])]
+    m: Option<u32>,
+    /// Input features.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+    k: Option<u32>,
+    /// Tokens.
+    #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+    n: Option<u32>,
+}
+
+fn sparsity(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s} is not a number in [0, 1]")),
+    }
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let sparsity: f64 = args.first().map_or(Ok(0.8), |s| s.parse()).context("SPARSITY must be a number in 0..=1")?;
-    let dims: Vec<usize> = args.iter().skip(1).map(|a| a.parse()).collect::<Result<_, _>>().context("M K N must be integers")?;
+    let a = Args::parse();
+    let sparsity = a.sparsity;
+    let dims: Vec<usize> = [a.m, a.k, a.n].iter().flatten().map(|&v| v as usize).collect();
     let (m, k, n) = match dims[..] {
         [m, k, n] => (m, k, n),
-        [] => (28672, 4096, 16),
-        _ => anyhow::bail!("usage: spmm [SPARSITY [M K N]]"),
+        _ => (28672, 4096, 16),
     };
     let gpu = Gpu::new();
     // Without a GPU the CPU path runs; keep it quick.

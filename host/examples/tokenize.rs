@@ -6,6 +6,7 @@
 //! `.ci/fetch-smollm2`); the prompts default to the list the Python script uses.
 
 use anyhow::{Context, Result};
+use clap::Parser;
 use serde_json::json;
 use sparse_tc::model::gguf::Gguf;
 use sparse_tc::model::tokenizer::Tokenizer;
@@ -23,8 +24,18 @@ const DEFAULT_PROMPTS: &[&str] = &[
     "a\r\nb\n\n\nc",
 ];
 
+/// A GGUF model's token ids for prompts, one JSON object per line.
+#[derive(Parser)]
+struct Args {
+    /// The model (a `.gguf` file) followed by the prompts; without a `.gguf` first, the model
+    /// is `$SPARSE_TC_SMOLLM2` or `.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf`, and without
+    /// prompts the default list is used.
+    #[arg(value_name = "[MODEL.gguf] PROMPT")]
+    args: Vec<String>,
+}
+
 fn main() -> Result<()> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = Args::parse().args;
     let path = if args.first().is_some_and(|a| a.ends_with(".gguf")) {
         args.remove(0)
     } else {
