@@ -4,7 +4,7 @@
 //! cargo bench --bench linear                      # the default sweep (see `Args::default`)
 //! cargo bench --bench linear -- [--shapes 36864x9216,...] [--n 1,8,16,32,64]
 //!     [--sparsity 0.5,0.7,0.8,0.9] [--rows-pattern 0.8|none] [--reps 100] [--dtype f16,bf16]
-//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|ring|all]
+//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|ring|bitmap|all]
 //! ```
 //! Method, in one process and on one stream:
 //! - every kernel of a case is timed in the same loop, round-robin (clock drift hits all
@@ -19,7 +19,9 @@
 //!   as a fast result, and makes the program exit non-zero.
 //!
 //! Kernels: `cublas` (`cublasGemmEx`, f32 accumulate — the denominator of every speedup),
-//! `dense` (ours), `sparse_plain` (Tiled-CSL, words in row order) and `sparse` (bank-reordered).
+//! `dense` (ours), `sparse_plain` (Tiled-CSL, words in row order), `sparse` (bank-reordered)
+//! and `bitmap` (the bitmap format, `gpu/src/kernels/bitmap.rs`; `--tune bitmap` adds its
+//! warp heights and split counts).
 //! `--tune KIND` also times every compiled block shape and several split counts (`dense`,
 //! `sparse`), or the sparse kernel's word-ring sizes per warp height and its L2 hint off
 //! (`ring`): the data behind the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`.
@@ -28,7 +30,7 @@ use cust::event::{Event, EventFlags};
 use half::{bf16, f16};
 use sparse_tc::cublas::{self, Cublas};
 use sparse_tc::layout::{spmm_max_nt, DENSE_CONFIGS, SPMM_CONFIGS};
-use sparse_tc::{BlockShape, DeviceMatrix, DeviceSparseWeight, Dtype, Element, Gpu, LinearOptions, SparseWeight};
+use sparse_tc::{BitmapWeight, BlockShape, DeviceMatrix, DeviceSparseWeight, Dtype, Element, Gpu, LinearOptions, SparseWeight};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::Instant;
@@ -447,7 +449,10 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                 reordered.reorder_for_banks();
                 let c = (3 * L2_BYTES).div_ceil(plain.stored_bytes());
                 let up = |w: &SparseWeight<T>| (0..c).map(|_| gpu.upload_sparse(w).unwrap()).collect::<Vec<_>>();
-                (up(&plain), up(&reordered), plain.stored_bytes(), 1.0 - plain.density())
+                let bitmap = BitmapWeight::from_tiled_csl(&plain).unwrap();
+                let cb = (3 * L2_BYTES).div_ceil(bitmap.stored_bytes());
+                let bitmaps = (0..cb).map(|_| gpu.upload_bitmap(&bitmap).unwrap()).collect::<Vec<_>>();
+                (up(&plain), up(&reordered), plain.stored_bytes(), 1.0 - plain.density(), bitmaps, bitmap.stored_bytes())
             });
             drop(w_host);
             let sparsity = sparse.as_ref().map_or(0.0, |s| s.3);
@@ -483,10 +488,20 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                         }
                     }
                 }
-                if let Some((plain, reordered, bytes, _)) = &sparse {
+                if let Some((plain, reordered, bytes, _, bitmaps, bitmap_bytes)) = &sparse {
                     entries.push(sparse_entry("sparse_plain".into(), plain, LinearOptions::default(), bytes + io));
                     entries.push(sparse_entry("sparse".into(), reordered, LinearOptions::default(), bytes + io));
+                    entries.push(sparse_entry("bitmap".into(), bitmaps, LinearOptions::default(), bitmap_bytes + io));
                     let n_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+                    if tuning("bitmap") {
+                        for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
+                            for s in splits.clone() {
+                                let name = format!("bitmap_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
+                                let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }), ..Default::default() };
+                                entries.push(sparse_entry(name, bitmaps, o, bitmap_bytes + io));
+                            }
+                        }
+                    }
                     if tuning("sparse") {
                         for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
                             for s in splits.clone() {
@@ -566,7 +581,7 @@ fn summary(gpu: &Gpu, dtype: Dtype, copy_bw: f64, rows: &[Row], patterns: &[Patt
     }
     println!("{header}{:>9}", "all N");
     for &p in patterns {
-        for kernel in ["dense", "sparse_plain", "sparse"] {
+        for kernel in ["dense", "sparse_plain", "sparse", "bitmap"] {
             let sel = |n: Option<usize>| rows.iter().filter(move |r| r.ok && r.pattern == p && r.kernel == kernel && n.is_none_or(|n| r.n == n));
             if sel(None).next().is_none() {
                 continue;
@@ -596,7 +611,7 @@ fn summary(gpu: &Gpu, dtype: Dtype, copy_bw: f64, rows: &[Row], patterns: &[Patt
             w.shape.0, w.shape.1, w.n, w.pattern.name(), w.sparsity * 100.0, w.pct_bw
         );
     }
-    for kernel in ["cublas", "dense", "sparse"] {
+    for kernel in ["cublas", "dense", "sparse", "bitmap"] {
         let (g, c) = geomean(rows.iter().filter(|r| r.ok && r.kernel == kernel).map(|r| r.pct_bw));
         if c > 0 {
             println!("{kernel:<8} geometric-mean % of copy bandwidth over {c} cases: {g:.0}%");

@@ -41,6 +41,19 @@ pub unsafe fn st_shared_b16(addr: SmemAddr, value: u16) {
     asm!("st.shared.b16 [{0}], {1};", in(reg32) addr.0, in(reg16) value, options(nostack));
 }
 
+/// `ld.shared.b16` (PTX ISA 9.7.9.8): loads 16 bits (the bitmap kernel's values and
+/// fragment offsets).
+///
+/// # Safety
+/// `addr` must be 2-byte aligned and inside the launch's dynamic shared memory, and the
+/// bytes must have been written (and made visible by a barrier) before.
+#[inline(always)]
+pub unsafe fn ld_shared_b16(addr: SmemAddr) -> u16 {
+    let v: u16;
+    asm!("ld.shared.b16 {0}, [{1}];", out(reg16) v, in(reg32) addr.0, options(nostack, readonly));
+    v
+}
+
 /// `st.shared.v4.b32`: stores 16 bytes.
 ///
 /// # Safety

@@ -6,10 +6,11 @@ use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, SharedMemory};
 use crate::layout::{
-    block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt, spmm_ring_words, spmm_smem_bytes,
+    block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt,
     DENSE_CONFIGS, REDUCE_THREADS, SPARSE_TILE_M, SPMM_CONFIGS, SPMM_ROW_TILES, TILE_K, TILE_M,
 };
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
+use crate::sparse::formats::SparseFormat;
 use cust::function::{BlockSize, Function};
 use crate::memory::DeviceAlloc;
 use std::cell::RefCell;
@@ -262,8 +263,9 @@ pub(crate) const MAX_SLICE_TOKENS: usize = MAX_TOKEN_TILES * 64;
 pub(crate) enum WeightInfo {
     /// A dense [`DeviceMatrix`] with leading dimension `ld`.
     Dense { ld: usize },
-    /// A [`DeviceSparseWeight`]: its stored bytes and 99th-percentile tile length (words).
-    Sparse { stored_bytes: usize, typical_tile_words: usize },
+    /// A [`DeviceSparseWeight`]: its format, stored bytes and the format's stage hint (the
+    /// 99th-percentile Tiled-CSL tile in words, the largest bitmap panel in bytes).
+    Sparse { format: SparseFormat, stored_bytes: usize, stage_hint: usize },
 }
 
 /// A `linear` call's shapes: `Y[n × m] = X[n × k] · Wᵀ` (`W` is `m × k`), the leading
@@ -297,8 +299,9 @@ pub(crate) type Occupancy<'a> = dyn FnMut(&str, u32, u32) -> Result<usize> + 'a;
 pub(crate) enum LaunchKind {
     /// `dense_linear`: the first `full` row tiles whole, the others split `splits` ways.
     Dense { full: u32, splits: u32 },
-    /// `spmm_linear`: `blocks` stream-K ranges, a word ring of `ring` words.
-    Sparse { blocks: u32, ring: u32, evict_first: u32 },
+    /// A sparse format's kernel: `blocks` stream-K ranges and the format's stage parameter
+    /// (`spmm_linear`: its word ring in words; `bitmap_linear`: its panel slot in bytes).
+    Sparse { blocks: u32, stage: u32, evict_first: u32 },
 }
 
 /// The split-K reduction after a launch: kernel and grid (its arguments are the slice's).
@@ -391,18 +394,6 @@ pub(crate) fn plan(p: &Problem, opts: &LinearOptions, dev: &DeviceLimits, occupa
     Ok(slices)
 }
 
-/// Largest word ring of the sparse kernel for `nt` token tiles on a device with
-/// `per_block` bytes of shared memory per block (a multiple of 128; below 1024 none fits).
-fn max_ring_words(nt: usize, per_block: usize) -> usize {
-    per_block.saturating_sub(spmm_smem_bytes(nt, 0)) / 4 / 128 * 128
-}
-
-/// [`spmm_smem_bytes`] with checked arithmetic (the layout's `const fn` wraps).
-fn spmm_smem_checked(nt: usize, ring: usize) -> Result<usize> {
-    let ring_bytes = Sizes::ARG.mul("ring_words × 4 bytes", ring, 4)?;
-    Sizes::ARG.add("sparse kernel shared memory (tiles + ring_words × 4 bytes)", spmm_smem_bytes(nt, 0), ring_bytes)
-}
-
 /// Plans one launch for `tokens ≤ MAX_SLICE_TOKENS` tokens (see [`plan`]).
 fn plan_slice(
     p: &Problem,
@@ -420,7 +411,7 @@ fn plan_slice(
     let shape_u32 = |what, v| Sizes::SHAPE.to_u32(what, v);
     let (mm, nn, kk) = (shape_u32("out_features (m)", m)?, shape_u32("tokens (n)", tokens)?, shape_u32("in_features (k)", k)?);
     let (ldx, ldy) = (shape_u32("leading dimension of X", p.ldx)?, shape_u32("leading dimension of Y", p.ldy)?);
-    let mut ring = 0;
+    let mut stage = 0;
     let (name, block, smem) = match p.weight {
         WeightInfo::Dense { .. } => {
             let (rt, mt) = dense_default_config(m, dev.sm_count);
@@ -432,7 +423,7 @@ fn plan_slice(
             // A compiled shape and token tile: at most 4 · (4·8 KiB + 8·1 KiB).
             (name, b, dense_smem_bytes(b.row_tiles, nt))
         }
-        WeightInfo::Sparse { typical_tile_words, .. } => {
+        WeightInfo::Sparse { format, stage_hint, .. } => {
             let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: spmm_default_mt(nt) });
             let mt = b.warp_m_tiles;
             if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
@@ -440,30 +431,12 @@ fn plan_slice(
                     "sparse block {b:?} for {n_tile} tokens: row_tiles must be {SPMM_ROW_TILES}, warp_m_tiles one of {SPMM_CONFIGS:?} (4 only up to 32 tokens)"
                 )));
             }
-            let name = format!("spmm_linear_{dt}_n{n_tile}_m{mt}");
+            // The format's kernel, stage parameter and shared memory (`sparse::formats`).
+            let launch = format.plan();
+            let name = launch.kernel(dt, n_tile, mt);
             let threads = block_threads(SPMM_ROW_TILES, mt) as u32;
-            let max_ring = max_ring_words(nt, dev.smem.per_block);
-            ring = match opts.ring_words {
-                // Range first: nothing is computed from an unchecked ring.
-                Some(r) if r < 1024 || r > max_ring || !r.is_multiple_of(128) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "ring_words = {r} is outside its allowed range: a multiple of 128 in 1024..={max_ring} \
-                         (with {n_tile} tokens this device has {} bytes of shared memory per block)",
-                        dev.smem.per_block
-                    )));
-                }
-                Some(r) => r,
-                None => spmm_ring(dev, &name, threads, nt, typical_tile_words, occupancy)?,
-            };
-            let smem = spmm_smem_checked(nt, ring)?;
-            if smem > dev.smem.per_block {
-                // Only the automatic fallback ring can get here (a device with little shared
-                // memory): the options were checked above.
-                return Err(Error::UnsupportedDevice(format!(
-                    "the sparse kernel needs {smem} bytes of shared memory with {n_tile} tokens, the device allows {}",
-                    dev.smem.per_block
-                )));
-            }
+            let smem;
+            (stage, smem) = launch.stage(stage_hint, dev, &name, threads, nt, opts, occupancy)?;
             (name, b, smem)
         }
     };
@@ -583,7 +556,7 @@ fn plan_slice(
             })?;
             slice.kind = LaunchKind::Sparse {
                 blocks: Sizes::ARG.to_u32("blocks", blocks)?,
-                ring: Sizes::ARG.to_u32("ring_words", ring)?,
+                stage: Sizes::ARG.to_u32("stage parameter (ring words or slot bytes)", stage)?,
                 evict_first: u32::from(opts.l2_evict_first.unwrap_or(true)),
             };
             // Workspace: two slots per block and token tile, when some block's range starts
@@ -613,39 +586,6 @@ fn plan_slice(
         }
     }
     Ok(slice)
-}
-
-/// The sparse kernel's word ring for `nt` token tiles and a weight whose tiles (99% of
-/// them) hold at most `tile_words` words. Resident blocks matter most (measured on an
-/// H100, `benches/results/NOTES.md` item 17): four blocks per SM when a ring that lets
-/// four share an SM still holds such a tile whole (≤ 16 tokens from 70–80% sparsity on,
-/// where registers allow four), else three, else two (64 tokens, where registers allow
-/// two); the ring takes all the shared memory the blocks leave. Falls back to
-/// `layout::spmm_ring_words` when none is possible.
-fn spmm_ring(
-    dev: &DeviceLimits,
-    name: &str,
-    threads: u32,
-    nt: usize,
-    tile_words: usize,
-    occupancy: &mut Occupancy<'_>,
-) -> Result<usize> {
-    // A validated tile holds at most 16384 + 31 words.
-    let target = tile_words.next_multiple_of(128).max(1024);
-    for blocks in [4, 3, 2] {
-        // The largest ring that lets `blocks` blocks share an SM's shared memory.
-        let per_block = (dev.smem.per_sm / blocks).saturating_sub(dev.smem.reserved_per_block).min(dev.smem.per_block);
-        let ring = max_ring_words(nt, per_block);
-        if ring < 1024 || (blocks == 4 && ring < target) {
-            continue;
-        }
-        // Registers may still allow fewer blocks. `ring ≤ per_block / 4`: no overflow.
-        let smem = Sizes::ARG.to_u32("dynamic shared memory bytes", spmm_smem_checked(nt, ring)?)?;
-        if occupancy(name, threads, smem)? >= blocks * dev.sm_count {
-            return Ok(ring);
-        }
-    }
-    Ok(spmm_ring_words(nt))
 }
 
 impl Gpu {
@@ -702,7 +642,7 @@ impl Gpu {
         let weight = match w.operand() {
             Operand::Dense(wd) => WeightInfo::Dense { ld: wd.ld() },
             Operand::Sparse(ws) => {
-                WeightInfo::Sparse { stored_bytes: ws.stored_bytes(), typical_tile_words: ws.typical_tile_words }
+                WeightInfo::Sparse { format: ws.format(), stored_bytes: ws.stored_bytes(), stage_hint: ws.stage_hint }
             }
         };
         let problem = Problem { n, k, m, ldx: x.ld(), ldy: y.ld(), weight, dtype: T::DTYPE };
@@ -728,12 +668,13 @@ impl Gpu {
                         self.launch_dependent(&reduce, r.grid, REDUCE_THREADS as u32, &mut args)?;
                     }
                 }
-                (LaunchKind::Sparse { blocks: nb, ring, evict_first }, Operand::Sparse(ws)) => {
+                // Every sparse format's kernel takes the same arguments (`sparse::formats`).
+                (LaunchKind::Sparse { blocks: nb, stage, evict_first }, Operand::Sparse(ws)) => {
                     let (flags, launch) = if s.flags > 0 { self.completion_flags(s.flags)? } else { (0, 0) };
                     let offs = ws.tile_offsets.ptr();
                     let words = ws.words.ptr();
                     let mut args =
-                        args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, ring, evict_first, flags, launch];
+                        args![offs, words, xp, ldx, yp, ldy, partial, mm, nn, kk, nb, stage, evict_first, flags, launch];
                     self.launch(&func, s.grid, s.threads, s.smem, &mut args)?;
                     if let Some(r) = &s.reduce {
                         let (reduce, _) = self.kernel(&r.kernel, REDUCE_THREADS as u32, 0)?;
@@ -895,6 +836,8 @@ pub(crate) use args;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::spmm_smem_bytes;
+    use crate::sparse::tiled_csl_launch::max_ring_words;
 
     #[test]
     fn n_tile_covers_n() {
@@ -988,7 +931,7 @@ mod tests {
 
     fn sparse_problem(n: usize, m: usize, k: usize) -> Problem {
         let tiles = m.div_ceil(256) * k.div_ceil(64);
-        let weight = WeightInfo::Sparse { stored_bytes: 4 * tiles * 2048, typical_tile_words: 2048 };
+        let weight = WeightInfo::Sparse { format: SparseFormat::TiledCsl, stored_bytes: 4 * tiles * 2048, stage_hint: 2048 };
         Problem { n, k, m, ldx: padded_ld(k), ldy: padded_ld(m), weight, dtype: Dtype::F16 }
     }
 
@@ -1053,7 +996,7 @@ mod tests {
             let nt = n_tile_for(n) / 8;
             for r in [1024, 4096, max_ring_words(nt, h100().smem.per_block)] {
                 let slices = plan_of(&p, LinearOptions { ring_words: Some(r), ..Default::default() }).0.unwrap();
-                let LaunchKind::Sparse { ring, .. } = slices[0].kind else { panic!() };
+                let LaunchKind::Sparse { stage: ring, .. } = slices[0].kind else { panic!() };
                 assert_eq!(ring as usize, r);
                 assert_eq!(slices[0].smem as usize, spmm_smem_bytes(nt, r));
                 assert!(slices[0].smem as usize <= h100().smem.per_block);
@@ -1172,12 +1115,12 @@ mod tests {
         // 36864×9216 at 80% sparsity, 16 tokens: the automatic ring, the stream-K wave and the
         // reduction, all in 32-bit range and consistent with each other.
         let (m, k) = (36864, 9216);
-        let weight = WeightInfo::Sparse { stored_bytes: m * k / 5 * 4, typical_tile_words: 3392 };
+        let weight = WeightInfo::Sparse { format: SparseFormat::TiledCsl, stored_bytes: m * k / 5 * 4, stage_hint: 3392 };
         let p = Problem { weight, ..sparse_problem(16, m, k) };
         let (slices, calls) = plan_of(&p, LinearOptions::default());
         let s = &slices.unwrap()[0];
         assert_eq!(s.kernel, "spmm_linear_f16_n16_m4");
-        let LaunchKind::Sparse { blocks, ring, evict_first } = s.kind else { panic!() };
+        let LaunchKind::Sparse { blocks, stage: ring, evict_first } = s.kind else { panic!() };
         assert!(ring >= 3456 && ring % 128 == 0 && evict_first == 1, "{ring}");
         assert_eq!(s.smem as usize, spmm_smem_bytes(2, ring as usize));
         assert_eq!((blocks as usize, s.grid.dims()), (4 * 132, (528, 1, 1)));
@@ -1185,6 +1128,26 @@ mod tests {
         assert_eq!(s.flags, 528);
         assert_eq!(s.reduce.as_ref().map(|r| r.kernel.as_str()), Some("streamk_reduce_f16"));
         assert!(calls.iter().any(|c| c.0 == "streamk_reduce_f16"));
+    }
+
+    #[test]
+    fn plan_of_a_bitmap_weight() {
+        // The same schedule as Tiled-CSL, the bitmap kernel, its panel slots as the stage.
+        let (m, k) = (36864, 9216);
+        let weight = WeightInfo::Sparse { format: SparseFormat::Bitmap, stored_bytes: m * k, stage_hint: 9000 };
+        let p = Problem { weight, ..sparse_problem(16, m, k) };
+        let s = &plan_of(&p, LinearOptions::default()).0.unwrap()[0];
+        assert_eq!(s.kernel, "bitmap_linear_f16_n16_m4");
+        let LaunchKind::Sparse { blocks, stage, .. } = s.kind else { panic!() };
+        assert_eq!(stage, 9088);
+        assert_eq!(s.smem as usize, crate::layout::bitmap_smem_bytes(2, 9088));
+        assert_eq!(s.reduce.as_ref().map(|r| r.kernel.as_str()), Some("streamk_reduce_f16"));
+        assert_eq!(s.workspace, 2 * blocks as usize * 16 * 256);
+        // The word ring is the Tiled-CSL kernel's knob.
+        let m = refused(&p, LinearOptions { ring_words: Some(4096), ..Default::default() });
+        assert!(m.contains("ring_words") && m.contains("bitmap"), "{m}");
+        let p = Problem { n: 64, ..p };
+        assert_eq!(plan_of(&p, LinearOptions::default()).0.unwrap()[0].kernel, "bitmap_linear_f16_n64_m2");
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! Device-resident operands: dense matrices and Tiled-CSL sparse weights.
+//! Device-resident operands: dense matrices and sparse weights (Tiled-CSL or bitmap).
 
 use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::memory::DeviceAlloc;
-use crate::sparse::SparseWeight;
+use crate::sparse::{BitmapWeight, FormatChoice, SparseFormat, SparseWeight};
 use std::marker::PhantomData;
 
 /// Largest row or column count the kernels index with 32-bit parameters.
@@ -184,8 +184,20 @@ impl Gpu {
         })
     }
 
-    /// Copies a (validated) Tiled-CSL weight to the device.
+    /// Copies a (validated) Tiled-CSL weight to the device, as a Tiled-CSL weight (the same as
+    /// [`upload_sparse_as`](Self::upload_sparse_as) with `FormatChoice::Is(SparseFormat::TiledCsl)`).
     pub fn upload_sparse<T: Element>(&self, w: &SparseWeight<T>) -> Result<DeviceSparseWeight<T>> {
+        self.upload_sparse_as(w, FormatChoice::Is(SparseFormat::TiledCsl))
+    }
+
+    /// Copies a (validated) Tiled-CSL weight to the device in the format `choice` names
+    /// (`FormatChoice::Auto`: the one predicted fastest for its density, see
+    /// [`FormatChoice`]); a bitmap upload packs the weight on the host first.
+    pub fn upload_sparse_as<T: Element>(&self, w: &SparseWeight<T>, choice: FormatChoice) -> Result<DeviceSparseWeight<T>> {
+        match choice.resolve(w) {
+            SparseFormat::Bitmap => return self.upload_bitmap(&BitmapWeight::from_tiled_csl(w)?),
+            SparseFormat::TiledCsl => {}
+        }
         check_dims("upload_sparse", w.rows(), w.cols())?;
         self.bind()?;
         let tile_offsets = DeviceAlloc::from_slice(&self.owner, w.tile_offsets(), "upload offsets")?;
@@ -201,7 +213,28 @@ impl Gpu {
             cols: w.cols(),
             stored_bytes: w.stored_bytes(),
             reordered: w.is_reordered(),
-            typical_tile_words,
+            format: SparseFormat::TiledCsl,
+            stage_hint: typical_tile_words,
+            tile_offsets,
+            words,
+            _elem: PhantomData,
+        })
+    }
+
+    /// Copies a (validated) bitmap weight to the device.
+    pub fn upload_bitmap<T: Element>(&self, w: &BitmapWeight<T>) -> Result<DeviceSparseWeight<T>> {
+        check_dims("upload_bitmap", w.rows(), w.cols())?;
+        self.bind()?;
+        let tile_offsets = DeviceAlloc::from_slice(&self.owner, w.tile_offsets(), "upload offsets")?;
+        // Every tile has its 544-byte header, so `data` is never empty.
+        let words = DeviceAlloc::from_slice(&self.owner, w.data(), "upload bitmap tiles")?;
+        Ok(DeviceSparseWeight {
+            rows: w.rows(),
+            cols: w.cols(),
+            stored_bytes: w.stored_bytes(),
+            reordered: false,
+            format: SparseFormat::Bitmap,
+            stage_hint: w.max_panel_bytes(),
             tile_offsets,
             words,
             _elem: PhantomData,
@@ -209,16 +242,20 @@ impl Gpu {
     }
 }
 
-/// A Tiled-CSL sparse weight (`rows` = out_features × `cols` = in_features) in device memory.
-/// Built only from a validated [`SparseWeight`], so kernels never see inconsistent arrays.
+/// A sparse weight (`rows` = out_features × `cols` = in_features) in device memory, in one of
+/// the [`SparseFormat`]s. Built only from a validated [`SparseWeight`] or [`BitmapWeight`],
+/// so kernels never see inconsistent arrays.
 /// Owned like a [`DeviceMatrix`]: usable only with the [`Gpu`] that uploaded it.
 pub struct DeviceSparseWeight<T: Element> {
     rows: usize,
     cols: usize,
     stored_bytes: usize,
     reordered: bool,
-    /// Words of the 99th-percentile tile list.
-    pub(crate) typical_tile_words: usize,
+    format: SparseFormat,
+    /// The format's stage hint (`sparse::formats::LaunchPlan::stage`): Tiled-CSL, the words of
+    /// the 99th-percentile tile list; bitmap, the bytes of the largest panel.
+    pub(crate) stage_hint: usize,
+    /// The format's tile offsets and tile data (Tiled-CSL words, bitmap tiles).
     pub(crate) tile_offsets: DeviceAlloc<u32>,
     pub(crate) words: DeviceAlloc<u32>,
     _elem: PhantomData<T>,
@@ -237,8 +274,12 @@ impl<T: Element> DeviceSparseWeight<T> {
     pub fn stored_bytes(&self) -> usize {
         self.stored_bytes
     }
-    /// Whether the words were bank-reordered on the host.
+    /// Whether the words were bank-reordered on the host (Tiled-CSL only).
     pub fn is_reordered(&self) -> bool {
         self.reordered
+    }
+    /// The format the weight is stored in on the device.
+    pub fn format(&self) -> SparseFormat {
+        self.format
     }
 }

@@ -7,7 +7,8 @@
 //! Common launch shape of the GEMM-like kernels: grid `(work items, ceil(N / N_TILE), 1)`,
 //! where the dense kernel's work items are `full` whole row tiles followed by the remaining
 //! row tiles split `splits` ways along K (`tile::WorkItem`), and the sparse kernel's are
-//! equal ranges of the row-major tile sequence (`tile::StreamRange`); dynamic shared memory
+//! equal ranges of the row-major tile sequence (`tile::StreamRange`), as are the bitmap
+//! kernel's (`bitmap_linear_{dtype}_n{N_TILE}_m{MT}`, ranges of 256×64 panels); dynamic shared memory
 //! as given by `layout::{dense,spmm}_smem_bytes` (shared with the host).
 //!
 //! The model operations between the matmuls (`norm`, `elementwise`, `embed`, `rope`, `sample`,
@@ -17,6 +18,7 @@
 //! `sample`) take `rowwise::SCRATCH_BYTES` of dynamic shared memory.
 
 pub mod attention;
+pub mod bitmap;
 pub mod dense;
 pub mod elementwise;
 pub mod embed;
@@ -61,6 +63,25 @@ macro_rules! spmm_entries {
         ) {
             spmm::spmm_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
                 tile_offsets, words, x, ldx, y, ldy, partial, m, n, k, blocks, ring_words, evict_first != 0, flags, launch,
+            );
+        }
+    )*};
+}
+
+macro_rules! bitmap_entries {
+    ($($name:ident: $elem:ty, $mt:literal, $nt:literal;)*) => {$(
+        /// Sparse `Y = X · Wᵀ` on bitmap weights (see [`bitmap::bitmap_linear`]).
+        ///
+        /// # Safety
+        /// See [`bitmap::bitmap_linear`].
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(
+            tile_offsets: *const u32, data: *const u8, x: *const u16, ldx: u32,
+            y: *mut u16, ldy: u32, partial: *mut f32, m: u32, n: u32, k: u32, blocks: u32,
+            slot_bytes: u32, evict_first: u32, flags: *mut u32, launch: u32,
+        ) {
+            bitmap::bitmap_linear::<$elem, $mt, $nt, { crate::layout::block_threads(crate::layout::SPMM_ROW_TILES, $mt) }>(
+                tile_offsets, data, x, ldx, y, ldy, partial, m, n, k, blocks, slot_bytes, evict_first != 0, flags, launch,
             );
         }
     )*};
@@ -144,6 +165,23 @@ spmm_entries! {
     spmm_linear_bf16_n8_m4: Bf16, 4, 1;
     spmm_linear_bf16_n16_m4: Bf16, 4, 2;
     spmm_linear_bf16_n32_m4: Bf16, 4, 4;
+}
+
+bitmap_entries! {
+    bitmap_linear_f16_n8_m2: F16, 2, 1;
+    bitmap_linear_f16_n16_m2: F16, 2, 2;
+    bitmap_linear_f16_n32_m2: F16, 2, 4;
+    bitmap_linear_f16_n64_m2: F16, 2, 8;
+    bitmap_linear_f16_n8_m4: F16, 4, 1;
+    bitmap_linear_f16_n16_m4: F16, 4, 2;
+    bitmap_linear_f16_n32_m4: F16, 4, 4;
+    bitmap_linear_bf16_n8_m2: Bf16, 2, 1;
+    bitmap_linear_bf16_n16_m2: Bf16, 2, 2;
+    bitmap_linear_bf16_n32_m2: Bf16, 2, 4;
+    bitmap_linear_bf16_n64_m2: Bf16, 2, 8;
+    bitmap_linear_bf16_n8_m4: Bf16, 4, 1;
+    bitmap_linear_bf16_n16_m4: Bf16, 4, 2;
+    bitmap_linear_bf16_n32_m4: Bf16, 4, 4;
 }
 
 reduce_entries! {

@@ -177,7 +177,7 @@ unsafe fn load_b_frags<const NT: usize>(x_tile: SmemAddr, lane: usize, kk: usize
 /// All threads of the warp call it together; the X tile is complete and visible (barrier),
 /// and so is whatever `load_a` reads.
 #[inline(always)]
-unsafe fn warp_mma<E: MmaElement, const MT: usize, const NT: usize>(
+pub unsafe fn warp_mma<E: MmaElement, const MT: usize, const NT: usize>(
     x_tile: SmemAddr,
     acc: &mut [[FragC; NT]; MT],
     load_a: impl Fn(usize, usize) -> FragA,

@@ -44,7 +44,9 @@
 pub mod bitmap;
 pub mod file;
 pub mod format;
+pub mod formats;
 pub mod reorder;
+pub(crate) mod tiled_csl_launch;
 
 #[cfg(test)]
 pub(crate) mod test_util;
@@ -54,4 +56,5 @@ pub use format::{
     TILE_ELEMS, TILE_K, TILE_M, WORDS_PER_LOAD,
 };
 pub use bitmap::BitmapWeight;
+pub use formats::{FormatChoice, SparseFormat, SparseFormatWeight};
 pub use reorder::{BLOCK_WORDS, SMEM_BANKS};

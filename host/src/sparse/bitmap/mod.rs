@@ -36,6 +36,7 @@
 
 mod cpu;
 pub mod file;
+pub(crate) mod launch;
 mod pack;
 
 use std::marker::PhantomData;
@@ -49,6 +50,14 @@ use crate::layout::{
 };
 
 pub use cpu::linear_bitmap;
+
+/// Bytes a Tiled-CSL weight would take in the bitmap format (within 8 bytes per tile: each
+/// tile's padding is taken as its average), without packing it: the predictor of
+/// `FormatChoice::Auto`.
+pub fn predicted_bytes<T: Element>(w: &crate::sparse::SparseWeight<T>) -> usize {
+    let tiles = w.rows().div_ceil(TILE) * w.cols().div_ceil(TILE);
+    tiles * (BITMAP_TILE_HEADER_BYTES + 8) + 2 * w.nnz() + 4 * (tiles + 1)
+}
 
 /// Rows and columns of a tile.
 pub const TILE: usize = BITMAP_TILE;

@@ -342,3 +342,18 @@ fn every_single_byte_corruption_and_truncation_is_rejected() {
     }
     assert_eq!(BitmapWeight::<f16>::load(&b[..]).unwrap(), w);
 }
+
+#[test]
+fn automatic_format_follows_the_stored_bytes() {
+    use crate::sparse::{FormatChoice, SparseFormat};
+    let mut rng = Rng::new(9);
+    for (sparsity, expect) in [(0.5, SparseFormat::Bitmap), (0.8, SparseFormat::Bitmap), (0.99, SparseFormat::TiledCsl)] {
+        let dense: Vec<f16> = random_sparse(&mut rng, 512, 512, sparsity);
+        let sw = SparseWeight::from_dense(512, 512, &dense).unwrap();
+        let bw = BitmapWeight::from_dense(512, 512, &dense).unwrap();
+        // The predictor is within 8 bytes per tile of the packed size.
+        assert!(predicted_bytes(&sw).abs_diff(bw.stored_bytes()) <= 8 * 64, "{sparsity}");
+        assert_eq!(FormatChoice::Auto.resolve(&sw), expect, "{sparsity}");
+        assert_eq!(FormatChoice::Is(SparseFormat::TiledCsl).resolve(&sw), SparseFormat::TiledCsl);
+    }
+}

@@ -1,0 +1,54 @@
+//! The bitmap format's launch plan (`gpu/src/kernels/bitmap.rs`): kernel names and the
+//! panel slots of its double-buffered pipeline.
+
+use crate::checked::Sizes;
+use crate::error::{Error, Result};
+use crate::layout::{bitmap_smem_bytes, BITMAP_MAX_TILE_BYTES, BITMAP_PANEL_TILES};
+use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
+use crate::sparse::formats::LaunchPlan;
+
+/// The bitmap plan; its stage parameter is the panel slot (bytes), its stage hint the
+/// weight's largest panel (bytes).
+pub(crate) struct BitmapPlan;
+
+/// The one instance.
+pub(crate) static BITMAP: BitmapPlan = BitmapPlan;
+
+/// Slots are whole multiples of this many bytes (cache lines).
+const SLOT_ALIGN: usize = 128;
+
+impl LaunchPlan for BitmapPlan {
+    fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String {
+        format!("bitmap_linear_{dt}_n{n_tile}_m{mt}")
+    }
+
+    fn stage(
+        &self,
+        max_panel_bytes: usize,
+        dev: &DeviceLimits,
+        _name: &str,
+        _threads: u32,
+        nt: usize,
+        opts: &LinearOptions,
+        _occupancy: &mut Occupancy<'_>,
+    ) -> Result<(usize, usize)> {
+        if let Some(r) = opts.ring_words {
+            return Err(Error::InvalidArgument(format!(
+                "ring_words = {r}: the word ring is the Tiled-CSL kernel's; this weight is in the bitmap format"
+            )));
+        }
+        // A validated panel is at most 4 tiles of 8736 bytes; the slot holds it whole.
+        debug_assert!(max_panel_bytes <= BITMAP_PANEL_TILES * BITMAP_MAX_TILE_BYTES);
+        let slot = max_panel_bytes.max(1).next_multiple_of(SLOT_ALIGN);
+        let smem = Sizes::ARG.add("bitmap kernel shared memory", bitmap_smem_bytes(nt, 0), 2 * slot)?;
+        if smem > dev.smem.per_block {
+            return Err(Error::UnsupportedDevice(format!(
+                "the bitmap kernel needs {smem} bytes of shared memory with {} tokens, the device allows {}",
+                8 * nt,
+                dev.smem.per_block
+            )));
+        }
+        debug_assert_eq!(smem, bitmap_smem_bytes(nt, slot));
+        Ok((slot, smem))
+    }
+}

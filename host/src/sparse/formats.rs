@@ -1,0 +1,172 @@
+//! The seam between sparse formats and the rest of the library.
+//!
+//! Each format is one module behind two traits:
+//! - [`SparseFormatWeight`] (public, host side): pack from dense, validate, decode, files,
+//!   stored bytes, upload;
+//! - [`LaunchPlan`] (crate-internal, device side): which kernel, how much shared memory and
+//!   what per-launch stage parameter (the Tiled-CSL word ring, the bitmap panel slot).
+//!
+//! Both sparse kernels share the rest of the launch: 256-row blocks of `16/MT` warps, the
+//! stream-K schedule over 256×64 tiles, the split-K slots, completion flags and
+//! `streamk_reduce`, and one argument list (`offsets, data, x, ldx, y, ldy, partial, m, n,
+//! k, blocks, stage, evict_first, flags, launch`). So `Gpu::linear` dispatches through
+//! [`SparseFormat::plan`] and adding a format adds a module (and a variant here), not a
+//! branch in `linear_into`.
+
+use std::io::{Read, Write};
+
+use super::bitmap::{self, BitmapWeight};
+use super::tiled_csl_launch::TILED_CSL;
+use super::SparseWeight;
+use crate::element::Element;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
+use crate::matrix::DeviceSparseWeight;
+
+/// A sparse weight format the kernels read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SparseFormat {
+    /// Flash-LLM's Tiled-CSL ([`SparseWeight`]): a `u32` word (position, value) per nonzero.
+    TiledCsl,
+    /// Bitmap ([`BitmapWeight`]): a `u64` mask per 8×8 block plus the nonzero values.
+    Bitmap,
+}
+
+impl SparseFormat {
+    /// The format's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SparseFormat::TiledCsl => "Tiled-CSL",
+            SparseFormat::Bitmap => "bitmap",
+        }
+    }
+
+    /// The format's launch plan.
+    pub(crate) fn plan(self) -> &'static dyn LaunchPlan {
+        match self {
+            SparseFormat::TiledCsl => &TILED_CSL,
+            SparseFormat::Bitmap => &bitmap::launch::BITMAP,
+        }
+    }
+}
+
+/// Which format [`Gpu::upload_sparse_as`] uploads a weight in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FormatChoice {
+    /// The format predicted fastest: for now, the one with fewer stored bytes (the sparse
+    /// kernels are memory-bound at the token counts of decoding; bitmap below about 93%
+    /// sparsity). A placeholder for a measured speed model.
+    #[default]
+    Auto,
+    /// This format, whatever the density.
+    Is(SparseFormat),
+}
+
+impl FormatChoice {
+    /// The format chosen for a Tiled-CSL weight (see [`FormatChoice::Auto`]).
+    pub fn resolve<T: Element>(self, w: &SparseWeight<T>) -> SparseFormat {
+        match self {
+            FormatChoice::Is(f) => f,
+            FormatChoice::Auto => {
+                if bitmap::predicted_bytes(w) < w.stored_bytes() {
+                    SparseFormat::Bitmap
+                } else {
+                    SparseFormat::TiledCsl
+                }
+            }
+        }
+    }
+}
+
+/// What every sparse format offers on the host: packing, validation, decoding, files and the
+/// upload to a [`DeviceSparseWeight`] (which then goes to [`Gpu::linear`] like any weight).
+pub trait SparseFormatWeight<T: Element>: Sized {
+    /// The format.
+    const FORMAT: SparseFormat;
+    /// Packs the nonzero entries of a dense row-major `rows × cols` matrix.
+    fn from_dense(rows: usize, cols: usize, dense: &[T]) -> Result<Self>;
+    /// Keeps the `round((1 − sparsity)·rows·cols)` largest magnitudes, then packs.
+    fn prune_magnitude(rows: usize, cols: usize, dense: &[T], sparsity: f64) -> Result<Self>;
+    /// Decodes to a dense row-major matrix.
+    fn to_dense(&self) -> Vec<T>;
+    /// Bytes a kernel reads for the weight.
+    fn stored_bytes(&self) -> usize;
+    /// Writes the weight's file (the container of [`crate::sparse::file`] with its format).
+    fn save<W: Write>(&self, w: W) -> Result<()>;
+    /// Reads and fully validates a file written by [`save`](Self::save).
+    fn load<R: Read>(r: R) -> Result<Self>;
+    /// Copies the (validated) weight to the device.
+    fn upload(&self, gpu: &Gpu) -> Result<DeviceSparseWeight<T>>;
+}
+
+impl<T: Element> SparseFormatWeight<T> for SparseWeight<T> {
+    const FORMAT: SparseFormat = SparseFormat::TiledCsl;
+    fn from_dense(rows: usize, cols: usize, dense: &[T]) -> Result<Self> {
+        SparseWeight::from_dense(rows, cols, dense)
+    }
+    fn prune_magnitude(rows: usize, cols: usize, dense: &[T], sparsity: f64) -> Result<Self> {
+        SparseWeight::prune_magnitude(rows, cols, dense, sparsity)
+    }
+    fn to_dense(&self) -> Vec<T> {
+        SparseWeight::to_dense(self)
+    }
+    fn stored_bytes(&self) -> usize {
+        SparseWeight::stored_bytes(self)
+    }
+    fn save<W: Write>(&self, w: W) -> Result<()> {
+        SparseWeight::save(self, w)
+    }
+    fn load<R: Read>(r: R) -> Result<Self> {
+        SparseWeight::load(r)
+    }
+    fn upload(&self, gpu: &Gpu) -> Result<DeviceSparseWeight<T>> {
+        gpu.upload_sparse_as(self, FormatChoice::Is(SparseFormat::TiledCsl))
+    }
+}
+
+impl<T: Element> SparseFormatWeight<T> for BitmapWeight<T> {
+    const FORMAT: SparseFormat = SparseFormat::Bitmap;
+    fn from_dense(rows: usize, cols: usize, dense: &[T]) -> Result<Self> {
+        BitmapWeight::from_dense(rows, cols, dense)
+    }
+    fn prune_magnitude(rows: usize, cols: usize, dense: &[T], sparsity: f64) -> Result<Self> {
+        BitmapWeight::prune_magnitude(rows, cols, dense, sparsity)
+    }
+    fn to_dense(&self) -> Vec<T> {
+        BitmapWeight::to_dense(self)
+    }
+    fn stored_bytes(&self) -> usize {
+        BitmapWeight::stored_bytes(self)
+    }
+    fn save<W: Write>(&self, w: W) -> Result<()> {
+        BitmapWeight::save(self, w)
+    }
+    fn load<R: Read>(r: R) -> Result<Self> {
+        BitmapWeight::load(r)
+    }
+    fn upload(&self, gpu: &Gpu) -> Result<DeviceSparseWeight<T>> {
+        gpu.upload_bitmap(self)
+    }
+}
+
+/// The device half of a format: how `Gpu::linear` launches its kernel.
+pub(crate) trait LaunchPlan: Sync {
+    /// Entry name of the kernel for dtype `dt`, token tile `n_tile` and warp height `mt`.
+    fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String;
+    /// The kernel's stage parameter (its last-but-two argument) and dynamic shared memory for
+    /// `nt` token tiles, from the weight's `stage_hint` (set by the format at upload) and the
+    /// options (each format refuses the knobs that are not its own, naming them). `occupancy`
+    /// as in `linear::plan`.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &self,
+        stage_hint: usize,
+        dev: &DeviceLimits,
+        kernel: &str,
+        threads: u32,
+        nt: usize,
+        opts: &LinearOptions,
+        occupancy: &mut Occupancy<'_>,
+    ) -> Result<(usize, usize)>;
+}
