@@ -106,6 +106,16 @@ pub trait Backend {
         eps: f32,
         out: &mut Self::Mat,
     ) -> Result<()>;
+    /// Ranks whose [`all_reduce`](Self::all_reduce) this backend takes part in (1: none).
+    fn ranks(&self) -> usize {
+        1
+    }
+    /// Sums `m` over the ranks of a tensor-parallel model, in place on every rank (the
+    /// default: one rank, nothing to do).
+    fn all_reduce(&self, m: &mut Self::Mat) -> Result<()> {
+        let _ = m;
+        Ok(())
+    }
     /// `acc += x`.
     fn add_assign(&self, acc: &mut Self::Mat, x: &Self::Mat) -> Result<()>;
     /// `x += bias` on every row.
@@ -148,7 +158,7 @@ pub trait Backend {
 /// The CPU backend: f32 matrices, every operation from [`crate::ops::reference`], values
 /// rounded to the element type `T` after each operation that the GPU path stores in `T`, so
 /// both paths see the same rounding points.
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, CpuGroup};
 /// The GPU backend on this crate's kernels, in element type `T`.
 pub use gpu::GpuBackend;
 

@@ -3,7 +3,7 @@
 //! its length limit.
 
 use super::backend::Backend;
-use super::transformer::{Scratch, StepIo, Transformer};
+use super::transformer::{StepIo, Transformer};
 use crate::error::{Error, Result};
 use crate::ops::SamplingParams;
 use std::time::{Duration, Instant};
@@ -102,7 +102,7 @@ pub fn generate<B: Backend>(
     let c = &model.config;
     let max_seq = check_request(c, req)?;
     let batch = req.prompts.len();
-    let mut cache = backend.kv_cache(c.layers, batch, c.kv_heads, max_seq, c.head_dim())?;
+    let mut cache = model.kv_cache(backend, batch, max_seq)?;
     let stops: Vec<u32> = req.stop.iter().chain(&c.eos).copied().collect();
 
     // Prefill: every prompt token of every sequence, one row each.
@@ -126,7 +126,7 @@ pub fn generate<B: Backend>(
     let mut next = backend.ids(batch)?;
     {
         let prefill_io = io(&ids, &slots, &positions, &last)?;
-        let mut scratch = Scratch::new(backend, c, ids.len(), batch)?;
+        let mut scratch = model.scratch(backend, ids.len(), batch)?;
         model.forward(backend, &mut scratch, &mut cache, &prefill_io)?;
         backend.next_tokens(&scratch.logits, &req.sampling, 0, &mut next)?;
     }
@@ -154,7 +154,7 @@ pub fn generate<B: Backend>(
     let mut steps = 0;
     let all_slots: Vec<u32> = (0..batch as u32).collect();
     let mut step_io = io(&picked, &all_slots, &vec![0; batch], &all_slots)?;
-    let mut scratch = Scratch::new(backend, c, batch, batch)?;
+    let mut scratch = model.scratch(backend, batch, batch)?;
     let mut feed = picked;
     // Declared after every operand it uses, so it is dropped first.
     let mut recording: Option<B::Recording> = None;

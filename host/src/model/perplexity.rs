@@ -7,7 +7,7 @@
 //! pruning papers' WikiText-2 numbers; a smaller stride gives every scored token more context.
 
 use super::backend::Backend;
-use super::transformer::{Scratch, StepIo, Transformer};
+use super::transformer::{StepIo, Transformer};
 use crate::error::{Error, Result};
 
 /// Result of an evaluation.
@@ -66,7 +66,7 @@ pub fn perplexity<B: Backend>(
         return Err(Error::InvalidArgument(format!("perplexity: token {t} is outside the vocabulary of {}", c.vocab)));
     }
     let spans = windows(tokens.len(), context, stride)?;
-    let mut cache = backend.kv_cache(c.layers, 1, c.kv_heads, context, c.head_dim())?;
+    let mut cache = model.kv_cache(backend, 1, context)?;
     let (mut nll, mut scored) = (0.0f64, 0usize);
     for (i, &(start, end, first)) in spans.iter().enumerate() {
         let n = end - start;
@@ -79,7 +79,7 @@ pub fn perplexity<B: Backend>(
         // Logits of the rows that predict a scored token: row p predicts token p + 1.
         let rows: Vec<u32> = ((first - 1 - start) as u32..(n - 1) as u32).collect();
         let io = StepIo { ids: arr(&tokens[start..end])?, slots: arr(&vec![0; n])?, positions: arr(&positions)?, last: arr(&rows)? };
-        let mut scratch = Scratch::new(backend, c, n, rows.len())?;
+        let mut scratch = model.scratch(backend, n, rows.len())?;
         model.forward(backend, &mut scratch, &mut cache, &io)?;
         let logits = backend.read(&scratch.logits)?;
         for (r, row) in rows.iter().zip(logits.chunks_exact(c.vocab)) {

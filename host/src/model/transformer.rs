@@ -86,9 +86,73 @@ impl FormatChoice {
     }
 }
 
+/// One rank's part of a tensor-parallel model (Megatron-style): attention heads and
+/// feed-forward columns split evenly over `world` ranks. q, k, v and gate, up (OPT: fc1) are
+/// split by output rows (column-parallel), o and down (fc2) by input columns (row-parallel,
+/// their outputs summed over ranks by [`Backend::all_reduce`]); embeddings, norms and the
+/// LM head are whole on every rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole model on one device.
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// Checks that `c` splits evenly into `world` ranks and `rank` is one of them.
+    pub fn check(self, c: &Config) -> Result<()> {
+        if self.world == 0 || self.rank >= self.world {
+            return Err(Error::InvalidArgument(format!("shard rank {} of world {}", self.rank, self.world)));
+        }
+        for (what, n) in [("heads", c.heads), ("kv_heads", c.kv_heads), ("ffn", c.ffn)] {
+            if !n.is_multiple_of(self.world) {
+                return Err(Error::InvalidArgument(format!("{what} = {n} of {} does not split over {} ranks", c.name, self.world)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The dimensions one rank holds.
+    pub fn dims(self, c: &Config) -> LocalDims {
+        let hd = c.head_dim();
+        let (heads, kv_heads) = (c.heads / self.world, c.kv_heads / self.world);
+        LocalDims { heads, kv_heads, q: heads * hd, kv: kv_heads * hd, ffn: c.ffn / self.world }
+    }
+
+    /// The rows (column-parallel) or columns (row-parallel) of `role`'s full weight this rank
+    /// holds, and whether they are columns.
+    fn slice(self, c: &Config, role: LinearRole) -> (std::ops::Range<usize>, bool) {
+        let d = self.dims(c);
+        let part = |n: usize| n * self.rank..n * (self.rank + 1);
+        match role {
+            LinearRole::Q => (part(d.q), false),
+            LinearRole::K | LinearRole::V => (part(d.kv), false),
+            LinearRole::Gate | LinearRole::Up => (part(d.ffn), false),
+            LinearRole::O => (part(d.q), true),
+            LinearRole::Down => (part(d.ffn), true),
+        }
+    }
+}
+
+/// Widths one rank computes (the whole model's when unsharded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Query (and attention output) width.
+    pub q: usize,
+    /// Key and value width.
+    pub kv: usize,
+    pub ffn: usize,
+}
+
 /// A loaded model.
 pub struct Transformer<B: Backend> {
     pub config: Config,
+    /// The part of the model this instance holds ([`Shard::WHOLE`] unless tensor-parallel).
+    pub shard: Shard,
     pub embed: B::Mat,
     /// OPT: learned positions, `(max_seq + 2) × hidden`.
     pub positions: Option<B::Mat>,
@@ -106,8 +170,23 @@ pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 impl<B: Backend> Transformer<B> {
     /// Loads every tensor of `src` onto `backend`, pruning and choosing formats per `plan`.
     pub fn load(backend: &B, src: &dyn TensorSource, plan: WeightPlan, progress: Progress<'_>) -> Result<Self> {
+        Self::load_shard(backend, src, plan, Shard::WHOLE, progress)
+    }
+
+    /// [`load`](Self::load) of one rank's part of a tensor-parallel model: each linear weight
+    /// is sliced from the whole (pruned first, so every rank's part of a pruned layer is
+    /// pruned as the whole was) and packed on its own.
+    pub fn load_shard(backend: &B, src: &dyn TensorSource, plan: WeightPlan, shard: Shard, progress: Progress<'_>) -> Result<Self> {
         let c = src.config().clone();
         c.validate()?;
+        shard.check(&c)?;
+        if shard.world != backend.ranks() {
+            return Err(Error::InvalidArgument(format!(
+                "a shard of {} ranks on a backend whose all-reduce spans {}",
+                shard.world,
+                backend.ranks()
+            )));
+        }
         let get = |name: String, rows: usize, cols: usize| src.tensor(&TensorSpec { name, rows, cols });
         let mat = |name: String, rows: usize, cols: usize| -> Result<B::Mat> { backend.matrix(rows, cols, &get(name, rows, cols)?) };
         let d = c.hidden;
@@ -121,8 +200,27 @@ impl<B: Backend> Transformer<B> {
         let linear = |role: LinearRole, layer: usize| -> Result<Linear<B>> {
             let (rows, cols) = role.shape(&c);
             let prefix = role.hf_prefix(c.arch, layer);
-            let bias = if bias { Some(mat(format!("{prefix}.bias"), 1, rows)?) } else { None };
             let spec = TensorSpec { name: format!("{prefix}.weight"), rows, cols };
+            let (part, by_columns) = shard.slice(&c, role);
+            // Column-parallel biases are split like the rows; row-parallel ones are added
+            // whole, once, after the sum over ranks.
+            let bias = match (bias, shard.world > 1 && !by_columns) {
+                (false, _) => None,
+                (true, false) => Some(mat(format!("{prefix}.bias"), 1, rows)?),
+                (true, true) => {
+                    let b = get(format!("{prefix}.bias"), 1, rows)?;
+                    Some(backend.matrix(1, part.len(), &b[part.clone()])?)
+                }
+            };
+            if shard.world > 1 {
+                let mut w = src.tensor(&spec)?;
+                if plan.prune > 0.0 {
+                    super::weights::prune_magnitude(&mut w, plan.prune)?;
+                }
+                let (w, r, k) = slice_weight(&w, rows, cols, part, by_columns);
+                let density = w.iter().filter(|v| **v != 0.0).count() as f64 / w.len().max(1) as f64;
+                return Ok(Linear { weight: backend.weight(r, k, &w, plan.format.for_density(density))?, bias });
+            }
             // A packed weight (sparse checkpoint) loads as it is, unless it is to be pruned.
             if plan.prune == 0.0 {
                 if let Some(p) = src.packed(&spec)? {
@@ -168,7 +266,27 @@ impl<B: Backend> Transformer<B> {
         } else {
             Some(backend.weight(c.vocab, d, &get(LM_HEAD.into(), c.vocab, d)?, LinearFormat::Dense)?)
         };
-        Ok(Transformer { config: c, embed, positions, blocks, final_norm, lm_head, source: src.describe() })
+        let mut source = src.describe();
+        if shard.world > 1 {
+            source.push_str(&format!(", rank {} of {}", shard.rank, shard.world));
+        }
+        Ok(Transformer { config: c, shard, embed, positions, blocks, final_norm, lm_head, source })
+    }
+
+    /// The widths this instance computes.
+    pub fn dims(&self) -> LocalDims {
+        self.shard.dims(&self.config)
+    }
+
+    /// Activation buffers for this model ([`Scratch::new`] with its shard's widths).
+    pub fn scratch(&self, backend: &B, rows: usize, outputs: usize) -> Result<Scratch<B>> {
+        Scratch::sharded(backend, &self.config, self.shard, rows, outputs)
+    }
+
+    /// A key/value cache for `slots` sequences of up to `max_seq` positions.
+    pub fn kv_cache(&self, backend: &B, slots: usize, max_seq: usize) -> Result<B::Cache> {
+        let c = &self.config;
+        backend.kv_cache(c.layers, slots, self.dims().kv_heads, max_seq, c.head_dim())
     }
 
     /// Bytes of the linear weights as stored, and how many of the linears are sparse.
@@ -260,9 +378,9 @@ impl<B: Backend> Transformer<B> {
             backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
         }
         backend.kv_write(cache, layer, &s.k, &s.v, &io.slots, &io.positions)?;
-        backend.attention(&s.q, cache, layer, &io.slots, &io.positions, c.heads, scale, &mut s.attn)?;
+        backend.attention(&s.q, cache, layer, &io.slots, &io.positions, self.dims().heads, scale, &mut s.attn)?;
         look(Site::AttnOut, &s.attn)?;
-        self.linear(backend, &s.attn, &b.o, &mut s.delta)?;
+        self.row_parallel(backend, &s.attn, &b.o, &mut s.delta)?;
         self.norm(backend, &b.mlp_norm, &mut s.x, &s.delta, true, &mut s.h)?;
         look(Site::Mlp, &s.h)?;
         match &b.gate {
@@ -277,7 +395,7 @@ impl<B: Backend> Transformer<B> {
             }
         }
         look(Site::MlpAct, &s.act)?;
-        self.linear(backend, &s.act, &b.down, &mut s.delta)?;
+        self.row_parallel(backend, &s.act, &b.down, &mut s.delta)?;
         s.pending = true;
         Ok(())
     }
@@ -299,6 +417,19 @@ impl<B: Backend> Transformer<B> {
             (None, true) => backend.add_rms_norm(x, delta, &n.weight, eps, out),
             (Some(b), false) => backend.layer_norm(x, &n.weight, b, eps, out),
             (Some(b), true) => backend.add_layer_norm(x, delta, &n.weight, b, eps, out),
+        }
+    }
+
+    /// A row-parallel linear: each rank's partial product summed over ranks, then the bias.
+    fn row_parallel(&self, backend: &Gate<'_, B>, x: &B::Mat, l: &Linear<B>, out: &mut B::Mat) -> Result<()> {
+        if self.shard.world == 1 {
+            return self.linear(backend, x, l, out);
+        }
+        backend.linear(x, &l.weight, out)?;
+        backend.all_reduce(out)?;
+        match &l.bias {
+            Some(b) => backend.add_bias(out, b),
+            None => Ok(()),
         }
     }
 
@@ -377,6 +508,7 @@ gated! {
     linears: fn linear(&self, x: &B::Mat, w: &B::Weight, out: &mut B::Mat);
     linears: fn linear_mat(&self, x: &B::Mat, m: &B::Mat, out: &mut B::Mat);
     linears: fn add_bias(&self, x: &mut B::Mat, bias: &B::Mat);
+    linears: fn all_reduce(&self, x: &mut B::Mat);
     rest: fn embed(&self, table: &B::Mat, ids: &B::Ids, offset: u32, accumulate: bool, out: &mut B::Mat);
     rest: fn rms_norm(&self, x: &B::Mat, weight: &B::Mat, eps: f32, out: &mut B::Mat);
     rest: fn add_rms_norm(&self, residual: &mut B::Mat, delta: &B::Mat, weight: &B::Mat, eps: f32, out: &mut B::Mat);
@@ -388,6 +520,17 @@ gated! {
     rest: fn gather_rows(&self, x: &B::Mat, rows: &B::Ids, out: &mut B::Mat);
     attention: fn kv_write(&self, cache: &mut B::Cache, layer: usize, k: &B::Mat, v: &B::Mat, slots: &B::Ids, positions: &B::Ids);
     attention: fn attention(&self, q: &B::Mat, cache: &B::Cache, layer: usize, slots: &B::Ids, positions: &B::Ids, heads: usize, scale: f32, out: &mut B::Mat);
+}
+
+/// Rows `part` (or columns, when `by_columns`) of a row-major `rows × cols` weight: the
+/// values and the slice's shape.
+fn slice_weight(w: &[f32], rows: usize, cols: usize, part: std::ops::Range<usize>, by_columns: bool) -> (Vec<f32>, usize, usize) {
+    if by_columns {
+        let v = w.chunks_exact(cols).flat_map(|r| r[part.clone()].iter().copied()).collect();
+        (v, rows, part.len())
+    } else {
+        (w[part.start * cols..part.end * cols].to_vec(), part.len(), cols)
+    }
 }
 
 fn duplicate_block<B: Backend>(backend: &B, b: &Block<B>) -> Result<Block<B>> {
@@ -446,23 +589,30 @@ pub struct Scratch<B: Backend> {
 impl<B: Backend> Scratch<B> {
     /// Buffers for `rows` token rows and `outputs` rows of logits.
     pub fn new(backend: &B, c: &Config, rows: usize, outputs: usize) -> Result<Self> {
+        Self::sharded(backend, c, Shard::WHOLE, rows, outputs)
+    }
+
+    /// Buffers for one rank of a tensor-parallel model.
+    pub fn sharded(backend: &B, c: &Config, shard: Shard, rows: usize, outputs: usize) -> Result<Self> {
         if rows == 0 || outputs == 0 || outputs > rows {
             return Err(Error::InvalidArgument(format!("scratch for {rows} rows and {outputs} outputs")));
         }
+        shard.check(c)?;
+        let d = shard.dims(c);
         let z = |cols: usize| backend.zeros(rows, cols);
         Ok(Scratch {
             rows,
             pending: false,
             x: z(c.hidden)?,
             h: z(c.hidden)?,
-            q: z(c.hidden)?,
-            k: z(c.kv_dim())?,
-            v: z(c.kv_dim())?,
-            attn: z(c.hidden)?,
+            q: z(d.q)?,
+            k: z(d.kv)?,
+            v: z(d.kv)?,
+            attn: z(d.q)?,
             delta: z(c.hidden)?,
-            gate: if c.arch == Arch::Llama { z(c.ffn)? } else { backend.zeros(1, 1)? },
-            up: if c.arch == Arch::Llama { z(c.ffn)? } else { backend.zeros(1, 1)? },
-            act: z(c.ffn)?,
+            gate: if c.arch == Arch::Llama { z(d.ffn)? } else { backend.zeros(1, 1)? },
+            up: if c.arch == Arch::Llama { z(d.ffn)? } else { backend.zeros(1, 1)? },
+            act: z(d.ffn)?,
             last: backend.zeros(outputs, c.hidden)?,
             logits: backend.zeros(outputs, c.vocab)?,
         })

@@ -10,9 +10,12 @@ use crate::model::config::RopeStyle;
 use crate::ops::reference::{attention as ra, elementwise, embed as re, norm, rope as rr, sample as rs};
 use crate::ops::{KvLayout, SamplingParams};
 use std::marker::PhantomData;
+use std::sync::{Arc, Barrier, Mutex};
 
 /// The CPU backend, rounding stored values to `T`.
 pub struct CpuBackend<T: Element> {
+    /// This rank's place in a tensor-parallel group (none: one rank).
+    group: Option<(usize, Arc<CpuGroup>)>,
     _elem: PhantomData<T>,
 }
 
@@ -22,9 +25,33 @@ impl<T: Element> Default for CpuBackend<T> {
     }
 }
 
+/// Ranks of a tensor-parallel model on the CPU, one thread each: the all-reduce of
+/// [`Backend::all_reduce`] in host memory, summed in rank order so every rank gets the same,
+/// deterministic result (the test oracle of the multi-GPU path).
+pub struct CpuGroup {
+    world: usize,
+    barrier: Barrier,
+    parts: Mutex<Vec<Vec<f32>>>,
+}
+
+impl CpuGroup {
+    /// A group of `world` ranks.
+    pub fn new(world: usize) -> Arc<Self> {
+        Arc::new(CpuGroup { world, barrier: Barrier::new(world), parts: Mutex::new(vec![vec![]; world]) })
+    }
+}
+
 impl<T: Element> CpuBackend<T> {
     pub fn new() -> Self {
-        CpuBackend { _elem: PhantomData }
+        CpuBackend { group: None, _elem: PhantomData }
+    }
+
+    /// The backend of rank `rank` of `group` (every rank must run the same operations).
+    pub fn rank_of(group: &Arc<CpuGroup>, rank: usize) -> Result<Self> {
+        if rank >= group.world {
+            return Err(Error::InvalidArgument(format!("rank {rank} of a group of {}", group.world)));
+        }
+        Ok(CpuBackend { group: Some((rank, Arc::clone(group))), _elem: PhantomData })
     }
 
     fn round(v: &mut [f32]) {
@@ -223,6 +250,35 @@ impl<T: Element> Backend for CpuBackend<T> {
     fn add_layer_norm(&self, residual: &mut CpuMat, delta: &CpuMat, weight: &CpuMat, bias: &CpuMat, eps: f32, out: &mut CpuMat) -> Result<()> {
         self.add_assign(residual, delta)?;
         self.layer_norm(residual, weight, bias, eps, out)
+    }
+
+    fn ranks(&self) -> usize {
+        self.group.as_ref().map_or(1, |(_, g)| g.world)
+    }
+
+    fn all_reduce(&self, m: &mut CpuMat) -> Result<()> {
+        let Some((rank, g)) = &self.group else { return Ok(()) };
+        let poisoned = |_| Error::InvalidArgument("all_reduce: another rank panicked".into());
+        g.parts.lock().map_err(poisoned)?[*rank] = m.data.clone();
+        g.barrier.wait();
+        let sum = g.parts.lock().map_err(poisoned).and_then(|parts| {
+            if parts.iter().any(|p| p.len() != m.data.len()) {
+                return Err(Error::Shape(format!("all_reduce: ranks passed {:?} values", parts.iter().map(Vec::len).collect::<Vec<_>>())));
+            }
+            let mut sum = vec![0.0f32; m.data.len()];
+            for p in parts.iter() {
+                for (s, v) in sum.iter_mut().zip(p) {
+                    *s += v;
+                }
+            }
+            Ok(sum)
+        });
+        // Every rank has read the parts before any writes the next call's (and an error on
+        // one rank still lets the others pass).
+        g.barrier.wait();
+        m.data = sum?;
+        Self::round(&mut m.data);
+        Ok(())
     }
 
     fn add_assign(&self, acc: &mut CpuMat, x: &CpuMat) -> Result<()> {

@@ -393,7 +393,7 @@ pub fn prune_model<'a, B: Backend>(
 ) -> Result<Pruned<'a>> {
     cfg.validate()?;
     let c = src.config().clone();
-    if model.config != c || model.blocks.len() != c.layers {
+    if model.config != c || model.blocks.len() != c.layers || model.shard != super::transformer::Shard::WHOLE {
         return Err(Error::InvalidArgument("prune_model: the model was not loaded from this checkpoint".into()));
     }
     let mut cal = if cfg.method.needs_calibration() { Some(calibration(backend, &c, windows)?) } else { None };
