@@ -179,7 +179,9 @@ impl Rng {
     }
 }
 
-/// Random weights in ±0.1 pruned by `pattern`, generated in parallel, deterministic.
+/// Random weights in ±0.1 pruned by `pattern`, generated in parallel, deterministic: each row
+/// has its own generator (seeded by `seed` and the row index), so the values do not depend
+/// on how many threads made them.
 fn random_weight<T: Element>(m: usize, k: usize, pattern: Pattern, seed: u64) -> Vec<T> {
     let mut w = vec![T::from_f32(0.0); m * k];
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
@@ -187,8 +189,8 @@ fn random_weight<T: Element>(m: usize, k: usize, pattern: Pattern, seed: u64) ->
     std::thread::scope(|s| {
         for (t, chunk) in w.chunks_mut(rows_per * k).enumerate() {
             s.spawn(move || {
-                let mut rng = Rng::new(seed ^ (t as u64 + 1) << 20);
-                for row in chunk.chunks_mut(k) {
+                for (i, row) in chunk.chunks_mut(k).enumerate() {
+                    let mut rng = Rng::new(seed ^ ((t * rows_per + i) as u64 + 1) << 20);
                     let keep = match pattern {
                         Pattern::Dense => 1.0,
                         Pattern::Uniform(s) => 1.0 - s,

@@ -23,7 +23,7 @@
 
 use half::{bf16, f16};
 use proptest::prelude::*;
-use sparse_tc::sparse::file::{fnv1a64, HEADER_BYTES, MAGIC};
+use sparse_tc::sparse::file::{checksum, HEADER_BYTES, MAGIC};
 use sparse_tc::{Element, Error, SparseWeight};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -235,7 +235,7 @@ fn set_field(b: &mut [u8], field: usize, value: u64, consistent: bool) {
             b[32..40].copy_from_slice(&n.to_le_bytes());
         }
     }
-    let sum = fnv1a64(&b[..48]);
+    let sum = checksum(u32::from_le_bytes([b[8], b[9], b[10], b[11]]), &b[..48]);
     b[48..56].copy_from_slice(&sum.to_le_bytes());
 }
 

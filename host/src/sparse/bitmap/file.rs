@@ -1,10 +1,11 @@
 //! Bitmap weight files: the container of [`crate::sparse::file`] (same magic, header,
-//! sections and FNV-1a 64 checksums) at version 5 with format tag 1.
+//! sections and checksums) with format tag 1: version 6 (XXH3-64 checksums, written today)
+//! or version 5 (FNV-1a 64, still read).
 //!
 //! | offset            | size             | field                                               |
 //! |-------------------|------------------|-----------------------------------------------------|
 //! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
-//! | 8                 | 4 (u32)          | version, = 5                                        |
+//! | 8                 | 4 (u32)          | version, = 6 (5 is read too)                        |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags, = 0                                          |
 //! | 14                | 2 (u16)          | format tag, = 1 (bitmap)                            |
@@ -12,11 +13,11 @@
 //! | 24                | 8 (u64)          | cols (K), ≥ 1                                       |
 //! | 32                | 8 (u64)          | n_offsets = ceil(M/64)·ceil(K/64) + 1               |
 //! | 40                | 8 (u64)          | n_words: data words, a multiple of 4, 136·tiles ..= 2184·tiles |
-//! | 48                | 8 (u64)          | FNV-1a 64 of bytes 0..48                            |
+//! | 48                | 8 (u64)          | checksum of bytes 0..48                             |
 //! | 56                | 4 · n_offsets    | tile_offsets (quads), u32 each                      |
-//! | 56 + 4·n_offsets  | 8 (u64)          | FNV-1a 64 of the tile_offsets bytes                 |
+//! | 56 + 4·n_offsets  | 8 (u64)          | checksum of the tile_offsets bytes                  |
 //! | 64 + 4·n_offsets  | 4 · n_words      | data, u32 each (the tiles, see [`super`])           |
-//! | end − 8           | 8 (u64)          | FNV-1a 64 of the data bytes                         |
+//! | end − 8           | 8 (u64)          | checksum of the data bytes                          |
 //!
 //! [`BitmapWeight::load`] checks magic, version and format tag, header checksum, dtype,
 //! flags, then the dimensions and the counts they imply with checked arithmetic, *before*
@@ -36,18 +37,19 @@ use crate::checked::Sizes;
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::sparse::file::{
-    fnv1a64, le_u16, le_u32, le_u64, read_exact_or_truncated, read_section, write_container, FORMAT_TAG_BITMAP,
+    checksum, le_u16, le_u32, le_u64, read_exact_or_truncated, read_section, write_container, FORMAT_TAG_BITMAP,
     HEADER_BYTES, HEADER_SUMMED, MAGIC, VERSION_TAGGED,
 };
 
-/// The container version of bitmap files.
-pub const VERSION: u32 = VERSION_TAGGED;
+/// The container version bitmap files are written with (version 5 files load too).
+pub const VERSION: u32 = crate::sparse::file::VERSION;
 /// The format tag of bitmap files (byte 14).
 pub const FORMAT_TAG: u16 = FORMAT_TAG_BITMAP;
 
 /// The checked header of a bitmap file.
 #[derive(Clone, Copy, Debug)]
 struct Header {
+    version: u32,
     rows: usize,
     cols: usize,
     tiles: usize,
@@ -75,13 +77,18 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
             "this file holds a Tiled-CSL weight (version {version}): load it with SparseWeight::load"
         )));
     }
-    if version != VERSION {
-        return Err(Error::Format(format!("unsupported file version {version} (bitmap files are version {VERSION})")));
+    if version != VERSION && version != VERSION_TAGGED {
+        return Err(Error::Format(format!("unsupported file version {version} (bitmap files are versions {VERSION_TAGGED} and {VERSION})")));
     }
-    if le_u64(h, HEADER_SUMMED) != fnv1a64(&h[..HEADER_SUMMED]) {
+    if le_u64(h, HEADER_SUMMED) != checksum(version, &h[..HEADER_SUMMED]) {
         return Err(Error::Format("header checksum mismatch (corrupt file)".into()));
     }
     let tag = le_u16(h, 14);
+    if tag == 0 {
+        return Err(Error::Format(format!(
+            "this file holds a Tiled-CSL weight (version {version}, format tag 0): load it with SparseWeight::load"
+        )));
+    }
     if tag != FORMAT_TAG {
         return Err(Error::Format(format!("format tag {tag} is not the bitmap format's ({FORMAT_TAG})")));
     }
@@ -121,7 +128,7 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
         )));
     }
     let n_words = Sizes::FILE.to_usize("n_words", n_words)?;
-    Ok(Header { rows, cols, tiles, n_words })
+    Ok(Header { version, rows, cols, tiles, n_words })
 }
 
 impl<T: Element> BitmapWeight<T> {
@@ -163,7 +170,7 @@ impl<T: Element> BitmapWeight<T> {
         let mut h = [0u8; HEADER_BYTES];
         read_exact_or_truncated(&mut r, &mut h, "the header")?;
         let header = parse_header::<T>(&h)?;
-        let Header { rows, cols, tiles, n_words } = header;
+        let Header { rows, cols, tiles, n_words, .. } = header;
         if let Some(len) = len {
             let expected = header.file_len()? as u64;
             if len != expected {
@@ -175,8 +182,8 @@ impl<T: Element> BitmapWeight<T> {
             }
         }
         let reserve = len.is_some();
-        let offsets = read_section(&mut r, tiles + 1, "tile_offsets", reserve)?;
-        let data = read_section(&mut r, n_words, "data", reserve)?;
+        let offsets = read_section(&mut r, header.version, tiles + 1, "tile_offsets", reserve)?;
+        let data = read_section(&mut r, header.version, n_words, "data", reserve)?;
         let mut probe = [0u8; 1];
         loop {
             match r.read(&mut probe) {

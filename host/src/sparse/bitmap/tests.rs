@@ -4,7 +4,7 @@ use super::file::{FORMAT_TAG, VERSION};
 use super::*;
 use crate::cpu::linear_ref_f64;
 use crate::layout::{bitmap_block_bit, frag_a_coord, BITMAP_TILE_FRAGS};
-use crate::sparse::file::{fnv1a64, HEADER_BYTES};
+use crate::sparse::file::{checksum, HEADER_BYTES};
 use crate::sparse::test_util::{random_sparse, Rng};
 use crate::sparse::SparseWeight;
 use half::{bf16, f16};
@@ -308,7 +308,7 @@ fn file_layout_and_format_tags() {
     assert_eq!(&b[..8], b"STCSPW\0\0");
     assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), VERSION);
     assert_eq!(u16::from_le_bytes(b[14..16].try_into().unwrap()), FORMAT_TAG);
-    assert_eq!(u64::from_le_bytes(b[48..56].try_into().unwrap()), fnv1a64(&b[..48]));
+    assert_eq!(u64::from_le_bytes(b[48..56].try_into().unwrap()), checksum(u32::from_le_bytes([b[8], b[9], b[10], b[11]]), &b[..48]));
     assert_eq!(b.len(), HEADER_BYTES + 4 * w.tile_offsets().len() + 8 + 4 * w.data().len() + 8);
     // Each format's loader names the other's files.
     let Err(Error::Format(m)) = SparseWeight::<f16>::load(&b[..]) else { panic!() };
