@@ -17,6 +17,10 @@
 //! The recording therefore starts by zeroing the flags (a captured memset), and after a replay
 //! (or a capture, whose memsets did not run) the next ordinary launch zeroes them again, so no
 //! flag set by an earlier replay ever matches a launch's number.
+//!
+//! Threads: [`Gpu::record`] holds the handle's queue lock (`gpu.rs`) from the start of the
+//! capture to its end, so work other threads queue on the handle waits instead of being
+//! captured; [`Gpu::replay`] checks and launches under it. A [`Recording`] is `Send + Sync`.
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -52,7 +56,8 @@ impl Gpu {
     /// larger workspace, a download) fails the capture, and `record` returns that error. Run
     /// the same work once without recording first, so every workspace has its final size.
     pub fn record(&self, f: impl FnOnce() -> Result<()>) -> Result<Recording> {
-        self.bind()?;
+        // Held until the capture has ended: `f` takes it again (reentrant), other threads wait.
+        let _queue = self.bind()?;
         let stream = self.stream.as_inner();
         // SAFETY: a live stream of this handle; thread-local mode makes only this thread's
         // capture-unsafe calls (allocation, synchronisation) fail while recording.
@@ -60,11 +65,11 @@ impl Gpu {
             cust::sys::cuStreamBeginCapture_v2(stream, cust::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         };
         Error::check_raw("begin stream capture", rc)?;
-        let (flags, workspace) = (buffer_span(&self.flags), buffer_span(&self.workspace));
+        let (flags, workspace) = self.buffer_spans();
         let queued = self.zero_flags_queued(flags).and_then(|()| f()).and_then(|()| {
             // A buffer (re)allocated while recording: kernels recorded before the growth use
             // the freed address, and the flag zeroing above too. Refuse the recording.
-            if buffer_span(&self.flags) != flags || buffer_span(&self.workspace) != workspace {
+            if self.buffer_spans() != (flags, workspace) {
                 return Err(Error::InvalidArgument(
                     "record: the work grew the handle's workspace while recording; run it once without recording first".into(),
                 ));
@@ -77,7 +82,7 @@ impl Gpu {
         let ended = Error::check_raw("end stream capture", unsafe { cust::sys::cuStreamEndCapture(stream, &mut graph) });
         // Memsets queued while recording (the one above, a wrap's) did not run: have the next
         // ordinary launch zero the flags.
-        self.flags_stale.set(true);
+        self.state().flags_stale = true;
         let destroy = |g: CUgraph| {
             if !g.is_null() {
                 // SAFETY: a graph the capture returned, destroyed once.
@@ -122,29 +127,41 @@ impl Gpu {
         if !Owner::same(&self.owner, &r.owner) {
             return Err(Error::InvalidArgument("replay: the recording was made by another Gpu handle".into()));
         }
-        if buffer_span(&self.workspace) != r.workspace || buffer_span(&self.flags) != r.flags {
+        let _queue = self.bind()?;
+        if self.buffer_spans() != (r.flags, r.workspace) {
             return Err(Error::InvalidArgument(
                 "replay: the handle's workspace was reallocated since the recording (a larger call ran in between); record again".into(),
             ));
         }
-        self.bind()?;
         // SAFETY: a live executable graph of this handle's context, on its stream; the operands
         // are alive by the caller's contract, the workspaces by the check above.
         let rc = unsafe { cust::sys::cuGraphLaunch(r.exec, self.stream.as_inner()) };
         Error::check_raw("graph launch", rc)?;
-        self.flags_stale.set(true);
+        self.state().flags_stale = true;
         Ok(())
+    }
+
+    /// Address and length of the completion flags and of the workspace ((0, 0) when none).
+    fn buffer_spans(&self) -> ((u64, usize), (u64, usize)) {
+        let state = self.state();
+        (buffer_span(&state.flags), buffer_span(&state.workspace))
     }
 }
 
 /// Address and length of one of the handle's grow-on-demand buffers ((0, 0) when none).
-fn buffer_span<T: cust::memory::DeviceCopy>(b: &std::cell::RefCell<Option<crate::memory::DeviceAlloc<T>>>) -> (u64, usize) {
-    b.borrow().as_ref().map_or((0, 0), |b| (b.ptr(), b.len()))
+fn buffer_span<T: cust::memory::DeviceCopy>(b: &Option<crate::memory::DeviceAlloc<T>>) -> (u64, usize) {
+    b.as_ref().map_or((0, 0), |b| (b.ptr(), b.len()))
 }
+
+// SAFETY: the graph handles are plain driver handles, valid from any thread with their context
+// current. They are used only by `Gpu::replay` (under the handle's queue lock, which
+// serialises launches of the same executable graph) and by `drop` (exclusive access).
+unsafe impl Send for Recording {}
+unsafe impl Sync for Recording {}
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        let ctx = self.owner.context().as_raw();
+        let ctx = self.owner.raw_context();
         // SAFETY: `ctx` is retained by `self.owner`; push/pop as in `DeviceAlloc::drop`, so the
         // graph is destroyed in its context on any thread. Destroying an executable graph
         // that is still running is allowed: the driver finishes it first.

@@ -12,8 +12,8 @@ use crate::layout::{
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use crate::sparse::formats::SparseFormat;
 use cust::function::{BlockSize, Function};
+use crate::gpu::QueueState;
 use crate::memory::DeviceAlloc;
-use std::cell::RefCell;
 use std::ffi::c_void;
 
 /// Options of [`Gpu::linear_with`].
@@ -638,7 +638,9 @@ impl Gpu {
             Operand::Dense(wd) => self.check_owner("linear: the dense weight W", &wd.buf)?,
             Operand::Sparse(ws) => self.check_owner("linear: the sparse weight W", &ws.words)?,
         }
-        self.bind()?;
+        // Held until every launch is queued: the workspace and flag addresses below stay
+        // those the kernels use (no other thread grows them in between).
+        let _queue = self.bind()?;
         let weight = match w.operand() {
             Operand::Dense(wd) => WeightInfo::Dense { ld: wd.ld() },
             Operand::Sparse(ws) => {
@@ -694,11 +696,14 @@ impl Gpu {
     /// (SMs × occupancy) for split planning.
     pub(crate) fn kernel(&self, name: &str, threads: u32, smem: u32) -> Result<(Function<'_>, usize)> {
         let func = self.module.get_function(name).map_err(|e| Error::driver("kernel lookup", e))?;
-        if let Some(&slots) = self.kernels.borrow().get(&(name.to_string(), smem)) {
+        // Held through the set-up, so the limit below is raised by one thread at a time. A
+        // panic while held leaves only finished entries (inserted last): usable.
+        let mut kernels = self.kernels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(&slots) = kernels.get(&(name.to_string(), smem)) {
             return Ok((func, slots));
         }
         // The limit only ever rises, so launches set up earlier with less memory still fit.
-        let limit = self.kernels.borrow().iter().filter(|((n, _), _)| n == name).map(|((_, s), _)| *s).max().unwrap_or(0);
+        let limit = kernels.iter().filter(|((n, _), _)| n == name).map(|((_, s), _)| *s).max().unwrap_or(0);
         if smem > limit {
             // SAFETY: a plain attribute set on a valid function handle of our loaded module.
             let rc = unsafe {
@@ -725,19 +730,21 @@ impl Gpu {
             .map_err(|e| Error::driver("occupancy query", e))?
             .max(1) as usize;
         let slots = per_sm * self.sm_count as usize;
-        self.kernels.borrow_mut().insert((name.to_string(), smem), slots);
+        kernels.insert((name.to_string(), smem), slots);
         Ok((func, slots))
     }
 
-    /// Device address of a workspace of at least `floats` f32 (0 when none is needed).
-    fn workspace_ptr(&self, floats: usize) -> Result<u64> {
+    /// Device address of a workspace of at least `floats` f32 (0 when none is needed). The
+    /// caller holds the queue lock until the kernels that use it are queued.
+    pub(crate) fn workspace_ptr(&self, floats: usize) -> Result<u64> {
         if floats == 0 {
             return Ok(0);
         }
         // Left uninitialised: every element the reduction reads is written by the split
         // kernel first.
-        self.grow(&self.workspace, floats, "workspace")?;
-        Ok(self.workspace.borrow().as_ref().map_or(0, |b| b.ptr()))
+        let mut state = self.state();
+        self.grow(&mut state, |s| &mut s.workspace, floats, "workspace")?;
+        Ok(state.workspace.as_ref().map_or(0, |b| b.ptr()))
     }
 
     /// The split SpMM's completion flags for `count` blocks × token tiles (device address)
@@ -745,15 +752,16 @@ impl Gpu {
     /// the next number, so a flag an earlier launch set never matches it; the flags are
     /// zeroed when allocated and again when the number wraps (0 is never used).
     fn completion_flags(&self, count: usize) -> Result<(u64, u32)> {
-        let (launch, wrapped) = next_launch(self.flag_launch.get());
-        let grown = self.grow(&self.flags, count, "completion flags")?;
-        let span = self.flags.borrow().as_ref().map_or((0, 0), |b| (b.ptr(), b.len()));
+        let mut state = self.state();
+        let (launch, wrapped) = next_launch(state.flag_launch);
+        let grown = self.grow(&mut state, |s| &mut s.flags, count, "completion flags")?;
+        let span = state.flags.as_ref().map_or((0, 0), |b| (b.ptr(), b.len()));
         // After a replay of a recording the flags hold the recorded launches' numbers, which
         // an ordinary launch may reach again (`graph.rs`): zero them as after a wrap.
-        if grown || wrapped || self.flags_stale.replace(false) {
+        if grown || wrapped || std::mem::take(&mut state.flags_stale) {
             self.zero_flags_queued(span)?;
         }
-        self.flag_launch.set(launch);
+        state.flag_launch = launch;
         Ok((span.0, launch))
     }
 
@@ -768,16 +776,19 @@ impl Gpu {
         Error::check_raw("zeroing completion flags", rc)
     }
 
-    /// Makes `buffer` hold at least `len` elements, reallocating (uninitialised) when it is
-    /// smaller; returns whether it did. The handle's workspaces grow this way, so a `linear`
-    /// call allocates nothing once they are large enough.
+    /// Makes the state's buffer `which` hold at least `len` elements, reallocating
+    /// (uninitialised) when it is smaller; returns whether it did. The handle's workspaces
+    /// grow this way, so a `linear` call allocates nothing once they are large enough. The
+    /// caller holds the queue lock (a reallocation frees the old buffer, so nothing may take
+    /// its address between this and queueing the kernels that use it).
     pub(crate) fn grow<T: cust::memory::DeviceCopy>(
         &self,
-        buffer: &RefCell<Option<DeviceAlloc<T>>>,
+        state: &mut QueueState,
+        which: impl FnOnce(&mut QueueState) -> &mut Option<DeviceAlloc<T>>,
         len: usize,
         what: &'static str,
     ) -> Result<bool> {
-        let mut buffer = buffer.borrow_mut();
+        let buffer = which(state);
         if buffer.as_ref().is_some_and(|b| b.len() >= len) {
             return Ok(false);
         }

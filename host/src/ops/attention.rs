@@ -126,7 +126,7 @@ impl Gpu {
         }
         let hd16 = head_dim_config(hd)
             .ok_or_else(|| Error::InvalidArgument(format!("attention: head_dim {hd} is not supported")))?;
-        self.bind()?;
+        let _queue = self.bind()?;
         let name = format!("attention_{}_d{}", T::DTYPE.name(), 16 * hd16);
         let smem = attention_smem_bytes(hd16) as u32;
         let (func, resident) = self.kernel(&name, ATTN_THREADS as u32, smem)?;
@@ -150,8 +150,9 @@ impl Gpu {
         let (acc_ws, ml_ws) = if chunks > 1 {
             let records = n * n_heads * chunks; // ≤ blocks · 16 · kv_heads-ish: far from overflow
             let acc = records.checked_mul(hd).ok_or_else(|| Error::Shape("attention: workspace size overflows".into()))?;
-            self.grow(&self.workspace, acc + 2 * records, "workspace")?;
-            let base = self.workspace.borrow().as_ref().map_or(0, |b| b.ptr());
+            // Under the queue lock (held since `bind`): the address stays valid until the
+            // kernels below are queued.
+            let base = self.workspace_ptr(acc + 2 * records)?;
             (base, base + (acc * 4) as u64)
         } else {
             (0, 0)

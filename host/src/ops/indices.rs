@@ -55,7 +55,7 @@ impl Gpu {
         if capacity == 0 {
             return Err(Error::InvalidArgument("indices_with_capacity: capacity must be at least 1".into()));
         }
-        self.bind()?;
+        let _queue = self.bind()?;
         Ok(DeviceIndices { len: 0, buf: DeviceAlloc::zeroed(&self.owner, capacity, "allocate indices")? })
     }
 
@@ -70,7 +70,7 @@ impl Gpu {
                 dst.capacity()
             )));
         }
-        self.bind()?;
+        let _queue = self.bind()?;
         if !values.is_empty() {
             // Queued on the stream: ordered after the kernels that read the old values.
             // SAFETY: copies `values.len()` u32 (≤ capacity, checked above) from a live host
@@ -94,7 +94,7 @@ impl Gpu {
     /// Waits for queued work, then copies the array back.
     pub fn download_indices(&self, v: &DeviceIndices) -> Result<Vec<u32>> {
         self.check_owner("download_indices: the array", &v.buf)?;
-        self.bind()?;
+        let _queue = self.bind()?;
         self.synchronize()?;
         let mut all = vec![0u32; v.capacity()];
         v.buf.copy_to(&mut all, "download indices")?;

@@ -174,7 +174,7 @@ impl Gpu {
         };
         let layout = KvLayout { slots, kv_heads, max_seq, head_dim };
         let layer_elems = bytes / (4 * layers);
-        self.bind()?;
+        let _queue = self.bind()?;
         let buf = DeviceAlloc::zeroed(&self.owner, bytes / 2, "allocate the KV cache")?;
         Ok(KvCache { layers, layout, layer_elems, buf, _elem: PhantomData })
     }
@@ -212,7 +212,7 @@ impl Gpu {
             )));
         }
         check_rows("kv_write", n, slots, positions)?;
-        self.bind()?;
+        let _queue = self.bind()?;
         let (func, _) = self.kernel("attention_kv_write", KV_WRITE_THREADS as u32, 0)?;
         // One thread per 16-byte chunk of a row's K and V.
         let per_row = (2 * width / 8).div_ceil(KV_WRITE_THREADS);
@@ -231,7 +231,7 @@ impl Gpu {
     pub fn download_kv<T: Element>(&self, cache: &KvCache<T>, layer: usize) -> Result<(Vec<T>, Vec<T>)> {
         self.check_owner("download_kv: the cache", &cache.buf)?;
         cache.check_layer("download_kv", layer)?;
-        self.bind()?;
+        let _queue = self.bind()?;
         self.synchronize()?;
         let (kp, vp) = cache.layer_ptrs(layer);
         let read = |ptr: u64| -> Result<Vec<T>> {

@@ -76,7 +76,7 @@ impl Gpu {
         work: usize,
         args: &mut [*mut c_void],
     ) -> Result<()> {
-        self.bind()?;
+        let _queue = self.bind()?;
         let (func, resident) = self.kernel(&format!("{op}_{}", T::DTYPE.name()), threads, smem)?;
         let blocks = work.clamp(1, resident.max(1));
         let grid = crate::checked::grid(crate::checked::Sizes::ARG, [blocks, 1, 1], |_| format!("{op}: one wave of resident blocks"))?;
