@@ -49,7 +49,7 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use graph::Recording;
 pub use linear::{BlockShape, LinearOptions, LinearWeight};
-pub use matrix::{DeviceMatrix, DeviceSparseWeight};
+pub use matrix::{DeviceMatrix, DeviceSparseWeight, RawSparseParts};
 pub use ops::{DeviceIndices, RopeStyle, SamplingParams};
 pub use sparse::{BitmapWeight, SparseWeight};
 

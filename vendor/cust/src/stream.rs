@@ -106,6 +106,16 @@ impl Stream {
         }
     }
 
+    /// Wraps a raw stream handle created elsewhere (sparse_tc addition, not in cust 0.3.2).
+    ///
+    /// # Safety
+    /// `inner` is a live stream (or null, the legacy default stream) that stays alive while
+    /// the returned value is used. Dropping the returned `Stream` destroys `inner`: wrap it in
+    /// `ManuallyDrop` when the stream belongs to someone else.
+    pub unsafe fn from_raw(inner: CUstream) -> Self {
+        Stream { inner }
+    }
+
     /// Return the flags which were used to create this stream.
     pub fn get_flags(&self) -> CudaResult<StreamFlags> {
         unsafe {
