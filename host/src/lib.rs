@@ -24,6 +24,18 @@
 //! Layout: [`Gpu`] (context, stream, the embedded PTX module), [`DeviceMatrix`] /
 //! [`DeviceSparseWeight`] (device operands), [`SparseWeight`] (host format, packing, files),
 //! [`cpu`] (reference and fallback paths), [`cublas`] (the baseline, loaded at run time).
+//!
+//! ## Threads and other libraries
+//!
+//! A [`Gpu`] is `Send + Sync`: share one handle (`Arc<Gpu>`) between a server's threads; each
+//! call queues its work on the handle's one stream as one step (see [`Gpu`]). To use memory
+//! and streams of cudarc, candle or your own CUDA code without copies:
+//! [`Gpu::from_raw_stream`] (queue on the caller's stream, in its context) or
+//! [`Gpu::from_raw_context`]; [`DeviceMatrix::from_raw_parts`] and
+//! [`DeviceSparseWeight::from_raw_parts`] ([`RawSparseParts`]) wrap device memory the caller
+//! owns (validated as far as the host can; never freed by this crate). [`Gpu::new`] uses the
+//! device's primary context, as cudarc and candle do, so their pointers are valid here. The
+//! example `host/examples/cudarc.rs` (feature `cudarc`) shows the whole round trip.
 
 mod checked;
 pub mod cpu;
