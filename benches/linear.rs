@@ -525,7 +525,7 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                         }
                     }
                 }
-                let results = time_case(&gpu, &cb, &entries, &x, args.reps);
+                let results = time_case(gpu, cb, &entries, &x, args.reps);
                 let base = results[0].median();
                 for r in &results {
                     let med = r.median();

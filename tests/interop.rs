@@ -110,7 +110,7 @@ fn borrowed_matrices_are_validated() {
     refused(p + 8192 - 16, 2, 8, 8, "past the end");
     // A host address is not device memory of the GPU (the driver says so, or, with
     // heterogeneous memory management, names the CPU as its device).
-    let host = vec![0u16; 64];
+    let host = [0u16; 64];
     refused((host.as_ptr() as u64 + 15) & !15, 1, 8, 8, "from_raw_parts");
     // The whole allocation, exactly, is fine.
     // SAFETY: `buf` outlives the view; nothing is queued.

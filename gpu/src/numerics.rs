@@ -17,7 +17,7 @@
 // ---------------------------------------------------------------------------------------------
 
 /// log2(e) rounded to f32.
-const LOG2E_F32: f32 = 1.442_695_04;
+const LOG2E_F32: f32 = core::f32::consts::LOG2_E;
 /// ln 2 in two parts (Cody–Waite): 0.693359375 has 9 significant bits, so `n · LN2_HI_F32` is
 /// exact for every |n| ≤ 150 used here; `LN2_HI_F32 + LN2_LO_F32` = ln 2 to about 2⁻³³.
 const LN2_HI_F32: f32 = 0.693_359_375;

@@ -954,8 +954,11 @@ mod tests {
         crate::matrix::padded_ld(cols)
     }
 
+    /// The kernel queries a plan made: (kernel, dynamic shared memory, threads).
+    type Queries = Vec<(String, u32, u32)>;
+
     /// The plan, and the kernel queries it made.
-    fn plan_of(p: &Problem, opts: LinearOptions) -> (Result<Vec<Slice>>, Vec<(String, u32, u32)>) {
+    fn plan_of(p: &Problem, opts: LinearOptions) -> (Result<Vec<Slice>>, Queries) {
         let mut calls = Vec::new();
         let r = plan(p, &opts, &h100(), &mut occupancy_model(&mut calls));
         (r, calls)

@@ -122,6 +122,9 @@ impl LaneBits {
 /// The tile's bytes are in shared memory and visible (barrier); it is a tile the host
 /// validated, so every value index a set bit gives lies inside the tile's values.
 #[inline(always)]
+// The liveness lint sees `unroll!`'s copies one by one: the running offset's last update
+// looks unread from the copies the macro guards out.
+#[allow(unused_assignments)]
 unsafe fn decode_frag(tile: SmemAddr, frag: usize, lane: LaneBits) -> FragA {
     let m01 = ld_shared_v4_b32(tile.offset(32 * frag));
     let m23 = ld_shared_v4_b32(tile.offset(32 * frag + 16));

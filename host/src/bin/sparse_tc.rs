@@ -630,7 +630,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("give at least one --prompt");
     }
-    let write = |(logits, generated, margins): (Vec<f32>, Vec<Vec<u32>>, Vec<Vec<f32>>), device: String| -> Result<()> {
+    let write = |(logits, generated, margins): LogitsAndTokens, device: String| -> Result<()> {
         let header = serde_json::json!({
             "model": c.name, "device": device, "vocab": c.vocab,
             "prompts": a.prompt, "tokens": prompts, "generated": generated, "greedy_margins": margins,
@@ -654,8 +654,12 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     }
 }
 
+/// Every prompt position's logits, the greedy tokens of each prompt and each token's top-2
+/// logit gap.
+type LogitsAndTokens = (Vec<f32>, Vec<Vec<u32>>, Vec<Vec<f32>>);
+
 /// Every prompt position's logits, and `generate` greedy tokens per prompt (none when 0).
-fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>], generate_n: usize) -> Result<(Vec<f32>, Vec<Vec<u32>>, Vec<Vec<f32>>)> {
+fn logits_and_tokens<B: Backend>(backend: &B, model: &Transformer<B>, prompts: &[Vec<u32>], generate_n: usize) -> Result<LogitsAndTokens> {
     let logits = all_logits(backend, model, prompts)?;
     if generate_n == 0 {
         return Ok((logits, vec![], vec![]));

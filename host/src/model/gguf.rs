@@ -1152,7 +1152,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
         )));
     }
     let bs = ty.type_size() as usize;
-    if data.len() % bs != 0 {
+    if !data.len().is_multiple_of(bs) {
         return Err(format_err(format!(
             "{} bytes of {ty} data is not a whole number of {bs}-byte blocks",
             data.len()
@@ -1174,7 +1174,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8]) -> Result<Vec<f32>> {
 pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let bs = ty.type_size() as usize;
     let qk = ty.block_size() as usize;
-    if data.len() % bs != 0 || data.len() / bs * qk != out.len() {
+    if !data.len().is_multiple_of(bs) || data.len() / bs * qk != out.len() {
         return Err(Error::Shape(format!(
             "{} bytes of {ty} hold {} elements, output has {}",
             data.len(),
@@ -1482,6 +1482,8 @@ fn write_array(out: &mut Vec<u8>, a: &MetaArray) {
 }
 
 #[cfg(test)]
+// Reference values are Python's shortest repr of f64 sums and f32 values, digit for digit.
+#[allow(clippy::excessive_precision)]
 pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
@@ -1787,7 +1789,7 @@ pub(crate) mod tests {
         let mut q8 = h(0.5).to_vec();
         q8.extend((0..32u8).map(|j| j.wrapping_sub(16)));
         q8.extend(h(-1.0));
-        q8.extend((0..32u8).map(|j| j));
+        q8.extend(0..32u8);
         w.tensor("emb.weight", &[2, 32], GgmlType::Q8_0, q8).unwrap();
         let mut q41 = h(0.25).to_vec();
         q41.extend(h(1.0));

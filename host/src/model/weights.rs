@@ -142,9 +142,8 @@ pub fn tensor_names(c: &Config) -> Vec<TensorSpec> {
         let names = norm_names(c.arch, layer);
         norm(&mut out, &names.attn);
         for &role in LinearRole::all(c.arch) {
-            if role == LinearRole::Gate {
-                norm(&mut out, &names.mlp);
-            } else if c.arch == Arch::Opt && role == LinearRole::Up {
+            // The MLP norm comes before the MLP's first linear (LLaMA: gate, OPT: fc1).
+            if role == LinearRole::Gate || (c.arch == Arch::Opt && role == LinearRole::Up) {
                 norm(&mut out, &names.mlp);
             }
             let (rows, cols) = role.shape(c);

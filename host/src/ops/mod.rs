@@ -276,7 +276,7 @@ mod tests {
             for bits in [0u32, 1, 0x8000_0000, u32::MAX] {
                 let t = numerics::draw(total, bits);
                 assert!(t < total);
-                assert_eq!(u128::from(t), u128::from(total) * u128::from(bits) >> 32);
+                assert_eq!(u128::from(t), (u128::from(total) * u128::from(bits)) >> 32);
             }
         }
     }

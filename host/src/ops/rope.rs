@@ -73,7 +73,7 @@ fn check_heads(cols: usize, head_dim: usize) -> Result<usize> {
     if head_dim == 0 || head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
         return Err(Error::Shape(format!("rope: head_dim = {head_dim} must be even, between 2 and {MAX_HEAD_DIM}")));
     }
-    if cols % head_dim != 0 {
+    if !cols.is_multiple_of(head_dim) {
         return Err(Error::Shape(format!("rope: x has {cols} columns, not a whole number of heads of head_dim = {head_dim}")));
     }
     Ok(cols / head_dim)

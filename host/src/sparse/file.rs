@@ -345,7 +345,7 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
         )));
     }
     let tag = le_u16(h, 14);
-    if version >= VERSION_TAGGED && version <= VERSION && tag != 0 && le_u64(h, HEADER_SUMMED) == checksum(version, &h[..HEADER_SUMMED]) {
+    if (VERSION_TAGGED..=VERSION).contains(&version) && tag != 0 && le_u64(h, HEADER_SUMMED) == checksum(version, &h[..HEADER_SUMMED]) {
         return Err(Error::Format(match tag {
             FORMAT_TAG_BITMAP => format!("this file holds a bitmap weight (version {version}, format tag 1): load it with BitmapWeight::load"),
             _ => format!("unknown format tag {tag} in a version-{version} file"),

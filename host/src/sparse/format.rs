@@ -777,7 +777,7 @@ mod tests {
         assert_eq!(tile_coord(16383), (255, 63));
         // 256 × 64 tile: positions 0..16384 use 14 of the 16 position bits.
         assert_eq!((TILE_M, TILE_K, TILE_ELEMS), (256, 64, 16384));
-        assert!(TILE_ELEMS <= 1 << 14);
+        const { assert!(TILE_ELEMS <= 1 << 14) };
     }
 
     #[test]

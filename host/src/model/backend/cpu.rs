@@ -97,7 +97,7 @@ fn same(what: &str, a: &CpuMat, b: &CpuMat) -> Result<()> {
     check_shape(what, (b.rows, b.cols), (a.rows, a.cols))
 }
 
-fn layer_of<'a>(c: &'a CpuCache, layer: usize) -> Result<(&'a [f32], &'a [f32])> {
+fn layer_of(c: &CpuCache, layer: usize) -> Result<(&[f32], &[f32])> {
     match (c.k.get(layer), c.v.get(layer)) {
         (Some(k), Some(v)) => Ok((k, v)),
         _ => Err(Error::InvalidArgument(format!("layer {layer} of a cache of {} layers", c.k.len()))),

@@ -8,7 +8,7 @@
 /// If `cols` is 0, `table.len()` is not a multiple of `cols`, or `out.len() != ids.len() ·
 /// cols`.
 pub fn embed(table: &[f32], cols: usize, ids: &[u32], offset: u32, accumulate: bool, out: &mut [f32]) {
-    assert!(cols > 0 && table.len() % cols == 0, "embed: the table is not a whole number of rows of {cols}");
+    assert!(cols > 0 && table.len().is_multiple_of(cols), "embed: the table is not a whole number of rows of {cols}");
     assert_eq!(out.len(), ids.len() * cols, "embed: out must hold one row per id");
     let rows = table.len() / cols;
     for (o, &id) in out.chunks_exact_mut(cols).zip(ids) {
