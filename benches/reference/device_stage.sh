@@ -17,7 +17,9 @@ b=gpu-bundle
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 case "${1:?stage}" in
   tests)
-    SANITIZE=0 SKIP_BENCH=1 bash $b/run-all.sh ;;
+    SANITIZE=0 SKIP_BENCH=1 bash $b/run-all.sh
+    # cudarc allocates, we compute, cudarc reads back: exits non-zero on a mismatch.
+    $b/bin/cudarc 2>&1 | tee "$out/cudarc.log" ;;
   sanitize)
     bash benches/reference/sanitize.sh ;;
   e2e-small)

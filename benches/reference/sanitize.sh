@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # compute-sanitizer over the GPU suites of gpu-bundle/ (run from the repo root on the GPU
 # machine): every tool in TOOLS over the kernel suites (dense, spmm, bitmap) with both PTX
-# builds, then memcheck over the model suites (ops, attention, model, graph, prune).
+# builds, then memcheck over the other GPU suites (ops, attention, model, graph, prune,
+# threads, interop).
 # Appends to $OUT/sanitizer.log; one summary line per run on stdout.
 set -uo pipefail
 out="${OUT:-$PWD/gpu-logs}"; mkdir -p "$out"
@@ -18,4 +19,4 @@ for tool in ${TOOLS:-memcheck racecheck synccheck initcheck}; do
     for suite in ${KERNEL_SUITES:-dense spmm bitmap}; do [[ -x $t/$suite ]] && run "$tool" "$ptx" "$suite"; done
   done
 done
-for suite in ${MODEL_SUITES:-ops attention model graph prune}; do [[ -x $t/$suite ]] && run memcheck "" "$suite"; done
+for suite in ${MODEL_SUITES:-ops attention model graph prune threads interop}; do [[ -x $t/$suite ]] && run memcheck "" "$suite"; done
