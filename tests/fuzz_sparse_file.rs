@@ -25,71 +25,15 @@ use half::{bf16, f16};
 use proptest::prelude::*;
 use sparse_tc::sparse::file::{checksum, HEADER_BYTES, MAGIC};
 use sparse_tc::{Element, Error, SparseWeight};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::Read;
 
-// ---- Allocation accounting, per thread (tests run in parallel threads). ----
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-/// The system allocator, counting the bytes each thread has live and their peak.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn track(delta: isize) {
-    // `try_with`: during thread teardown the slots may be gone; nothing to count then.
-    let _ = LIVE.try_with(|live| {
-        let now = live.get().wrapping_add(delta);
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged and only
-// adds bookkeeping in const-initialised thread-locals (which never allocate).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            track(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            track(layout.size() as isize);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        track(-(layout.size() as isize));
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            track(new_size as isize - layout.size() as isize);
-        }
-        p
-    }
-}
+use counting_alloc::{cases, peak_alloc};
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Runs `f` and returns its result with the peak bytes it had allocated at once on this
-/// thread (above what was live before).
-fn peak_alloc<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let r = f();
-    let peak = PEAK.with(Cell::get);
-    (r, (peak - base).max(0) as usize)
-}
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 /// What loading `len` bytes may allocate at most: the data itself with room for its vectors'
 /// growth, plus a constant that no header field can change.
@@ -99,10 +43,6 @@ fn budget(len: usize) -> usize {
 
 // ---- Inputs. ----
 
-/// Case count: `PROPTEST_CASES` when set, else `default` (bounded for CI).
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// A small random weight (density `keep`), optionally bank-reordered, saved.
 fn saved<T: Element>(rows: usize, cols: usize, keep: f64, seed: u64, reorder: bool) -> Vec<u8> {
