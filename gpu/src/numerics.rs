@@ -63,7 +63,7 @@ pub fn exp_f32(x: f32) -> f32 {
     y * pow2i_f32(n1) * pow2i_f32(n - n1)
 }
 
-/// SiLU (swish): x · sigmoid(x) = x / (1 + e⁻ˣ), in f32 with [`exp_f32`] (within about 3 ulp).
+/// SiLU (swish): x · sigmoid(x) = x / (1 + e⁻ˣ), in f32 with `exp_f32` (within about 3 ulp).
 /// Large negative x gives −0 (e⁻ˣ = +Inf), +Inf gives +Inf, NaN stays NaN; −Inf gives NaN
 /// (−Inf / +Inf), as `torch.nn.functional.silu` does (−Inf · 0).
 #[inline(always)]

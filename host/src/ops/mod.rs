@@ -1,6 +1,6 @@
-//! The model's GPU operations besides `linear`: each a method of [`Gpu`](crate::Gpu) over
+//! The model's GPU operations besides `linear`: each a method of [`Gpu`] over
 //! device matrices, queued on the handle's stream, with its shapes checked on the host
-//! first. [`reference`] holds the plain CPU version of each (f32), the oracle of the tests and
+//! first. [`reference`](mod@reference) holds the plain CPU version of each (f32), the oracle of the tests and
 //! the building blocks of the CPU model path.
 //!
 //! | method | kernel (`gpu/src/kernels/`) | reference |
@@ -11,7 +11,7 @@
 //! | [`rope`](crate::Gpu::rope) | `rope.rs` | [`reference::rope`] |
 //! | [`argmax`](crate::Gpu::argmax), [`sample`](crate::Gpu::sample) | `sample.rs` | [`reference::sample`] |
 //!
-//! Conventions: activations are [`DeviceMatrix`](crate::DeviceMatrix) with one row per token;
+//! Conventions: activations are [`DeviceMatrix`] with one row per token;
 //! per-feature parameters (norm weights and biases, linear biases) are `1 × d` matrices. The
 //! kernels compute in f32 on the exact values of the 16-bit inputs and round each result once;
 //! they never write a nonzero into a row's padding. Indices read from the device (token ids,

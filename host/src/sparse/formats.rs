@@ -3,14 +3,14 @@
 //! Each format is one module behind two traits:
 //! - [`SparseFormatWeight`] (public, host side): pack from dense, validate, decode, files,
 //!   stored bytes, upload;
-//! - [`LaunchPlan`] (crate-internal, device side): which kernel, how much shared memory and
+//! - `LaunchPlan` (crate-internal, device side): which kernel, how much shared memory and
 //!   what per-launch stage parameter (the Tiled-CSL word ring, the bitmap panel slot).
 //!
 //! Both sparse kernels share the rest of the launch: 256-row blocks of `16/MT` warps, the
 //! stream-K schedule over 256×64 tiles, the split-K slots, completion flags and
 //! `streamk_reduce`, and one argument list (`offsets, data, x, ldx, y, ldy, partial, m, n,
 //! k, blocks, stage, evict_first, flags, launch`). So `Gpu::linear` dispatches through
-//! [`SparseFormat::plan`] and adding a format adds a module (and a variant here), not a
+//! `SparseFormat::plan` and adding a format adds a module (and a variant here), not a
 //! branch in `linear_into`.
 
 use std::io::{Read, Write};

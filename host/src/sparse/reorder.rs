@@ -25,12 +25,12 @@
 //! Any order of a tile's list decodes to the same tile, so words may move anywhere inside
 //! their tile (never across tiles: list lengths and offsets stay as they are). Two
 //! arrangements are built per tile and the cheaper one kept:
-//! - *block by block* ([`arrange_block`]): a block's words grouped by 32-bit shared-memory
+//! - *block by block* (`arrange_block`): a block's words grouped by 32-bit shared-memory
 //!   word and dealt into its four store sets greedily: groups of the most contended banks
 //!   first, each into a set with room where it does not raise that set's conflict degree if
 //!   possible, else into the set holding the fewest groups of its bank; a block keeps the
 //!   result only where it lowers the block's cost;
-//! - *tile-wide* ([`arrange_tile`]): the same groups dealt round-robin over all the tile's
+//! - *tile-wide* (`arrange_tile`): the same groups dealt round-robin over all the tile's
 //!   store sets, at most one group of a bank per set where possible, then improved block by
 //!   block as above. A block holds whatever banks its 128 words happen to have; across the
 //!   whole tile every bank can be spread evenly. On random 256×64 tiles this cuts the

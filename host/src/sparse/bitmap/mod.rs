@@ -11,7 +11,7 @@
 //!   `(r, c)`; the block's values are its stored entries in bit order.
 //! * **Tiles**: 64×64 entries = 64 blocks, `tiles_m = ceil(M/64)` × `tiles_k = ceil(K/64)`.
 //!   Blocks are ordered fragment by fragment (16×16 slabs, `mma` A-register order inside,
-//!   [`layout::bitmap_block_bit`]), so lane `l` of a warp finds its two elements of each A
+//!   [`crate::layout::bitmap_block_bit`]), so lane `l` of a warp finds its two elements of each A
 //!   register at bits `2l`, `2l + 1` of one mask, and their values at index
 //!   `popcount(mask & (2^(2l) − 1))` of the block's values.
 //! * **Tile bytes** (little-endian, all 16-byte multiples, so `cp.async` streams them):
@@ -21,7 +21,7 @@
 //!   `ceil((544 + 2·nnz) / 16)` quads (16-byte units) long, at most 546.
 //! * **Tile order**: *panels* of 4 tiles stacked along M (256 rows, the rows one kernel step
 //!   multiplies), panels row-major, the tiles of a panel top to bottom
-//!   ([`layout::bitmap_tile_index`]); the last panel row has fewer tiles when `tiles_m` is not
+//!   ([`crate::layout::bitmap_tile_index`]); the last panel row has fewer tiles when `tiles_m` is not
 //!   a multiple of 4. Consecutive panels are consecutive bytes, so a stream-K range of panels
 //!   is one contiguous copy.
 //! * `tile_offsets`: `tiles + 1` `u32`, in quads: tile `t` is
