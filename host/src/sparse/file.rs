@@ -180,8 +180,16 @@ const fn dtype_code(d: Dtype) -> u8 {
     }
 }
 
+/// Bytes of a container holding `tiles + 1` offsets and `n_words` data words: the header,
+/// both sections and their checksums (checked arithmetic; shared by every format's loader).
+pub(crate) fn container_len(tiles: usize, n_words: usize) -> Result<usize> {
+    let f = Sizes::FILE;
+    let offsets = f.mul("tile_offsets bytes (4 · n_offsets)", 4, f.add("n_offsets", tiles, 1)?)?;
+    let words = f.mul("data bytes (4 · n_words)", 4, n_words)?;
+    f.add("file length", HEADER_BYTES + 16, f.add("section bytes", offsets, words)?)
+}
+
 /// Writes a complete file from raw parts (no validation; `save` passes valid parts).
-#[allow(clippy::too_many_arguments)]
 fn write_parts<W: Write>(
     w: W,
     version: u32,
@@ -197,7 +205,6 @@ fn write_parts<W: Write>(
 
 /// Writes a complete container: the header (with format tag `tag` at byte 14), the offsets
 /// section and the data section, each with its checksum (no validation).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_container<W: Write>(
     mut w: W,
     version: u32,
@@ -322,11 +329,7 @@ impl Header {
     /// Bytes of the whole file the header describes: header, `4 · (tiles + 1)` bytes of
     /// offsets and their checksum, `4 · n_words` bytes of words and theirs.
     fn file_len(&self) -> Result<usize> {
-        let f = Sizes::FILE;
-        let offsets = f.mul("tile_offsets bytes (4 · n_offsets)", 4, f.add("n_offsets", self.tiles, 1)?)?;
-        let words = f.mul("words bytes (4 · n_words)", 4, self.n_words)?;
-        let sections = f.add("section bytes", offsets, words)?;
-        f.add("file length", HEADER_BYTES + 16, sections)
+        container_len(self.tiles, self.n_words)
     }
 }
 

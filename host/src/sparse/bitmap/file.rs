@@ -59,10 +59,7 @@ struct Header {
 impl Header {
     /// Bytes of the whole file the header describes.
     fn file_len(&self) -> Result<usize> {
-        let f = Sizes::FILE;
-        let offsets = f.mul("tile_offsets bytes (4 · n_offsets)", 4, f.add("n_offsets", self.tiles, 1)?)?;
-        let words = f.mul("data bytes (4 · n_words)", 4, self.n_words)?;
-        f.add("file length", HEADER_BYTES + 16, f.add("section bytes", offsets, words)?)
+        crate::sparse::file::container_len(self.tiles, self.n_words)
     }
 }
 
