@@ -94,6 +94,9 @@ pub(crate) struct QueueState {
     /// Set by a recording or a replay (`graph.rs`): the flags may hold numbers an ordinary
     /// launch reuses, so the next one zeroes them first.
     pub flags_stale: bool,
+    /// Set while [`Gpu::record`] captures the stream: an operation that would allocate or
+    /// wait refuses before calling the driver (which would invalidate the capture).
+    pub recording: bool,
 }
 
 /// The handle's stream: its own (destroyed with the handle) or the caller's (never destroyed
@@ -364,6 +367,14 @@ impl Gpu {
         // Under the queue lock: waiting on a stream another thread is recording would end
         // that recording with an error.
         let _queue = self.queue.lock();
+        if self.state().recording {
+            return Err(Error::InvalidArgument("synchronize: waiting is not possible while recording (Gpu::record)".into()));
+        }
+        self.wait_stream()
+    }
+
+    /// Waits for the stream; the caller holds the queue lock (and may hold the state).
+    pub(crate) fn wait_stream(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| Error::driver("stream synchronize", e))
     }
 

@@ -42,6 +42,12 @@ pub struct Recording {
     launches: usize,
 }
 
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording").field("nodes", &self.launches).finish_non_exhaustive()
+    }
+}
+
 impl Recording {
     /// Operations the recording queues per replay (kernels and memsets).
     pub fn nodes(&self) -> usize {
@@ -65,6 +71,7 @@ impl Gpu {
             cust::sys::cuStreamBeginCapture_v2(stream, cust::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         };
         Error::check_raw("begin stream capture", rc)?;
+        self.state().recording = true;
         let (flags, workspace) = self.buffer_spans();
         let queued = self.zero_flags_queued(flags).and_then(|()| f()).and_then(|()| {
             // A buffer (re)allocated while recording: kernels recorded before the growth use
@@ -82,7 +89,11 @@ impl Gpu {
         let ended = Error::check_raw("end stream capture", unsafe { cust::sys::cuStreamEndCapture(stream, &mut graph) });
         // Memsets queued while recording (the one above, a wrap's) did not run: have the next
         // ordinary launch zero the flags.
-        self.state().flags_stale = true;
+        {
+            let mut state = self.state();
+            state.recording = false;
+            state.flags_stale = true;
+        }
         let destroy = |g: CUgraph| {
             if !g.is_null() {
                 // SAFETY: a graph the capture returned, destroyed once.

@@ -788,12 +788,18 @@ impl Gpu {
         len: usize,
         what: &'static str,
     ) -> Result<bool> {
+        let recording = state.recording;
         let buffer = which(state);
         if buffer.as_ref().is_some_and(|b| b.len() >= len) {
             return Ok(false);
         }
+        if recording {
+            return Err(Error::InvalidArgument(format!(
+                "record: the work needs a larger {what} than the handle has; run it once without recording first"
+            )));
+        }
         // The stream may still use the old buffer: wait before freeing it.
-        self.synchronize()?;
+        self.wait_stream()?;
         *buffer = None;
         // SAFETY: its callers use it for f32 and u32 only, which have no invalid bit patterns;
         // each says how it initialises what its kernels read.
