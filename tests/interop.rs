@@ -11,7 +11,7 @@ use common::{gpu, random, Rng};
 use cust::memory::{CopyDestination, DeviceBuffer};
 use half::f16;
 use sparse_tc::sparse::{BitmapWeight, SparseFormat};
-use sparse_tc::{DeviceMatrix, DeviceSparseWeight, Error, Gpu, RawSparseParts, SparseWeight};
+use sparse_tc::{DeviceMatrix, DeviceSparseWeight, Error, Gpu, RawSparseParts, RopeStyle, SparseWeight};
 
 const M: usize = 320;
 const K: usize = 1000;
@@ -84,6 +84,108 @@ fn borrowed_matrices_compute_as_uploaded_ones() {
     let mut y = vec![0u16; N * M];
     ybuf.copy_to(&mut y).unwrap();
     assert_eq!(y, bits(&expected));
+}
+
+/// Caller-owned memory for a `rows × cols` view with rows `ld` apart: the values, zero
+/// padding up to the next multiple of 8, and the sentinel in the rest of each row.
+fn strided(g: &Gpu, rows: usize, cols: usize, ld: usize, values: &[f16], sentinel: u16) -> DeviceBuffer<u16> {
+    let mut host = vec![sentinel; rows * ld];
+    for r in 0..rows {
+        host[r * ld..r * ld + cols.div_ceil(8) * 8].fill(0);
+        host[r * ld..r * ld + cols].copy_from_slice(&bits(&values[r * cols..(r + 1) * cols]));
+    }
+    device_u16(g, &host)
+}
+
+/// The model operations (norms, element-wise, gathers, RoPE, argmax) take every operand with
+/// its own leading dimension: views whose rows are wider apart than the uploaded copies'
+/// give the same bits, and the memory between their rows (a sentinel) is neither read nor
+/// written. Each view's `ld` differs from the others' and from the uploaded `ld`, so an
+/// operation that used one operand's `ld` for another would read or write the wrong rows.
+#[test]
+fn model_operations_on_strided_views() {
+    let Some(g) = gpu("model_operations_on_strided_views") else { return };
+    let mut rng = Rng::new(17);
+    // 20 columns: uploaded rows are 24 apart (20 rounded up to 8, zero padding).
+    let (rows, cols, eps) = (6, 20, 1e-5);
+    let sentinel = f16::NAN.to_bits();
+    let data = |rng: &mut Rng, r: usize| -> Vec<f16> { random(rng, r * cols) };
+    let (a, b, w, bias) = (data(&mut rng, rows), data(&mut rng, rows), data(&mut rng, 1), data(&mut rng, 1));
+    let up = |v: &[f16], r: usize| g.upload(r, cols, v).unwrap();
+    let (au, bu, wu, biasu) = (up(&a, rows), up(&b, rows), up(&w, 1), up(&bias, 1));
+    let lds = [32usize, 40, 48, 56, 64];
+    let bufs: Vec<DeviceBuffer<u16>> = [&a, &b, &a, &b, &a].iter().zip(lds).map(|(v, ld)| strided(&g, rows, cols, ld, v, sentinel)).collect();
+    // SAFETY: `bufs` outlives the views, and the work on them finishes before the end of
+    // the block (downloads and `synchronize`); no two views share memory.
+    let mut v: Vec<DeviceMatrix<f16>> = unsafe {
+        bufs.iter().zip(lds).map(|(buf, ld)| DeviceMatrix::<f16>::from_raw_parts(&g, buf.as_device_ptr().as_raw(), rows, cols, ld).unwrap()).collect()
+    };
+    {
+        let dl = |m: &DeviceMatrix<f16>| g.download(m).unwrap();
+        let mut out = g.zeros::<f16>(rows, cols).unwrap();
+        // Norms, views in every operand position (the weight and bias are 1 × cols rows).
+        g.rms_norm(&au, &wu, eps, &mut out).unwrap();
+        let [v0, v1, v2, v3, v4] = &mut v[..] else { unreachable!() };
+        g.rms_norm(v0, &wu, eps, v4).unwrap();
+        assert_eq!(dl(v4), dl(&out), "rms_norm");
+        g.layer_norm(&au, &wu, &biasu, eps, &mut out).unwrap();
+        g.layer_norm(v0, &wu, &biasu, eps, v4).unwrap();
+        assert_eq!(dl(v4), dl(&out), "layer_norm");
+        let mut res = g.duplicate(&au).unwrap();
+        g.add_rms_norm(&mut res, &bu, &wu, eps, &mut out).unwrap();
+        g.add_rms_norm(v2, v1, &wu, eps, v4).unwrap();
+        assert_eq!((dl(v2), dl(v4)), (dl(&res), dl(&out)), "add_rms_norm");
+        g.add_layer_norm(&mut res, &bu, &wu, &biasu, eps, &mut out).unwrap();
+        g.add_layer_norm(v2, v1, &wu, &biasu, eps, v4).unwrap();
+        assert_eq!((dl(v2), dl(v4)), (dl(&res), dl(&out)), "add_layer_norm");
+        // Element-wise.
+        g.silu_mul(&au, &bu, &mut out).unwrap();
+        g.silu_mul(v0, v3, v4).unwrap();
+        assert_eq!(dl(v4), dl(&out), "silu_mul");
+        g.add_assign(&mut res, &bu).unwrap();
+        g.add_assign(v2, v1).unwrap();
+        assert_eq!(dl(v2), dl(&res), "add_assign");
+        g.add_bias(&mut res, &biasu).unwrap();
+        g.add_bias(v2, &biasu).unwrap();
+        assert_eq!(dl(v2), dl(&res), "add_bias");
+        g.relu(&mut res).unwrap();
+        g.relu(v2).unwrap();
+        assert_eq!(dl(v2), dl(&res), "relu");
+        // Gathers: a view as the table and as the output.
+        let ids = g.upload_indices(&[5, 0, 3, 3, 1, 2]).unwrap();
+        g.embed(&bu, &ids, 0, false, &mut out).unwrap();
+        g.embed(v1, &ids, 0, false, v4).unwrap();
+        assert_eq!(dl(v4), dl(&out), "embed");
+        g.embed(&au, &ids, 0, true, &mut out).unwrap();
+        g.embed(v0, &ids, 0, true, v4).unwrap();
+        assert_eq!(dl(v4), dl(&out), "embed (accumulate)");
+        g.gather_rows(&au, &ids, &mut out).unwrap();
+        g.gather_rows(v0, &ids, v4).unwrap();
+        assert_eq!(dl(v4), dl(&out), "gather_rows");
+        // RoPE in place (5 heads of 4) and argmax, reading a view.
+        let pos = g.upload_indices(&[0, 1, 2, 7, 100, 5]).unwrap();
+        let mut r = g.duplicate(&au).unwrap();
+        g.rope(&mut r, &pos, 4, 10000.0, RopeStyle::HalfSplit).unwrap();
+        g.rope(v0, &pos, 4, 10000.0, RopeStyle::HalfSplit).unwrap();
+        assert_eq!(dl(v0), dl(&r), "rope");
+        let mut picks = g.indices_with_capacity(rows).unwrap();
+        g.argmax(v0, &mut picks).unwrap();
+        let mut expected = g.indices_with_capacity(rows).unwrap();
+        g.argmax(&r, &mut expected).unwrap();
+        assert_eq!(g.download_indices(&picks).unwrap(), g.download_indices(&expected).unwrap(), "argmax");
+        let _ = v3;
+        g.synchronize().unwrap();
+    }
+    drop(v);
+    for (i, (buf, ld)) in bufs.iter().zip(lds).enumerate() {
+        let mut back = vec![0u16; rows * ld];
+        buf.copy_to(&mut back).unwrap();
+        for r in 0..rows {
+            let row = &back[r * ld..(r + 1) * ld];
+            assert!(row[cols..24].iter().all(|&x| x == 0), "view {i}, row {r}: padding not zero");
+            assert!(row[24..].iter().all(|&x| x == sentinel), "view {i}, row {r}: the memory between rows was written");
+        }
+    }
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! Element-wise operations between sublayers: `acc += x`, `x += bias` (per column), SwiGLU's
 //! `out = silu(gate) · up`, and ReLU in place.
 //!
-//! Grid-stride over the 16-byte chunks of the matrix ([`super::rowwise::for_each_chunk`]):
-//! every operand has the same shape and hence the same leading dimension, so chunk i of each
-//! is at element 8i. f32 arithmetic on the exact values, one rounding per result; padding
+//! Grid-stride over the 16-byte chunks of the matrix ([`super::rowwise::for_each_chunk`]);
+//! each operand has its own leading dimension, so chunk `c` of row `r` is at element
+//! `r · ld + 8c` of it. f32 arithmetic on the exact values, one rounding per result; padding
 //! stays zero.
 
-use super::rowwise::{for_each_chunk, load, pack, store, valid_in, widen};
+use super::rowwise::{for_each_chunk, load, pack, row_chunks, store, valid_in, widen};
 use crate::mma::MmaElement;
 use crate::numerics::silu;
 
@@ -22,22 +22,25 @@ pub const RELU: u32 = 3;
 /// One of the operations above over a `rows × cols` matrix.
 ///
 /// # Safety
-/// Any launch shape; `a` (and `out` for `SILU_MUL`) are `rows × ld`, `b` is `rows × ld`
-/// (`1 × ld` for `ADD_BIAS`; unused for `RELU`), 16-byte aligned, `ld` a multiple of 8 ≥ `cols`,
-/// zero padding; `a` is only read for `SILU_MUL`, and no written operand overlaps another
-/// operand.
+/// Any launch shape; `a` (and `out` for `SILU_MUL`) are `rows × cols` with leading dimensions
+/// `lda` (`ldo`), `b` is `rows × cols` with leading dimension `ldb` (`1 × cols` for `ADD_BIAS`;
+/// unused for `RELU`), all 16-byte aligned, every `ld` a multiple of 8 ≥ `cols`, zero padding
+/// in each last chunk; `a` is only read for `SILU_MUL`, and no written operand overlaps
+/// another operand.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn elementwise<E: MmaElement, const OP: u32>(
-    a: *mut u16, b: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32,
+    a: *mut u16, lda: u32, b: *const u16, ldb: u32, out: *mut u16, ldo: u32, rows: u32, cols: u32,
 ) {
-    let (cols, chunks) = (cols as usize, ld as usize / 8);
-    for_each_chunk(rows as usize, chunks, |row, c| {
-        let (p, valid) = (8 * (row * chunks + c), valid_in(c, cols));
+    let cols = cols as usize;
+    let (lda, ldb, ldo) = (lda as usize, ldb as usize, ldo as usize);
+    for_each_chunk(rows as usize, row_chunks(cols), |row, c| {
+        let (p, valid) = (row * lda + 8 * c, valid_in(c, cols));
         let x = widen::<E>(load(a.add(p)));
         let mut y = [0.0f32; 8];
         match OP {
             ADD_ASSIGN | SILU_MUL => {
-                let v = widen::<E>(load(b.add(p)));
+                let v = widen::<E>(load(b.add(row * ldb + 8 * c)));
                 if OP == ADD_ASSIGN {
                     unroll!(i in 0..8 => { y[i] = x[i] + v[i]; });
                 } else {
@@ -52,6 +55,6 @@ pub unsafe fn elementwise<E: MmaElement, const OP: u32>(
                 unroll!(i in 0..8 => { y[i] = if x[i] < 0.0 { 0.0 } else { x[i] }; });
             }
         }
-        store(if OP == SILU_MUL { out.add(p) } else { a.add(p) }, pack::<E>(y, valid));
+        store(if OP == SILU_MUL { out.add(row * ldo + 8 * c) } else { a.add(p) }, pack::<E>(y, valid));
     });
 }

@@ -201,10 +201,13 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`norm::row_norm`].
         #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $rms(
-            x: *const u16, weight: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32, eps: f32,
+            x: *const u16, ldx: u32, weight: *const u16, out: *mut u16, ldo: u32, rows: u32, cols: u32, eps: f32,
         ) {
-            norm::row_norm::<$elem, false, false>(x as *mut u16, ptr::null(), weight, ptr::null(), out, rows, cols, ld, eps);
+            norm::row_norm::<$elem, false, false>(
+                x as *mut u16, ldx, ptr::null(), 0, weight, ptr::null(), out, ldo, rows, cols, eps,
+            );
         }
 
         /// `residual += delta`, then RMSNorm of each row (see [`norm::row_norm`]).
@@ -212,11 +215,12 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`norm::row_norm`].
         #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $add_rms(
-            residual: *mut u16, delta: *const u16, weight: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32,
-            eps: f32,
+            residual: *mut u16, ldx: u32, delta: *const u16, ldd: u32, weight: *const u16, out: *mut u16, ldo: u32,
+            rows: u32, cols: u32, eps: f32,
         ) {
-            norm::row_norm::<$elem, false, true>(residual, delta, weight, ptr::null(), out, rows, cols, ld, eps);
+            norm::row_norm::<$elem, false, true>(residual, ldx, delta, ldd, weight, ptr::null(), out, ldo, rows, cols, eps);
         }
 
         /// LayerNorm of each row (see [`norm::row_norm`]).
@@ -224,10 +228,12 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`norm::row_norm`].
         #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $ln(
-            x: *const u16, weight: *const u16, bias: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32, eps: f32,
+            x: *const u16, ldx: u32, weight: *const u16, bias: *const u16, out: *mut u16, ldo: u32, rows: u32, cols: u32,
+            eps: f32,
         ) {
-            norm::row_norm::<$elem, true, false>(x as *mut u16, ptr::null(), weight, bias, out, rows, cols, ld, eps);
+            norm::row_norm::<$elem, true, false>(x as *mut u16, ldx, ptr::null(), 0, weight, bias, out, ldo, rows, cols, eps);
         }
 
         /// `residual += delta`, then LayerNorm of each row (see [`norm::row_norm`]).
@@ -237,10 +243,10 @@ macro_rules! model_op_entries {
         #[no_mangle]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $add_ln(
-            residual: *mut u16, delta: *const u16, weight: *const u16, bias: *const u16, out: *mut u16, rows: u32,
-            cols: u32, ld: u32, eps: f32,
+            residual: *mut u16, ldx: u32, delta: *const u16, ldd: u32, weight: *const u16, bias: *const u16, out: *mut u16,
+            ldo: u32, rows: u32, cols: u32, eps: f32,
         ) {
-            norm::row_norm::<$elem, true, true>(residual, delta, weight, bias, out, rows, cols, ld, eps);
+            norm::row_norm::<$elem, true, true>(residual, ldx, delta, ldd, weight, bias, out, ldo, rows, cols, eps);
         }
 
         /// `acc += x` (see [`elementwise::elementwise`]).
@@ -248,8 +254,8 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`elementwise::elementwise`].
         #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $add_assign(acc: *mut u16, x: *const u16, rows: u32, cols: u32, ld: u32) {
-            elementwise::elementwise::<$elem, { elementwise::ADD_ASSIGN }>(acc, x, ptr::null_mut(), rows, cols, ld);
+        pub unsafe extern "ptx-kernel" fn $add_assign(acc: *mut u16, lda: u32, x: *const u16, ldx: u32, rows: u32, cols: u32) {
+            elementwise::elementwise::<$elem, { elementwise::ADD_ASSIGN }>(acc, lda, x, ldx, ptr::null_mut(), 0, rows, cols);
         }
 
         /// `x += bias` per column (see [`elementwise::elementwise`]).
@@ -257,8 +263,8 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`elementwise::elementwise`].
         #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $add_bias(x: *mut u16, bias: *const u16, rows: u32, cols: u32, ld: u32) {
-            elementwise::elementwise::<$elem, { elementwise::ADD_BIAS }>(x, bias, ptr::null_mut(), rows, cols, ld);
+        pub unsafe extern "ptx-kernel" fn $add_bias(x: *mut u16, ldx: u32, bias: *const u16, rows: u32, cols: u32) {
+            elementwise::elementwise::<$elem, { elementwise::ADD_BIAS }>(x, ldx, bias, 0, ptr::null_mut(), 0, rows, cols);
         }
 
         /// `out = silu(gate) · up` (see [`elementwise::elementwise`]).
@@ -266,10 +272,11 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`elementwise::elementwise`].
         #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $silu_mul(
-            gate: *const u16, up: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32,
+            gate: *const u16, ldg: u32, up: *const u16, ldu: u32, out: *mut u16, ldo: u32, rows: u32, cols: u32,
         ) {
-            elementwise::elementwise::<$elem, { elementwise::SILU_MUL }>(gate as *mut u16, up, out, rows, cols, ld);
+            elementwise::elementwise::<$elem, { elementwise::SILU_MUL }>(gate as *mut u16, ldg, up, ldu, out, ldo, rows, cols);
         }
 
         /// `x = relu(x)` (see [`elementwise::elementwise`]).
@@ -277,8 +284,8 @@ macro_rules! model_op_entries {
         /// # Safety
         /// See [`elementwise::elementwise`].
         #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $relu(x: *mut u16, rows: u32, cols: u32, ld: u32) {
-            elementwise::elementwise::<$elem, { elementwise::RELU }>(x, ptr::null(), ptr::null_mut(), rows, cols, ld);
+        pub unsafe extern "ptx-kernel" fn $relu(x: *mut u16, ldx: u32, rows: u32, cols: u32) {
+            elementwise::elementwise::<$elem, { elementwise::RELU }>(x, ldx, ptr::null(), 0, ptr::null_mut(), 0, rows, cols);
         }
 
         /// `out[i] = table[ids[i] + offset]` (`+=` when `accumulate` ≠ 0; see
@@ -289,10 +296,10 @@ macro_rules! model_op_entries {
         #[no_mangle]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $embed(
-            table: *const u16, table_rows: u32, ids: *const u32, offset: u32, accumulate: u32, out: *mut u16,
-            rows: u32, cols: u32, ld: u32,
+            table: *const u16, table_rows: u32, ldt: u32, ids: *const u32, offset: u32, accumulate: u32, out: *mut u16,
+            ldo: u32, rows: u32, cols: u32,
         ) {
-            embed::gather_rows::<$elem>(table, table_rows, ids, offset, accumulate != 0, out, rows, cols, ld);
+            embed::gather_rows::<$elem>(table, table_rows, ldt, ids, offset, accumulate != 0, out, ldo, rows, cols);
         }
 
         /// `out[i] = x[rows_[i]]` (see [`embed::gather_rows`]).
@@ -302,9 +309,9 @@ macro_rules! model_op_entries {
         #[no_mangle]
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "ptx-kernel" fn $gather(
-            x: *const u16, x_rows: u32, picks: *const u32, out: *mut u16, rows: u32, cols: u32, ld: u32,
+            x: *const u16, x_rows: u32, ldx: u32, picks: *const u32, out: *mut u16, ldo: u32, rows: u32, cols: u32,
         ) {
-            embed::gather_rows::<$elem>(x, x_rows, picks, 0, false, out, rows, cols, ld);
+            embed::gather_rows::<$elem>(x, x_rows, ldx, picks, 0, false, out, ldo, rows, cols);
         }
 
         /// RoPE, pairs `(j, j + head_dim/2)` (see [`rope::rope`]).

@@ -13,7 +13,7 @@
 //! - fused: `r ← round(r + d)` is stored first, and the norm is taken of the stored (rounded)
 //!   residual, as the framework's two separate operations would.
 
-use super::rowwise::{block_sum_f32, load, pack, store, valid_in, widen};
+use super::rowwise::{block_sum_f32, load, pack, row_chunks, store, valid_in, widen};
 use crate::math::sqrt_rn;
 use crate::mma::MmaElement;
 use crate::thread::{block_dim_x, block_idx_x, grid_dim_x, thread_idx_x};
@@ -26,22 +26,24 @@ use crate::thread::{block_dim_x, block_idx_x, grid_dim_x, thread_idx_x};
 ///
 /// # Safety
 /// Launched with a one-dimensional block of whole warps and `rowwise::SCRATCH_BYTES` of
-/// dynamic shared memory, any grid; `x`, `delta` and `out` are `rows × ld`, `weight` and `bias`
-/// `1 × ld` (16-byte aligned, `ld` a multiple of 8 ≥ `cols`, zero padding); `out` overlaps none
-/// of the others, nor does `x` when `ADD`.
+/// dynamic shared memory, any grid; `x`, `delta` and `out` are `rows × cols` with leading
+/// dimensions `ldx`, `ldd`, `ldo`, `weight` and `bias` `1 × cols` (16-byte aligned, every `ld`
+/// a multiple of 8 ≥ `cols`, zero padding in each last chunk); `out` overlaps none of the
+/// others, nor does `x` when `ADD`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn row_norm<E: MmaElement, const LAYER: bool, const ADD: bool>(
-    x: *mut u16, delta: *const u16, weight: *const u16, bias: *const u16, out: *mut u16, rows: u32, cols: u32, ld: u32,
-    eps: f32,
+    x: *mut u16, ldx: u32, delta: *const u16, ldd: u32, weight: *const u16, bias: *const u16, out: *mut u16, ldo: u32,
+    rows: u32, cols: u32, eps: f32,
 ) {
-    let (rows, cols, ld) = (rows as usize, cols as usize, ld as usize);
-    let chunks = ld / 8;
+    let (rows, cols) = (rows as usize, cols as usize);
+    let (ldx, ldd, ldo) = (ldx as usize, ldd as usize, ldo as usize);
+    let chunks = row_chunks(cols);
     let (tid, threads) = (thread_idx_x() as usize, block_dim_x() as usize);
     let inv_cols = 1.0 / cols as f32;
     let mut row = block_idx_x() as usize;
     while row < rows {
-        let base = row * ld;
+        let (base, dbase, obase) = (row * ldx, row * ldd, row * ldo);
         // Pass 1: the residual update, and Σx (LayerNorm) or Σx² (RMSNorm).
         let mut acc = 0.0f32;
         let mut c = tid;
@@ -49,7 +51,7 @@ pub unsafe fn row_norm<E: MmaElement, const LAYER: bool, const ADD: bool>(
             let (p, valid) = (base + 8 * c, valid_in(c, cols));
             let mut v = widen::<E>(load(x.add(p)));
             if ADD {
-                let d = widen::<E>(load(delta.add(p)));
+                let d = widen::<E>(load(delta.add(dbase + 8 * c)));
                 let mut sum = [0.0f32; 8];
                 unroll!(i in 0..8 => { sum[i] = v[i] + d[i]; });
                 let bits = pack::<E>(sum, valid);
@@ -98,7 +100,7 @@ pub unsafe fn row_norm<E: MmaElement, const LAYER: bool, const ADD: bool>(
             } else {
                 unroll!(i in 0..8 => { y[i] = v[i] * rstd * w[i]; });
             }
-            store(out.add(p), pack::<E>(y, valid));
+            store(out.add(obase + 8 * c), pack::<E>(y, valid));
             c += threads;
         }
         row += grid_dim_x() as usize;

@@ -3,10 +3,12 @@
 //! block-wide reductions and scans.
 //!
 //! Matrices are row-major 16-bit elements with a leading dimension `ld` that is a multiple of 8
-//! (16 bytes) and rows that start 16-byte aligned (`host/src/matrix.rs`), so a row is `ld / 8`
-//! chunks of 8 elements, each read and written with one 16-byte access. The padding elements
-//! (columns `cols..ld`) are zero and stay zero: [`pack`] writes zeros there whatever was
-//! computed.
+//! (16 bytes) and rows that start 16-byte aligned (`host/src/matrix.rs`), so a row of `cols`
+//! elements is [`row_chunks`]`(cols)` chunks of 8 elements, each read and written with one
+//! 16-byte access. The padding elements of the last chunk (columns `cols..⌈cols/8⌉·8`) are
+//! zero and stay zero: [`pack`] writes zeros there whatever was computed. Columns past the
+//! last chunk (up to `ld`, in a matrix over the caller's memory or a view of a wider one) are
+//! neither read nor written, and every operand of a kernel has its own `ld`.
 //!
 //! The block-wide operations use the first [`SCRATCH_BYTES`] of dynamic shared memory (one
 //! 8-byte slot per warp) and work for any block of 32–1024 threads that is a whole number of
@@ -70,11 +72,19 @@ pub fn valid_in(chunk: usize, cols: usize) -> usize {
     if cols >= start + 8 { 8 } else { cols.saturating_sub(start) }
 }
 
+/// The 16-byte chunks of a row of `cols` elements, `⌈cols/8⌉` (the last one may end in
+/// padding).
+#[inline(always)]
+pub fn row_chunks(cols: usize) -> usize {
+    cols.div_ceil(8)
+}
+
 /// Calls `f(row, chunk)` for every chunk of a `rows × (8·chunks_per_row)` matrix, the chunks
 /// spread over all threads of the grid (grid-stride, in row-major order: consecutive threads
-/// take consecutive chunks, so a warp reads 512 contiguous bytes). The chunk's element offset
-/// is `8 · (row · chunks_per_row + chunk)`. Row and chunk are stepped incrementally, with one
-/// 64-bit division per thread, so matrices of more than 2³² chunks work.
+/// take consecutive chunks, so a warp reads contiguous bytes). The chunk's element offset in
+/// an operand of leading dimension `ld` is `row · ld + 8 · chunk`. Row and chunk are stepped
+/// incrementally, with one 64-bit division per thread, so matrices of more than 2³² chunks
+/// work.
 #[inline(always)]
 pub fn for_each_chunk(rows: usize, chunks_per_row: usize, mut f: impl FnMut(usize, usize)) {
     let total = rows * chunks_per_row;

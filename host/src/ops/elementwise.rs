@@ -3,7 +3,7 @@
 //! f32 on the exact values of the 16-bit inputs, one rounding per result (PyTorch, computing
 //! `silu(gate) * up` as two operations, rounds the SiLU to the input type in between).
 
-use super::{dim, row_of, same_shape, Operand, CHUNK_THREADS};
+use super::{chunk_blocks as blocks, dim, ld, row_of, same_shape, Operand, CHUNK_THREADS};
 use crate::element::Element;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -21,9 +21,9 @@ impl Gpu {
         self.check_owner("add_assign: acc", &acc.buf)?;
         self.check_owner("add_assign: x", &x.buf)?;
         same_shape(OP, Operand::of("acc", acc), Operand::of("x", x))?;
-        let (accp, xp) = (acc.device_ptr(), x.device_ptr());
-        let (rows, cols, ld) = dims(OP, acc)?;
-        let mut a = args![accp, xp, rows, cols, ld];
+        let (accp, lda, xp, ldx) = (acc.device_ptr(), ld(OP, acc)?, x.device_ptr(), ld(OP, x)?);
+        let (rows, cols) = dims(OP, acc)?;
+        let mut a = args![accp, lda, xp, ldx, rows, cols];
         self.launch_op::<T>(OP, CHUNK_THREADS, 0, blocks(acc), &mut a)
     }
 
@@ -33,9 +33,9 @@ impl Gpu {
         self.check_owner("add_bias: x", &x.buf)?;
         self.check_owner("add_bias: bias", &bias.buf)?;
         row_of(OP, Operand::of("x", x), Operand::of("bias", bias))?;
-        let (xp, bp) = (x.device_ptr(), bias.device_ptr());
-        let (rows, cols, ld) = dims(OP, x)?;
-        let mut a = args![xp, bp, rows, cols, ld];
+        let (xp, ldx, bp) = (x.device_ptr(), ld(OP, x)?, bias.device_ptr());
+        let (rows, cols) = dims(OP, x)?;
+        let mut a = args![xp, ldx, bp, rows, cols];
         self.launch_op::<T>(OP, CHUNK_THREADS, 0, blocks(x), &mut a)
     }
 
@@ -54,9 +54,10 @@ impl Gpu {
         let g = Operand::of("gate", gate);
         same_shape(OP, g, Operand::of("up", up))?;
         same_shape(OP, g, Operand::of("out", out))?;
-        let (gp, upp, outp) = (gate.device_ptr(), up.device_ptr(), out.device_ptr());
-        let (rows, cols, ld) = dims(OP, gate)?;
-        let mut a = args![gp, upp, outp, rows, cols, ld];
+        let (gp, ldg, upp, ldu) = (gate.device_ptr(), ld(OP, gate)?, up.device_ptr(), ld(OP, up)?);
+        let (outp, ldo) = (out.device_ptr(), ld(OP, out)?);
+        let (rows, cols) = dims(OP, gate)?;
+        let mut a = args![gp, ldg, upp, ldu, outp, ldo, rows, cols];
         self.launch_op::<T>(OP, CHUNK_THREADS, 0, blocks(gate), &mut a)
     }
 
@@ -64,19 +65,15 @@ impl Gpu {
     pub fn relu<T: Element>(&self, x: &mut DeviceMatrix<T>) -> Result<()> {
         const OP: &str = "relu";
         self.check_owner("relu: x", &x.buf)?;
-        let xp = x.device_ptr();
-        let (rows, cols, ld) = dims(OP, x)?;
-        let mut a = args![xp, rows, cols, ld];
+        let (xp, ldx) = (x.device_ptr(), ld(OP, x)?);
+        let (rows, cols) = dims(OP, x)?;
+        let mut a = args![xp, ldx, rows, cols];
         self.launch_op::<T>(OP, CHUNK_THREADS, 0, blocks(x), &mut a)
     }
 }
 
-/// Rows, columns and leading dimension as the kernels take them.
-fn dims<T: Element>(op: &str, m: &DeviceMatrix<T>) -> Result<(u32, u32, u32)> {
-    Ok((dim(op, "rows", m.rows())?, dim(op, "cols", m.cols())?, dim(op, "ld", m.ld())?))
-}
-
-/// Blocks that give every thread one 16-byte chunk of `m` (the launch caps it at one wave).
-fn blocks<T: Element>(m: &DeviceMatrix<T>) -> usize {
-    (m.rows() * (m.ld() / 8)).div_ceil(CHUNK_THREADS as usize)
+/// Rows and columns as the kernels take them (each operand's leading dimension goes with
+/// its pointer, [`ld`]).
+fn dims<T: Element>(op: &str, m: &DeviceMatrix<T>) -> Result<(u32, u32)> {
+    Ok((dim(op, "rows", m.rows())?, dim(op, "cols", m.cols())?))
 }

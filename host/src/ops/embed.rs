@@ -4,7 +4,7 @@
 //! NaN in `out` (and reads nothing out of bounds), so a bad token id shows up in the logits
 //! instead of silently reading another row.
 
-use super::{dim, one_per_row, Operand, CHUNK_THREADS};
+use super::{chunk_blocks, dim, ld, one_per_row, Operand, CHUNK_THREADS};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -35,11 +35,11 @@ impl Gpu {
         let o = Operand::of("out", out);
         same_cols(OP, Operand::of("table", table), o)?;
         one_per_row(OP, o, "ids", ids.len())?;
-        let (tp, table_rows, idp) = (table.device_ptr(), dim(OP, "table rows", table.rows())?, ids.device_ptr());
-        let accumulate = u32::from(accumulate);
-        let outp = out.device_ptr();
-        let (rows, cols, ld) = (dim(OP, "rows", out.rows())?, dim(OP, "cols", out.cols())?, dim(OP, "ld", out.ld())?);
-        let mut a = args![tp, table_rows, idp, offset, accumulate, outp, rows, cols, ld];
+        let (tp, table_rows, ldt) = (table.device_ptr(), dim(OP, "table rows", table.rows())?, ld(OP, table)?);
+        let (idp, accumulate) = (ids.device_ptr(), u32::from(accumulate));
+        let (outp, ldo) = (out.device_ptr(), ld(OP, out)?);
+        let (rows, cols) = (dim(OP, "rows", out.rows())?, dim(OP, "cols", out.cols())?);
+        let mut a = args![tp, table_rows, ldt, idp, offset, accumulate, outp, ldo, rows, cols];
         self.launch_op::<T>(OP, CHUNK_THREADS, 0, chunk_blocks(out), &mut a)
     }
 
@@ -59,10 +59,10 @@ impl Gpu {
         let o = Operand::of("out", out);
         same_cols(OP, Operand::of("x", x), o)?;
         one_per_row(OP, o, "rows", rows.len())?;
-        let (xp, x_rows, picks) = (x.device_ptr(), dim(OP, "x rows", x.rows())?, rows.device_ptr());
-        let outp = out.device_ptr();
-        let (n, cols, ld) = (dim(OP, "rows", out.rows())?, dim(OP, "cols", out.cols())?, dim(OP, "ld", out.ld())?);
-        let mut a = args![xp, x_rows, picks, outp, n, cols, ld];
+        let (xp, x_rows, ldx) = (x.device_ptr(), dim(OP, "x rows", x.rows())?, ld(OP, x)?);
+        let (picks, outp, ldo) = (rows.device_ptr(), out.device_ptr(), ld(OP, out)?);
+        let (n, cols) = (dim(OP, "rows", out.rows())?, dim(OP, "cols", out.cols())?);
+        let mut a = args![xp, x_rows, ldx, picks, outp, ldo, n, cols];
         self.launch_op::<T>(OP, CHUNK_THREADS, 0, chunk_blocks(out), &mut a)
     }
 }
@@ -76,9 +76,4 @@ fn same_cols(op: &str, src: Operand<'_>, out: Operand<'_>) -> Result<()> {
         "{op}: {} has {} columns, {} has {}; they must match",
         out.name, out.cols, src.name, src.cols
     )))
-}
-
-/// Blocks that give every thread one 16-byte chunk of `m` (the launch caps it at one wave).
-fn chunk_blocks<T: Element>(m: &DeviceMatrix<T>) -> usize {
-    (m.rows() * (m.ld() / 8)).div_ceil(CHUNK_THREADS as usize)
 }

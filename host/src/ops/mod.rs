@@ -142,6 +142,17 @@ pub(crate) fn dim(op: &str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Shape(format!("{op}: {what} = {v} exceeds the kernels' 32-bit range")))
 }
 
+/// An operand's leading dimension as the `u32` the kernels take.
+pub(crate) fn ld<T: Element>(op: &str, m: &DeviceMatrix<T>) -> Result<u32> {
+    dim(op, "ld", m.ld())
+}
+
+/// Blocks of [`CHUNK_THREADS`] that give every thread one 16-byte chunk of `m`'s rows
+/// (`⌈cols/8⌉` per row, whatever its `ld`; the launch caps it at one wave).
+pub(crate) fn chunk_blocks<T: Element>(m: &DeviceMatrix<T>) -> usize {
+    (m.rows() * m.cols().div_ceil(8)).div_ceil(CHUNK_THREADS as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! weight multiplies it; here the product is rounded once (at most one unit in the last place
 //! of difference, and closer to the exact result).
 
-use super::{check_eps, dim, row_of, same_shape, Operand, NORM_THREADS, SCRATCH_BYTES};
+use super::{check_eps, dim, ld, row_of, same_shape, Operand, NORM_THREADS, SCRATCH_BYTES};
 use crate::element::Element;
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -102,27 +102,28 @@ impl Gpu {
         }
         same_shape(op, xo, Operand::of("out", out))?;
         check_eps(op, eps)?;
-        let (rows, cols, ld) = (dim(op, "rows", x.rows())?, dim(op, "cols", x.cols())?, dim(op, "ld", x.ld())?);
-        let (xp, wp, op_out) = (x.device_ptr(), weight.device_ptr(), out.device_ptr());
+        let (rows, cols) = (dim(op, "rows", x.rows())?, dim(op, "cols", x.cols())?);
+        let (xp, ldx, wp) = (x.device_ptr(), ld(op, x)?, weight.device_ptr());
+        let (op_out, ldo) = (out.device_ptr(), ld(op, out)?);
         let n = x.rows();
         match (delta, bias) {
             (None, None) => {
-                let mut a = args![xp, wp, op_out, rows, cols, ld, eps];
+                let mut a = args![xp, ldx, wp, op_out, ldo, rows, cols, eps];
                 self.launch_op::<T>("rms_norm", NORM_THREADS, SCRATCH_BYTES, n, &mut a)
             }
             (Some(d), None) => {
-                let dp = d.device_ptr();
-                let mut a = args![xp, dp, wp, op_out, rows, cols, ld, eps];
+                let (dp, ldd) = (d.device_ptr(), ld(op, d)?);
+                let mut a = args![xp, ldx, dp, ldd, wp, op_out, ldo, rows, cols, eps];
                 self.launch_op::<T>("add_rms_norm", NORM_THREADS, SCRATCH_BYTES, n, &mut a)
             }
             (None, Some(b)) => {
                 let bp = b.device_ptr();
-                let mut a = args![xp, wp, bp, op_out, rows, cols, ld, eps];
+                let mut a = args![xp, ldx, wp, bp, op_out, ldo, rows, cols, eps];
                 self.launch_op::<T>("layer_norm", NORM_THREADS, SCRATCH_BYTES, n, &mut a)
             }
             (Some(d), Some(b)) => {
-                let (dp, bp) = (d.device_ptr(), b.device_ptr());
-                let mut a = args![xp, dp, wp, bp, op_out, rows, cols, ld, eps];
+                let (dp, ldd, bp) = (d.device_ptr(), ld(op, d)?, b.device_ptr());
+                let mut a = args![xp, ldx, dp, ldd, wp, bp, op_out, ldo, rows, cols, eps];
                 self.launch_op::<T>("add_layer_norm", NORM_THREADS, SCRATCH_BYTES, n, &mut a)
             }
         }
