@@ -92,11 +92,15 @@ fn recording_what_cannot_be_recorded_fails_cleanly() {
     let Some(g) = gpu("recording_what_cannot_be_recorded_fails_cleanly") else { return };
     let (m, k) = (256, 1024);
     let mut rng = Rng::new(3);
-    let w = g.upload::<f16>(m, k, &random(&mut rng, m * k)).unwrap();
-    let x = g.upload::<f16>(2, k, &random(&mut rng, 2 * k)).unwrap();
+    let (wh, xh): (Vec<f16>, Vec<f16>) = (random(&mut rng, m * k), random(&mut rng, 2 * k));
+    let w = g.upload::<f16>(m, k, &wh).unwrap();
+    let x = g.upload::<f16>(2, k, &xh).unwrap();
     let mut y = g.zeros::<f16>(2, m).unwrap();
     let split = LinearOptions { splits: Some(4), ..Default::default() };
-    let before = g.download(&g.linear(&x, &w).unwrap()).unwrap();
+    // The reference bits from a second handle: this one must not run a linear before the
+    // recording (any split it ran would leave a workspace the recording could use).
+    let h = Gpu::new().unwrap();
+    let before = h.download(&h.linear(&h.upload::<f16>(2, k, &xh).unwrap(), &h.upload::<f16>(m, k, &wh).unwrap()).unwrap()).unwrap();
     // First use of a split workspace inside the recording: it would have to allocate. Both
     // refusals come from the library before any driver call (compute-sanitizer reports none).
     let e = g.record(|| g.linear_into(&x, &w, &mut y, split)).unwrap_err();

@@ -211,9 +211,13 @@ fn borrowed_matrices_are_validated() {
     refused(p, 64, 64, 72, "past the end");
     refused(p + 8192 - 16, 2, 8, 8, "past the end");
     // A host address is not device memory of the GPU (the driver says so, or, with
-    // heterogeneous memory management, names the CPU as its device).
+    // heterogeneous memory management, names the CPU as its device). compute-sanitizer
+    // reports the driver's answer (an error status of `cuPointerGetAttribute`) as an API
+    // error, so the sanitizer runs leave this case out.
     let host = [0u16; 64];
-    refused((host.as_ptr() as u64 + 15) & !15, 1, 8, 8, "from_raw_parts");
+    if std::env::var_os("SPARSE_TC_SANITIZER").is_none() {
+        refused((host.as_ptr() as u64 + 15) & !15, 1, 8, 8, "from_raw_parts");
+    }
     // The whole allocation, exactly, is fine.
     // SAFETY: `buf` outlives the view; nothing is queued.
     assert!(unsafe { DeviceMatrix::<f16>::from_raw_parts(&g, p, 64, 64, 64) }.is_ok());

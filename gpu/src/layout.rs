@@ -245,6 +245,11 @@ pub const BITMAP_MAX_TILE_BYTES: usize = BITMAP_TILE_HEADER_BYTES + 2 * BITMAP_T
 pub const BITMAP_PANEL_TILES: usize = SPARSE_TILE_M / BITMAP_TILE;
 /// Pipeline stages (double buffering) of the bitmap kernel.
 pub const BITMAP_STAGES: usize = 2;
+/// Bytes of a bitmap panel slot kept free after the largest panel: the branch-free decode
+/// loads the two values at a lane's index whatever its bits, up to 4 bytes past a tile's
+/// values (`gpu/src/kernels/bitmap.rs`), and those bytes must not be the other stage's copy
+/// in flight. One 16-byte quad.
+pub const BITMAP_DECODE_SLACK: usize = 16;
 
 const _: () = assert!(BITMAP_TILE_HEADER_BYTES.is_multiple_of(BITMAP_QUAD_BYTES));
 const _: () = assert!(BITMAP_MAX_TILE_BYTES.is_multiple_of(BITMAP_QUAD_BYTES));

@@ -46,7 +46,7 @@ use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
 use crate::griddep::launch_dependents;
 use crate::layout::{
-    bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
+    bitmap_panel_height, block_threads, BITMAP_DECODE_SLACK, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
     BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
 };
 use crate::mma::{FragA, FragC, MmaElement};
@@ -118,9 +118,19 @@ impl LaneBits {
 /// (its values at `tile + BITMAP_TILE_HEADER_BYTES`): register j from block `4·frag + j`,
 /// bits `2l`, `2l + 1` (see the module docs). `u32::count_ones` is `popc.b32`.
 ///
+/// Branch-free: every lane loads the two values at its index whatever its bits, and masks
+/// select what the bits say (a lane whose bits are clear gets zeros). Branching on the bits
+/// made lanes of a warp diverge and stall on branch resolution (half of the issue stalls,
+/// `benches/results/NOTES.md` item 48). The index of a clear bit is that of the next set bit
+/// in order, at most the tile's value count, so the loads reach at most 4 bytes past the
+/// tile's values: inside the next tile of the panel, or in the slot's slack after the panel
+/// (never written by the copies, see [`bitmap_linear`]); the bits of such a load are masked
+/// off.
+///
 /// # Safety
 /// The tile's bytes are in shared memory and visible (barrier); it is a tile the host
-/// validated, so every value index a set bit gives lies inside the tile's values.
+/// validated, so every value index a set bit gives lies inside the tile's values, and at
+/// least [`BITMAP_DECODE_SLACK`] bytes of the slot follow the panel.
 #[inline(always)]
 // The liveness lint sees `unroll!`'s copies one by one: the running offset's last update
 // looks unread from the copies the macro guards out.
@@ -139,15 +149,12 @@ unsafe fn decode_frag(tile: SmemAddr, frag: usize, lane: LaneBits) -> FragA {
         let idx = first + before + (word & lane.below).count_ones();
         let bits = (word >> lane.shift) & 3;
         let at = SmemAddr(values.0 + 2 * idx);
-        // Only set bits are read: an index past the tile's values is never dereferenced.
-        let a = if bits != 0 { ld_shared_b16(at) as u32 } else { 0 };
-        let b = if bits == 3 { ld_shared_b16(SmemAddr(at.0 + 2)) as u32 } else { 0 };
-        regs[j] = match bits {
-            1 => a,
-            2 => a << 16,
-            3 => a | b << 16,
-            _ => 0,
-        };
+        let (a, b) = (ld_shared_b16(at) as u32, ld_shared_b16(SmemAddr(at.0 + 2)) as u32);
+        // All ones where bit 2l (`low`) or bit 2l + 1 (`high`) is set.
+        let (low, high) = (0u32.wrapping_sub(bits & 1), 0u32.wrapping_sub(bits >> 1));
+        // The high half's value is the second one loaded when the low bit took the first.
+        let upper = (b & low) | (a & !low);
+        regs[j] = (a & low) | ((upper & high) << 16);
         if j < 3 {
             first += lo_count + hi.count_ones();
         }
@@ -189,7 +196,8 @@ unsafe fn issue_panel<const NT: usize, const THREADS: usize>(
 /// `(blocks, ceil(n/(8·NT)), 1)` with `R ≤ blocks ≤ R·K` (`R = ceil(m/256)` panel rows,
 /// `K = ceil(k/64)`: the stream-K schedule of the SpMM), and
 /// `layout::bitmap_smem_bytes(NT, slot_bytes)` bytes of dynamic shared memory,
-/// `slot_bytes` a multiple of 128 of at least the weight's largest panel.
+/// `slot_bytes` a multiple of 128 of at least the weight's largest panel plus
+/// [`BITMAP_DECODE_SLACK`] (what the branch-free decode may read past a panel's values).
 /// `tile_offsets` / `data` form a bitmap weight of `m × k` validated by the host
 /// (`sparse::bitmap::BitmapWeight::from_parts`: every rule of the format, so each value
 /// index stays inside its tile and each panel inside a slot), `data` 16-byte aligned;

@@ -3,7 +3,7 @@
 
 use crate::checked::Sizes;
 use crate::error::{Error, Result};
-use crate::layout::{bitmap_smem_bytes, BITMAP_MAX_TILE_BYTES, BITMAP_PANEL_TILES};
+use crate::layout::{bitmap_smem_bytes, BITMAP_DECODE_SLACK, BITMAP_MAX_TILE_BYTES, BITMAP_PANEL_TILES};
 use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
 use crate::sparse::formats::LaunchPlan;
 
@@ -37,9 +37,10 @@ impl LaunchPlan for BitmapPlan {
                 "ring_words = {r}: the word ring is the Tiled-CSL kernel's; this weight is in the bitmap format"
             )));
         }
-        // A validated panel is at most 4 tiles of 8736 bytes; the slot holds it whole.
+        // A validated panel is at most 4 tiles of 8736 bytes; the slot holds it whole, and
+        // the decode's slack after it.
         debug_assert!(max_panel_bytes <= BITMAP_PANEL_TILES * BITMAP_MAX_TILE_BYTES);
-        let slot = max_panel_bytes.max(1).next_multiple_of(SLOT_ALIGN);
+        let slot = (max_panel_bytes + BITMAP_DECODE_SLACK).next_multiple_of(SLOT_ALIGN);
         let smem = Sizes::ARG.add("bitmap kernel shared memory", bitmap_smem_bytes(nt, 0), 2 * slot)?;
         if smem > dev.smem.per_block {
             return Err(Error::UnsupportedDevice(format!(
