@@ -9,7 +9,7 @@ use half::f16;
 use sparse_tc::model::backend::Backend;
 use sparse_tc::model::generate::{generate, Request};
 use sparse_tc::model::load::synthetic::Synthetic;
-use sparse_tc::model::transformer::{Scratch, StepIo};
+use sparse_tc::model::transformer::{Projections, Scratch, StepIo};
 use sparse_tc::model::weights::TensorSource;
 use sparse_tc::model::{CpuBackend, FormatChoice, GpuBackend, Transformer, WeightPlan};
 use sparse_tc::ops::SamplingParams;
@@ -17,7 +17,7 @@ use sparse_tc::ops::SamplingParams;
 const GREEDY: SamplingParams = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
 
 fn dense() -> WeightPlan {
-    WeightPlan { prune: 0.0, format: FormatChoice::Dense }
+    WeightPlan { prune: 0.0, format: FormatChoice::Dense, stack: false }
 }
 
 fn load<B: Backend>(b: &B, src: &dyn TensorSource, plan: WeightPlan) -> Transformer<B> {
@@ -170,7 +170,7 @@ fn gpu_matches_cpu() {
     for preset in ["tiny", "tiny-opt"] {
         for (sparsity, format) in [(0.0, FormatChoice::Dense), (0.7, FormatChoice::Sparse)] {
             let src = Synthetic::new(preset, sparsity, 11).unwrap();
-            let plan = WeightPlan { prune: 0.0, format };
+            let plan = WeightPlan { prune: 0.0, format, stack: false };
             let (mg, mc) = (load(&g, &src, plan), load(&c, &src, plan));
             let prompt: Vec<u32> = (0..37).map(|i| (i * 13 % 500) as u32).collect();
             let (lg, lc) = (prefill_logits(&g, &mg, &prompt), prefill_logits(&c, &mc, &prompt));
@@ -195,13 +195,51 @@ fn gpu_cache_and_sparse_vs_dense() {
     cache_matches_recompute(&g, "tiny-opt", 1e-2);
     let src = Synthetic::new("tiny", 0.8, 4).unwrap();
     let d = load(&g, &src, dense());
-    let s = load(&g, &src, WeightPlan { prune: 0.0, format: FormatChoice::Sparse });
+    let s = load(&g, &src, WeightPlan { prune: 0.0, format: FormatChoice::Sparse, stack: false });
     let prompt: Vec<u32> = (0..50).map(|i| (i * 7 % 500) as u32).collect();
     let e = rel_err(&prefill_logits(&g, &s, &prompt), &prefill_logits(&g, &d, &prompt));
     assert!(e < 1e-2, "sparse vs dense logits differ by {e}");
     let req = request(vec![prompt.clone()], 16);
     let out = generate(&g, &s, &req, &mut |_, _| {}).unwrap();
     greedy_tokens_agree(&g, &d, &prompt, &out.tokens[0], 1e-2);
+}
+
+/// q|k|v and gate|up stacked into one weight each (one launch per group, outputs read as
+/// column blocks of one matrix) compute what separate weights compute: the same dot products,
+/// summed in another order where the kernel's split of K differs with the stacked height
+/// (each output rounded to f16 once, so ~1 ulp per linear; the logits bound is that of the
+/// other GPU comparisons). Dense, sparse and automatic formats; the recorded decode of a
+/// stacked model equals its eager decode exactly. On the CPU, which cannot alias memory, the
+/// plan's `stack` is ignored and the results are the same bits.
+#[test]
+fn stacked_projections_compute_what_separate_ones_do() {
+    let src_of = |s| Synthetic::new("tiny", s, 31).unwrap();
+    let prompt: Vec<u32> = (0..41).map(|i| (i * 11 % 500) as u32).collect();
+    let c = CpuBackend::<f16>::new();
+    let plan = |format, stack| WeightPlan { prune: 0.0, format, stack };
+    let (sep, st) = (load(&c, &src_of(0.0), plan(FormatChoice::Dense, false)), load(&c, &src_of(0.0), plan(FormatChoice::Dense, true)));
+    assert!(matches!(st.blocks[0].attn_in, Projections::Separate(_)), "the CPU stacked projections");
+    assert_eq!(prefill_logits(&c, &st, &prompt), prefill_logits(&c, &sep, &prompt), "CPU, stack requested");
+    let Some(gpu) = common::gpu("stacked_projections_compute_what_separate_ones_do") else { return };
+    let g = GpuBackend::<f16>::new(gpu);
+    for (sparsity, format) in [(0.0, FormatChoice::Dense), (0.8, FormatChoice::Sparse), (0.6, FormatChoice::Auto)] {
+        let (sep, st) = (load(&g, &src_of(sparsity), plan(format, false)), load(&g, &src_of(sparsity), plan(format, true)));
+        for b in &st.blocks {
+            assert!(matches!(b.attn_in, Projections::Stacked(_)) && matches!(b.mlp_in, Projections::Stacked(_)), "{format:?}: not stacked");
+        }
+        assert_eq!(st.linear_bytes(&g).2, 4 * st.blocks.len(), "{format:?}: 4 linears per block");
+        assert_eq!(sep.linear_bytes(&g).2, 7 * sep.blocks.len(), "{format:?}: 7 linears per block");
+        let e = rel_err(&prefill_logits(&g, &st, &prompt), &prefill_logits(&g, &sep, &prompt));
+        assert!(e < 1e-2, "{format:?}: stacked vs separate logits differ by {e}");
+        let mut req = request(vec![prompt.clone(), prompt[..3].to_vec()], 12);
+        let recorded = generate(&g, &st, &req, &mut |_, _| {}).unwrap();
+        assert!(recorded.replayed, "{format:?}: not recorded: {:?}", recorded.record_error);
+        req.record_decode = false;
+        assert_eq!(generate(&g, &st, &req, &mut |_, _| {}).unwrap().tokens, recorded.tokens, "{format:?}: recorded vs eager");
+        for (p, t) in req.prompts.iter().zip(&recorded.tokens) {
+            greedy_tokens_agree(&g, &sep, p, t, 1e-2);
+        }
+    }
 }
 
 /// Decode steps replayed from a recording (a CUDA graph) produce exactly the tokens of eager
@@ -215,7 +253,7 @@ fn gpu_recorded_decode_equals_eager() {
     for (preset, sparsity, format) in
         [("tiny", 0.0, FormatChoice::Dense), ("tiny", 0.8, FormatChoice::Sparse), ("tiny-opt", 0.7, FormatChoice::Sparse)]
     {
-        let m = load(&g, &Synthetic::new(preset, sparsity, 21).unwrap(), WeightPlan { prune: 0.0, format });
+        let m = load(&g, &Synthetic::new(preset, sparsity, 21).unwrap(), WeightPlan { prune: 0.0, format, stack: false });
         let prompts: Vec<Vec<u32>> = [9usize, 30, 2].iter().map(|&n| (0..n).map(|i| (i * 17 % 500) as u32).collect()).collect();
         for sampling in [GREEDY, SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, seed: 3 }] {
             let mut req = Request { sampling, ..request(prompts.clone(), 12) };

@@ -18,7 +18,7 @@ use sparse_tc::model::{CpuBackend, FormatChoice, GpuBackend, Transformer, Weight
 use sparse_tc::ops::SamplingParams;
 use std::path::PathBuf;
 
-const DENSE: WeightPlan = WeightPlan { prune: 0.0, format: FormatChoice::Dense };
+const DENSE: WeightPlan = WeightPlan { prune: 0.0, format: FormatChoice::Dense, stack: false };
 
 fn cfg(method: Method, sparsity: f64, pattern: Pattern) -> PruneConfig {
     PruneConfig { method, sparsity, pattern, owl: None, sparsegpt: SparseGptOptions::default() }
@@ -145,7 +145,7 @@ fn pruned_checkpoint_round_trips() {
     let b = CpuBackend::<f16>::new();
     let prompts = vec![vec![1, 2, 3, 4], vec![9, 8]];
     let run = |s: &dyn TensorSource, format| {
-        let m = Transformer::load(&b, s, WeightPlan { prune: 0.0, format }, &mut |_, _| {}).unwrap();
+        let m = Transformer::load(&b, s, WeightPlan { prune: 0.0, format, stack: false }, &mut |_, _| {}).unwrap();
         generate(&b, &m, &greedy(prompts.clone()), &mut |_, _| {}).unwrap().tokens
     };
     let want = run(&p, FormatChoice::Dense);
@@ -277,7 +277,7 @@ fn gpu_packed_checkpoint_runs_sparse() {
     let back = HfCheckpoint::open(&dir).unwrap();
     let g = GpuBackend::<f16>::new(gpu);
     let prompts = vec![vec![5, 6, 7], vec![100, 200, 300, 400]];
-    let sparse = Transformer::load(&g, &back, WeightPlan { prune: 0.0, format: FormatChoice::Auto }, &mut |_, _| {}).unwrap();
+    let sparse = Transformer::load(&g, &back, WeightPlan { prune: 0.0, format: FormatChoice::Auto, stack: false }, &mut |_, _| {}).unwrap();
     let (_, n_sparse, total) = sparse.linear_bytes(&g);
     assert_eq!(n_sparse, total, "every packed linear runs sparse");
     let dense = Transformer::load(&g, &back, DENSE, &mut |_, _| {}).unwrap();

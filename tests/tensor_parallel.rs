@@ -12,7 +12,7 @@ use sparse_tc::model::weights::TensorSource;
 use sparse_tc::model::{CpuBackend, FormatChoice, Transformer, WeightPlan};
 use sparse_tc::ops::SamplingParams;
 
-const PLAN: WeightPlan = WeightPlan { prune: 0.0, format: FormatChoice::Dense };
+const PLAN: WeightPlan = WeightPlan { prune: 0.0, format: FormatChoice::Dense, stack: false };
 const PROMPT: [u32; 9] = [5, 17, 300, 2, 44, 9, 120, 77, 301];
 
 /// Logits of every prompt position and 8 greedy tokens.

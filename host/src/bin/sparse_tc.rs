@@ -131,6 +131,10 @@ struct BenchArgs {
     /// Decode without replaying a recorded step (a CUDA graph).
     #[arg(long)]
     eager: bool,
+    /// Comma-separated: `stacked` (q|k|v and gate|up as one linear each, the default of
+    /// every command) and/or `separate` (one linear per projection).
+    #[arg(long, default_value = "stacked")]
+    projections: String,
 }
 
 #[derive(Args)]
@@ -392,7 +396,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let req = Request { prompts, max_new_tokens: a.max_tokens, sampling, stop: vec![], honour_stop: loaded.tokenizer.is_some(), record_decode: !a.eager };
     let seq = check_request(&c, &req)?;
     let rows: usize = req.prompts.iter().map(Vec::len).sum();
-    let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format };
+    let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format, stack: true };
     match gpu_or_none(a.model.cpu) {
         Some(gpu) => {
             let backend = GpuBackend::<f16>::new(gpu);
@@ -483,13 +487,22 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         writeln!(
             csv,
             "device,model,sparsity,format,batch,prompt_len,gen,replayed,prefill_ms,decode_ms_per_step,decode_tok_s,\
-             gpu_used_gb,linear_gb,kv_gb,copy_tb_s,floor_ms,step_eager_ms,step_recorded_ms,linears_ms,attention_ms,rest_ms"
+             gpu_used_gb,linear_gb,kv_gb,copy_tb_s,floor_ms,step_eager_ms,step_recorded_ms,linears_ms,attention_ms,rest_ms,\
+             projections"
         )?;
     }
     // The HBM floor of a step: the bytes it must read at the copy bandwidth of this run.
     let bandwidth = copy_bandwidth(backend.gpu())?;
     println!("{}: device-to-device copy {:.2} TB/s (read + write)", backend.gpu().name(), bandwidth / 1e12);
     let max_batch = *batches.iter().max().context("no batch sizes")?;
+    let stacks = list(&a.projections)
+        .iter()
+        .map(|p| match p.as_str() {
+            "stacked" => Ok(true),
+            "separate" => Ok(false),
+            other => bail!("--projections: `{other}` is neither `stacked` nor `separate`"),
+        })
+        .collect::<Result<Vec<bool>>>()?;
     for model_name in list(&a.models) {
         for &s in &sparsities {
             let src = Synthetic::new(&model_name, s, 0)?;
@@ -500,7 +513,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 println!("skip {model_name} at {s}: {e:#}");
                 continue;
             }
-            let model = load(&backend, &src, WeightPlan { prune: 0.0, format })?;
+            for &stack in &stacks {
+            let model = load(&backend, &src, WeightPlan { prune: 0.0, format, stack })?;
             let (bytes, _, _) = model.linear_bytes(&backend);
             for &b in &batches {
                 let prompts = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
@@ -526,7 +540,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 let split = time_split(&backend, &model, b, mean_pos)?;
                 let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
                 let row = format!(
-                    "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
+                    "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
                     backend.gpu().name(),
                     c.name,
                     if s == 0.0 { "dense" } else { "sparse" },
@@ -545,12 +559,14 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     split.linears,
                     split.attention,
                     split.rest,
+                    if stack { "stacked" } else { "separate" },
                 );
                 if let Some(e) = &out.record_error {
                     println!("note: decode ran eagerly, recording failed: {e}");
                 }
                 println!("{row}");
                 writeln!(csv, "{row}")?;
+            }
             }
         }
     }
@@ -624,7 +640,7 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
     let tok = loaded.tokenizer.as_ref().context("logits needs a model with a tokenizer")?;
     let c = loaded.source.config().clone();
     let format = formats(&a.model)?[0];
-    let plan = WeightPlan { prune: prune_of(&a.model), format };
+    let plan = WeightPlan { prune: prune_of(&a.model), format, stack: true };
     let prompts: Vec<Vec<u32>> =
         a.prompt.iter().map(|p| tok.encode(p, tok.add_bos_by_default())).collect::<sparse_tc::Result<_>>()?;
     if prompts.is_empty() {
@@ -801,7 +817,7 @@ fn cmd_prune(a: PruneArgs) -> Result<()> {
         }
         windows
     };
-    let plan = WeightPlan { prune: 0.0, format: FormatChoice::Dense };
+    let plan = WeightPlan { prune: 0.0, format: FormatChoice::Dense, stack: false };
     let t = Instant::now();
     let pruned_layers = |p: &sparse_tc::model::prune::Pruned<'_>| {
         let spread = p.layer_sparsity.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
@@ -858,7 +874,7 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let stride = a.stride.unwrap_or(a.context);
     let c = loaded.source.config().clone();
     let formats = formats(&a.model)?;
-    let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format };
+    let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format, stack: true };
     let report = |what: &str, p: &sparse_tc::model::perplexity::Perplexity, secs: f64| {
         println!(
             "{} [{what}] on {}: perplexity {:.3} (mean NLL {:.4} nats over {} tokens, {} windows of ≤ {} tokens, stride {stride}) in {secs:.1} s",

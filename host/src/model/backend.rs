@@ -51,6 +51,24 @@ pub trait Backend {
     fn duplicate_weight(&self, w: &Self::Weight) -> Result<Self::Weight>;
     /// A copy of a matrix.
     fn duplicate(&self, m: &Self::Mat) -> Result<Self::Mat>;
+    /// Whether [`column_blocks`](Self::column_blocks) can give matrices that share memory
+    /// (the GPU; the CPU's matrices own their values).
+    fn aliases(&self) -> bool {
+        false
+    }
+    /// Matrices over adjacent column blocks of `m`, of `widths` columns (summing to its
+    /// columns), sharing its memory: one linear whose weight stacks several projections'
+    /// rows writes `m`, and each projection's output is read as its block. `Ok(None)` where
+    /// the backend does not alias or a block cannot be addressed on its own (on the GPU:
+    /// every width a multiple of 8, so each block starts 16-byte aligned and has no padding).
+    ///
+    /// # Safety
+    /// The blocks are used only while `m` is alive, and no operation takes `m` together with
+    /// one of its blocks (a block written while `m` is read, or the reverse, is a race).
+    unsafe fn column_blocks(&self, m: &Self::Mat, widths: &[usize]) -> Result<Option<Vec<Self::Mat>>> {
+        let _ = (m, widths);
+        Ok(None)
+    }
     /// Bytes a weight occupies (what a forward pass reads of it).
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
     /// Whether a weight is stored sparse.

@@ -38,18 +38,57 @@ pub struct Linear<B: Backend> {
     pub bias: Option<B::Mat>,
 }
 
+/// Linear layers that read the same input: each with its own weight, or one weight that
+/// stacks their rows (one launch, a longer GEMV; the outputs are adjacent column blocks of
+/// one matrix, see [`Backend::column_blocks`]).
+pub enum Projections<B: Backend> {
+    /// One linear per projection, in order.
+    Separate(Vec<Linear<B>>),
+    /// The projections' rows stacked in order, without biases.
+    Stacked(Linear<B>),
+}
+
+impl<B: Backend> Projections<B> {
+    /// Every linear layer.
+    pub fn linears(&self) -> &[Linear<B>] {
+        match self {
+            Projections::Separate(v) => v,
+            Projections::Stacked(l) => std::slice::from_ref(l),
+        }
+    }
+
+    /// Projection `i` of separate ones (an error naming the block's projections when they are
+    /// stacked: a stacked weight is not one layer's).
+    pub fn separate_mut(&mut self, i: usize, what: &str) -> Result<&mut Linear<B>> {
+        match self {
+            Projections::Separate(v) => {
+                let n = v.len();
+                v.get_mut(i).ok_or_else(|| Error::InvalidArgument(format!("{what}: projection {i} of {n}")))
+            }
+            Projections::Stacked(_) => Err(Error::InvalidArgument(format!(
+                "{what}: the projections are stacked into one weight; load the model with `WeightPlan::stack` off to change one"
+            ))),
+        }
+    }
+}
+
 /// One transformer block.
 pub struct Block<B: Backend> {
     pub attn_norm: Norm<B>,
-    pub q: Linear<B>,
-    pub k: Linear<B>,
-    pub v: Linear<B>,
+    /// q, k, v.
+    pub attn_in: Projections<B>,
     pub o: Linear<B>,
     pub mlp_norm: Norm<B>,
-    /// LLaMA only.
-    pub gate: Option<Linear<B>>,
-    pub up: Linear<B>,
+    /// gate, up (LLaMA); fc1 (OPT).
+    pub mlp_in: Projections<B>,
     pub down: Linear<B>,
+}
+
+impl<B: Backend> Block<B> {
+    /// Every linear layer of the block.
+    pub fn linears(&self) -> impl Iterator<Item = &Linear<B>> {
+        self.attn_in.linears().iter().chain([&self.o]).chain(self.mlp_in.linears()).chain([&self.down])
+    }
 }
 
 /// How each linear layer is stored when a model is loaded.
@@ -60,6 +99,10 @@ pub struct WeightPlan {
     pub prune: f64,
     /// Storage of the linear weights.
     pub format: FormatChoice,
+    /// Stack q|k|v and gate|up into one weight each where the backend allows it (LLaMA
+    /// family, one rank, widths multiples of 8 on the GPU): 4 linear launches per block
+    /// instead of 7. Pruning needs them separate.
+    pub stack: bool,
 }
 
 /// Storage choice of the linear weights.
@@ -197,6 +240,15 @@ impl<B: Backend> Transformer<B> {
                 bias: if bias { Some(mat(format!("{prefix}.bias"), 1, d)?) } else { None },
             })
         };
+        // A weight's values, magnitude-pruned per the plan.
+        let values = |spec: &TensorSpec| -> Result<Vec<f32>> {
+            let mut w = src.tensor(spec)?;
+            if plan.prune > 0.0 {
+                super::weights::prune_magnitude(&mut w, plan.prune)?;
+            }
+            Ok(w)
+        };
+        let density = |w: &[f32]| w.iter().filter(|v| **v != 0.0).count() as f64 / w.len().max(1) as f64;
         let linear = |role: LinearRole, layer: usize| -> Result<Linear<B>> {
             let (rows, cols) = role.shape(&c);
             let prefix = role.hf_prefix(c.arch, layer);
@@ -228,24 +280,48 @@ impl<B: Backend> Transformer<B> {
                     return Ok(Linear { weight: backend.packed_weight(&p, plan.format.for_density(density))?, bias });
                 }
             }
-            let mut w = src.tensor(&spec)?;
-            if plan.prune > 0.0 {
-                super::weights::prune_magnitude(&mut w, plan.prune)?;
-            }
-            let density = w.iter().filter(|v| **v != 0.0).count() as f64 / w.len() as f64;
-            Ok(Linear { weight: backend.weight(rows, cols, &w, plan.format.for_density(density))?, bias })
+            let w = values(&spec)?;
+            Ok(Linear { weight: backend.weight(rows, cols, &w, plan.format.for_density(density(&w)))?, bias })
         };
+        // One weight of the roles' rows stacked (LLaMA: no biases), packed once.
+        let stacked = |roles: &[LinearRole], layer: usize| -> Result<Projections<B>> {
+            let (mut w, mut rows, cols) = (Vec::new(), 0, roles[0].shape(&c).1);
+            for &role in roles {
+                let (r, k) = role.shape(&c);
+                debug_assert_eq!(k, cols);
+                let spec = TensorSpec { name: format!("{}.weight", role.hf_prefix(c.arch, layer)), rows: r, cols: k };
+                let part = match src.packed(&spec)? {
+                    Some(p) if plan.prune == 0.0 => p.to_dense().iter().map(|v| v.to_f32()).collect(),
+                    _ => values(&spec)?,
+                };
+                w.extend_from_slice(&part);
+                rows += r;
+            }
+            let weight = backend.weight(rows, cols, &w, plan.format.for_density(density(&w)))?;
+            Ok(Projections::Stacked(Linear { weight, bias: None }))
+        };
+        let local = shard.dims(&c);
+        let stack = plan.stack
+            && shard.world == 1
+            && c.arch == Arch::Llama
+            && backend.aliases()
+            && [local.q, local.kv, local.ffn].iter().all(|w| w.is_multiple_of(8));
         let block = |layer: usize| -> Result<Block<B>> {
             let names = norm_names(c.arch, layer);
+            let separate = |roles: &[LinearRole]| -> Result<Projections<B>> {
+                Ok(Projections::Separate(roles.iter().map(|&r| linear(r, layer)).collect::<Result<_>>()?))
+            };
+            let (attn_roles, mlp_roles): (&[LinearRole], &[LinearRole]) = match c.arch {
+                Arch::Llama => (&[LinearRole::Q, LinearRole::K, LinearRole::V], &[LinearRole::Gate, LinearRole::Up]),
+                Arch::Opt => (&[LinearRole::Q, LinearRole::K, LinearRole::V], &[LinearRole::Up]),
+            };
+            let projections = |roles| if stack { stacked(roles, layer) } else { separate(roles) };
             Ok(Block {
                 attn_norm: norm(&names.attn)?,
-                q: linear(LinearRole::Q, layer)?,
-                k: linear(LinearRole::K, layer)?,
-                v: linear(LinearRole::V, layer)?,
+                attn_in: projections(attn_roles)?,
                 o: linear(LinearRole::O, layer)?,
                 mlp_norm: norm(&names.mlp)?,
-                gate: if c.arch == Arch::Llama { Some(linear(LinearRole::Gate, layer)?) } else { None },
-                up: linear(LinearRole::Up, layer)?,
+                mlp_in: projections(mlp_roles)?,
                 down: linear(LinearRole::Down, layer)?,
             })
         };
@@ -294,7 +370,7 @@ impl<B: Backend> Transformer<B> {
         let mut bytes = 0;
         let (mut sparse, mut total) = (0, 0);
         for b in &self.blocks {
-            for l in [&b.q, &b.k, &b.v, &b.o, &b.up, &b.down].into_iter().chain(b.gate.as_ref()) {
+            for l in b.linears() {
                 bytes += backend.weight_bytes(&l.weight);
                 sparse += usize::from(backend.is_sparse(&l.weight));
                 total += 1;
@@ -370,9 +446,17 @@ impl<B: Backend> Transformer<B> {
         };
         self.norm(backend, &b.attn_norm, &mut s.x, &s.delta, s.pending, &mut s.h)?;
         look(Site::Attn, &s.h)?;
-        self.linear(backend, &s.h, &b.q, &mut s.q)?;
-        self.linear(backend, &s.h, &b.k, &mut s.k)?;
-        self.linear(backend, &s.h, &b.v, &mut s.v)?;
+        match &b.attn_in {
+            Projections::Separate(l) => match &l[..] {
+                [q, k, v] => {
+                    self.linear(backend, &s.h, q, &mut s.q)?;
+                    self.linear(backend, &s.h, k, &mut s.k)?;
+                    self.linear(backend, &s.h, v, &mut s.v)?;
+                }
+                _ => return Err(Error::InvalidArgument(format!("block {layer}: {} attention input projections, expected q, k, v", l.len()))),
+            },
+            Projections::Stacked(l) => self.linear(backend, &s.h, l, stacked_out(&mut s.qkv, layer, "q|k|v")?)?,
+        }
         if c.arch == Arch::Llama {
             backend.rope(&mut s.q, &io.positions, hd, c.rope_theta, c.rope_style)?;
             backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
@@ -383,15 +467,28 @@ impl<B: Backend> Transformer<B> {
         self.row_parallel(backend, &s.attn, &b.o, &mut s.delta)?;
         self.norm(backend, &b.mlp_norm, &mut s.x, &s.delta, true, &mut s.h)?;
         look(Site::Mlp, &s.h)?;
-        match &b.gate {
-            Some(gate) => {
-                self.linear(backend, &s.h, gate, &mut s.gate)?;
-                self.linear(backend, &s.h, &b.up, &mut s.up)?;
+        match (&b.mlp_in, c.arch) {
+            (Projections::Separate(l), Arch::Llama) => match &l[..] {
+                [gate, up] => {
+                    self.linear(backend, &s.h, gate, &mut s.gate)?;
+                    self.linear(backend, &s.h, up, &mut s.up)?;
+                    backend.silu_mul(&s.gate, &s.up, &mut s.act)?;
+                }
+                _ => return Err(Error::InvalidArgument(format!("block {layer}: {} MLP input projections, expected gate, up", l.len()))),
+            },
+            (Projections::Stacked(l), Arch::Llama) => {
+                self.linear(backend, &s.h, l, stacked_out(&mut s.gate_up, layer, "gate|up")?)?;
                 backend.silu_mul(&s.gate, &s.up, &mut s.act)?;
             }
-            None => {
-                self.linear(backend, &s.h, &b.up, &mut s.act)?;
-                backend.relu(&mut s.act)?;
+            (Projections::Separate(l), Arch::Opt) => match &l[..] {
+                [fc1] => {
+                    self.linear(backend, &s.h, fc1, &mut s.act)?;
+                    backend.relu(&mut s.act)?;
+                }
+                _ => return Err(Error::InvalidArgument(format!("block {layer}: {} MLP input projections, expected fc1", l.len()))),
+            },
+            (Projections::Stacked(_), Arch::Opt) => {
+                return Err(Error::InvalidArgument(format!("block {layer}: OPT's fc1 is not stacked")));
             }
         }
         look(Site::MlpAct, &s.act)?;
@@ -524,6 +621,15 @@ gated! {
 
 /// Rows `part` (or columns, when `by_columns`) of a row-major `rows × cols` weight: the
 /// values and the slice's shape.
+/// The whole matrix a stacked projection writes, or why the scratch has none.
+fn stacked_out<'a, M>(whole: &'a mut Option<M>, layer: usize, what: &str) -> Result<&'a mut M> {
+    whole.as_mut().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "block {layer}: {what} is stacked, but this scratch holds its outputs apart (a backend that cannot alias memory)"
+        ))
+    })
+}
+
 fn slice_weight(w: &[f32], rows: usize, cols: usize, part: std::ops::Range<usize>, by_columns: bool) -> (Vec<f32>, usize, usize) {
     if by_columns {
         let v = w.chunks_exact(cols).flat_map(|r| r[part.clone()].iter().copied()).collect();
@@ -543,15 +649,18 @@ fn duplicate_block<B: Backend>(backend: &B, b: &Block<B>) -> Result<Block<B>> {
             bias: l.bias.as_ref().map(|b| backend.duplicate(b)).transpose()?,
         })
     };
+    let projections = |p: &Projections<B>| -> Result<Projections<B>> {
+        Ok(match p {
+            Projections::Separate(v) => Projections::Separate(v.iter().map(linear).collect::<Result<_>>()?),
+            Projections::Stacked(l) => Projections::Stacked(linear(l)?),
+        })
+    };
     Ok(Block {
         attn_norm: norm(&b.attn_norm)?,
-        q: linear(&b.q)?,
-        k: linear(&b.k)?,
-        v: linear(&b.v)?,
+        attn_in: projections(&b.attn_in)?,
         o: linear(&b.o)?,
         mlp_norm: norm(&b.mlp_norm)?,
-        gate: b.gate.as_ref().map(linear).transpose()?,
-        up: linear(&b.up)?,
+        mlp_in: projections(&b.mlp_in)?,
         down: linear(&b.down)?,
     })
 }
@@ -573,13 +682,18 @@ pub struct Scratch<B: Backend> {
     pending: bool,
     x: B::Mat,
     h: B::Mat,
+    // `q`, `k`, `v` (`gate`, `up`) are column blocks of `qkv` (`gate_up`) where the backend
+    // aliases memory ([`Backend::column_blocks`]): a stacked projection writes the whole,
+    // the other operations each block. No operation takes a whole and one of its blocks.
     q: B::Mat,
     k: B::Mat,
     v: B::Mat,
+    qkv: Option<B::Mat>,
     attn: B::Mat,
     delta: B::Mat,
     gate: B::Mat,
     up: B::Mat,
+    gate_up: Option<B::Mat>,
     act: B::Mat,
     last: B::Mat,
     /// `outputs × vocab` logits of the last forward pass.
@@ -600,18 +714,43 @@ impl<B: Backend> Scratch<B> {
         shard.check(c)?;
         let d = shard.dims(c);
         let z = |cols: usize| backend.zeros(rows, cols);
+        // The blocks of a whole, or separate matrices where they cannot share memory.
+        let blocks = |widths: &[usize]| -> Result<(Option<B::Mat>, Vec<B::Mat>)> {
+            if backend.aliases() {
+                let whole = z(widths.iter().sum())?;
+                // SAFETY: the blocks live in this `Scratch` beside `whole`, are dropped with
+                // it, and the forward pass never passes a whole and one of its blocks to one
+                // operation (see the fields).
+                if let Some(parts) = unsafe { backend.column_blocks(&whole, widths) }? {
+                    return Ok((Some(whole), parts));
+                }
+            }
+            Ok((None, widths.iter().map(|&w| z(w)).collect::<Result<_>>()?))
+        };
+        let count = |n: usize| move |v: Vec<B::Mat>| Error::Shape(format!("{} column blocks, expected {n}", v.len()));
+        let (qkv, parts) = blocks(&[d.q, d.kv, d.kv])?;
+        let [q, k, v] = <[B::Mat; 3]>::try_from(parts).map_err(count(3))?;
+        let (gate_up, gate, up) = if c.arch == Arch::Llama {
+            let (whole, parts) = blocks(&[d.ffn, d.ffn])?;
+            let [gate, up] = <[B::Mat; 2]>::try_from(parts).map_err(count(2))?;
+            (whole, gate, up)
+        } else {
+            (None, backend.zeros(1, 1)?, backend.zeros(1, 1)?)
+        };
         Ok(Scratch {
             rows,
             pending: false,
             x: z(c.hidden)?,
             h: z(c.hidden)?,
-            q: z(d.q)?,
-            k: z(d.kv)?,
-            v: z(d.kv)?,
+            q,
+            k,
+            v,
+            qkv,
             attn: z(d.q)?,
             delta: z(c.hidden)?,
-            gate: if c.arch == Arch::Llama { z(d.ffn)? } else { backend.zeros(1, 1)? },
-            up: if c.arch == Arch::Llama { z(d.ffn)? } else { backend.zeros(1, 1)? },
+            gate,
+            up,
+            gate_up,
             act: z(d.ffn)?,
             last: backend.zeros(outputs, c.hidden)?,
             logits: backend.zeros(outputs, c.vocab)?,

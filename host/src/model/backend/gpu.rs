@@ -3,7 +3,7 @@
 
 use super::{Backend, LinearFormat};
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use crate::model::config::RopeStyle;
@@ -97,6 +97,30 @@ impl<T: Element> Backend for GpuBackend<T> {
 
     fn duplicate(&self, m: &Self::Mat) -> Result<Self::Mat> {
         self.gpu.duplicate(m)
+    }
+
+    fn aliases(&self) -> bool {
+        true
+    }
+
+    unsafe fn column_blocks(&self, m: &Self::Mat, widths: &[usize]) -> Result<Option<Vec<Self::Mat>>> {
+        if widths.iter().sum::<usize>() != m.cols() {
+            return Err(Error::Shape(format!("column blocks of widths {widths:?} of a matrix of {} columns", m.cols())));
+        }
+        if widths.iter().any(|&w| w == 0 || w % 8 != 0) {
+            return Ok(None);
+        }
+        let mut start = 0;
+        let mut blocks = Vec::with_capacity(widths.len());
+        for &w in widths {
+            // SAFETY: the block lies inside `m`'s allocation (columns `start..start + w` of
+            // each row, `start` and `w` multiples of 8: 16-byte aligned, no padding), which
+            // the caller keeps alive while the block is used; the aliasing rule is the
+            // caller's (this function's contract).
+            blocks.push(unsafe { DeviceMatrix::from_raw_parts(&self.gpu, m.device_ptr() + 2 * start as u64, m.rows(), w, m.ld()) }?);
+            start += w;
+        }
+        Ok(Some(blocks))
     }
 
     fn weight_bytes(&self, w: &Self::Weight) -> usize {

@@ -15,7 +15,7 @@ pub mod mask;
 pub mod sparsegpt;
 
 use super::backend::{Backend, LinearFormat};
-use super::config::Config;
+use super::config::{Arch, Config};
 use super::transformer::{Block, Linear, Scratch, Site, StepIo, Transformer};
 use super::weights::{LinearRole, TensorSource, TensorSpec};
 use crate::error::{Error, Result};
@@ -271,16 +271,19 @@ impl TensorSource for Pruned<'_> {
     }
 }
 
-fn linear_mut<B: Backend>(b: &mut Block<B>, role: LinearRole) -> Result<&mut Linear<B>> {
-    Ok(match role {
-        LinearRole::Q => &mut b.q,
-        LinearRole::K => &mut b.k,
-        LinearRole::V => &mut b.v,
-        LinearRole::O => &mut b.o,
-        LinearRole::Gate => b.gate.as_mut().ok_or_else(|| Error::InvalidArgument("this architecture has no gate projection".into()))?,
-        LinearRole::Up => &mut b.up,
-        LinearRole::Down => &mut b.down,
-    })
+fn linear_mut<B: Backend>(b: &mut Block<B>, arch: Arch, role: LinearRole) -> Result<&mut Linear<B>> {
+    let what = format!("pruning {role:?}");
+    match (role, arch) {
+        (LinearRole::Q, _) => b.attn_in.separate_mut(0, &what),
+        (LinearRole::K, _) => b.attn_in.separate_mut(1, &what),
+        (LinearRole::V, _) => b.attn_in.separate_mut(2, &what),
+        (LinearRole::O, _) => Ok(&mut b.o),
+        (LinearRole::Gate, Arch::Llama) => b.mlp_in.separate_mut(0, &what),
+        (LinearRole::Gate, Arch::Opt) => Err(Error::InvalidArgument("this architecture has no gate projection".into())),
+        (LinearRole::Up, Arch::Llama) => b.mlp_in.separate_mut(1, &what),
+        (LinearRole::Up, Arch::Opt) => b.mlp_in.separate_mut(0, &what),
+        (LinearRole::Down, _) => Ok(&mut b.down),
+    }
 }
 
 /// The calibration batch on the backend: every window a sequence of its own.
@@ -424,7 +427,7 @@ pub fn prune_model<'a, B: Backend>(
             let mut w = src.tensor(&TensorSpec { name: name.clone(), rows, cols })?;
             let site = stats.as_ref().map(|s| &s[&Site::of(role)]);
             prune_weight(&mut w, cols, site, cfg.method, layer_sparsity[layer], cfg.pattern, cfg.sparsegpt)?;
-            linear_mut(&mut model.blocks[layer], role)?.weight = backend.weight(rows, cols, &w, LinearFormat::Dense)?;
+            linear_mut(&mut model.blocks[layer], c.arch, role)?.weight = backend.weight(rows, cols, &w, LinearFormat::Dense)?;
             linears.insert(name, w);
         }
         // The next block calibrates on what this pruned block computes.
