@@ -46,7 +46,7 @@ use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
 use crate::griddep::launch_dependents;
 use crate::layout::{
-    bitmap_panel_height, block_threads, BITMAP_DECODE_SLACK, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
+    bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
     BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
 };
 use crate::mma::{FragA, FragC, MmaElement};
@@ -130,7 +130,7 @@ impl LaneBits {
 /// # Safety
 /// The tile's bytes are in shared memory and visible (barrier); it is a tile the host
 /// validated, so every value index a set bit gives lies inside the tile's values, and at
-/// least [`BITMAP_DECODE_SLACK`] bytes of the slot follow the panel.
+/// least [`BITMAP_DECODE_SLACK`](crate::layout::BITMAP_DECODE_SLACK) bytes of the slot follow the panel.
 #[inline(always)]
 // The liveness lint sees `unroll!`'s copies one by one: the running offset's last update
 // looks unread from the copies the macro guards out.
@@ -197,7 +197,7 @@ unsafe fn issue_panel<const NT: usize, const THREADS: usize>(
 /// `K = ceil(k/64)`: the stream-K schedule of the SpMM), and
 /// `layout::bitmap_smem_bytes(NT, slot_bytes)` bytes of dynamic shared memory,
 /// `slot_bytes` a multiple of 128 of at least the weight's largest panel plus
-/// [`BITMAP_DECODE_SLACK`] (what the branch-free decode may read past a panel's values).
+/// [`BITMAP_DECODE_SLACK`](crate::layout::BITMAP_DECODE_SLACK) (what the branch-free decode may read past a panel's values).
 /// `tile_offsets` / `data` form a bitmap weight of `m × k` validated by the host
 /// (`sparse::bitmap::BitmapWeight::from_parts`: every rule of the format, so each value
 /// index stays inside its tile and each panel inside a slot), `data` 16-byte aligned;

@@ -621,6 +621,9 @@ gated! {
 
 /// Rows `part` (or columns, when `by_columns`) of a row-major `rows × cols` weight: the
 /// values and the slice's shape.
+/// A whole matrix (where the backend aliases) and its column blocks.
+type Blocks<B> = (Option<<B as Backend>::Mat>, Vec<<B as Backend>::Mat>);
+
 /// The whole matrix a stacked projection writes, or why the scratch has none.
 fn stacked_out<'a, M>(whole: &'a mut Option<M>, layer: usize, what: &str) -> Result<&'a mut M> {
     whole.as_mut().ok_or_else(|| {
@@ -715,7 +718,7 @@ impl<B: Backend> Scratch<B> {
         let d = shard.dims(c);
         let z = |cols: usize| backend.zeros(rows, cols);
         // The blocks of a whole, or separate matrices where they cannot share memory.
-        let blocks = |widths: &[usize]| -> Result<(Option<B::Mat>, Vec<B::Mat>)> {
+        let blocks = |widths: &[usize]| -> Result<Blocks<B>> {
             if backend.aliases() {
                 let whole = z(widths.iter().sum())?;
                 // SAFETY: the blocks live in this `Scratch` beside `whole`, are dropped with
