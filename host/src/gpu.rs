@@ -33,6 +33,10 @@ use std::mem::ManuallyDrop;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 
+/// Set to `0` to queue only the split-K reductions as programmatic dependents, as before
+/// every kernel was (Hopper, sm_90 build; for comparisons: `bench-e2e` reports the setting).
+pub const DEPENDENT_LAUNCH_VAR: &str = "SPARSE_TC_DEPENDENT_LAUNCH";
+
 /// A CUDA device with this crate's kernels loaded.
 ///
 /// Holds a context (the device's primary context, or one the caller passes in), one stream on
@@ -73,6 +77,10 @@ pub struct Gpu {
     /// kernel before them themselves (`griddepcontrol.wait`, and the SpMM's completion
     /// flags), so they are queued as programmatic dependents.
     pub(crate) dependent_launch: Option<DependentLauncher>,
+    /// Every kernel, not only the reductions, queued as a programmatic dependent (with
+    /// `dependent_launch`; every entry point waits for its predecessor first, device module
+    /// `griddep`); off with `SPARSE_TC_DEPENDENT_LAUNCH=0`.
+    pub(crate) dependent_everywhere: bool,
     name: String,
     compute_capability: (i32, i32),
     ptx_target: &'static str,
@@ -304,6 +312,7 @@ impl Gpu {
             Some(raw) => HandleStream { stream: ManuallyDrop::new(unsafe { Stream::from_raw(raw) }), owned: false },
         };
         let dependent_launch = if ptx_target == "sm_90" { DependentLauncher::find() } else { None };
+        let dependent_everywhere = std::env::var(DEPENDENT_LAUNCH_VAR).map_or(true, |v| v != "0");
         Ok(Gpu {
             stream,
             module,
@@ -313,6 +322,7 @@ impl Gpu {
             sm_count,
             smem,
             dependent_launch,
+            dependent_everywhere,
             name,
             compute_capability: cc,
             ptx_target,
@@ -335,6 +345,12 @@ impl Gpu {
     /// `SPARSE_TC_PTX=sm_80` selects the portable build on any device (for testing it).
     pub fn ptx_target(&self) -> &'static str {
         self.ptx_target
+    }
+
+    /// Whether every kernel is queued as a programmatic dependent of the one before it
+    /// (Hopper, sm_90 build, a CUDA 12 driver, and [`DEPENDENT_LAUNCH_VAR`] not `0`).
+    pub fn dependent_launch(&self) -> bool {
+        self.dependent_launch.is_some() && self.dependent_everywhere
     }
 
     /// Number of streaming multiprocessors.

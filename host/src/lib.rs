@@ -58,7 +58,7 @@ pub mod layout;
 
 pub use element::{Dtype, Element};
 pub use error::{Error, Result};
-pub use gpu::Gpu;
+pub use gpu::{Gpu, DEPENDENT_LAUNCH_VAR};
 pub use graph::Recording;
 pub use linear::{BlockShape, LinearOptions, LinearWeight};
 pub use matrix::{DeviceMatrix, DeviceSparseWeight, RawSparseParts};

@@ -809,11 +809,22 @@ impl Gpu {
 
     /// Launches on this handle's stream; the grid was checked against the device's limits
     /// ([`grid`]).
+    /// On Hopper with the sm_90 build, as a programmatic dependent of the kernel before it
+    /// (unless `SPARSE_TC_DEPENDENT_LAUNCH=0`): every kernel entry waits for its predecessor
+    /// before it touches memory (device module `griddep`).
     pub(crate) fn launch(&self, func: &Function<'_>, grid: Grid, block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
-        // SAFETY: every caller passes the argument list of the kernel's documented signature
-        // (pointer-sized device addresses and u32 scalars, in order), built from validated
-        // operands whose allocations outlive the queued work: they are borrowed for the call,
-        // and buffers are freed only after the stream is synchronised or by their owner.
+        // SAFETY (both launches): every caller passes the argument list of the kernel's
+        // documented signature (pointer-sized device addresses and u32 scalars, in order),
+        // built from validated operands whose allocations outlive the queued work: they are
+        // borrowed for the call, and buffers are freed only after the stream is synchronised
+        // or by their owner. A dependent launch also needs the kernel to wait for the one
+        // before it: every entry point of the module begins with `griddep::wait_prior_grids`
+        // in every thread, or (`streamk_reduce`) synchronises through the completion flags
+        // and waits before it exits.
+        if let (Some(launcher), true) = (self.dependent_launch, self.dependent_everywhere) {
+            let rc = unsafe { launcher.launch(func.to_raw(), self.stream.as_inner(), grid.dims(), block, smem, args) };
+            return Error::check_raw("kernel launch", rc);
+        }
         unsafe { self.stream.launch(func, grid.dims(), block, smem, args) }.map_err(|e| Error::driver("kernel launch", e))
     }
 

@@ -445,6 +445,7 @@ pub unsafe extern "ptx-kernel" fn attention_kv_write(
     k: *const u16, ldk: u32, v: *const u16, ldv: u32, k_cache: *mut u16, v_cache: *mut u16,
     slots: *const u32, positions: *const u32, kv_heads: u32, head_dim: u32, cache_slots: u32, max_seq: u32,
 ) {
+    crate::griddep::begin_dependent();
     kv_write(k, ldk, v, ldv, k_cache, v_cache, slots, positions, kv_heads, head_dim, cache_slots, max_seq);
 }
 
@@ -461,6 +462,7 @@ macro_rules! attention_entries {
             acc_ws: *mut f32, ml_ws: *mut f32, slots: *const u32, positions: *const u32, n_heads: u32,
             kv_heads: u32, head_dim: u32, cache_slots: u32, max_seq: u32, chunks: u32, scale_log2: f32,
         ) {
+            crate::griddep::begin_dependent();
             attention::<$elem, $hd16>(
                 q, ldq, k_cache, v_cache, out, ldo, acc_ws, ml_ws, slots, positions, n_heads, kv_heads, head_dim,
                 cache_slots, max_seq, chunks, scale_log2,
@@ -481,6 +483,7 @@ macro_rules! combine_entries {
             acc_ws: *const f32, ml_ws: *const f32, out: *mut u16, ldo: u32, slots: *const u32,
             positions: *const u32, n_heads: u32, head_dim: u32, cache_slots: u32, max_seq: u32, chunks: u32,
         ) {
+            crate::griddep::begin_dependent();
             attention_combine::<$elem>(acc_ws, ml_ws, out, ldo, slots, positions, n_heads, head_dim, cache_slots, max_seq, chunks);
         }
     )*};

@@ -44,7 +44,7 @@ use super::tile::{load_tile_async, warp_mma, Epilogue, StreamRange};
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
-use crate::griddep::launch_dependents;
+use crate::griddep::begin_dependent;
 use crate::layout::{
     bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
     BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
@@ -214,7 +214,9 @@ pub unsafe fn bitmap_linear<E: MmaElement, const MT: usize, const NT: usize, con
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
     const { assert!(16 * MT <= BITMAP_TILE && BITMAP_TILE.is_multiple_of(16 * MT)) };
-    launch_dependents();
+    // After the kernel before it (this one may be a programmatic dependent, `griddep`); the
+    // split-K reduction as for `spmm::spmm_linear`.
+    begin_dependent();
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let (tiles_m, tiles_k) = (m.div_ceil(BITMAP_TILE), k.div_ceil(TILE_K));
     let range = StreamRange { tiles: m.div_ceil(SPARSE_TILE_M) * tiles_k, blocks: blocks as usize };

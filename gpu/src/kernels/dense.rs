@@ -18,7 +18,7 @@
 
 use super::tile::{unit_slot, warp_mma_tile, Epilogue, TileStream, WorkItem};
 use crate::cp_async;
-use crate::griddep::launch_dependents;
+use crate::griddep::begin_dependent;
 use crate::layout::{block_threads, ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
@@ -39,9 +39,10 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
     partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
 ) {
-    // The split-K reduction (launched as a programmatic dependent in the sm90 build) may be
+    // After the kernel before it (this one may be a programmatic dependent, `griddep`). The
+    // split-K reduction (launched as a programmatic dependent in the sm90 build) may be
     // scheduled onto SMs as this grid's blocks leave them; it waits for this grid to finish.
-    launch_dependents();
+    begin_dependent();
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
     let work = WorkItem::decode(block_idx_x() as usize, full as usize, splits as usize, k.div_ceil(TILE_K));

@@ -205,6 +205,7 @@ macro_rules! model_op_entries {
         pub unsafe extern "ptx-kernel" fn $rms(
             x: *const u16, ldx: u32, weight: *const u16, out: *mut u16, ldo: u32, rows: u32, cols: u32, eps: f32,
         ) {
+            crate::griddep::begin_dependent();
             norm::row_norm::<$elem, false, false>(
                 x as *mut u16, ldx, ptr::null(), 0, weight, ptr::null(), out, ldo, rows, cols, eps,
             );
@@ -220,6 +221,7 @@ macro_rules! model_op_entries {
             residual: *mut u16, ldx: u32, delta: *const u16, ldd: u32, weight: *const u16, out: *mut u16, ldo: u32,
             rows: u32, cols: u32, eps: f32,
         ) {
+            crate::griddep::begin_dependent();
             norm::row_norm::<$elem, false, true>(residual, ldx, delta, ldd, weight, ptr::null(), out, ldo, rows, cols, eps);
         }
 
@@ -233,6 +235,7 @@ macro_rules! model_op_entries {
             x: *const u16, ldx: u32, weight: *const u16, bias: *const u16, out: *mut u16, ldo: u32, rows: u32, cols: u32,
             eps: f32,
         ) {
+            crate::griddep::begin_dependent();
             norm::row_norm::<$elem, true, false>(x as *mut u16, ldx, ptr::null(), 0, weight, bias, out, ldo, rows, cols, eps);
         }
 
@@ -246,6 +249,7 @@ macro_rules! model_op_entries {
             residual: *mut u16, ldx: u32, delta: *const u16, ldd: u32, weight: *const u16, bias: *const u16, out: *mut u16,
             ldo: u32, rows: u32, cols: u32, eps: f32,
         ) {
+            crate::griddep::begin_dependent();
             norm::row_norm::<$elem, true, true>(residual, ldx, delta, ldd, weight, bias, out, ldo, rows, cols, eps);
         }
 
@@ -255,6 +259,7 @@ macro_rules! model_op_entries {
         /// See [`elementwise::elementwise`].
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $add_assign(acc: *mut u16, lda: u32, x: *const u16, ldx: u32, rows: u32, cols: u32) {
+            crate::griddep::begin_dependent();
             elementwise::elementwise::<$elem, { elementwise::ADD_ASSIGN }>(acc, lda, x, ldx, ptr::null_mut(), 0, rows, cols);
         }
 
@@ -264,6 +269,7 @@ macro_rules! model_op_entries {
         /// See [`elementwise::elementwise`].
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $add_bias(x: *mut u16, ldx: u32, bias: *const u16, rows: u32, cols: u32) {
+            crate::griddep::begin_dependent();
             elementwise::elementwise::<$elem, { elementwise::ADD_BIAS }>(x, ldx, bias, 0, ptr::null_mut(), 0, rows, cols);
         }
 
@@ -276,6 +282,7 @@ macro_rules! model_op_entries {
         pub unsafe extern "ptx-kernel" fn $silu_mul(
             gate: *const u16, ldg: u32, up: *const u16, ldu: u32, out: *mut u16, ldo: u32, rows: u32, cols: u32,
         ) {
+            crate::griddep::begin_dependent();
             elementwise::elementwise::<$elem, { elementwise::SILU_MUL }>(gate as *mut u16, ldg, up, ldu, out, ldo, rows, cols);
         }
 
@@ -285,6 +292,7 @@ macro_rules! model_op_entries {
         /// See [`elementwise::elementwise`].
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $relu(x: *mut u16, ldx: u32, rows: u32, cols: u32) {
+            crate::griddep::begin_dependent();
             elementwise::elementwise::<$elem, { elementwise::RELU }>(x, ldx, ptr::null(), 0, ptr::null_mut(), 0, rows, cols);
         }
 
@@ -299,6 +307,7 @@ macro_rules! model_op_entries {
             table: *const u16, table_rows: u32, ldt: u32, ids: *const u32, offset: u32, accumulate: u32, out: *mut u16,
             ldo: u32, rows: u32, cols: u32,
         ) {
+            crate::griddep::begin_dependent();
             embed::gather_rows::<$elem>(table, table_rows, ldt, ids, offset, accumulate != 0, out, ldo, rows, cols);
         }
 
@@ -311,6 +320,7 @@ macro_rules! model_op_entries {
         pub unsafe extern "ptx-kernel" fn $gather(
             x: *const u16, x_rows: u32, ldx: u32, picks: *const u32, out: *mut u16, ldo: u32, rows: u32, cols: u32,
         ) {
+            crate::griddep::begin_dependent();
             embed::gather_rows::<$elem>(x, x_rows, ldx, picks, 0, false, out, ldo, rows, cols);
         }
 
@@ -322,6 +332,7 @@ macro_rules! model_op_entries {
         pub unsafe extern "ptx-kernel" fn $rope_half(
             x: *mut u16, positions: *const u32, rows: u32, ld: u32, heads: u32, head_dim: u32, theta: f32,
         ) {
+            crate::griddep::begin_dependent();
             rope::rope::<$elem, false>(x, positions, rows, ld, heads, head_dim, theta);
         }
 
@@ -333,6 +344,7 @@ macro_rules! model_op_entries {
         pub unsafe extern "ptx-kernel" fn $rope_inter(
             x: *mut u16, positions: *const u32, rows: u32, ld: u32, heads: u32, head_dim: u32, theta: f32,
         ) {
+            crate::griddep::begin_dependent();
             rope::rope::<$elem, true>(x, positions, rows, ld, heads, head_dim, theta);
         }
 
@@ -342,6 +354,7 @@ macro_rules! model_op_entries {
         /// See [`sample::argmax`].
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $argmax(logits: *const u16, rows: u32, cols: u32, ld: u32, out: *mut u32) {
+            crate::griddep::begin_dependent();
             sample::argmax::<$elem>(logits, rows, cols, ld, out);
         }
 
@@ -355,6 +368,7 @@ macro_rules! model_op_entries {
             logits: *const u16, rows: u32, cols: u32, ld: u32, out: *mut u32, temperature: f32, top_k: u32,
             top_p: f32, seed: u64, step: u64,
         ) {
+            crate::griddep::begin_dependent();
             sample::sample::<$elem>(logits, rows, cols, ld, out, temperature, top_k, top_p, seed, step);
         }
     };

@@ -12,7 +12,7 @@
 use super::tile::StreamRange;
 use crate::cache::discard_l2_line;
 use crate::flag;
-use crate::griddep::wait_prior_grids;
+use crate::griddep::{begin_dependent, wait_prior_grids};
 use crate::layout::{REDUCE_THREADS, SPARSE_TILE_M};
 use crate::mma::MmaElement;
 use crate::sync::{bar_sync, bar_warp_sync};
@@ -114,7 +114,7 @@ pub unsafe fn splitk_reduce<E: MmaElement>(
     token_tiles: u32,
 ) {
     // Launched as the dense kernel's programmatic dependent (sm90): every thread waits first.
-    wait_prior_grids();
+    begin_dependent();
     let (splits, rows, n_tile) = (splits.max(1) as usize, rows as usize, n_tile as usize);
     let slot = n_tile * rows;
     let idx = thread_group();

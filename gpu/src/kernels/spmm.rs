@@ -69,7 +69,7 @@ use super::tile::{
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
-use crate::griddep::launch_dependents;
+use crate::griddep::begin_dependent;
 use crate::layout::{
     block_threads, spmm_x_slots, ROW_BYTES, SPARSE_TILE_ELEMS, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_BYTES,
     TILE_K,
@@ -297,10 +297,11 @@ pub unsafe fn spmm_linear<E: MmaElement, const MT: usize, const NT: usize, const
     flags: *mut u32, launch: u32,
 ) {
     const { assert!(THREADS == block_threads(SPMM_ROW_TILES, MT)) };
-    // The split-K reduction (launched as a programmatic dependent in the sm90 build) may be
+    // After the kernel before it (this one may be a programmatic dependent, `griddep`). The
+    // split-K reduction (launched as a programmatic dependent in the sm90 build) may be
     // scheduled onto SMs as this grid's blocks leave them; it reads a block's slots once the
     // block's completion flag is set, and exits only after this grid is done.
-    launch_dependents();
+    begin_dependent();
     let (m, n, k, ldx) = (m as usize, n as usize, k as usize, ldx as usize);
     let tiles_k = k.div_ceil(TILE_K);
     let range = StreamRange { tiles: m.div_ceil(SPARSE_TILE_M) * tiles_k, blocks: blocks as usize };

@@ -488,7 +488,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             csv,
             "device,model,sparsity,format,batch,prompt_len,gen,replayed,prefill_ms,decode_ms_per_step,decode_tok_s,\
              gpu_used_gb,linear_gb,kv_gb,copy_tb_s,floor_ms,step_eager_ms,step_recorded_ms,linears_ms,attention_ms,rest_ms,\
-             projections"
+             projections,dependent_launch"
         )?;
     }
     // The HBM floor of a step: the bytes it must read at the copy bandwidth of this run.
@@ -514,59 +514,60 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 continue;
             }
             for &stack in &stacks {
-            let model = load(&backend, &src, WeightPlan { prune: 0.0, format, stack })?;
-            let (bytes, _, _) = model.linear_bytes(&backend);
-            for &b in &batches {
-                let prompts = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
-                let req = Request {
-                    prompts,
-                    max_new_tokens: a.gen,
-                    sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
-                    stop: vec![],
-                    honour_stop: false,
-                    record_decode: !a.eager,
-                };
-                let out = match generate(&backend, &model, &req, &mut |_, _| {}) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        println!("{model_name} sparsity {s} batch {b}: {e}");
-                        continue;
+                let model = load(&backend, &src, WeightPlan { prune: 0.0, format, stack })?;
+                let (bytes, _, _) = model.linear_bytes(&backend);
+                for &b in &batches {
+                    let prompts = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
+                    let req = Request {
+                        prompts,
+                        max_new_tokens: a.gen,
+                        sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
+                        stop: vec![],
+                        honour_stop: false,
+                        record_decode: !a.eager,
+                    };
+                    let out = match generate(&backend, &model, &req, &mut |_, _| {}) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            println!("{model_name} sparsity {s} batch {b}: {e}");
+                            continue;
+                        }
+                    };
+                    let kv = 4 * c.layers * b * seq * c.kv_dim();
+                    // Read per step: every linear weight, the LM head, the cache up to the mean position.
+                    let mean_pos = a.prompt_len + a.gen / 2;
+                    let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
+                    let split = time_split(&backend, &model, b, mean_pos)?;
+                    let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
+                    let row = format!(
+                        "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}",
+                        backend.gpu().name(),
+                        c.name,
+                        if s == 0.0 { "dense" } else { "sparse" },
+                        a.prompt_len,
+                        a.gen,
+                        out.replayed,
+                        out.prefill.as_secs_f64() * 1e3,
+                        out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
+                        out.decode_tokens_per_s(),
+                        bytes as f64 / 1e9,
+                        kv as f64 / 1e9,
+                        bandwidth / 1e12,
+                        step_bytes as f64 / bandwidth * 1e3,
+                        split.eager,
+                        split.recorded,
+                        split.linears,
+                        split.attention,
+                        split.rest,
+                        if stack { "stacked" } else { "separate" },
+                        backend.gpu().dependent_launch(),
+                    );
+                    if let Some(e) = &out.record_error {
+                        println!("note: decode ran eagerly, recording failed: {e}");
                     }
-                };
-                let kv = 4 * c.layers * b * seq * c.kv_dim();
-                // Read per step: every linear weight, the LM head, the cache up to the mean position.
-                let mean_pos = a.prompt_len + a.gen / 2;
-                let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
-                let split = time_split(&backend, &model, b, mean_pos)?;
-                let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
-                let row = format!(
-                    "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
-                    backend.gpu().name(),
-                    c.name,
-                    if s == 0.0 { "dense" } else { "sparse" },
-                    a.prompt_len,
-                    a.gen,
-                    out.replayed,
-                    out.prefill.as_secs_f64() * 1e3,
-                    out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
-                    out.decode_tokens_per_s(),
-                    bytes as f64 / 1e9,
-                    kv as f64 / 1e9,
-                    bandwidth / 1e12,
-                    step_bytes as f64 / bandwidth * 1e3,
-                    split.eager,
-                    split.recorded,
-                    split.linears,
-                    split.attention,
-                    split.rest,
-                    if stack { "stacked" } else { "separate" },
-                );
-                if let Some(e) = &out.record_error {
-                    println!("note: decode ran eagerly, recording failed: {e}");
+                    println!("{row}");
+                    writeln!(csv, "{row}")?;
                 }
-                println!("{row}");
-                writeln!(csv, "{row}")?;
-            }
             }
         }
     }

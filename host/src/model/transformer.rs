@@ -458,8 +458,13 @@ impl<B: Backend> Transformer<B> {
             Projections::Stacked(l) => self.linear(backend, &s.h, l, stacked_out(&mut s.qkv, layer, "q|k|v")?)?,
         }
         if c.arch == Arch::Llama {
-            backend.rope(&mut s.q, &io.positions, hd, c.rope_theta, c.rope_style)?;
-            backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
+            match &mut s.qk {
+                Some(qk) => backend.rope(qk, &io.positions, hd, c.rope_theta, c.rope_style)?,
+                None => {
+                    backend.rope(&mut s.q, &io.positions, hd, c.rope_theta, c.rope_style)?;
+                    backend.rope(&mut s.k, &io.positions, hd, c.rope_theta, c.rope_style)?;
+                }
+            }
         }
         backend.kv_write(cache, layer, &s.k, &s.v, &io.slots, &io.positions)?;
         backend.attention(&s.q, cache, layer, &io.slots, &io.positions, self.dims().heads, scale, &mut s.attn)?;
@@ -692,6 +697,8 @@ pub struct Scratch<B: Backend> {
     k: B::Mat,
     v: B::Mat,
     qkv: Option<B::Mat>,
+    /// Columns `q | k` of `qkv`: one RoPE launch for both.
+    qk: Option<B::Mat>,
     attn: B::Mat,
     delta: B::Mat,
     gate: B::Mat,
@@ -733,6 +740,11 @@ impl<B: Backend> Scratch<B> {
         let count = |n: usize| move |v: Vec<B::Mat>| Error::Shape(format!("{} column blocks, expected {n}", v.len()));
         let (qkv, parts) = blocks(&[d.q, d.kv, d.kv])?;
         let [q, k, v] = <[B::Mat; 3]>::try_from(parts).map_err(count(3))?;
+        let qk = match &qkv {
+            // SAFETY: as for `blocks`; the view is used alone (RoPE), never with `q` or `k`.
+            Some(whole) => unsafe { backend.column_blocks(whole, &[d.q + d.kv, d.kv]) }?.map(|mut v| v.swap_remove(0)),
+            None => None,
+        };
         let (gate_up, gate, up) = if c.arch == Arch::Llama {
             let (whole, parts) = blocks(&[d.ffn, d.ffn])?;
             let [gate, up] = <[B::Mat; 2]>::try_from(parts).map_err(count(2))?;
@@ -749,6 +761,7 @@ impl<B: Backend> Scratch<B> {
             k,
             v,
             qkv,
+            qk,
             attn: z(d.q)?,
             delta: z(c.hidden)?,
             gate,
