@@ -4,7 +4,7 @@
 //! cargo bench --bench linear                      # the default sweep (see `Args::default`)
 //! cargo bench --bench linear -- [--shapes 36864x9216,...] [--n 1,8,16,32,64]
 //!     [--sparsity 0.5,0.7,0.8,0.9] [--rows-pattern 0.8|none] [--reps 100] [--dtype f16,bf16]
-//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|ring|bitmap|all]
+//!     [--csv out.csv] [--no-sparse] [--tune dense|sparse|ring|bitmap|all]   (--help lists them)
 //! ```
 //! Method, in one process and on one stream:
 //! - every kernel of a case is timed in the same loop, round-robin (clock drift hits all
@@ -89,52 +89,92 @@ impl Default for Args {
     }
 }
 
-fn parse_args() -> Args {
-    let mut a = Args::default();
-    let argv: Vec<String> = std::env::args().skip(1).filter(|s| s != "--bench").collect();
-    let list = |s: &str| s.split(',').map(|v| v.trim().to_string()).collect::<Vec<_>>();
-    let mut i = 0;
-    while i < argv.len() {
-        let flag = argv[i].as_str();
-        if flag == "--no-sparse" {
-            a.sparsities.clear();
-            a.rows_pattern = None;
-            i += 1;
-            continue;
-        }
-        let val = argv.get(i + 1).cloned().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag {
-            "--shapes" => {
-                a.shapes = list(&val)
-                    .iter()
-                    .map(|s| {
-                        let (m, k) = s.split_once('x').expect("shapes are MxK");
-                        (m.parse().expect("M"), k.parse().expect("K"))
-                    })
-                    .collect()
-            }
-            "--n" => a.ns = list(&val).iter().map(|v| v.parse().expect("N")).collect(),
-            "--sparsity" => a.sparsities = list(&val).iter().map(|v| v.parse().expect("sparsity")).collect(),
-            "--rows-pattern" => a.rows_pattern = if val == "none" { None } else { Some(val.parse().expect("mean sparsity")) },
-            "--reps" => a.reps = val.parse().expect("reps"),
-            "--dtype" => {
-                a.dtypes = list(&val)
-                    .iter()
-                    .map(|d| match d.as_str() {
-                        "f16" => Dtype::F16,
-                        "bf16" => Dtype::Bf16,
-                        other => panic!("unknown dtype {other}"),
-                    })
-                    .collect()
-            }
-            "--csv" => a.csv = Some(val),
-            "--tune" => a.tune = Some(val),
-            other => panic!("unknown argument {other}"),
-        }
-        i += 2;
+/// The command line (clap); see the module docs.
+#[derive(clap::Parser)]
+#[command(name = "bench_linear", about = "cuBLAS vs our dense and sparse linear, against the memory roofline")]
+struct Cli {
+    /// Weight shapes `MxK` (out × in features) [default: the model sweep]
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Vec<(usize, usize)>,
+    /// Token counts
+    #[arg(long, value_delimiter = ',', default_value = "1,8,16,32,64", value_parser = clap::value_parser!(u32).range(1..))]
+    n: Vec<u32>,
+    /// Uniform sparsities, each in [0, 1)
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_sparsity)]
+    sparsity: Vec<f64>,
+    /// Mean sparsity of the non-uniform row pattern, in [0, 1), or `none`
+    #[arg(long, default_value = "0.8", value_parser = parse_rows_pattern)]
+    rows_pattern: RowsPattern,
+    /// Timed launches per kernel (medians over at least 50)
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(50..))]
+    reps: u32,
+    /// Element types: `f16`, `bf16`
+    #[arg(long, value_delimiter = ',', default_value = "f16,bf16", value_parser = parse_dtype)]
+    dtype: Vec<Dtype>,
+    /// CSV file the rows are appended to
+    #[arg(long, default_value = "sweep.csv")]
+    csv: String,
+    /// Also time every compiled block shape / split count / ring size of a kernel
+    #[arg(long, value_parser = ["dense", "sparse", "ring", "bitmap", "all"])]
+    tune: Option<String>,
+    /// Dense cases only
+    #[arg(long)]
+    no_sparse: bool,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// `--rows-pattern`: a mean sparsity or none.
+#[derive(Clone, Copy)]
+struct RowsPattern(Option<f64>);
+
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (m, k) = s.split_once('x').ok_or_else(|| format!("`{s}` is not MxK"))?;
+    let dim = |v: &str| match v.parse::<usize>() {
+        Ok(d) if d >= 1 => Ok(d),
+        _ => Err(format!("`{v}` in `{s}` is not a positive integer")),
+    };
+    Ok((dim(m)?, dim(k)?))
+}
+
+fn parse_sparsity(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a sparsity in [0, 1)")),
     }
-    assert!(a.reps >= 50, "--reps must be at least 50 (the reported medians are over that many launches)");
-    a
+}
+
+fn parse_rows_pattern(s: &str) -> Result<RowsPattern, String> {
+    if s == "none" {
+        Ok(RowsPattern(None))
+    } else {
+        parse_sparsity(s).map(|v| RowsPattern(Some(v)))
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    match s {
+        "f16" => Ok(Dtype::F16),
+        "bf16" => Ok(Dtype::Bf16),
+        other => Err(format!("`{other}` is neither f16 nor bf16")),
+    }
+}
+
+fn parse_args() -> Args {
+    use clap::Parser;
+    let cli = Cli::parse();
+    let sparse = !cli.no_sparse;
+    Args {
+        shapes: if cli.shapes.is_empty() { Args::default().shapes } else { cli.shapes },
+        ns: cli.n.iter().map(|&n| n as usize).collect(),
+        sparsities: if sparse { cli.sparsity } else { Vec::new() },
+        rows_pattern: if sparse { cli.rows_pattern.0 } else { None },
+        reps: cli.reps as usize,
+        dtypes: cli.dtype,
+        csv: Some(cli.csv),
+        tune: cli.tune,
+    }
 }
 
 /// How a weight is pruned.
