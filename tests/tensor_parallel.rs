@@ -90,3 +90,55 @@ fn uneven_splits_are_refused() {
     let e = Transformer::load_shard(&b, &src, PLAN, Shard { rank: 0, world: 2 }, &mut |_, _| {}).err().expect("must be refused");
     assert!(e.to_string().contains("all-reduce"), "{e}");
 }
+
+/// The same on the GPUs over NCCL (feature `nccl`): one rank per GPU, up to 2; with one GPU
+/// a group of one, whose all-reduce is NCCL's copy, so the GPU model's logits are unchanged
+/// bit for bit; with two, the bound of the test above (partial sums rounded before the sum).
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_ranks_on_the_gpus_compute_what_one_gpu_does() {
+    use sparse_tc::model::GpuBackend;
+    use sparse_tc::nccl::{NcclComm, NcclId};
+    use sparse_tc::Gpu;
+    const TEST: &str = "nccl_ranks_on_the_gpus_compute_what_one_gpu_does";
+    let gpu = match Gpu::new() {
+        Ok(g) => g,
+        Err(e) => return println!("SKIPPED {TEST}: no usable GPU ({e})"),
+    };
+    let id = match NcclId::new() {
+        Ok(id) => id,
+        Err(e) => return println!("SKIPPED {TEST}: {e}"),
+    };
+    let world = Gpu::device_count().min(2);
+    let src = Synthetic::new("tiny", 0.0, 11).unwrap();
+    let whole_backend = GpuBackend::<f16>::new(gpu);
+    let whole = Transformer::load(&whole_backend, &src, PLAN, &mut |_, _| {}).unwrap();
+    let (want_logits, want_tokens) = run(&whole_backend, &whole);
+    let results: Vec<(Vec<f32>, Vec<u32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let (src, id) = (&src, &id);
+                s.spawn(move || {
+                    let gpu = Gpu::with_device(rank as u32).unwrap();
+                    let comm = NcclComm::join(&gpu, id, rank, world).unwrap();
+                    let b = GpuBackend::<f16>::rank_of(gpu, comm);
+                    let m = Transformer::load_shard(&b, src, PLAN, Shard { rank, world }, &mut |_, _| {}).unwrap();
+                    run(&b, &m)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    println!("{TEST}: {world} rank(s)");
+    for (rank, (logits, tokens)) in results.iter().enumerate() {
+        assert_eq!(logits, &results[0].0, "rank {rank}'s logits differ from rank 0's");
+        assert_eq!(tokens, &results[0].1, "rank {rank}");
+    }
+    if world == 1 {
+        assert_eq!(results[0].0, want_logits, "a group of one changed the logits");
+    } else {
+        let e = rel_err(&results[0].0, &want_logits);
+        assert!(e < 1e-2, "over {world} GPUs: logits differ from one GPU's by {e}");
+    }
+    assert_eq!(results[0].1, want_tokens, "over {world} GPUs: greedy tokens");
+}

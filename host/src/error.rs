@@ -45,6 +45,10 @@ pub enum Error {
     /// cuBLAS could not be loaded or a cuBLAS call failed (benchmarks only).
     #[error("cuBLAS: {0}")]
     Cublas(String),
+    /// NCCL could not be loaded or an NCCL call failed (tensor-parallel models, feature
+    /// `nccl`).
+    #[error("NCCL: {0}")]
+    Nccl(String),
 }
 
 /// `Result` with this crate's [`enum@Error`].

@@ -205,6 +205,14 @@ impl Gpu {
         Self::with_device(0)
     }
 
+    /// Number of CUDA devices: 0 without a driver or a GPU.
+    pub fn device_count() -> usize {
+        if init().is_err() {
+            return 0;
+        }
+        Device::num_devices().map_or(0, |n| n as usize)
+    }
+
     /// Opens the device with the given ordinal (its primary context, a new stream).
     pub fn with_device(ordinal: u32) -> Result<Self> {
         init()?;

@@ -49,6 +49,8 @@ mod linear;
 mod matrix;
 mod memory;
 pub mod model;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod ops;
 pub mod sparse;
 

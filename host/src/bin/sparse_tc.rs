@@ -3,6 +3,7 @@
 //! ```text
 //! sparse-tc generate --model PATH|synthetic:NAME [--sparsity S] [--prompt TEXT]... [--batch B] [--max-tokens T]
 //! sparse-tc bench-e2e --models llama-2-7b,llama-2-13b --batch 1,8 --sparsity 0,0.8 --csv out.csv
+//! sparse-tc generate|bench-e2e … --gpus N                        (tensor parallel; feature `nccl`)
 //! sparse-tc logits --model PATH --prompt TEXT --out FILE       (every position's logits, for reference checks)
 //! sparse-tc export --model PATH [--sparsity S] --out DIR          (Hugging Face safetensors)
 //! sparse-tc prune --model PATH --method wanda --sparsity 0.5 --out DIR   (a sparse checkpoint)
@@ -29,6 +30,9 @@ use sparse_tc::Gpu;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+#[path = "sparse_tc/parallel.rs"]
+mod parallel;
 
 #[derive(Parser)]
 #[command(name = "sparse-tc", version, about = "Sparse LLM inference on NVIDIA Tensor Cores")]
@@ -76,6 +80,14 @@ struct ModelArgs {
     seed: u64,
 }
 
+impl ModelArgs {
+    /// `--model synthetic:NAME --sparsity S`, stored sparse when `S > 0` (benchmarks).
+    fn synthetic(name: &str, sparsity: f64) -> Self {
+        let format = if sparsity == 0.0 { "dense" } else { "sparse" };
+        ModelArgs { model: format!("synthetic:{name}"), sparsity, format: format.into(), cpu: false, seed: 0 }
+    }
+}
+
 #[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
@@ -108,6 +120,9 @@ struct GenerateArgs {
     /// (a CUDA graph).
     #[arg(long)]
     eager: bool,
+    /// GPUs to split the model over (tensor parallel over NCCL; needs the `nccl` feature).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    gpus: u32,
 }
 
 #[derive(Args)]
@@ -135,6 +150,10 @@ struct BenchArgs {
     /// every command) and/or `separate` (one linear per projection).
     #[arg(long, default_value = "stacked")]
     projections: String,
+    /// GPUs to split each model over (tensor parallel over NCCL; needs the `nccl` feature;
+    /// no time split then).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    gpus: u32,
 }
 
 #[derive(Args)]
@@ -293,13 +312,15 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
 /// Estimated device bytes of a model of `c` whose linears keep `density` of their weights
 /// (Tiled-CSL: 4 bytes per nonzero plus padding, when sparse), plus the KV cache and
 /// activations for `rows` rows and `batch` sequences of `seq` positions.
-fn device_bytes(c: &Config, sparse: bool, density: f64, batch: usize, seq: usize, rows: usize) -> Option<u128> {
+/// Bytes one of `world` GPUs needs (its share of the linear weights and the KV cache; the
+/// rest whole on every GPU).
+fn device_bytes(c: &Config, sparse: bool, density: f64, batch: usize, seq: usize, rows: usize, world: usize) -> Option<u128> {
     let linear = c.linear_parameter_count()? as u128;
     let other = (c.parameter_count()? as u128).checked_sub(linear)?;
     let linear_bytes = if sparse { (linear as f64 * density * 4.0 * 1.05) as u128 } else { linear * 2 };
     let kv = 2 * 2 * (c.layers * batch) as u128 * (seq * c.kv_dim()) as u128;
     let act = Scratch::<CpuBackend<f16>>::bytes_per_row(c)? as u128 * rows as u128 + 2 * (batch * c.vocab) as u128;
-    Some(linear_bytes + other * 2 + kv + act)
+    Some((linear_bytes + kv).div_ceil(world.max(1) as u128) + other * 2 + act)
 }
 
 fn gpu_or_none(cpu: bool) -> Option<Gpu> {
@@ -316,17 +337,17 @@ fn gpu_or_none(cpu: bool) -> Option<Gpu> {
 }
 
 /// Refuses a model that does not fit in the GPU's free memory, with the sizes named.
-fn check_fits(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch: usize, seq: usize, rows: usize) -> Result<()> {
+fn check_fits(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch: usize, seq: usize, rows: usize, world: usize) -> Result<()> {
     let (free, total) = gpu.memory_info()?;
     let sparse = match format {
         FormatChoice::Dense => false,
         FormatChoice::Sparse => true,
         FormatChoice::Auto => sparsity >= 0.5,
     };
-    let need = device_bytes(c, sparse, 1.0 - sparsity, batch, seq, rows).context("model size overflows")?;
+    let need = device_bytes(c, sparse, 1.0 - sparsity, batch, seq, rows, world).context("model size overflows")?;
     if need > free as u128 {
         bail!(
-            "{} ({}, {:.0}% sparse) needs about {:.1} GB of GPU memory (weights, KV cache for {batch}×{seq} positions, activations); {} has {:.1} GB free of {:.1} GB",
+            "{} ({}, {:.0}% sparse) needs about {:.1} GB of GPU memory per GPU over {world} (weights, KV cache for {batch}×{seq} positions, activations); {} has {:.1} GB free of {:.1} GB",
             c.name,
             if sparse { "sparse" } else { "dense" },
             sparsity * 100.0,
@@ -397,11 +418,27 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let seq = check_request(&c, &req)?;
     let rows: usize = req.prompts.iter().map(Vec::len).sum();
     let plan_of = |format| WeightPlan { prune: prune_of(&a.model), format, stack: true };
+    if a.gpus > 1 {
+        if a.model.cpu {
+            bail!("--gpus {} and --cpu: the CPU path runs on one device", a.gpus);
+        }
+        for format in formats(&a.model)? {
+            let fit = parallel::Fit { format, sparsity: a.model.sparsity, batch: req.prompts.len(), seq, rows };
+            parallel::on_gpus(a.gpus as usize, &a.model, plan_of(format), &fit, &|rank, b, model, loaded| {
+                if rank == 0 {
+                    run_generate(b, model, &req, loaded, &shown, format)
+                } else {
+                    generate(b, model, &req, &mut |_, _| {}).map(|_| ()).map_err(Into::into)
+                }
+            })?;
+        }
+        return Ok(());
+    }
     match gpu_or_none(a.model.cpu) {
         Some(gpu) => {
             let backend = GpuBackend::<f16>::new(gpu);
             for format in formats(&a.model)? {
-                check_fits(backend.gpu(), &c, format, a.model.sparsity, req.prompts.len(), seq, rows)?;
+                check_fits(backend.gpu(), &c, format, a.model.sparsity, req.prompts.len(), seq, rows, 1)?;
                 let model = load(&backend, loaded.source.as_ref(), plan_of(format))?;
                 run_generate(&backend, &model, &req, &loaded, &shown, format)?;
             }
@@ -488,9 +525,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             csv,
             "device,model,sparsity,format,batch,prompt_len,gen,replayed,prefill_ms,decode_ms_per_step,decode_tok_s,\
              gpu_used_gb,linear_gb,kv_gb,copy_tb_s,floor_ms,step_eager_ms,step_recorded_ms,linears_ms,attention_ms,rest_ms,\
-             projections,dependent_launch"
+             projections,dependent_launch,gpus,tok_s_per_gpu"
         )?;
     }
+    let gpus = a.gpus as usize;
     // The HBM floor of a step: the bytes it must read at the copy bandwidth of this run.
     let bandwidth = copy_bandwidth(backend.gpu())?;
     println!("{}: device-to-device copy {:.2} TB/s (read + write)", backend.gpu().name(), bandwidth / 1e12);
@@ -509,8 +547,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             let c = src.config().clone();
             let format = if s == 0.0 { FormatChoice::Dense } else { FormatChoice::Sparse };
             let seq = a.prompt_len + a.gen;
-            if let Err(e) = check_fits(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len) {
+            if let Err(e) = check_fits(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len, 1) {
                 println!("skip {model_name} at {s}: {e:#}");
+                continue;
+            }
+            if gpus > 1 {
+                bench_parallel(&a, &model_name, s, format, &batches, bandwidth, &mut csv)?;
                 continue;
             }
             for &stack in &stacks {
@@ -540,7 +582,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     let split = time_split(&backend, &model, b, mean_pos)?;
                     let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
                     let row = format!(
-                        "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}",
+                        "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1}",
                         backend.gpu().name(),
                         c.name,
                         if s == 0.0 { "dense" } else { "sparse" },
@@ -561,6 +603,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                         split.rest,
                         if stack { "stacked" } else { "separate" },
                         backend.gpu().dependent_launch(),
+                        1,
+                        out.decode_tokens_per_s(),
                     );
                     if let Some(e) = &out.record_error {
                         println!("note: decode ran eagerly, recording failed: {e}");
@@ -570,6 +614,71 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `bench-e2e --gpus N`: each batch size on a tensor-parallel model over N GPUs (rank 0's
+/// timings; the weights, KV-cache and floor columns are the whole model's, the time split is
+/// not measured: NaN).
+fn bench_parallel(
+    a: &BenchArgs,
+    model_name: &str,
+    s: f64,
+    format: FormatChoice,
+    batches: &[usize],
+    bandwidth: f64,
+    csv: &mut std::fs::File,
+) -> Result<()> {
+    let gpus = a.gpus as usize;
+    let m = ModelArgs::synthetic(model_name, s);
+    let c = Synthetic::new(model_name, s, 0)?.config().clone();
+    let seq = a.prompt_len + a.gen;
+    for &b in batches {
+        let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
+        let req = Request {
+            prompts,
+            max_new_tokens: a.gen,
+            sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
+            stop: vec![],
+            honour_stop: false,
+            record_decode: !a.eager,
+        };
+        let fit = parallel::Fit { format, sparsity: s, batch: b, seq, rows: b * a.prompt_len };
+        let plan = WeightPlan { prune: 0.0, format, stack: false };
+        let (out, device, bytes, used, dependent) = parallel::on_gpus(gpus, &m, plan, &fit, &|_, backend, model, _| {
+            let out = generate(backend, model, &req, &mut |_, _| {})?;
+            let gpu = backend.gpu();
+            let used = gpu.memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
+            Ok((out, gpu.name().to_string(), model.linear_bytes(backend).0 * gpus, used, gpu.dependent_launch()))
+        })?;
+        let mean_pos = a.prompt_len + a.gen / 2;
+        let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
+        let kv = 4 * c.layers * b * seq * c.kv_dim();
+        let nan = f64::NAN;
+        let tok_s = out.decode_tokens_per_s();
+        let row = format!(
+            "{device},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{nan},{nan},{nan},{nan},{nan},separate,{},{gpus},{:.1}",
+            c.name,
+            if s == 0.0 { "dense" } else { "sparse" },
+            a.prompt_len,
+            a.gen,
+            out.replayed,
+            out.prefill.as_secs_f64() * 1e3,
+            out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
+            tok_s,
+            bytes as f64 / 1e9,
+            kv as f64 / 1e9,
+            bandwidth / 1e12,
+            step_bytes as f64 / (bandwidth * gpus as f64) * 1e3,
+            dependent,
+            tok_s / gpus as f64,
+        );
+        if let Some(e) = &out.record_error {
+            println!("note: decode ran eagerly, recording failed: {e}");
+        }
+        println!("{row}");
+        writeln!(csv, "{row}")?;
     }
     Ok(())
 }

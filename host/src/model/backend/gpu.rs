@@ -15,6 +15,9 @@ use std::marker::PhantomData;
 /// The GPU backend in element type `T` (f16 or bf16).
 pub struct GpuBackend<T: Element> {
     gpu: Gpu,
+    /// This GPU's rank of a tensor-parallel group (feature `nccl`).
+    #[cfg(feature = "nccl")]
+    comm: Option<crate::nccl::NcclComm>,
     _elem: PhantomData<T>,
 }
 
@@ -27,7 +30,20 @@ pub enum GpuWeight<T: Element> {
 impl<T: Element> GpuBackend<T> {
     /// The backend on an opened GPU.
     pub fn new(gpu: Gpu) -> Self {
-        GpuBackend { gpu, _elem: PhantomData }
+        GpuBackend {
+            gpu,
+            #[cfg(feature = "nccl")]
+            comm: None,
+            _elem: PhantomData,
+        }
+    }
+
+    /// The backend of one rank of a tensor-parallel group: `comm` was joined on `gpu`
+    /// ([`crate::nccl::NcclComm::join`]); load the model with `Transformer::load_shard` and
+    /// make the same calls on every rank (the all-reduces pair up in order).
+    #[cfg(feature = "nccl")]
+    pub fn rank_of(gpu: Gpu, comm: crate::nccl::NcclComm) -> Self {
+        GpuBackend { gpu, comm: Some(comm), _elem: PhantomData }
     }
 
     /// The handle (for timing with its stream, memory queries).
@@ -48,6 +64,20 @@ impl<T: Element> Backend for GpuBackend<T> {
 
     fn describe(&self) -> String {
         format!("{} ({} kernels, {})", self.gpu.name(), self.gpu.ptx_target(), T::DTYPE.name())
+    }
+
+    #[cfg(feature = "nccl")]
+    fn ranks(&self) -> usize {
+        self.comm.as_ref().map_or(1, |c| c.world())
+    }
+
+    #[cfg(feature = "nccl")]
+    fn all_reduce(&self, m: &mut Self::Mat) -> Result<()> {
+        // A group of one still calls NCCL (a copy): the path a one-GPU machine can test.
+        match &self.comm {
+            Some(c) => c.all_reduce_sum(&self.gpu, m),
+            None => Ok(()),
+        }
     }
 
     fn matrix(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Mat> {
