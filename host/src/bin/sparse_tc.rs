@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use half::f16;
 use indicatif::{ProgressBar, ProgressStyle};
 use sparse_tc::model::backend::Backend;
-use sparse_tc::model::generate::{check_request, generate, Request};
+use sparse_tc::model::generate::{check_request, generate, Output, Request};
 use sparse_tc::model::load::gguf::GgufCheckpoint;
 use sparse_tc::model::load::safetensors::{export_with, ExportOptions, HfCheckpoint};
 use sparse_tc::model::perplexity::perplexity;
@@ -547,27 +547,21 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             let c = src.config().clone();
             let format = if s == 0.0 { FormatChoice::Dense } else { FormatChoice::Sparse };
             let seq = a.prompt_len + a.gen;
-            if let Err(e) = check_fits(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len, 1) {
-                println!("skip {model_name} at {s}: {e:#}");
+            if gpus > 1 {
+                if let Err(e) = bench_parallel(&a, &model_name, s, format, &batches, bandwidth, &mut csv) {
+                    println!("skip {model_name} at {s} over {gpus} GPUs: {e:#}");
+                }
                 continue;
             }
-            if gpus > 1 {
-                bench_parallel(&a, &model_name, s, format, &batches, bandwidth, &mut csv)?;
+            if let Err(e) = check_fits(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len, 1) {
+                println!("skip {model_name} at {s}: {e:#}");
                 continue;
             }
             for &stack in &stacks {
                 let model = load(&backend, &src, WeightPlan { prune: 0.0, format, stack })?;
                 let (bytes, _, _) = model.linear_bytes(&backend);
                 for &b in &batches {
-                    let prompts = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
-                    let req = Request {
-                        prompts,
-                        max_new_tokens: a.gen,
-                        sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
-                        stop: vec![],
-                        honour_stop: false,
-                        record_decode: !a.eager,
-                    };
+                    let req = bench_request(&a, b, c.vocab);
                     let out = match generate(&backend, &model, &req, &mut |_, _| {}) {
                         Ok(o) => o,
                         Err(e) => {
@@ -575,37 +569,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                             continue;
                         }
                     };
-                    let kv = 4 * c.layers * b * seq * c.kv_dim();
-                    // Read per step: every linear weight, the LM head, the cache up to the mean position.
                     let mean_pos = a.prompt_len + a.gen / 2;
-                    let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
                     let split = time_split(&backend, &model, b, mean_pos)?;
                     let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
-                    let row = format!(
-                        "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1}",
-                        backend.gpu().name(),
-                        c.name,
-                        if s == 0.0 { "dense" } else { "sparse" },
-                        a.prompt_len,
-                        a.gen,
-                        out.replayed,
-                        out.prefill.as_secs_f64() * 1e3,
-                        out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
-                        out.decode_tokens_per_s(),
-                        bytes as f64 / 1e9,
-                        kv as f64 / 1e9,
-                        bandwidth / 1e12,
-                        step_bytes as f64 / bandwidth * 1e3,
-                        split.eager,
-                        split.recorded,
-                        split.linears,
-                        split.attention,
-                        split.rest,
-                        if stack { "stacked" } else { "separate" },
-                        backend.gpu().dependent_launch(),
-                        1,
-                        out.decode_tokens_per_s(),
-                    );
+                    let gpu = backend.gpu();
+                    let run = E2eRun { device: gpu.name(), dependent: gpu.dependent_launch(), gpus: 1, stacked: stack, used_gb: used };
+                    let row = e2e_row(&a, &c, s, b, &out, &run, bytes, bandwidth, Some(&split));
                     if let Some(e) = &out.record_error {
                         println!("note: decode ran eagerly, recording failed: {e}");
                     }
@@ -616,6 +585,68 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How a `bench-e2e` row was run.
+struct E2eRun<'a> {
+    device: &'a str,
+    dependent: bool,
+    gpus: usize,
+    stacked: bool,
+    used_gb: f64,
+}
+
+/// One CSV row of `bench-e2e` (the header in `cmd_bench`): `bytes` are the model's linear
+/// weight bytes (all GPUs together); the floor is a step's bytes (weights, LM head, KV cache
+/// at the mean position) over the copy bandwidth of all the GPUs; without a time split its
+/// columns are NaN.
+#[allow(clippy::too_many_arguments)]
+fn e2e_row(a: &BenchArgs, c: &Config, s: f64, b: usize, out: &Output, run: &E2eRun<'_>, bytes: usize, bandwidth: f64, split: Option<&StepSplit>) -> String {
+    let (seq, mean_pos) = (a.prompt_len + a.gen, a.prompt_len + a.gen / 2);
+    let kv = 4 * c.layers * b * seq * c.kv_dim();
+    let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
+    let nan = StepSplit { eager: f64::NAN, recorded: f64::NAN, linears: f64::NAN, attention: f64::NAN, rest: f64::NAN };
+    let split = split.unwrap_or(&nan);
+    let tok_s = out.decode_tokens_per_s();
+    format!(
+        "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1}",
+        run.device,
+        c.name,
+        if s == 0.0 { "dense" } else { "sparse" },
+        a.prompt_len,
+        a.gen,
+        out.replayed,
+        out.prefill.as_secs_f64() * 1e3,
+        out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
+        tok_s,
+        run.used_gb,
+        bytes as f64 / 1e9,
+        kv as f64 / 1e9,
+        bandwidth / 1e12,
+        step_bytes as f64 / (bandwidth * run.gpus as f64) * 1e3,
+        split.eager,
+        split.recorded,
+        split.linears,
+        split.attention,
+        split.rest,
+        if run.stacked { "stacked" } else { "separate" },
+        run.dependent,
+        run.gpus,
+        tok_s / run.gpus as f64,
+    )
+}
+
+/// The benchmark's request: `batch` prompts of `--prompt-len` fixed pseudo-random tokens,
+/// greedy, `--gen` new tokens each (no stop tokens).
+fn bench_request(a: &BenchArgs, batch: usize, vocab: usize) -> Request {
+    Request {
+        prompts: (0..batch).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % vocab) as u32).collect()).collect(),
+        max_new_tokens: a.gen,
+        sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
+        stop: vec![],
+        honour_stop: false,
+        record_decode: !a.eager,
+    }
 }
 
 /// `bench-e2e --gpus N`: each batch size on a tensor-parallel model over N GPUs (rank 0's
@@ -633,47 +664,23 @@ fn bench_parallel(
     let gpus = a.gpus as usize;
     let m = ModelArgs::synthetic(model_name, s);
     let c = Synthetic::new(model_name, s, 0)?.config().clone();
-    let seq = a.prompt_len + a.gen;
-    for &b in batches {
-        let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..a.prompt_len).map(|j| ((i * 7919 + j * 31) % c.vocab) as u32).collect()).collect();
-        let req = Request {
-            prompts,
-            max_new_tokens: a.gen,
-            sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 },
-            stop: vec![],
-            honour_stop: false,
-            record_decode: !a.eager,
-        };
-        let fit = parallel::Fit { format, sparsity: s, batch: b, seq, rows: b * a.prompt_len };
-        let plan = WeightPlan { prune: 0.0, format, stack: false };
-        let (out, device, bytes, used, dependent) = parallel::on_gpus(gpus, &m, plan, &fit, &|_, backend, model, _| {
-            let out = generate(backend, model, &req, &mut |_, _| {})?;
-            let gpu = backend.gpu();
+    let max_batch = batches.iter().copied().max().unwrap_or(1);
+    let fit = parallel::Fit { format, sparsity: s, batch: max_batch, seq: a.prompt_len + a.gen, rows: max_batch * a.prompt_len };
+    let plan = WeightPlan { prune: 0.0, format, stack: false };
+    // Every rank runs every batch size on its shard, loaded once; rank 0's results are kept.
+    let (device, dependent, bytes, runs) = parallel::on_gpus(gpus, &m, plan, &fit, &|_, backend, model, _| {
+        let gpu = backend.gpu();
+        let mut runs = vec![];
+        for &b in batches {
+            let out = generate(backend, model, &bench_request(a, b, c.vocab), &mut |_, _| {})?;
             let used = gpu.memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
-            Ok((out, gpu.name().to_string(), model.linear_bytes(backend).0 * gpus, used, gpu.dependent_launch()))
-        })?;
-        let mean_pos = a.prompt_len + a.gen / 2;
-        let step_bytes = bytes + 2 * c.vocab * c.hidden + 4 * c.layers * b * mean_pos * c.kv_dim();
-        let kv = 4 * c.layers * b * seq * c.kv_dim();
-        let nan = f64::NAN;
-        let tok_s = out.decode_tokens_per_s();
-        let row = format!(
-            "{device},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{used:.2},{:.3},{:.3},{:.3},{:.3},{nan},{nan},{nan},{nan},{nan},separate,{},{gpus},{:.1}",
-            c.name,
-            if s == 0.0 { "dense" } else { "sparse" },
-            a.prompt_len,
-            a.gen,
-            out.replayed,
-            out.prefill.as_secs_f64() * 1e3,
-            out.decode.as_secs_f64() * 1e3 / out.decode_steps.max(1) as f64,
-            tok_s,
-            bytes as f64 / 1e9,
-            kv as f64 / 1e9,
-            bandwidth / 1e12,
-            step_bytes as f64 / (bandwidth * gpus as f64) * 1e3,
-            dependent,
-            tok_s / gpus as f64,
-        );
+            runs.push((b, out, used));
+        }
+        Ok((gpu.name().to_string(), gpu.dependent_launch(), model.linear_bytes(backend).0 * gpus, runs))
+    })?;
+    for (b, out, used) in runs {
+        let run = E2eRun { device: &device, dependent, gpus, stacked: false, used_gb: used };
+        let row = e2e_row(a, &c, s, b, &out, &run, bytes, bandwidth, None);
         if let Some(e) = &out.record_error {
             println!("note: decode ran eagerly, recording failed: {e}");
         }
