@@ -11,6 +11,8 @@
 #   bash benches/reference/device_stage.sh hf         # Hugging Face transformers anchor rows
 #   bash benches/reference/device_stage.sh quality    # SmolLM2 pruning table (needs .cache/models, .cache/texts carried)
 #   bash benches/reference/device_stage.sh linear     # kernel benchmark with every format vs cuBLAS
+#   bash benches/reference/device_stage.sh nccl       # tensor parallel over NCCL: the GPU test, then bench-e2e --gpus
+#                                                     # on every GPU count the machine has (2, 4, 8)
 set -uo pipefail
 out="${OUT:-$PWD/gpu-logs}"; mkdir -p "$out"
 b=gpu-bundle
@@ -36,6 +38,17 @@ case "${1:?stage}" in
   linear)
     $b/bin/bench_linear --shapes 36864x9216,9216x36864,27648x9216,11008x4096,4096x11008,4096x4096 \
       --n 1,8,16,32,64 --sparsity 0.5,0.6,0.7,0.8,0.9 --rows-pattern none --csv "$out/linear.csv" ;;
+  nccl)
+    # NCCL from PyTorch's wheel; NVLink multicast off (the device notes require it).
+    nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], "lib"))')
+    export LD_LIBRARY_PATH="$nccl_lib:${LD_LIBRARY_PATH:-}" NCCL_NVLS_ENABLE=0
+    $b/tests/tensor_parallel --test-threads=1 --show-output 2>&1 | tee "$out/nccl_test.log"
+    gpus=$(nvidia-smi -L | wc -l)
+    for n in 2 4 8; do
+      (( n <= gpus )) || continue
+      $b/bin/sparse-tc bench-e2e --gpus $n --models llama-2-70b,opt-66b --batch 8,16,32,64 \
+        --sparsity 0,0.7,0.8 --csv "$out/e2e_tp.csv"
+    done ;;
   *)
     echo "unknown stage $1" >&2; exit 2 ;;
 esac
