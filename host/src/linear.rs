@@ -808,10 +808,9 @@ impl Gpu {
     }
 
     /// Launches on this handle's stream; the grid was checked against the device's limits
-    /// ([`grid`]).
-    /// On Hopper with the sm_90 build, as a programmatic dependent of the kernel before it
-    /// (unless `SPARSE_TC_DEPENDENT_LAUNCH=0`): every kernel entry waits for its predecessor
-    /// before it touches memory (device module `griddep`).
+    /// ([`grid`]). On Hopper with the sm_90 build, as a programmatic dependent of the kernel
+    /// before it (unless `SPARSE_TC_DEPENDENT_LAUNCH=0`): every kernel entry waits for its
+    /// predecessor before it touches memory (device module `griddep`).
     pub(crate) fn launch(&self, func: &Function<'_>, grid: Grid, block: u32, smem: u32, args: &mut [*mut c_void]) -> Result<()> {
         // SAFETY (both launches): every caller passes the argument list of the kernel's
         // documented signature (pointer-sized device addresses and u32 scalars, in order),

@@ -624,8 +624,6 @@ gated! {
     attention: fn attention(&self, q: &B::Mat, cache: &B::Cache, layer: usize, slots: &B::Ids, positions: &B::Ids, heads: usize, scale: f32, out: &mut B::Mat);
 }
 
-/// Rows `part` (or columns, when `by_columns`) of a row-major `rows × cols` weight: the
-/// values and the slice's shape.
 /// A whole matrix (where the backend aliases) and its column blocks.
 type Blocks<B> = (Option<<B as Backend>::Mat>, Vec<<B as Backend>::Mat>);
 
@@ -638,6 +636,8 @@ fn stacked_out<'a, M>(whole: &'a mut Option<M>, layer: usize, what: &str) -> Res
     })
 }
 
+/// Rows `part` (or columns, when `by_columns`) of a row-major `rows × cols` weight: the
+/// values and the slice's shape.
 fn slice_weight(w: &[f32], rows: usize, cols: usize, part: std::ops::Range<usize>, by_columns: bool) -> (Vec<f32>, usize, usize) {
     if by_columns {
         let v = w.chunks_exact(cols).flat_map(|r| r[part.clone()].iter().copied()).collect();
