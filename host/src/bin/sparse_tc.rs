@@ -423,7 +423,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             bail!("--gpus {} and --cpu: the CPU path runs on one device", a.gpus);
         }
         for format in formats(&a.model)? {
-            let fit = parallel::Fit { format, sparsity: a.model.sparsity, batch: req.prompts.len(), seq, rows };
+            let fit = parallel::Fit { config: &c, format, sparsity: a.model.sparsity, batch: req.prompts.len(), seq, rows };
             parallel::on_gpus(a.gpus as usize, &a.model, plan_of(format), &fit, &|rank, b, model, loaded| {
                 if rank == 0 {
                     run_generate(b, model, &req, loaded, &shown, format)
@@ -665,7 +665,7 @@ fn bench_parallel(
     let m = ModelArgs::synthetic(model_name, s);
     let c = Synthetic::new(model_name, s, 0)?.config().clone();
     let max_batch = batches.iter().copied().max().unwrap_or(1);
-    let fit = parallel::Fit { format, sparsity: s, batch: max_batch, seq: a.prompt_len + a.gen, rows: max_batch * a.prompt_len };
+    let fit = parallel::Fit { config: &c, format, sparsity: s, batch: max_batch, seq: a.prompt_len + a.gen, rows: max_batch * a.prompt_len };
     let plan = WeightPlan { prune: 0.0, format, stack: false };
     // Every rank runs every batch size on its shard, loaded once; rank 0's results are kept.
     let (device, dependent, bytes, runs) = parallel::on_gpus(gpus, &m, plan, &fit, &|_, backend, model, _| {

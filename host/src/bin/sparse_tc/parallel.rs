@@ -5,14 +5,15 @@ use super::{Loaded, ModelArgs};
 use anyhow::{bail, Result};
 use half::f16;
 use sparse_tc::model::transformer::Transformer;
-use sparse_tc::model::{FormatChoice, GpuBackend, WeightPlan};
+use sparse_tc::model::{Config, FormatChoice, GpuBackend, WeightPlan};
 
 /// What a rank gets: its rank, backend, model shard and the opened checkpoint.
 pub type RankFn<'a, R> = dyn Fn(usize, &GpuBackend<f16>, &Transformer<GpuBackend<f16>>, &Loaded) -> Result<R> + Sync + 'a;
 
 /// The memory a shard needs, checked on every GPU before anything is loaded.
 #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
-pub struct Fit {
+pub struct Fit<'a> {
+    pub config: &'a Config,
     pub format: FormatChoice,
     pub sparsity: f64,
     pub batch: usize,
@@ -26,7 +27,7 @@ pub struct Fit {
 /// pair up in order. A rank that cannot load makes every rank stop before the first
 /// collective, so none is left waiting for it.
 #[cfg(feature = "nccl")]
-pub fn on_gpus<R: Send>(gpus: usize, m: &ModelArgs, plan: WeightPlan, fit: &Fit, f: &RankFn<'_, R>) -> Result<R> {
+pub fn on_gpus<R: Send>(gpus: usize, m: &ModelArgs, plan: WeightPlan, fit: &Fit<'_>, f: &RankFn<'_, R>) -> Result<R> {
     use super::{check_fits, open_model};
     use anyhow::Context;
     use sparse_tc::model::transformer::Shard;
@@ -38,10 +39,9 @@ pub fn on_gpus<R: Send>(gpus: usize, m: &ModelArgs, plan: WeightPlan, fit: &Fit,
     if gpus == 0 || gpus > present {
         bail!("--gpus {gpus}: this machine has {present} GPU(s)");
     }
-    let config = open_model(m)?.source.config().clone();
     let handles: Vec<Gpu> = (0..gpus).map(|r| Gpu::with_device(r as u32).with_context(|| format!("opening GPU {r}"))).collect::<Result<_>>()?;
     for g in &handles {
-        check_fits(g, &config, fit.format, fit.sparsity, fit.batch, fit.seq, fit.rows, gpus)?;
+        check_fits(g, fit.config, fit.format, fit.sparsity, fit.batch, fit.seq, fit.rows, gpus)?;
     }
     let id = NcclId::new()?;
     let loaded = Barrier::new(gpus);
@@ -87,6 +87,6 @@ pub fn on_gpus<R: Send>(gpus: usize, m: &ModelArgs, plan: WeightPlan, fit: &Fit,
 
 /// Without the `nccl` feature: one GPU only.
 #[cfg(not(feature = "nccl"))]
-pub fn on_gpus<R: Send>(gpus: usize, _: &ModelArgs, _: WeightPlan, _: &Fit, _: &RankFn<'_, R>) -> Result<R> {
+pub fn on_gpus<R: Send>(gpus: usize, _: &ModelArgs, _: WeightPlan, _: &Fit<'_>, _: &RankFn<'_, R>) -> Result<R> {
     bail!("--gpus {gpus}: this build has no multi-GPU support (build with `--features nccl`)")
 }
