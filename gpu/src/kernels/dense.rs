@@ -17,13 +17,14 @@
 //! partials ([`Epilogue`]) and [`super::reduce`] sums them in a fixed order (deterministic).
 
 use super::tile::{unit_slot, warp_mma_tile, Epilogue, TileStream, WorkItem};
+use crate::cache::prefetch_l2;
 use crate::cp_async;
 use crate::griddep::begin_dependent;
 use crate::layout::{block_threads, ROW_BYTES, STAGES, TILE_BYTES, TILE_K, TILE_M};
 use crate::mma::{FragC, MmaElement};
 use crate::pipeline::Pipeline;
 use crate::shared::dynamic_smem_base;
-use crate::thread::{block_idx_x, block_idx_y};
+use crate::thread::{block_idx_x, block_idx_y, thread_idx_x};
 
 
 /// # Safety
@@ -39,10 +40,6 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
     partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
 ) {
-    // After the kernel before it (this one may be a programmatic dependent, `griddep`). The
-    // split-K reduction (launched as a programmatic dependent in the sm90 build) may be
-    // scheduled onto SMs as this grid's blocks leave them; it waits for this grid to finish.
-    begin_dependent();
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
     let work = WorkItem::decode(block_idx_x() as usize, full as usize, splits as usize, k.div_ceil(TILE_K));
@@ -51,6 +48,24 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     let n0 = block_idx_y() as usize * NT * 8;
     let kt_begin = work.kt_begin;
     let steps = work.kt_end - kt_begin;
+
+    // While the kernel before this one may still run (this one may be its programmatic
+    // dependent, `griddep`): the rows of the first `STAGES - 1` W tiles into L2, a hint
+    // that reads no value (`cache::prefetch_l2`). Then wait for that kernel; the split-K
+    // reduction (a programmatic dependent in the sm90 build) may be scheduled onto SMs as
+    // this grid's blocks leave them, and waits for this grid to finish.
+    let mut r = thread_idx_x() as usize;
+    while r < (RT * TILE_M).min(m - m0) {
+        // In bounds: row `m0 + r < m`, columns `(kt_begin + s)·64 < k ≤ ldw` for `s < steps`.
+        let row = w.add((m0 + r) * ldw + kt_begin * TILE_K) as *const u8;
+        let mut s = 0;
+        while s < steps.min(STAGES - 1) {
+            prefetch_l2(row.add(s * ROW_BYTES));
+            s += 1;
+        }
+        r += threads;
+    }
+    begin_dependent();
 
     // Stage s: W tile (64·RT × 64) then X tile (N_TILE × 64), both swizzled.
     let smem = dynamic_smem_base();
