@@ -7,10 +7,14 @@
 //! `(j, j + head_dim/2)` (Hugging Face LLaMA, "half split") or `(2j, 2j + 1)` (Meta and GGUF,
 //! "interleaved").
 //!
-//! Thread layout: a block of `pairs · h` threads (the host picks h); thread t owns pair
-//! `j = t % pairs` of heads `t / pairs`, `+ h`, `+ 2h`, … of each row it visits (grid-stride
-//! over rows by block), so it computes `inv_freq_j` once and one (sin, cos) per row, shared by
-//! its heads. No shared memory, no barriers.
+//! Thread layout: a block of `pairs · h` threads (the host picks h) serves a *work item*, h
+//! heads of one row: item `i` is row `i / groups`, heads `h · (i % groups) ..` with `groups =
+//! ⌈heads / h⌉`, and blocks walk the items grid-stride. Thread t owns pair `j = t % pairs` of
+//! head `t / pairs` of the item: one load of each of its two values, one (sin, cos), one store
+//! of each. (Giving a thread every h-th head of a row instead made a batch-1 step one block
+//! per row whose threads each rotated a head after another, every round waiting on its
+//! loads: `benches/results/NOTES.md` item 54.) `inv_freq_j` is computed once per thread. No
+//! shared memory, no barriers.
 
 use crate::mma::MmaElement;
 use crate::numerics::{rope_inv_freq, sin_cos};
@@ -19,7 +23,7 @@ use crate::thread::{block_dim_x, block_idx_x, grid_dim_x, thread_idx_x};
 /// Rotates every head of every row of `x` by `positions[row]`.
 ///
 /// # Safety
-/// One-dimensional blocks whose size is a multiple of `head_dim / 2`; `x` is `rows × ld` with
+/// One-dimensional blocks whose size is a multiple of `head_dim / 2`, any grid; `x` is `rows × ld` with
 /// `heads · head_dim ≤ ld`, `head_dim` even and ≥ 2; `positions` holds `rows` readable u32.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -31,23 +35,25 @@ pub unsafe fn rope<E: MmaElement, const INTERLEAVED: bool>(
         return;
     }
     let t = thread_idx_x();
-    let (j, first_head, head_step) = (t % pairs, t / pairs, block_dim_x() / pairs);
+    let (j, head_in_item, per_item) = (t % pairs, t / pairs, block_dim_x() / pairs);
     let inv_freq = rope_inv_freq(theta, j, head_dim);
     let (i0, i1) = if INTERLEAVED { (2 * j, 2 * j + 1) } else { (j, j + pairs) };
     let (rows, ld) = (rows as usize, ld as usize);
-    let mut row = block_idx_x() as usize;
-    while row < rows {
-        let angle = *positions.add(row) as f32 * inv_freq;
-        let (sin, cos) = sin_cos(angle);
-        let mut h = first_head;
-        while h < heads {
+    let groups = heads.div_ceil(per_item) as usize;
+    let items = rows * groups;
+    let mut item = block_idx_x() as usize;
+    while item < items {
+        let (row, group) = (item / groups, item % groups);
+        let h = group as u32 * per_item + head_in_item;
+        if h < heads {
+            let angle = *positions.add(row) as f32 * inv_freq;
+            let (sin, cos) = sin_cos(angle);
             let base = x.add(row * ld + (h * head_dim) as usize);
             let (p0, p1) = (base.add(i0 as usize), base.add(i1 as usize));
             let (x0, x1) = (E::to_f32(*p0), E::to_f32(*p1));
             *p0 = E::from_f32(x0 * cos - x1 * sin);
             *p1 = E::from_f32(x1 * cos + x0 * sin);
-            h += head_step;
         }
-        row += grid_dim_x() as usize;
+        item += grid_dim_x() as usize;
     }
 }

@@ -56,6 +56,9 @@ impl Gpu {
         }
         let pairs = head_dim / 2;
         let threads = rope_threads(pairs);
+        // One work item per row and group of `threads / pairs` heads (the kernel's split; the
+        // launch is at most one wave and the kernel walks the items grid-stride).
+        let items = x.rows().saturating_mul(heads.div_ceil(threads as usize / pairs));
         let (xp, pp) = (x.device_ptr(), positions.device_ptr());
         let (rows, ld) = (dim(OP, "rows", x.rows())?, dim(OP, "ld", x.ld())?);
         let (heads, hd) = (dim(OP, "heads", heads)?, dim(OP, "head_dim", head_dim)?);
@@ -64,7 +67,7 @@ impl Gpu {
             RopeStyle::HalfSplit => "rope_half_split",
             RopeStyle::Interleaved => "rope_interleaved",
         };
-        self.launch_op::<T>(name, threads, 0, x.rows(), &mut a)
+        self.launch_op::<T>(name, threads, 0, items, &mut a)
     }
 }
 
