@@ -99,6 +99,10 @@ pub(crate) struct QueueState {
     /// (`linear.rs: completion_flags`).
     pub flags: Option<DeviceAlloc<u32>>,
     pub flag_launch: u32,
+    /// The split dense launches' arrival counters (one per split row tile and token tile,
+    /// grown on demand, zeroed when allocated; 0 between launches: `linear.rs:
+    /// arrival_counters`).
+    pub counters: Option<DeviceAlloc<u32>>,
     /// Set by a recording or a replay (`graph.rs`): the flags may hold numbers an ordinary
     /// launch reuses, so the next one zeroes them first.
     pub flags_stale: bool,

@@ -28,16 +28,24 @@ use crate::memory::Owner;
 use cust::sys::{CUgraph, CUgraphExec};
 use std::sync::Arc;
 
+/// The handle's buffers that grow on demand (`gpu.rs: QueueState`), each as (address,
+/// length): the split SpMM's completion flags, the split-K workspace and the split dense
+/// launches' arrival counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Buffers {
+    flags: (u64, usize),
+    workspace: (u64, usize),
+    counters: (u64, usize),
+}
+
 /// Work captured from a [`Gpu`]'s stream, ready to replay with [`Gpu::replay`].
 pub struct Recording {
     graph: CUgraph,
     exec: CUgraphExec,
     /// Keeps the context alive and names the handle that recorded it.
     owner: Arc<Owner>,
-    /// The handle's split-K workspace and completion flags at capture (address, length):
-    /// the recorded kernels use these addresses.
-    workspace: (u64, usize),
-    flags: (u64, usize),
+    /// The handle's grown buffers at capture: the recorded kernels use these addresses.
+    buffers: Buffers,
     /// Kernel launches recorded (for reports).
     launches: usize,
 }
@@ -72,11 +80,11 @@ impl Gpu {
         };
         Error::check_raw("begin stream capture", rc)?;
         self.state().recording = true;
-        let (flags, workspace) = self.buffer_spans();
-        let queued = self.zero_flags_queued(flags).and_then(|()| f()).and_then(|()| {
+        let buffers = self.buffers();
+        let queued = self.zero_u32_queued(buffers.flags, "zeroing completion flags").and_then(|()| f()).and_then(|()| {
             // A buffer (re)allocated while recording: kernels recorded before the growth use
             // the freed address, and the flag zeroing above too. Refuse the recording.
-            if self.buffer_spans() != (flags, workspace) {
+            if self.buffers() != buffers {
                 return Err(Error::InvalidArgument(
                     "record: the work grew the handle's workspace while recording; run it once without recording first".into(),
                 ));
@@ -122,8 +130,7 @@ impl Gpu {
             graph,
             exec,
             owner: Arc::clone(&self.owner),
-            workspace,
-            flags,
+            buffers,
             launches,
         })
     }
@@ -139,7 +146,7 @@ impl Gpu {
             return Err(Error::InvalidArgument("replay: the recording was made by another Gpu handle".into()));
         }
         let _queue = self.bind()?;
-        if self.buffer_spans() != (r.flags, r.workspace) {
+        if self.buffers() != r.buffers {
             return Err(Error::InvalidArgument(
                 "replay: the handle's workspace was reallocated since the recording (a larger call ran in between); record again".into(),
             ));
@@ -152,10 +159,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// Address and length of the completion flags and of the workspace ((0, 0) when none).
-    fn buffer_spans(&self) -> ((u64, usize), (u64, usize)) {
+    /// Address and length of each grown buffer of the handle ((0, 0) where none).
+    fn buffers(&self) -> Buffers {
         let state = self.state();
-        (buffer_span(&state.flags), buffer_span(&state.workspace))
+        Buffers {
+            flags: buffer_span(&state.flags),
+            workspace: buffer_span(&state.workspace),
+            counters: buffer_span(&state.counters),
+        }
     }
 }
 

@@ -343,6 +343,8 @@ pub(crate) struct Slice {
     pub workspace: usize,
     /// Completion flags (u32) of a split sparse launch (0: none).
     pub flags: usize,
+    /// Arrival counters (u32, zero between launches) of a split dense launch (0: none).
+    pub counters: usize,
     pub reduce: Option<Reduction>,
 }
 
@@ -496,6 +498,7 @@ fn plan_slice(
         token_tiles: Sizes::ARG.to_u32("token tiles", n_blocks)?,
         workspace: 0,
         flags: 0,
+        counters: 0,
         reduce: None,
     };
     match p.weight {
@@ -522,20 +525,16 @@ fn plan_slice(
                 splits: Sizes::ARG.to_u32("splits", sched.splits)?,
             };
             if split {
-                // Per split unit (row tile × token tile) `splits` slots.
+                // Per split unit (row tile × token tile) `splits` slots and one arrival
+                // counter: the unit's last block sums its slots (`gpu::kernels::reduce::reduce_tile`).
                 let units = Sizes::ARG.mul("split row tiles × token tiles", split_tiles, n_blocks)?;
                 slice.workspace = Sizes::ARG.product(
                     "split-K workspace floats (split row tiles × token tiles × splits × slot)",
                     &[units, sched.splits, slot],
                 )?;
                 Sizes::ARG.bytes("split-K workspace", slice.workspace, 4)?;
-                let chunks = reduce_chunks(Sizes::ARG.mul("reduced floats (units × slot)", units, slot)?);
-                slice.reduce = Some(Reduction {
-                    kernel: format!("splitk_reduce_{dt}"),
-                    grid: grid(Sizes::ARG, [chunks, 1, 1], |_| {
-                        format!("{chunks} reduction blocks for {units} split row tiles × token tiles of {slot} floats")
-                    })?,
-                });
+                slice.counters = units;
+                Sizes::ARG.bytes("split-K arrival counters", units, 4)?;
             }
         }
         WeightInfo::Sparse { stored_bytes, .. } => {
@@ -657,18 +656,14 @@ impl Gpu {
             let (func, _) = self.kernel(&s.kernel, s.threads, s.smem)?;
             // In bounds: `first_token < n`, and the offsets are `first_token · ld · 2` bytes.
             let (xp, yp) = (x.device_ptr() + s.x_offset as u64, y.device_ptr() + s.y_offset as u64);
-            let Slice { m: mm, n: nn, k: kk, ldx, ldy, n_tile: tile, k_tiles: kt, rows_per_tile: rows, token_tiles, .. } = *s;
+            let Slice { m: mm, n: nn, k: kk, ldx, ldy, n_tile: tile, k_tiles: kt, .. } = *s;
             let partial = if s.workspace > 0 { partial } else { 0 };
             match (s.kind, w.operand()) {
                 (LaunchKind::Dense { full, splits }, Operand::Dense(wd)) => {
                     let (wp, ldw) = (wd.device_ptr(), s.ldw);
-                    let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, mm, nn, kk, full, splits];
+                    let counters = self.arrival_counters(s.counters)?;
+                    let mut args = args![wp, ldw, xp, ldx, yp, ldy, partial, counters, mm, nn, kk, full, splits];
                     self.launch(&func, s.grid, s.threads, s.smem, &mut args)?;
-                    if let Some(r) = &s.reduce {
-                        let (reduce, _) = self.kernel(&r.kernel, REDUCE_THREADS as u32, 0)?;
-                        let mut args = args![partial, yp, ldy, mm, nn, splits, full, rows, tile, token_tiles];
-                        self.launch_dependent(&reduce, r.grid, REDUCE_THREADS as u32, &mut args)?;
-                    }
                 }
                 // Every sparse format's kernel takes the same arguments (`sparse::formats`).
                 (LaunchKind::Sparse { blocks: nb, stage, evict_first }, Operand::Sparse(ws)) => {
@@ -747,6 +742,23 @@ impl Gpu {
         Ok(state.workspace.as_ref().map_or(0, |b| b.ptr()))
     }
 
+    /// Device address of the dense kernel's split-K arrival counters, at least `count` u32
+    /// (0 when none is needed). Zeroed when allocated; every launch leaves them at 0 (each
+    /// unit's last block wraps its counter back, `gpu::flag::arrive`), so they are 0 at the
+    /// start of every launch, recorded or not. The caller holds the queue lock until the
+    /// kernels that use them are queued.
+    fn arrival_counters(&self, count: usize) -> Result<u64> {
+        if count == 0 {
+            return Ok(0);
+        }
+        let mut state = self.state();
+        if self.grow(&mut state, |s| &mut s.counters, count, "split-K arrival counters")? {
+            let counters = state.counters.as_ref().map_or((0, 0), |b| (b.ptr(), b.len()));
+            self.zero_u32_queued(counters, "zeroing split-K arrival counters")?;
+        }
+        Ok(state.counters.as_ref().map_or(0, |b| b.ptr()))
+    }
+
     /// The split SpMM's completion flags for `count` blocks × token tiles (device address)
     /// and the number this launch's blocks publish in them (`gpu::flag`). Every launch gets
     /// the next number, so a flag an earlier launch set never matches it; the flags are
@@ -759,21 +771,23 @@ impl Gpu {
         // After a replay of a recording the flags hold the recorded launches' numbers, which
         // an ordinary launch may reach again (`graph.rs`): zero them as after a wrap.
         if grown || wrapped || std::mem::take(&mut state.flags_stale) {
-            self.zero_flags_queued(span)?;
+            self.zero_u32_queued(span, "zeroing completion flags")?;
         }
         state.flag_launch = launch;
         Ok((span.0, launch))
     }
 
-    /// Queues the zeroing of the completion flags `(address, length)` (nothing when empty).
-    pub(crate) fn zero_flags_queued(&self, (ptr, len): (u64, usize)) -> Result<()> {
+    /// Queues the zeroing of the u32 buffer `(address, length)` (nothing when empty): the
+    /// completion flags or the arrival counters; `what` names the operation in the error.
+    pub(crate) fn zero_u32_queued(&self, (ptr, len): (u64, usize), what: &'static str) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: sets `len` u32 of the live flags allocation, queued on this handle's stream
-        // after every kernel that used the flags before and before any that reads them.
+        // SAFETY: sets `len` u32 of a live allocation of this handle (the flags or counters
+        // buffer, address and length taken from it under the queue lock), queued on this
+        // handle's stream after every kernel that used it before and before any that reads it.
         let rc = unsafe { cust::sys::cuMemsetD32Async(ptr, 0, len, self.stream.as_inner()) };
-        Error::check_raw("zeroing completion flags", rc)
+        Error::check_raw(what, rc)
     }
 
     /// Makes the state's buffer `which` hold at least `len` elements, reallocating
@@ -830,9 +844,8 @@ impl Gpu {
     /// Queues `func` (no dynamic shared memory) as a programmatic dependent of the kernel
     /// queued before it where the driver and the loaded PTX build allow it, else as an
     /// ordinary launch. Only for kernels that wait for their predecessor themselves:
-    /// `splitk_reduce` (`griddepcontrol.wait` in every thread first) and `streamk_reduce`
-    /// (the completion flags of the SpMM blocks it reads from, then `griddepcontrol.wait`
-    /// in every thread before it exits).
+    /// `streamk_reduce` (the completion flags of the SpMM blocks it reads from, then
+    /// `griddepcontrol.wait` in every thread before it exits).
     fn launch_dependent(&self, func: &Function<'_>, grid: Grid, block: u32, args: &mut [*mut c_void]) -> Result<()> {
         let Some(launcher) = self.dependent_launch else {
             return self.launch(func, grid, block, 0, args);
@@ -1098,13 +1111,17 @@ mod tests {
     }
 
     #[test]
-    fn plan_refuses_reduction_grids_and_workspaces_beyond_any_device() {
+    fn plan_sizes_split_k_reductions_in_checked_arithmetic() {
         let max = i32::MAX as usize;
-        // Dense: 2²³ row tiles × 255 splits fits grid x, but with 65535 token tiles of 64 the
-        // reduction would need 2⁴⁴ blocks (its partial sums, 2⁶¹ floats, still fit usize).
+        // Dense: 2²³ row tiles × 255 splits fits grid x, and with 65535 token tiles of 64 a
+        // reduction kernel would have needed 2⁴⁴ blocks. The split units' last blocks sum
+        // them now, so no second grid exists; the workspace (2⁶¹ floats, just under the
+        // largest allocation) and one counter per unit are sized in checked arithmetic, and
+        // the allocation is what fails on a real device.
         let p = dense_problem(MAX_SLICE_TOKENS, max, 1 << 14);
-        let m = refused(&p, LinearOptions { splits: Some(255), ..Default::default() });
-        assert!(m.contains("grid.x = 17591917608960") && m.contains("reduction blocks"), "{m}");
+        let s = &plan_of(&p, LinearOptions { splits: Some(255), ..Default::default() }).0.unwrap()[0];
+        let units = (max.div_ceil(256) * 65535) as usize;
+        assert_eq!((s.reduce.is_none(), s.counters, s.workspace), (true, units, units * 255 * 64 * 256));
         // Sparse: 2³¹ − 1 blocks (in range for 2³² tiles) × 65535 token tiles.
         let p = sparse_problem(MAX_SLICE_TOKENS, max, 32768);
         let m = refused(&p, LinearOptions { blocks: Some(max), ..Default::default() });

@@ -259,14 +259,8 @@ pub unsafe fn bitmap_linear<E: MmaElement, const MT: usize, const NT: usize, con
             p.advance();
         }
         if tile_at != u32::MAX {
-            // Every A fragment of the step first (independent decode chains the scheduler
-            // can interleave), then the MMAs.
             let tile = w_slot(stage).offset(tile_at as usize);
-            let mut frags = [[FragA::default(); 4]; MT];
-            unroll!(mt in 0..MT => {
-                unroll!(kk in 0..4 => { frags[mt][kk] = decode_frag(tile, 4 * (slab0 + mt) + kk, lane); });
-            });
-            warp_mma::<E, MT, NT>(x_slot(stage), &mut acc, |mt, kk| frags[mt][kk]);
+            warp_mma::<E, MT, NT>(x_slot(stage), &mut acc, |mt, kk| decode_frag(tile, 4 * (slab0 + mt) + kk, lane));
         }
         stage ^= 1;
         let row_end = c.kt + 1 == c.tiles_k;

@@ -14,9 +14,12 @@
 //! # Schedule and split-K
 //! Grid x enumerates work items ([`WorkItem`]): the first `full` row tiles whole, then every
 //! remaining row tile split `splits` ways along K (contiguous ranges). Split blocks write f32
-//! partials ([`Epilogue`]) and [`super::reduce`] sums them in a fixed order (deterministic).
+//! partials ([`Epilogue`]) and arrive at their unit's counter; the last to arrive sums the
+//! unit's slots in slot order ([`super::reduce::reduce_tile`]: deterministic whichever block
+//! it is), so no second kernel runs after a split launch.
 
-use super::tile::{unit_slot, warp_mma_tile, Epilogue, TileStream, WorkItem};
+use super::reduce::{last_to_arrive, reduce_tile};
+use super::tile::{split_unit, warp_mma_tile, Epilogue, TileStream, WorkItem};
 use crate::cache::prefetch_l2;
 use crate::cp_async;
 use crate::griddep::begin_dependent;
@@ -32,13 +35,15 @@ use crate::thread::{block_idx_x, block_idx_y, thread_idx_x};
 /// where `R = ceil(m/(64·RT))` and `full ≤ R`, `splits ≥ 1`;
 /// `layout::dense_smem_bytes(RT, NT)` bytes of dynamic shared memory. `w` is `m × ldw`, `x` is `n × ldx`
 /// (16-byte aligned, `ld % 8 == 0`, `ld ≥ k`, columns `k..ld` zero), `y` is `n × ldy`
-/// (`ldy ≥ m`), `partial` has `(R - full)·ceil(n/(8·NT))·splits·8·NT·64·RT` f32 when
-/// `splits > 1` and `full < R` (the split-K workspace, `tile::Epilogue`); `m, n, k ≥ 1`.
+/// (`ldy ≥ m`), `partial` has `(R - full)·ceil(n/(8·NT))·splits·8·NT·64·RT` f32 (128-byte
+/// aligned) and `counters` `(R - full)·ceil(n/(8·NT))` u32, all 0, when `splits > 1` and
+/// `full < R` (the split-K workspace, `tile::Epilogue`, and the arrival counters, which are
+/// 0 again when the launch ends); `m, n, k ≥ 1`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, const NT: usize>(
     w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
-    partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
+    partial: *mut f32, counters: *mut u32, m: u32, n: u32, k: u32, full: u32, splits: u32,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
     let (ldw, ldx) = (ldw as usize, ldx as usize);
@@ -106,9 +111,16 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
     cp_async::wait_group::<0>();
 
     let out = Epilogue { y, ldy: ldy as usize, m, n, rows: RT * TILE_M, w_as_b: false };
-    if work.splits > 1 {
-        out.store_slot::<MT, NT>(&acc, unit_slot(partial, &work, full as usize, RT * TILE_M, NT * 8));
-    } else {
+    if work.splits == 1 {
         out.store_y::<E, MT, NT>(&acc, m0, n0);
+        return;
+    }
+    // A split: this block's slot of its unit, then the unit's last block sums them all.
+    let unit = split_unit(&work, full as usize);
+    let slot = NT * 8 * RT * TILE_M;
+    let slots = partial.wrapping_add(unit * work.splits * slot);
+    out.store_slot::<MT, NT>(&acc, slots.wrapping_add(work.split * slot));
+    if last_to_arrive(counters.add(unit), work.splits) {
+        reduce_tile::<E>(slots, work.splits, RT * TILE_M, NT * 8, y, ldy as usize, m, n, m0, n0);
     }
 }

@@ -42,9 +42,9 @@ macro_rules! dense_entries {
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(
             w: *const u16, ldw: u32, x: *const u16, ldx: u32, y: *mut u16, ldy: u32,
-            partial: *mut f32, m: u32, n: u32, k: u32, full: u32, splits: u32,
+            partial: *mut f32, counters: *mut u32, m: u32, n: u32, k: u32, full: u32, splits: u32,
         ) {
-            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, m, n, k, full, splits);
+            dense::dense_linear::<$elem, $rt, $mt, $nt>(w, ldw, x, ldx, y, ldy, partial, counters, m, n, k, full, splits);
         }
     )*};
 }
@@ -88,19 +88,7 @@ macro_rules! bitmap_entries {
 }
 
 macro_rules! reduce_entries {
-    ($($name:ident, $streamk:ident: $elem:ty;)*) => {$(
-        /// Deterministic split-K reduction of the dense kernel (see [`reduce::splitk_reduce`]).
-        ///
-        /// # Safety
-        /// See [`reduce::splitk_reduce`].
-        #[no_mangle]
-        pub unsafe extern "ptx-kernel" fn $name(
-            partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32, full: u32, rows: u32,
-            n_tile: u32, token_tiles: u32,
-        ) {
-            reduce::splitk_reduce::<$elem>(partial, y, ldy, m, n, splits, full, rows, n_tile, token_tiles);
-        }
-
+    ($($streamk:ident: $elem:ty;)*) => {$(
         /// Deterministic split-K reduction of the sparse kernel (see [`reduce::streamk_reduce`]).
         ///
         /// # Safety
@@ -185,8 +173,8 @@ bitmap_entries! {
 }
 
 reduce_entries! {
-    splitk_reduce_f16, streamk_reduce_f16: F16;
-    splitk_reduce_bf16, streamk_reduce_bf16: Bf16;
+    streamk_reduce_f16: F16;
+    streamk_reduce_bf16: Bf16;
 }
 
 /// The model-operation entries of one element type (see the module docs; each kernel's

@@ -4,17 +4,19 @@
 //! L2: the partials are dead, and without the discard the L2 would write them back to HBM.
 //! Slot layout: [`super::tile::Epilogue`].
 //!
-//! - [`splitk_reduce`]: the dense kernel's [`super::tile::WorkItem`] schedule (the split row
-//!   tiles' `splits` slots are consecutive);
-//! - [`streamk_reduce`]: the sparse kernel's [`super::tile::StreamRange`] schedule (a row
-//!   tile's slots belong to the consecutive blocks whose ranges meet it).
+//! - [`reduce_tile`]: the dense kernel's [`super::tile::WorkItem`] schedule, inside the dense
+//!   kernel: the split row tile's `splits` slots are consecutive, and the block that writes
+//!   the last of them ([`last_to_arrive`]) sums them;
+//! - [`streamk_reduce`]: the sparse kernel's [`super::tile::StreamRange`] schedule, a kernel
+//!   of its own (a row tile's slots belong to the consecutive blocks whose ranges meet it).
 
 use super::tile::StreamRange;
 use crate::cache::discard_l2_line;
 use crate::flag;
-use crate::griddep::{begin_dependent, wait_prior_grids};
+use crate::griddep::wait_prior_grids;
 use crate::layout::{REDUCE_THREADS, SPARSE_TILE_M};
 use crate::mma::MmaElement;
+use crate::shared::{dynamic_smem_base, ld_shared_v2_b32, st_shared_v2_b32};
 use crate::sync::{bar_sync, bar_warp_sync};
 use crate::thread::{block_dim_x, block_idx_x, grid_dim_x, lane_idx, thread_idx_x};
 
@@ -31,12 +33,6 @@ struct F32x4([f32; 4]);
 #[inline(always)]
 unsafe fn load4(p: *const f32) -> [f32; 4] {
     (p as *const F32x4).read().0
-}
-
-/// The first 4-float group of this thread: `4 · global thread index`.
-#[inline(always)]
-fn thread_group() -> usize {
-    4 * (block_idx_x() as usize * block_dim_x() as usize + thread_idx_x() as usize)
 }
 
 /// `Σ_{i < count} at(i)` (4 floats), summed in order of `i`.
@@ -97,34 +93,56 @@ unsafe fn discard_slots(count: usize, at: impl Fn(usize) -> *const f32) {
     }
 }
 
-/// The dense kernel's reduction.
+/// Whether this block is the last of `count` blocks to arrive at `counter` in this launch
+/// ([`flag::arrive`]; the counter is back at 0 afterwards). Every thread calls it after its
+/// block's writes that the last block will read; when it returns true, the writes of every
+/// block that arrived before are visible to every thread of this one.
 ///
 /// # Safety
-/// Launched with `layout::REDUCE_THREADS` threads per block and `units · n_tile · rows /
-/// (4 · REDUCE_THREADS)` blocks (`rows` a multiple of 64, `n_tile` of 8, so this divides
-/// and every warp reads whole 128-byte lines); `partial` (128-byte aligned) holds `units ·
-/// splits · n_tile · rows` f32 written by the split blocks of the launch before, where
-/// `units = (R - full) · token_tiles`; `y` is `n × ldy` (`ldy ≥ m`). The partials are
-/// undefined afterwards. It may be launched as a programmatic dependent of that launch
-/// ([`crate::griddep`]).
+/// Called by every thread of the block from block-uniform control flow, once per launch
+/// and counter by each of the `count ≥ 1` blocks; `counter` is a 4-byte aligned global u32
+/// that held 0 at the start of the launch; the first 8 bytes of the block's dynamic shared
+/// memory hold nothing live (they carry the answer to the other threads).
+#[inline(always)]
+pub unsafe fn last_to_arrive(counter: *mut u32, count: usize) -> bool {
+    let answer = dynamic_smem_base();
+    let last = count as u32 - 1;
+    // Every thread's writes, and its reads of shared memory, before the arrival.
+    bar_sync();
+    if thread_idx_x() == 0 {
+        st_shared_v2_b32(answer, [u32::from(flag::arrive(counter, last) == last), 0]);
+    }
+    // The arrival (its acquire) and the answer before every thread's next access.
+    bar_sync();
+    ld_shared_v2_b32(answer)[0] != 0
+}
+
+/// The dense kernel's split-K reduction of one output tile (`n_tile` tokens from `n0` × `rows`
+/// W rows from `m0`), by the block that arrived last ([`last_to_arrive`]): `Y` = the sum of
+/// the tile's `splits` consecutive slots at `slots`, in slot order, so the result does not
+/// depend on which block that was. Thread t sums the 4-float groups `t, t + threads, …` of
+/// the slot.
+///
+/// # Safety
+/// Called by every thread of a block of whole warps, `4 · threads` dividing `n_tile · rows`
+/// (every warp then runs the same iterations and reads whole 128-byte lines); `rows` a
+/// multiple of 4; `slots` (128-byte aligned) holds `splits ≥ 1` slots of `n_tile · rows` f32,
+/// written and visible; `y` is `n × ldy` (`ldy ≥ m`). The slots are undefined afterwards.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn splitk_reduce<E: MmaElement>(
-    partial: *const f32, y: *mut u16, ldy: u32, m: u32, n: u32, splits: u32, full: u32, rows: u32, n_tile: u32,
-    token_tiles: u32,
+pub unsafe fn reduce_tile<E: MmaElement>(
+    slots: *const f32, splits: usize, rows: usize, n_tile: usize, y: *mut u16, ldy: usize, m: usize, n: usize,
+    m0: usize, n0: usize,
 ) {
-    // Launched as the dense kernel's programmatic dependent (sm90): every thread waits first.
-    begin_dependent();
-    let (splits, rows, n_tile) = (splits.max(1) as usize, rows as usize, n_tile as usize);
     let slot = n_tile * rows;
-    let idx = thread_group();
-    let (unit, e) = (idx / slot, idx % slot);
-    let at = |s: usize| partial.add((unit * splits + s) * slot + e);
-    let sum = sum_slots(splits, at);
-    let (row_tile, token_tile) = (full as usize + unit / token_tiles as usize, unit % token_tiles as usize);
-    let (gm, gn) = (row_tile * rows + e % rows, token_tile * n_tile + e / rows);
-    store4::<E>(y, ldy as usize, m as usize, n as usize, gm, gn, sum);
-    discard_slots(splits, at);
+    let mut e = 4 * thread_idx_x() as usize;
+    while e < slot {
+        let at = |s: usize| slots.add(s * slot + e);
+        let sum = sum_slots(splits, at);
+        store4::<E>(y, ldy, m, n, m0 + e % rows, n0 + e / rows, sum);
+        discard_slots(splits, at);
+        e += 4 * block_dim_x() as usize;
+    }
 }
 
 /// Waits until blocks `first .. first + count` of `flags` hold `launch`: thread t watches

@@ -503,13 +503,12 @@ fn for_each_acc<const MT: usize, const NT: usize>(acc: &[[FragC; NT]; MT], mut f
     });
 }
 
-/// The slot of a split block of the [`WorkItem`] schedule (grid y = token tile):
-/// unit `u = (row_tile - full) · token_tiles + token_tile` owns `splits` consecutive slots,
-/// split s's at `partial + (u·splits + s) · n_tile·rows`.
+/// The split unit of a split block of the [`WorkItem`] schedule (grid y = token tile):
+/// `u = (row_tile - full) · token_tiles + token_tile`. Unit u owns `splits` consecutive
+/// slots, split s's at `partial + (u·splits + s) · n_tile·rows`, and arrival counter u.
 #[inline(always)]
-pub fn unit_slot(partial: *mut f32, work: &WorkItem, full: usize, rows: usize, n_tile: usize) -> *mut f32 {
-    let unit = (work.row_tile - full) * grid_dim_y() as usize + block_idx_y() as usize;
-    partial.wrapping_add((unit * work.splits + work.split) * n_tile * rows)
+pub fn split_unit(work: &WorkItem, full: usize) -> usize {
+    (work.row_tile - full) * grid_dim_y() as usize + block_idx_y() as usize
 }
 
 /// The stream-K schedule of the sparse kernel: the `R × K` tiles of W in row-major order
