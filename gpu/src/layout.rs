@@ -54,7 +54,7 @@ pub const fn block_threads(rt: usize, mt: usize) -> usize {
     rt * TILE_M / (16 * mt) * 32
 }
 
-/// Threads per block of the split-K reduction kernel.
+/// Threads per block of the sparse kernels' split-K reduction kernel.
 pub const REDUCE_THREADS: usize = 128;
 
 /// Dense-kernel block shapes compiled into the PTX, as (row tiles of 64 per block, m16

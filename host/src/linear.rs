@@ -146,7 +146,8 @@ impl Schedule {
         Sizes::ARG.add("blocks (whole row tiles + split row tiles × splits)", self.full, split)
     }
 
-    /// Whether some row tiles are split (partials and a reduction are needed).
+    /// Whether some row tiles are split (partials, summed by each unit's last block, and
+    /// arrival counters are needed).
     pub fn has_splits(&self, row_tiles: usize) -> bool {
         self.splits > 1 && self.full < row_tiles
     }
@@ -304,7 +305,8 @@ pub(crate) enum LaunchKind {
     Sparse { blocks: u32, stage: u32, evict_first: u32 },
 }
 
-/// The split-K reduction after a launch: kernel and grid (its arguments are the slice's).
+/// The split-K reduction kernel after a sparse launch: kernel and grid (its arguments are
+/// the slice's). A split dense launch sums its partials itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Reduction {
     pub kernel: String,
