@@ -56,9 +56,7 @@ pub unsafe fn dense_linear<E: MmaElement, const RT: usize, const MT: usize, cons
 
     // While the kernel before this one may still run (this one may be its programmatic
     // dependent, `griddep`): the rows of the first `STAGES - 1` W tiles into L2, a hint
-    // that reads no value (`cache::prefetch_l2`). Then wait for that kernel; the split-K
-    // reduction (a programmatic dependent in the sm90 build) may be scheduled onto SMs as
-    // this grid's blocks leave them, and waits for this grid to finish.
+    // that reads no value (`cache::prefetch_l2`). Then wait for that kernel.
     let mut r = thread_idx_x() as usize;
     while r < (RT * TILE_M).min(m - m0) {
         // In bounds: row `m0 + r < m`, columns `(kt_begin + s)·64 < k ≤ ldw` for `s < steps`.

@@ -13,7 +13,7 @@
 //! head `t / pairs` of the item: one load of each of its two values, one (sin, cos), one store
 //! of each. (Giving a thread every h-th head of a row instead made a batch-1 step one block
 //! per row whose threads each rotated a head after another, every round waiting on its
-//! loads: `benches/results/NOTES.md` item 54.) `inv_freq_j` is computed once per thread. No
+//! loads: `benches/results/NOTES.md` item 55.) `inv_freq_j` is computed once per thread. No
 //! shared memory, no barriers.
 
 use crate::mma::MmaElement;
