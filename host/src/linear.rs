@@ -1122,7 +1122,7 @@ mod tests {
         // the allocation is what fails on a real device.
         let p = dense_problem(MAX_SLICE_TOKENS, max, 1 << 14);
         let s = &plan_of(&p, LinearOptions { splits: Some(255), ..Default::default() }).0.unwrap()[0];
-        let units = (max.div_ceil(256) * 65535) as usize;
+        let units = max.div_ceil(256) * 65535;
         assert_eq!((s.reduce.is_none(), s.counters, s.workspace), (true, units, units * 255 * 64 * 256));
         // Sparse: 2³¹ − 1 blocks (in range for 2³² tiles) × 65535 token tiles.
         let p = sparse_problem(MAX_SLICE_TOKENS, max, 32768);
