@@ -35,11 +35,13 @@ pub unsafe fn rope<E: MmaElement, const INTERLEAVED: bool>(
         return;
     }
     let t = thread_idx_x();
-    let (j, head_in_item, per_item) = (t % pairs, t / pairs, block_dim_x() / pairs);
+    // `max(1)`: both are ≥ 1 under the contract; this lets the compiler know (no division
+    // by zero to guard).
+    let (j, head_in_item, per_item) = (t % pairs, t / pairs, (block_dim_x() / pairs).max(1));
     let inv_freq = rope_inv_freq(theta, j, head_dim);
     let (i0, i1) = if INTERLEAVED { (2 * j, 2 * j + 1) } else { (j, j + pairs) };
     let (rows, ld) = (rows as usize, ld as usize);
-    let groups = heads.div_ceil(per_item) as usize;
+    let groups = (heads.div_ceil(per_item) as usize).max(1);
     let items = rows * groups;
     let mut item = block_idx_x() as usize;
     while item < items {
