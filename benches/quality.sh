@@ -41,16 +41,16 @@ row() { # method pattern sparsity owl checkpoint prune_seconds
   echo "$device,SmolLM2-135M-Instruct,$1,$2,$3,$4,$((samples * len)),$scored,$context,$ppl,$6,${speed:-}" >> "$csv"
 }
 
-row dense - 0 - "$model" 0
-for method in magnitude wanda sparsegpt; do
-  for spec in 0.5:unstructured 0.6:unstructured 0.7:unstructured 0.5:2:4; do
+[[ ${DENSE_ROW:-1} == 1 ]] && row dense - 0 - "$model" 0
+for method in ${METHODS:-magnitude wanda sparsegpt}; do
+  for spec in ${SPECS:-0.5:unstructured 0.6:unstructured 0.7:unstructured 0.5:2:4}; do
     s=${spec%%:*}; pattern=${spec#*:}
     ck="$work/$method-$s-${pattern/:/of}"
     t0=$(date +%s.%N)
     $bin prune --model "$model" --method "$method" --sparsity "$s" --pattern "$pattern" \
       --calib-samples "$samples" --calib-len "$len" --out "$ck" 2>&1 | grep -E '^(pruned|wrote)' >&2
     t1=$(date +%s.%N)
-    row "$method" "$pattern" "$s" - "$ck" "$(echo "$t1 - $t0" | bc)"
+    row "$method" "$pattern" "$s" - "$ck" "$(awk "BEGIN{print $t1 - $t0}")"
     rm -rf "$ck"
   done
 done
@@ -58,5 +58,5 @@ ck="$work/wanda-owl-0.7"
 t0=$(date +%s.%N)
 $bin prune --model "$model" --method wanda --sparsity 0.7 --owl --calib-samples "$samples" --calib-len "$len" --out "$ck" 2>&1 | grep -E '^(pruned|wrote)' >&2
 t1=$(date +%s.%N)
-row wanda unstructured 0.7 owl "$ck" "$(echo "$t1 - $t0" | bc)"
+row wanda unstructured 0.7 owl "$ck" "$(awk "BEGIN{print $t1 - $t0}")"
 rm -rf "$ck"
