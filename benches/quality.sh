@@ -6,6 +6,8 @@
 #
 #   benches/quality.sh                       # GPU if present, else CPU
 #   EVAL_TOKENS=20480 CALIB_SAMPLES=32 CALIB_LEN=256 CSV=quality.csv benches/quality.sh
+#   DENSE_ROW=0 METHODS=sparsegpt SPECS="0.6:unstructured 0.5:2:4" benches/quality.sh   # part of it
+#                                   (the Wanda + OWL row at 70% always runs)
 #
 # Needs the model (.ci/fetch-smollm2) and the texts (.ci/fetch-texts); fetches both. On a GPU
 # machine without Rust: SKIP_BUILD=1 BIN=gpu-bundle/bin/sparse-tc MODEL=path/to.gguf, with
