@@ -13,8 +13,8 @@
 //! `-C target-cpu=sm_80` (Tensor Core `mma.sync`, `cp.async`, `ldmatrix`; runs on A100 and
 //! H100) and PTX ISA 7.4 (`+ptx74`: L2 cache policies and `discard`), and with sm_90, PTX 8.3
 //! and `--cfg sm90` (instructions only Hopper has; `Gpu` loads this one on compute
-//! capability 9.0 and later). Each runs in its own target
-//! directory and with the outer build's cargo/rustc variables removed (else the nested cargo
+//! capability 9.0 and later). The two run at once, each in its own target directory (shared
+//! by every build of this crate) and with the outer build's cargo/rustc variables removed (else the nested cargo
 //! waits on the outer one's lock or inherits host flags). A kernel that does not compile fails this build with the compiler's message.
 
 use std::env;
@@ -47,8 +47,21 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("rust-toolchain.toml").display());
 
     let toolchain = pinned_toolchain(&root.join("rust-toolchain.toml"));
-    for build in BUILDS {
-        let ptx = add_launch_bounds(&build_ptx(&gpu, &out.join(build.dir), &toolchain, build.rustflags));
+    let nested = nested_target_root(&out);
+    // The two builds at once: each is mostly one single-threaded rustc (core, then the
+    // device crate with LTO and one codegen unit).
+    let ptxs: Vec<String> = std::thread::scope(|s| {
+        let builds: Vec<_> = BUILDS
+            .iter()
+            .map(|build| {
+                let (gpu, dir, toolchain) = (&gpu, nested.join(build.dir), &toolchain);
+                s.spawn(move || build_ptx(gpu, &dir, toolchain, build.rustflags))
+            })
+            .collect();
+        builds.into_iter().map(|b| b.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    for (build, ptx) in BUILDS.iter().zip(ptxs) {
+        let ptx = add_launch_bounds(&ptx);
         println!("cargo:rerun-if-changed={}", shipped.join(build.file).display());
         if std::fs::read_to_string(shipped.join(build.file)).ok().as_deref() != Some(ptx.as_str()) {
             println!(
@@ -77,7 +90,8 @@ fn from_source() -> bool {
 struct PtxBuild {
     /// `CARGO_ENCODED_RUSTFLAGS` of the nested build.
     rustflags: &'static str,
-    /// Its own target directory (under `OUT_DIR`), so the two builds do not rebuild each other.
+    /// Its own target directory (under [`nested_target_root`]), so the two builds do not
+    /// rebuild each other.
     dir: &'static str,
     /// The PTX file written to `OUT_DIR` (embedded by `host/src/lib.rs`), and its name in
     /// `host/ptx/`.
@@ -94,6 +108,18 @@ const BUILDS: [PtxBuild; 2] = [
         file: "sparse_tc_gpu_sm90.ptx",
     },
 ];
+
+/// Where the nested builds keep their target directories: `<target dir>/sparse_tc-gpu`, found
+/// from `OUT_DIR` (`<target dir>/<profile>/build/…/out`), so that every build of this crate
+/// (another profile, other features, clippy) shares them and finds the device crate built
+/// already; `OUT_DIR` itself if its layout is not that.
+fn nested_target_root(out: &Path) -> PathBuf {
+    let build = out.ancestors().find(|a| a.file_name().is_some_and(|n| n == "build"));
+    match build.and_then(|b| b.parent()).and_then(|profile| profile.parent()) {
+        Some(target) => target.join("sparse_tc-gpu"),
+        None => out.to_path_buf(),
+    }
+}
 
 /// Runs the nested cargo build of `gpu/` into `target_dir` and returns the PTX text.
 fn build_ptx(gpu: &Path, target_dir: &Path, toolchain: &str, rustflags: &str) -> String {
