@@ -11,7 +11,9 @@ use sparse_tc::model::generate::{generate, Request};
 use sparse_tc::model::load::synthetic::Synthetic;
 use sparse_tc::model::transformer::{Projections, Scratch, StepIo};
 use sparse_tc::model::weights::TensorSource;
+use sparse_tc::model::backend::GpuWeight;
 use sparse_tc::model::{CpuBackend, FormatChoice, GpuBackend, Transformer, WeightPlan};
+use sparse_tc::sparse::SparseFormat;
 use sparse_tc::ops::SamplingParams;
 
 const GREEDY: SamplingParams = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
@@ -168,10 +170,20 @@ fn gpu_matches_cpu() {
     let g = GpuBackend::<f16>::new(gpu);
     let c = CpuBackend::<f16>::new();
     for preset in ["tiny", "tiny-opt"] {
-        for (sparsity, format) in [(0.0, FormatChoice::Dense), (0.7, FormatChoice::Sparse)] {
+        for (sparsity, format) in [(0.0, FormatChoice::Dense), (0.7, FormatChoice::Sparse), (0.7, FormatChoice::Bitmap)] {
             let src = Synthetic::new(preset, sparsity, 11).unwrap();
             let plan = WeightPlan { prune: 0.0, format, stack: false };
             let (mg, mc) = (load(&g, &src, plan), load(&c, &src, plan));
+            let expect = match format {
+                FormatChoice::Bitmap => Some(SparseFormat::Bitmap),
+                FormatChoice::Sparse => Some(SparseFormat::TiledCsl),
+                _ => None,
+            };
+            let stored = match &mg.blocks[0].o.weight {
+                GpuWeight::Sparse(w) => Some(w.format()),
+                GpuWeight::Dense(_) => None,
+            };
+            assert_eq!(stored, expect, "{preset} {format:?}: the o projection's storage");
             let prompt: Vec<u32> = (0..37).map(|i| (i * 13 % 500) as u32).collect();
             let (lg, lc) = (prefill_logits(&g, &mg, &prompt), prefill_logits(&c, &mc, &prompt));
             let e = rel_err(&lg, &lc);
@@ -222,7 +234,7 @@ fn stacked_projections_compute_what_separate_ones_do() {
     assert_eq!(prefill_logits(&c, &st, &prompt), prefill_logits(&c, &sep, &prompt), "CPU, stack requested");
     let Some(gpu) = common::gpu("stacked_projections_compute_what_separate_ones_do") else { return };
     let g = GpuBackend::<f16>::new(gpu);
-    for (sparsity, format) in [(0.0, FormatChoice::Dense), (0.8, FormatChoice::Sparse), (0.6, FormatChoice::Auto)] {
+    for (sparsity, format) in [(0.0, FormatChoice::Dense), (0.8, FormatChoice::Sparse), (0.6, FormatChoice::Auto), (0.7, FormatChoice::Bitmap)] {
         let (sep, st) = (load(&g, &src_of(sparsity), plan(format, false)), load(&g, &src_of(sparsity), plan(format, true)));
         for b in &st.blocks {
             assert!(matches!(b.attn_in, Projections::Stacked(_)) && matches!(b.mlp_in, Projections::Stacked(_)), "{format:?}: not stacked");
@@ -251,7 +263,7 @@ fn gpu_recorded_decode_equals_eager() {
     let Some(gpu) = common::gpu("gpu_recorded_decode_equals_eager") else { return };
     let g = GpuBackend::<f16>::new(gpu);
     for (preset, sparsity, format) in
-        [("tiny", 0.0, FormatChoice::Dense), ("tiny", 0.8, FormatChoice::Sparse), ("tiny-opt", 0.7, FormatChoice::Sparse)]
+        [("tiny", 0.0, FormatChoice::Dense), ("tiny", 0.8, FormatChoice::Sparse), ("tiny-opt", 0.7, FormatChoice::Sparse), ("tiny-opt", 0.6, FormatChoice::Bitmap)]
     {
         let m = load(&g, &Synthetic::new(preset, sparsity, 21).unwrap(), WeightPlan { prune: 0.0, format, stack: false });
         let prompts: Vec<Vec<u32>> = [9usize, 30, 2].iter().map(|&n| (0..n).map(|i| (i * 17 % 500) as u32).collect()).collect();

@@ -8,7 +8,9 @@
 #   bash benches/reference/device_stage.sh sanitize   # compute-sanitizer (benches/reference/sanitize.sh)
 #   bash benches/reference/device_stage.sh e2e-small  # bench-e2e: LLaMA-2-7B and 13B, batch 1–32, 0–90%
 #   bash benches/reference/device_stage.sh e2e-large  # bench-e2e: LLaMA-2-70B and OPT-66B (what fits)
-#   bash benches/reference/device_stage.sh e2e-70b    # bench-e2e: LLaMA-2-70B dense (refused) and 70% on one H200
+#   bash benches/reference/device_stage.sh e2e-70b    # bench-e2e: LLaMA-2-70B and OPT-66B at 70% on one GPU
+#   bash benches/reference/device_stage.sh e2e-bitmap # bench-e2e: LLaMA-2-7B and 13B, bitmap vs Tiled-CSL linears
+#   bash benches/reference/device_stage.sh demo       # the README demo's steps, three questions, perplexity
 #   bash benches/reference/device_stage.sh hf         # Hugging Face transformers anchor rows
 #   bash benches/reference/device_stage.sh quality    # SmolLM2 pruning table (needs .cache/models, .cache/texts carried)
 #   bash benches/reference/device_stage.sh linear     # kernel benchmark with every format vs cuBLAS
@@ -33,8 +35,26 @@ case "${1:?stage}" in
     $b/bin/sparse-tc bench-e2e --models llama-2-70b,opt-66b --batch 1,8,16 \
       --sparsity 0,0.7,0.8,0.9 --csv "$out/e2e.csv" ;;
   e2e-70b)
-    # LLaMA-2-70B at 70%: 82 GB of packed weights, one 141 GB H200 (dense needs 137 GB).
-    $b/bin/sparse-tc bench-e2e --models llama-2-70b --batch 1,8,16 --sparsity 0,0.7 --csv "$out/e2e.csv" ;;
+    # LLaMA-2-70B and OPT-66B at 70%: 89 / 94 GB in Tiled-CSL, which fits one 141 GB H200
+    # (dense needs 137 GB); on an 80 GB GPU they load in the bitmap format (about 51 GB).
+    $b/bin/sparse-tc bench-e2e --models llama-2-70b,opt-66b --batch 1,8,16 --sparsity 0.7 --csv "$out/e2e.csv" ;;
+  e2e-bitmap)
+    # Every model linear in the bitmap format against Tiled-CSL, LLaMA-2-7B and 13B.
+    for f in sparse bitmap; do
+      $b/bin/sparse-tc bench-e2e --models llama-2-7b,llama-2-13b --batch 1,8 --sparsity 0.5,0.7 \
+        --sparse-format $f --csv "$out/e2e_bitmap.csv"
+    done ;;
+  demo)
+    # The README demo's steps with the bundle's binary: Wanda 50% (default calibration: 128
+    # windows on a GPU), then dense and sparse answers to a few questions, and the pruned
+    # model's perplexity on the evaluation text.
+    bin=$b/bin/sparse-tc; ck=/tmp/demo-wanda-0.5
+    /usr/bin/time -f "prune %e s" $bin prune --model "${MODEL:?MODEL=path to the GGUF}" --method wanda --sparsity 0.5 --out $ck
+    for q in "What is the capital of France?" "Why is the sky blue?" "Give me three tips for staying healthy."; do
+      $bin generate --model "$MODEL" --chat --prompt "$q" --format dense --max-tokens 48
+      $bin generate --model $ck --chat --prompt "$q" --format sparse --max-tokens 48
+    done
+    $bin perplexity --model $ck --format sparse --text .cache/texts/eval.txt --context 512 ;;
   hf)
     python3 benches/reference/hf_bench.py --models llama-2-7b,llama-2-13b --batch 1,8,16,32 \
       --csv "$out/hf.csv" ;;

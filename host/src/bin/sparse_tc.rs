@@ -24,7 +24,7 @@ use sparse_tc::model::load::synthetic::Synthetic;
 use sparse_tc::model::tokenizer::Tokenizer;
 use sparse_tc::model::transformer::{Scratch, StepIo, Transformer};
 use sparse_tc::model::weights::TensorSource;
-use sparse_tc::model::{Config, CpuBackend, FormatChoice, GpuBackend, WeightPlan};
+use sparse_tc::model::{Config, CpuBackend, FormatChoice, GpuBackend, LinearFormat, WeightPlan};
 use sparse_tc::ops::SamplingParams;
 use sparse_tc::Gpu;
 use std::io::Write;
@@ -68,8 +68,10 @@ struct ModelArgs {
     /// Magnitude-prune the linear weights to this sparsity (synthetic: random zeros).
     #[arg(long, default_value_t = 0.0)]
     sparsity: f64,
-    /// Storage of the linear weights: auto (sparse where density ≤ 50%), dense, sparse, or
-    /// `both` (generate runs the pruned model dense, then sparse, side by side).
+    /// Storage of the linear weights: auto (sparse where density ≤ 50%), dense, sparse
+    /// (Tiled-CSL), bitmap, or `both` (generate runs the pruned model dense, then sparse, side
+    /// by side). On a GPU, a sparse model whose Tiled-CSL weights do not fit in its memory but
+    /// whose bitmap ones do is loaded as bitmap.
     #[arg(long, default_value = "auto")]
     format: String,
     /// Run on the CPU even if a GPU is present.
@@ -154,6 +156,10 @@ struct BenchArgs {
     /// no time split then).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     gpus: u32,
+    /// Storage of the sparse rows: `sparse` (Tiled-CSL; bitmap where only that fits on the
+    /// GPU) or `bitmap`.
+    #[arg(long, default_value = "sparse", value_parser = ["sparse", "bitmap"])]
+    sparse_format: String,
 }
 
 #[derive(Args)]
@@ -202,9 +208,10 @@ struct PruneArgs {
     /// Calibration text (wanda, sparsegpt); `.ci/fetch-texts` provides the default.
     #[arg(long, default_value = ".cache/texts/calib.txt")]
     calib: PathBuf,
-    /// Calibration windows, spread over the text.
-    #[arg(long, default_value_t = 32)]
-    calib_samples: usize,
+    /// Calibration windows, spread over the text [default: 128 on a GPU, 32 on the CPU,
+    /// where each window's forward pass is slow].
+    #[arg(long)]
+    calib_samples: Option<usize>,
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 256)]
     calib_len: usize,
@@ -297,8 +304,9 @@ fn formats(m: &ModelArgs) -> Result<Vec<FormatChoice>> {
         "auto" => vec![FormatChoice::Auto],
         "dense" => vec![FormatChoice::Dense],
         "sparse" => vec![FormatChoice::Sparse],
+        "bitmap" => vec![FormatChoice::Bitmap],
         "both" => vec![FormatChoice::Dense, FormatChoice::Sparse],
-        other => bail!("--format {other}: one of auto, dense, sparse, both"),
+        other => bail!("--format {other}: one of auto, dense, sparse, bitmap, both"),
     })
 }
 
@@ -309,15 +317,21 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Estimated device bytes of a model of `c` whose linears keep `density` of their weights
-/// (Tiled-CSL: 4 bytes per nonzero plus padding, when sparse), plus the KV cache and
-/// activations for `rows` rows and `batch` sequences of `seq` positions.
+/// Estimated device bytes of a model of `c` whose linears keep `density` of their weights,
+/// stored as `format` (Tiled-CSL: 4 bytes per nonzero plus padding; bitmap: 2 bytes per
+/// nonzero plus a bit per element and the tile headers), plus the KV cache and activations
+/// for `rows` rows and `batch` sequences of `seq` positions.
 /// Bytes one of `world` GPUs needs (its share of the linear weights and the KV cache; the
 /// rest whole on every GPU).
-fn device_bytes(c: &Config, sparse: bool, density: f64, batch: usize, seq: usize, rows: usize, world: usize) -> Option<u128> {
+fn device_bytes(c: &Config, format: LinearFormat, density: f64, batch: usize, seq: usize, rows: usize, world: usize) -> Option<u128> {
     let linear = c.linear_parameter_count()? as u128;
     let other = (c.parameter_count()? as u128).checked_sub(linear)?;
-    let linear_bytes = if sparse { (linear as f64 * density * 4.0 * 1.05) as u128 } else { linear * 2 };
+    let linear_bytes = match format {
+        LinearFormat::Dense => linear * 2,
+        LinearFormat::Sparse => (linear as f64 * density * 4.0 * 1.05) as u128,
+        // 544 header bytes, 4 offset bytes and ≤ 15 padding bytes per 64×64 tile.
+        LinearFormat::Bitmap => (linear as f64 * (density * 2.0 + 563.0 / 4096.0)) as u128,
+    };
     let kv = 2 * 2 * (c.layers * batch) as u128 * (seq * c.kv_dim()) as u128;
     let act = Scratch::<CpuBackend<f16>>::bytes_per_row(c)? as u128 * rows as u128 + 2 * (batch * c.vocab) as u128;
     Some((linear_bytes + kv).div_ceil(world.max(1) as u128) + other * 2 + act)
@@ -339,17 +353,13 @@ fn gpu_or_none(cpu: bool) -> Option<Gpu> {
 /// Refuses a model that does not fit in the GPU's free memory, with the sizes named.
 fn check_fits(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch: usize, seq: usize, rows: usize, world: usize) -> Result<()> {
     let (free, total) = gpu.memory_info()?;
-    let sparse = match format {
-        FormatChoice::Dense => false,
-        FormatChoice::Sparse => true,
-        FormatChoice::Auto => sparsity >= 0.5,
-    };
-    let need = device_bytes(c, sparse, 1.0 - sparsity, batch, seq, rows, world).context("model size overflows")?;
+    let linear = format.for_density(1.0 - sparsity);
+    let need = device_bytes(c, linear, 1.0 - sparsity, batch, seq, rows, world).context("model size overflows")?;
     if need > free as u128 {
         bail!(
             "{} ({}, {:.0}% sparse) needs about {:.1} GB of GPU memory per GPU over {world} (weights, KV cache for {batch}×{seq} positions, activations); {} has {:.1} GB free of {:.1} GB",
             c.name,
-            if sparse { "sparse" } else { "dense" },
+            format!("{linear:?}").to_lowercase(),
             sparsity * 100.0,
             need as f64 / 1e9,
             gpu.name(),
@@ -358,6 +368,18 @@ fn check_fits(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch:
         );
     }
     Ok(())
+}
+
+/// The storage to load a model with on one GPU: `format` if it fits (see [`check_fits`]);
+/// a sparse model (`auto` at ≥ 50% sparsity, or `sparse`) whose Tiled-CSL weights do not fit
+/// but whose bitmap ones do is loaded in the bitmap format, and says so.
+fn fitting_format(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch: usize, seq: usize, rows: usize) -> Result<FormatChoice> {
+    let Err(e) = check_fits(gpu, c, format, sparsity, batch, seq, rows, 1) else { return Ok(format) };
+    if format.for_density(1.0 - sparsity) != LinearFormat::Sparse || check_fits(gpu, c, FormatChoice::Bitmap, sparsity, batch, seq, rows, 1).is_err() {
+        return Err(e);
+    }
+    eprintln!("{e:#}: loading the linear weights in the bitmap format instead (fewer bytes, a slower kernel)");
+    Ok(FormatChoice::Bitmap)
 }
 
 fn load<B: Backend>(backend: &B, src: &dyn TensorSource, plan: WeightPlan) -> Result<Transformer<B>> {
@@ -438,7 +460,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         Some(gpu) => {
             let backend = GpuBackend::<f16>::new(gpu);
             for format in formats(&a.model)? {
-                check_fits(backend.gpu(), &c, format, a.model.sparsity, req.prompts.len(), seq, rows, 1)?;
+                let format = fitting_format(backend.gpu(), &c, format, a.model.sparsity, req.prompts.len(), seq, rows)?;
                 let model = load(&backend, loaded.source.as_ref(), plan_of(format))?;
                 run_generate(&backend, &model, &req, &loaded, &shown, format)?;
             }
@@ -545,7 +567,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         for &s in &sparsities {
             let src = Synthetic::new(&model_name, s, 0)?;
             let c = src.config().clone();
-            let format = if s == 0.0 { FormatChoice::Dense } else { FormatChoice::Sparse };
+            let format = match (s == 0.0, a.sparse_format.as_str()) {
+                (true, _) => FormatChoice::Dense,
+                (false, "bitmap") => FormatChoice::Bitmap,
+                (false, _) => FormatChoice::Sparse,
+            };
             let seq = a.prompt_len + a.gen;
             if gpus > 1 {
                 if let Err(e) = bench_parallel(&a, &model_name, s, format, &batches, bandwidth, &mut csv) {
@@ -553,10 +579,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 }
                 continue;
             }
-            if let Err(e) = check_fits(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len, 1) {
-                println!("skip {model_name} at {s}: {e:#}");
-                continue;
-            }
+            let format = match fitting_format(backend.gpu(), &c, format, s, max_batch, seq, max_batch * a.prompt_len) {
+                Ok(f) => f,
+                Err(e) => {
+                    println!("skip {model_name} at {s}: {e:#}");
+                    continue;
+                }
+            };
             for &stack in &stacks {
                 let model = load(&backend, &src, WeightPlan { prune: 0.0, format, stack })?;
                 let (bytes, _, _) = model.linear_bytes(&backend);
@@ -573,7 +602,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                     let split = time_split(&backend, &model, b, mean_pos)?;
                     let used = backend.gpu().memory_info().map(|(free, total)| (total - free) as f64 / 1e9)?;
                     let gpu = backend.gpu();
-                    let run = E2eRun { device: gpu.name(), dependent: gpu.dependent_launch(), gpus: 1, stacked: stack, used_gb: used };
+                    let run = E2eRun { device: gpu.name(), format: format.for_density(1.0 - s), dependent: gpu.dependent_launch(), gpus: 1, stacked: stack, used_gb: used };
                     let row = e2e_row(&a, &c, s, b, &out, &run, bytes, bandwidth, Some(&split));
                     if let Some(e) = &out.record_error {
                         println!("note: decode ran eagerly, recording failed: {e}");
@@ -590,6 +619,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 /// How a `bench-e2e` row was run.
 struct E2eRun<'a> {
     device: &'a str,
+    /// The storage of the linear weights.
+    format: LinearFormat,
     dependent: bool,
     gpus: usize,
     stacked: bool,
@@ -612,7 +643,7 @@ fn e2e_row(a: &BenchArgs, c: &Config, s: f64, b: usize, out: &Output, run: &E2eR
         "{},{},{s},{},{b},{},{},{},{:.2},{:.3},{:.1},{:.2},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{:.1}",
         run.device,
         c.name,
-        if s == 0.0 { "dense" } else { "sparse" },
+        format!("{:?}", run.format).to_lowercase(),
         a.prompt_len,
         a.gen,
         out.replayed,
@@ -679,7 +710,7 @@ fn bench_parallel(
         Ok((gpu.name().to_string(), gpu.dependent_launch(), model.linear_bytes(backend).0 * gpus, runs))
     })?;
     for (b, out, used) in runs {
-        let run = E2eRun { device: &device, dependent, gpus, stacked: false, used_gb: used };
+        let run = E2eRun { device: &device, format: format.for_density(1.0 - s), dependent, gpus, stacked: false, used_gb: used };
         let row = e2e_row(a, &c, s, b, &out, &run, bytes, bandwidth, None);
         if let Some(e) = &out.record_error {
             println!("note: decode ran eagerly, recording failed: {e}");
@@ -920,6 +951,8 @@ fn cmd_prune(a: PruneArgs) -> Result<()> {
     let loaded = open_model(&margs)?;
     refuse_same_dir(&a.model, &a.out)?;
     let c = loaded.source.config().clone();
+    let gpu = gpu_or_none(a.cpu);
+    let samples = a.calib_samples.unwrap_or(if gpu.is_some() { 128 } else { 32 });
     let windows = if method == Method::Magnitude {
         vec![]
     } else {
@@ -928,9 +961,9 @@ fn cmd_prune(a: PruneArgs) -> Result<()> {
             bail!("calibration text {} not found: run .ci/fetch-texts, or pass --calib FILE", a.calib.display());
         }
         let tokens = text_tokens(&a.calib, tok)?;
-        let windows = calibration_windows(&tokens, a.calib_samples, a.calib_len.min(c.max_seq)).with_context(|| format!("calibration text {}", a.calib.display()))?;
-        if windows.len() < a.calib_samples {
-            eprintln!("calibration text {} holds {} windows of {} tokens (asked for {})", a.calib.display(), windows.len(), a.calib_len, a.calib_samples);
+        let windows = calibration_windows(&tokens, samples, a.calib_len.min(c.max_seq)).with_context(|| format!("calibration text {}", a.calib.display()))?;
+        if windows.len() < samples {
+            eprintln!("calibration text {} holds {} windows of {} tokens (asked for {samples})", a.calib.display(), windows.len(), a.calib_len);
         }
         windows
     };
@@ -975,7 +1008,7 @@ fn cmd_prune(a: PruneArgs) -> Result<()> {
             write(&p)
         }};
     }
-    match gpu_or_none(a.cpu) {
+    match gpu {
         Some(gpu) => prune_on!(GpuBackend::<f16>::new(gpu), ""),
         None => prune_on!(CpuBackend::<f16>::new(), " on the CPU"),
     }

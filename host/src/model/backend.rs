@@ -14,8 +14,19 @@ use crate::ops::SamplingParams;
 pub enum LinearFormat {
     /// Every element (cuBLAS-like dense kernel).
     Dense,
-    /// Tiled-CSL nonzeros only (the SpMM kernel).
+    /// Tiled-CSL nonzeros only (the SpMM kernel; 4 bytes per nonzero).
     Sparse,
+    /// The bitmap format (a bit per element plus the 2-byte nonzeros: about half the bytes of
+    /// Tiled-CSL at 70% sparsity): for models that fit in GPU memory only this way. Its kernel
+    /// is slower than the SpMM at the same sparsity today (issue-bound, see the README).
+    Bitmap,
+}
+
+impl LinearFormat {
+    /// Whether only the nonzeros are stored (Tiled-CSL or bitmap).
+    pub fn is_sparse(self) -> bool {
+        self != LinearFormat::Dense
+    }
 }
 
 /// The operations of a decoder forward pass. Activation matrices (`Mat`) have one row per
@@ -178,7 +189,7 @@ pub trait Backend {
 /// both paths see the same rounding points.
 pub use cpu::{CpuBackend, CpuGroup};
 /// The GPU backend on this crate's kernels, in element type `T`.
-pub use gpu::GpuBackend;
+pub use gpu::{GpuBackend, GpuWeight};
 
 mod cpu;
 mod gpu;

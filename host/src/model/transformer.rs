@@ -115,6 +115,9 @@ pub enum FormatChoice {
     /// Per linear: sparse when its density is at most 50% (where Tiled-CSL, 4 bytes per
     /// nonzero, reads no more than dense at 2 bytes per element), else dense.
     Auto,
+    /// Every linear sparse in the bitmap format (fewest bytes below ~93% sparsity; slower
+    /// than Tiled-CSL today): a model that fits in GPU memory only this way.
+    Bitmap,
 }
 
 impl FormatChoice {
@@ -125,6 +128,7 @@ impl FormatChoice {
             FormatChoice::Sparse => LinearFormat::Sparse,
             FormatChoice::Auto if density <= 0.5 => LinearFormat::Sparse,
             FormatChoice::Auto => LinearFormat::Dense,
+            FormatChoice::Bitmap => LinearFormat::Bitmap,
         }
     }
 }

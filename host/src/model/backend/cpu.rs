@@ -75,7 +75,7 @@ pub struct CpuWeight<T> {
     rows: usize,
     cols: usize,
     data: Vec<T>,
-    sparse: bool,
+    format: LinearFormat,
     nonzeros: usize,
 }
 
@@ -136,7 +136,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         }
         let data: Vec<T> = data.iter().map(|&v| T::from_f32(v)).collect();
         let nonzeros = data.iter().filter(|v| v.to_f32() != 0.0).count();
-        Ok(CpuWeight { rows, cols, data, sparse: format == LinearFormat::Sparse, nonzeros })
+        Ok(CpuWeight { rows, cols, data, format, nonzeros })
     }
 
     fn duplicate_weight(&self, w: &CpuWeight<T>) -> Result<CpuWeight<T>> {
@@ -148,15 +148,16 @@ impl<T: Element> Backend for CpuBackend<T> {
     }
 
     fn weight_bytes(&self, w: &CpuWeight<T>) -> usize {
-        if w.sparse {
-            w.nonzeros * 4
-        } else {
-            w.data.len() * 2
+        // What the GPU stores (bitmap: a bit per element and the values; tile headers aside).
+        match w.format {
+            LinearFormat::Dense => w.data.len() * 2,
+            LinearFormat::Sparse => w.nonzeros * 4,
+            LinearFormat::Bitmap => w.nonzeros * 2 + w.data.len() / 8,
         }
     }
 
     fn is_sparse(&self, w: &CpuWeight<T>) -> bool {
-        w.sparse
+        w.format.is_sparse()
     }
 
     fn ids(&self, capacity: usize) -> Result<Vec<u32>> {
@@ -214,7 +215,7 @@ impl<T: Element> Backend for CpuBackend<T> {
     }
 
     fn linear_mat(&self, x: &CpuMat, m: &CpuMat, out: &mut CpuMat) -> Result<()> {
-        let w = CpuWeight { rows: m.rows, cols: m.cols, data: m.data.iter().map(|&v| T::from_f32(v)).collect(), sparse: false, nonzeros: 0 };
+        let w = CpuWeight { rows: m.rows, cols: m.cols, data: m.data.iter().map(|&v| T::from_f32(v)).collect(), format: LinearFormat::Dense, nonzeros: 0 };
         self.linear(x, &w, out)
     }
 

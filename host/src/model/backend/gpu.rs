@@ -8,7 +8,7 @@ use crate::gpu::Gpu;
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
 use crate::model::config::RopeStyle;
 use crate::ops::{DeviceIndices, KvCache, SamplingParams};
-use crate::sparse::SparseWeight;
+use crate::sparse::{FormatChoice as SparseChoice, SparseFormat, SparseWeight};
 use crate::LinearOptions;
 use std::marker::PhantomData;
 
@@ -49,6 +49,17 @@ impl<T: Element> GpuBackend<T> {
     /// The handle (for timing with its stream, memory queries).
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+}
+
+impl<T: Element> GpuBackend<T> {
+    /// A Tiled-CSL weight uploaded as `format` (Tiled-CSL, or repacked as bitmap).
+    fn sparse(&self, w: &SparseWeight<T>, format: LinearFormat) -> Result<GpuWeight<T>> {
+        let as_format = match format {
+            LinearFormat::Bitmap => SparseFormat::Bitmap,
+            _ => SparseFormat::TiledCsl,
+        };
+        Ok(GpuWeight::Sparse(self.gpu.upload_sparse_as(w, SparseChoice::Is(as_format))?))
     }
 }
 
@@ -96,23 +107,25 @@ impl<T: Element> Backend for GpuBackend<T> {
         let elems = to_elems::<T>(data);
         Ok(match format {
             LinearFormat::Dense => GpuWeight::Dense(self.gpu.upload(rows, cols, &elems)?),
-            LinearFormat::Sparse => {
+            LinearFormat::Sparse | LinearFormat::Bitmap => {
                 let mut w = SparseWeight::from_dense(rows, cols, &elems)?;
-                w.reorder_for_banks();
-                GpuWeight::Sparse(self.gpu.upload_sparse(&w)?)
+                if format == LinearFormat::Sparse {
+                    w.reorder_for_banks();
+                }
+                self.sparse(&w, format)?
             }
         })
     }
 
     fn packed_weight(&self, w: &SparseWeight<half::f16>, format: LinearFormat) -> Result<Self::Weight> {
-        if format == LinearFormat::Sparse && T::DTYPE == crate::Dtype::F16 {
+        if format.is_sparse() && T::DTYPE == crate::Dtype::F16 {
             // Same element type: the packed words are this backend's, uploaded as they are
             // (validated again by `from_parts`, which checks every word).
             let mut p = SparseWeight::<T>::from_parts(w.rows(), w.cols(), w.tile_offsets().to_vec(), w.words().to_vec(), w.is_reordered())?;
-            if !p.is_reordered() {
+            if format == LinearFormat::Sparse && !p.is_reordered() {
                 p.reorder_for_banks();
             }
-            return Ok(GpuWeight::Sparse(self.gpu.upload_sparse(&p)?));
+            return self.sparse(&p, format);
         }
         let dense: Vec<f32> = w.to_dense().iter().map(|v| v.to_f32()).collect();
         self.weight(w.rows(), w.cols(), &dense, format)
