@@ -10,6 +10,7 @@
 #   bash benches/reference/device_stage.sh e2e-large  # bench-e2e: LLaMA-2-70B and OPT-66B (what fits)
 #   bash benches/reference/device_stage.sh e2e-70b    # bench-e2e: LLaMA-2-70B and OPT-66B at 70% on one GPU
 #   bash benches/reference/device_stage.sh e2e-bitmap # bench-e2e: LLaMA-2-7B and 13B, bitmap vs Tiled-CSL linears
+#   bash benches/reference/device_stage.sh model      # the model suite, both PTX builds, and memcheck over it
 #   bash benches/reference/device_stage.sh demo       # the README demo's steps, three questions, perplexity
 #   bash benches/reference/device_stage.sh hf         # Hugging Face transformers anchor rows
 #   bash benches/reference/device_stage.sh quality    # SmolLM2 pruning table (needs .cache/models, .cache/texts carried)
@@ -44,6 +45,14 @@ case "${1:?stage}" in
       $b/bin/sparse-tc bench-e2e --models llama-2-7b,llama-2-13b --batch 1,8 --sparsity 0.5,0.7 \
         --sparse-format $f --csv "$out/e2e_bitmap.csv"
     done ;;
+  model)
+    # The model suite in both PTX builds (its SmolLM2 tests run when MODEL's GGUF is at
+    # .cache/models), then memcheck over it.
+    for ptx in "" sm_80; do
+      SPARSE_TC_PTX=$ptx $b/tests/model --test-threads=1 --show-output > "$out/model${ptx:+_$ptx}.log" 2>&1
+      echo "model ${ptx:-default build}: rc=$? $(grep -E '^test result|SKIPPED' "$out/model${ptx:+_$ptx}.log" | tr '\n' ' ')"
+    done
+    KERNEL_SUITES=" " MODEL_SUITES=model bash benches/reference/sanitize.sh ;;
   demo)
     # The README demo's steps with the bundle's binary: Wanda 50% (default calibration: 128
     # windows on a GPU), then dense and sparse answers to a few questions, and the pruned
