@@ -16,6 +16,7 @@
 #   bash benches/reference/device_stage.sh quality    # SmolLM2 pruning table (needs .cache/models, .cache/texts carried)
 #   bash benches/reference/device_stage.sh linear     # kernel benchmark with every format vs cuBLAS
 #   bash benches/reference/device_stage.sh tune-dense # every dense plan on the 7B decode shapes
+#   bash benches/reference/device_stage.sh candle     # candle's CUDA backend with SparseLinear: test, example, memcheck
 #   bash benches/reference/device_stage.sh nccl       # tensor parallel over NCCL: the GPU test, then bench-e2e --gpus
 #                                                     # on every GPU count the machine has (2, 4, 8)
 set -uo pipefail
@@ -77,6 +78,17 @@ case "${1:?stage}" in
     # (q|k|v, o, gate|up, down, LM head) at 1 and 8 tokens.
     $b/bin/bench_linear --shapes 12288x4096,4096x4096,22016x4096,4096x11008,32000x4096 --n 1,8 \
       --no-sparse --dtype f16 --tune dense --csv "$out/tune_dense.csv" ;;
+  candle)
+    # Built with the feature candle-cuda, which links CUDA 13 libraries: found on the machine.
+    libs=$(bash benches/reference/cuda_libs.sh)
+    echo "libraries from: $libs"
+    export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    $b/tests/candle --test-threads=1 --show-output > "$out/candle_test.log" 2>&1
+    echo "candle test: rc=$? $(grep -E '^test result|SKIPPED|^test .*(ok|FAILED)$' "$out/candle_test.log" | tr '\n' ' ')"
+    $b/bin/candle 2>&1 | tee "$out/candle_example.log"; echo "candle example: rc=${PIPESTATUS[0]}"
+    SPARSE_TC_SANITIZER=1 compute-sanitizer --tool memcheck --error-exitcode 99 $b/tests/candle --test-threads=1 \
+      > "$out/candle_memcheck.log" 2>&1
+    echo "candle memcheck: rc=$? $(tail -n 1 "$out/candle_memcheck.log")" ;;
   nccl)
     # NCCL from PyTorch's wheel; NVLink multicast off (the device notes require it).
     nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], "lib"))')

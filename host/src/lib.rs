@@ -37,6 +37,8 @@
 //! device's primary context, as cudarc and candle do, so their pointers are valid here. The
 //! example `host/examples/cudarc.rs` (feature `cudarc`) shows the whole round trip.
 
+#[cfg(feature = "candle")]
+pub mod candle;
 mod checked;
 pub mod cpu;
 pub mod cublas;

@@ -310,8 +310,8 @@ impl Tokenizer {
                     user.push(AddedToken::from(t.clone(), false).normalized(false));
                 }
             }
-            inner.add_special_tokens(&control);
-            inner.add_tokens(&user);
+            inner.add_special_tokens(control).map_err(|e| model_err(format!("adding the control tokens: {e}")))?;
+            inner.add_tokens(user).map_err(|e| model_err(format!("adding the user-defined tokens: {e}")))?;
         }
 
         let token_bytes = tokens.iter().map(|t| Some(token_to_bytes(t, &char_byte))).collect();

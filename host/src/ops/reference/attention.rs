@@ -9,6 +9,20 @@
 use crate::error::{Error, Result};
 use crate::ops::KvLayout;
 
+/// `a · b` in f64 (products of two f32 are exact), in four interleaved partial sums so the
+/// additions pipeline instead of waiting on each other.
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x as f64 * y as f64).sum();
+    for (pa, pb) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += pa[l] as f64 * pb[l] as f64;
+        }
+    }
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+}
+
 /// Checks that `k_cache` and `v_cache` hold one layer of `layout`.
 fn check_cache(what: &str, layout: KvLayout, k_cache: usize, v_cache: usize) -> Result<()> {
     match layout.elems() {
@@ -91,13 +105,11 @@ pub fn attention_reference(
     let width = n_heads * hd;
     let n = check_rows("attention_reference: Q", q, width, slots, positions)?;
     let ratio = n_heads / kv_heads;
-    let mut out = vec![f32::NAN; n * width];
-    let mut scores = Vec::new();
-    let mut acc = vec![0f64; hd];
-    for i in 0..n {
+    // One query row: every head's softmax-weighted sum of its kv head's values.
+    let row = |i: usize, out: &mut [f32], scores: &mut Vec<f64>, acc: &mut [f64]| {
         let (slot, pos) = (slots[i] as usize, positions[i] as usize);
         if !layout.contains(slot, pos) {
-            continue; // stays NaN
+            return; // stays NaN
         }
         for h in 0..n_heads {
             let qh = &q[i * width + h * hd..][..hd];
@@ -105,7 +117,7 @@ pub fn attention_reference(
             scores.clear();
             scores.extend((0..=pos).map(|j| {
                 let kj = &k_cache[base + j * hd..][..hd];
-                scale as f64 * qh.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                scale as f64 * dot_f64(qh, kj)
             }));
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             acc.fill(0.0);
@@ -118,11 +130,40 @@ pub fn attention_reference(
                     *a += p * x as f64;
                 }
             }
-            for (o, a) in out[i * width + h * hd..][..hd].iter_mut().zip(&acc) {
+            for (o, a) in out[h * hd..][..hd].iter_mut().zip(acc.iter()) {
                 *o = (a / sum) as f32;
             }
         }
+    };
+    let mut out = vec![f32::NAN; n * width];
+    // Rows are independent: a long prompt's rows are spread over the cores (each row's
+    // arithmetic is the same whichever thread runs it, so the result does not depend on
+    // the thread count).
+    let work: usize = positions.iter().map(|&p| p as usize + 1).sum::<usize>().saturating_mul(width);
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).min(work / (1 << 16)).max(1);
+    if threads == 1 || width == 0 {
+        let (mut scores, mut acc) = (Vec::new(), vec![0f64; hd]);
+        for (i, o) in out.chunks_exact_mut(width.max(1)).enumerate().take(n) {
+            row(i, o, &mut scores, &mut acc);
+        }
+        return Ok(out);
     }
+    // Causal rows grow longer down the prompt: rows are dealt round-robin over the threads.
+    let mut dealt: Vec<Vec<(usize, &mut [f32])>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, o) in out.chunks_exact_mut(width).enumerate() {
+        dealt[i % threads].push((i, o));
+    }
+    std::thread::scope(|s| {
+        for rows in dealt {
+            let row = &row;
+            s.spawn(move || {
+                let (mut scores, mut acc) = (Vec::new(), vec![0f64; hd]);
+                for (i, o) in rows {
+                    row(i, o, &mut scores, &mut acc);
+                }
+            });
+        }
+    });
     Ok(out)
 }
 
