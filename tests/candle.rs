@@ -67,7 +67,7 @@ fn cpu_bias_non_contiguous_input_and_bf16() {
 fn bad_inputs_are_refused_with_their_names() {
     let cpu = Device::Cpu;
     let w = Tensor::zeros((8, 16), DType::F16, &cpu).unwrap();
-    let err = |r: candle_core::Result<Tensor>| r.err().expect("an error").to_string();
+    let err = |r: candle_core::Result<Tensor>| r.expect_err("an error").to_string();
     // Weight: not 2-D, f32, bias of the wrong length.
     let e = SparseLinear::new(&Tensor::zeros((2, 8, 16), DType::F16, &cpu).unwrap(), None).err().unwrap().to_string();
     assert!(e.contains("[out, in]"), "{e}");

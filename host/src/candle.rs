@@ -6,15 +6,16 @@
 //! ```
 //!
 //! The weight's zeros are packed away at construction (the format chosen by stored bytes,
-//! [`FormatChoice::Auto`]); `forward` computes `x · Wᵀ (+ bias)` for `x` of shape `[…, in]`
-//! in f16 or bf16, the dtype of the weight:
+//! [`FormatChoice::Auto`](crate::sparse::FormatChoice::Auto)); `forward` computes
+//! `x · Wᵀ (+ bias)` for `x` of shape `[…, in]` in f16 or bf16, the dtype of the weight:
 //! - on candle's **CPU** device with [`crate::cpu::linear_sparse`] (feature `candle`);
 //! - on candle's **CUDA** device (feature `candle-cuda`, which builds candle's CUDA backend:
-//!   it needs `nvcc`) with [`Gpu::linear_into`] straight on candle's memory and stream: the
-//!   input is read where candle keeps it, the output is a new candle buffer, and the kernel
-//!   is queued on candle's stream, so it runs in order with candle's own work and nothing
-//!   is copied or synchronised. One [`Gpu`] handle per candle stream is shared by every
-//!   `SparseLinear` of that device.
+//!   it needs `nvcc`) with [`Gpu::linear_into`](crate::Gpu::linear_into) straight on candle's
+//!   memory: the input is read where candle keeps it, the output is a new candle buffer, and
+//!   the kernel is queued on candle's stream (the per-thread default stream of the thread
+//!   that calls `forward`, where candle queues that thread's work), so it runs in order with
+//!   candle's own work and nothing is copied or synchronised. One [`Gpu`](crate::Gpu) handle
+//!   per context and stream is shared by every `SparseLinear` of that device.
 //!
 //! No gradient (`apply_op1_no_bwd`): inference only.
 
@@ -96,7 +97,6 @@ impl SparseLinear {
 }
 
 impl<T: crate::Element> Stored<T> {
-    #[cfg_attr(not(feature = "candle-cuda"), allow(clippy::unnecessary_wraps))]
     fn new(device: &candle_core::Device, w: SparseWeight<T>) -> candle_core::Result<Self> {
         match device {
             candle_core::Device::Cpu => Ok(Stored::Host(w)),
@@ -209,10 +209,12 @@ mod cuda {
     /// The handles made so far, by context and stream (candle's devices all use the
     /// per-thread default stream, the same handle value in every context): layers of one
     /// device share one.
-    static HANDLES: Mutex<Vec<((usize, usize), Weak<Attached>)>> = Mutex::new(Vec::new());
+    static HANDLES: Mutex<Vec<(StreamKey, Weak<Attached>)>> = Mutex::new(Vec::new());
 
-    /// `(context, stream)` of a candle stream.
-    fn key(stream: &CudaStream) -> (usize, usize) {
+    /// `(context, stream)` of a candle stream, as addresses.
+    type StreamKey = (usize, usize);
+
+    fn key(stream: &CudaStream) -> StreamKey {
         (stream.context().cu_ctx() as usize, stream.cu_stream() as usize)
     }
 
