@@ -209,7 +209,7 @@ struct PruneArgs {
     #[arg(long, default_value = ".cache/texts/calib.txt")]
     calib: PathBuf,
     /// Calibration windows, spread over the text (on SmolLM2-135M at 50%, Wanda with fewer
-    /// than 128 leaves a model that repeats itself; on a 2-core CPU 128 take about 5 minutes).
+    /// than 128 leaves a model that repeats itself; on the CPU 128 take about 6 CPU-minutes).
     #[arg(long, default_value_t = 128)]
     calib_samples: usize,
     /// Tokens per calibration window.
