@@ -15,10 +15,6 @@ use crate::sparse::{tile_coord, word_bits, word_pos, SparseWeight, TILE_ELEMS, T
 /// Multiply-adds below which one thread is used: spawning costs more than it saves.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
 
-/// Tokens from which [`linear_dense`] multiplies with SGEMM (fewer: dot products, which
-/// read each weight once with no packing).
-const GEMM_MIN_TOKENS: usize = 4;
-
 /// Rows of `W` converted to f32 and multiplied at a time: 8 MB at k = 4096 instead of an f32
 /// copy of the whole weight (a 7B model's LM head: 500 MB). Smaller blocks repack X more
 /// often: 64 rows made calibration 25% slower, 512 rows 5% (against one whole block).
@@ -124,11 +120,11 @@ fn run_blocks<R: Send>(
 }
 
 /// Dense CPU linear `Y[n×m] = X[n×k] · W[m×k]ᵀ`: f32 accumulation, each output rounded once
-/// to `T`. Threads split the rows of `W` (output features). A few tokens (decode) take one
-/// dot product per row and token; more (prefill, calibration) multiply blocks of
+/// to `T`. Threads split the rows of `W` (output features) and multiply blocks of
 /// [`GEMM_ROWS`] rows at a time with `matrixmultiply`'s SGEMM (SIMD kernels chosen at run
-/// time), converting only that block of `W` to f32, so the work runs at the CPU's
-/// arithmetic speed without a full f32 copy of the weight.
+/// time), converting only that block of `W` to f32. An output's summation order depends on
+/// `k` alone, not on the token count or the blocks, so one token decoded through the KV
+/// cache gets exactly what a prefill computes for it.
 ///
 /// # Panics
 /// If `x.len() != n * k` or `w.len() != m * k`.
@@ -140,18 +136,6 @@ pub fn linear_dense<T: Element>(x: &[T], n: usize, w: &[T], m: usize, k: usize) 
     let blocks = run_blocks(m, work, |rows: Range<usize>| {
         let len = rows.len();
         let mut out = vec![0.0f32; n * len];
-        if n < GEMM_MIN_TOKENS {
-            let mut wrow = vec![0.0f32; k];
-            for (jl, j) in rows.enumerate() {
-                for (d, s) in wrow.iter_mut().zip(&w[j * k..(j + 1) * k]) {
-                    *d = s.to_f32();
-                }
-                for i in 0..n {
-                    out[i * len + jl] = dot_f32(&xf[i * k..(i + 1) * k], &wrow);
-                }
-            }
-            return out;
-        }
         let (mut wf, mut part) = (Vec::with_capacity(GEMM_ROWS * k), vec![0.0f32; n * GEMM_ROWS]);
         for start in rows.clone().step_by(GEMM_ROWS) {
             let end = (start + GEMM_ROWS).min(rows.end);
@@ -419,6 +403,21 @@ mod tests {
         let w = random_sparse::<f16>(&mut rng, m, k, 0.7);
         assert!(n * m * k >= 2 * MIN_WORK_PER_THREAD);
         check_paths(&x, n, &w, m, k);
+    }
+
+    #[test]
+    fn a_token_gets_the_same_result_in_any_batch() {
+        // The model's KV-cache test relies on it (one decoded token = its row of a prefill):
+        // across SGEMM's row blocks and K blocks, the threads, and the token count.
+        let mut rng = Rng::new(12);
+        let (n, m, k) = (13, 1100, 650);
+        let x = random_sparse::<f16>(&mut rng, n, k, 0.0);
+        let w = random_sparse::<f16>(&mut rng, m, k, 0.0);
+        let all = linear_dense(&x, n, &w, m, k);
+        for i in [0, 6, 12] {
+            let one = linear_dense(&x[i * k..(i + 1) * k], 1, &w, m, k);
+            assert!(one.iter().zip(&all[i * m..(i + 1) * m]).all(|(a, b)| a.to_bits() == b.to_bits()), "token {i}");
+        }
     }
 
     #[test]
