@@ -121,7 +121,7 @@ fn run_blocks<R: Send>(
 
 /// Dense CPU linear `Y[n×m] = X[n×k] · W[m×k]ᵀ`: f32 accumulation, each output rounded once
 /// to `T`. Threads split the rows of `W` (output features) and multiply blocks of
-/// [`GEMM_ROWS`] rows at a time with `matrixmultiply`'s SGEMM (SIMD kernels chosen at run
+/// 512 rows at a time with `matrixmultiply`'s SGEMM (SIMD kernels chosen at run
 /// time), converting only that block of `W` to f32. An output's summation order depends on
 /// `k` alone, not on the token count or the blocks, so one token decoded through the KV
 /// cache gets exactly what a prefill computes for it.
