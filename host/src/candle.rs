@@ -69,13 +69,15 @@ impl SparseLinear {
                 candle_core::bail!("SparseLinear: the bias must be [{rows}], got shape {:?}", b.dims());
             }
         }
-        let host = weight.to_device(&candle_core::Device::Cpu)?.contiguous()?;
-        let weight_data = match weight.dtype() {
-            DType::F16 => Weight::F16(Stored::new(weight.device(), SparseWeight::from_dense(rows, cols, &host.flatten_all()?.to_vec1::<f16>()?).map_err(wrap)?)?),
-            DType::BF16 => Weight::BF16(Stored::new(weight.device(), SparseWeight::from_dense(rows, cols, &host.flatten_all()?.to_vec1::<bf16>()?).map_err(wrap)?)?),
-            d => candle_core::bail!("SparseLinear: the weight is {d:?}; sparse layers compute in f16 or bf16 (convert with `to_dtype`)"),
+        let dev = weight.device();
+        let packed = match weight.dtype() {
+            DType::F16 => Weight::F16(Stored::new(dev, pack(weight, rows, cols)?)?),
+            DType::BF16 => Weight::BF16(Stored::new(dev, pack(weight, rows, cols)?)?),
+            d => candle_core::bail!(
+                "SparseLinear: the weight is {d:?}; sparse layers compute in f16 or bf16 (convert with `to_dtype`)"
+            ),
         };
-        Ok(SparseLinear { weight: weight_data, bias, rows, cols })
+        Ok(SparseLinear { weight: packed, bias, rows, cols })
     }
 
     /// The sparse twin of a `candle_nn::Linear` (its weight and bias; zeros packed away).
@@ -94,6 +96,12 @@ impl SparseLinear {
             Weight::BF16(_) => DType::BF16,
         }
     }
+}
+
+/// The weight's values on the host, zeros packed away.
+fn pack<T: crate::Element + candle_core::WithDType>(weight: &Tensor, rows: usize, cols: usize) -> candle_core::Result<SparseWeight<T>> {
+    let values = weight.to_device(&candle_core::Device::Cpu)?.flatten_all()?.to_vec1::<T>()?;
+    SparseWeight::from_dense(rows, cols, &values).map_err(wrap)
 }
 
 impl<T: crate::Element> Stored<T> {
