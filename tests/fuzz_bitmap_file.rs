@@ -2,20 +2,25 @@
 //! proptest, like `tests/fuzz_sparse_file.rs` for Tiled-CSL files: no input may cause a
 //! panic or an allocation the input cannot justify.
 //!
-//! Inputs: random bytes (behind the magic and the bitmap version too); valid files with bit
-//! flips, byte writes, truncations, extensions and splices; valid files whose header fields
-//! are set to extreme values with the header checksum recomputed (so the parser looks past
-//! it), from memory and through `load_file` (which checks the length against the header).
-//! Every case asserts `Ok` or a `Format` / `Shape` / `UnsupportedDtype` error, that an
-//! accepted file is canonical (it saves back to the same bytes), that a file is never
-//! accepted as both f16 and bf16, and — through a per-thread counting global allocator — that
-//! the peak allocated while loading stays within `3 × input length + 320 KiB`.
+//! Inputs: random bytes (behind the magic and the bitmap versions and format tags too); valid
+//! files, today's (format tag 2) and of the earlier block-major tiles (format tag 1, written
+//! here by hand: the library only reads them), with bit flips, byte writes, truncations,
+//! extensions and splices; valid files whose header fields are set to extreme values with
+//! the header checksum recomputed (so the parser looks past it), from memory and through
+//! `load_file` (which checks the length against the header). Every case asserts `Ok` or a
+//! `Format` / `Shape` / `UnsupportedDtype` error, that a valid file is accepted (a
+//! block-major one as the weight today's packer makes of the same matrix), that an accepted
+//! file is canonical (it saves back to the same bytes; a block-major one saves as today's
+//! file of the same weight), that a file is never accepted as both f16 and bf16, and —
+//! through a per-thread counting global allocator — that the peak allocated while loading
+//! stays within `3 × input length + 320 KiB`.
 //!
 //! CI runs a bounded number of cases (a few seconds in release); `PROPTEST_CASES=200000
 //! cargo test --release --test fuzz_bitmap_file` fuzzes longer.
 
 use half::{bf16, f16};
 use proptest::prelude::*;
+use sparse_tc::layout::{bitmap_panel_height, BITMAP_PANEL_TILES};
 use sparse_tc::sparse::file::{checksum, HEADER_BYTES, MAGIC};
 use sparse_tc::{BitmapWeight, Element, Error, SparseWeight};
 
@@ -34,8 +39,8 @@ fn budget(len: usize) -> usize {
 
 // ---- Inputs. ----
 
-/// A small random weight of density `keep`, some of its 8×8 blocks full, saved.
-fn saved<T: Element>(rows: usize, cols: usize, keep: f64, seed: u64) -> Vec<u8> {
+/// A small random matrix of density `keep`, some of its 8×8 blocks full.
+fn dense<T: Element>(rows: usize, cols: usize, keep: f64, seed: u64) -> Vec<T> {
     let mut s = seed | 1;
     let mut next = move || {
         s ^= s << 13;
@@ -44,24 +49,106 @@ fn saved<T: Element>(rows: usize, cols: usize, keep: f64, seed: u64) -> Vec<u8> 
         (s >> 11) as f64 / (1u64 << 53) as f64
     };
     let full_block = (next() * 5.0) as usize; // a block index class kept whole
-    let dense: Vec<T> = (0..rows * cols)
+    (0..rows * cols)
         .map(|i| {
             let u = next();
             let block = (i / cols / 8) * cols.div_ceil(8) + (i % cols) / 8;
             let v = (u * 8.0 - 1.0) as f32 + 0.125;
             T::from_f32(if u < keep || block % 5 == full_block { v } else { 0.0 })
         })
-        .collect();
+        .collect()
+}
+
+/// `dense` (`rows × cols`) packed and saved.
+fn saved<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Vec<u8> {
     let mut b = Vec::new();
-    BitmapWeight::from_dense(rows, cols, &dense).unwrap().save(&mut b).unwrap();
+    BitmapWeight::from_dense(rows, cols, dense).unwrap().save(&mut b).unwrap();
     b
 }
 
-fn valid_file() -> impl Strategy<Value = (bool, Vec<u8>)> {
-    (any::<bool>(), 1usize..300, 1usize..200, 0.0f64..=1.0, any::<u64>()).prop_map(|(bf, rows, cols, keep, seed)| {
-        let keep = keep * keep;
-        (bf, if bf { saved::<bf16>(rows, cols, keep, seed) } else { saved::<f16>(rows, cols, keep, seed) })
+/// `dense` (`rows × cols`) in a version-6 file of format tag 1: 64×64 tiles (panels of 4
+/// along M, as today) of 64 8×8 blocks, each a `u64` mask (bit `8·r + c`), ordered by
+/// fragment and A register; a tile is the masks, 16 fragment offsets (`u16`), the values in
+/// block and bit order, zero padding to 16 bytes.
+fn saved_block_major<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Vec<u8> {
+    let coord = |block: usize, bit: usize| {
+        let (frag, j) = (block / 4, block % 4);
+        (16 * (frag / 4) + 8 * (j % 2) + bit / 8, 16 * (frag % 4) + 8 * (j / 2) + bit % 8)
+    };
+    let (tiles_m, tiles_k) = (rows.div_ceil(64), cols.div_ceil(64));
+    let (mut offsets, mut data) = (vec![0u32], Vec::<u32>::new());
+    for p in 0..tiles_m.div_ceil(BITMAP_PANEL_TILES) {
+        for tk in 0..tiles_k {
+            for tr in BITMAP_PANEL_TILES * p..BITMAP_PANEL_TILES * p + bitmap_panel_height(p, tiles_m) {
+                let start = data.len();
+                data.resize(start + 136, 0);
+                let mut values = Vec::new();
+                for block in 0..64 {
+                    if block % 4 == 0 {
+                        data[start + 128 + block / 8] |= (values.len() as u32) << (16 * (block / 4 % 2));
+                    }
+                    for bit in 0..64 {
+                        let (r, c) = coord(block, bit);
+                        let (r, c) = (64 * tr + r, 64 * tk + c);
+                        if r < rows && c < cols && dense[r * cols + c].to_bits() & 0x7fff != 0 {
+                            data[start + 2 * block + bit / 32] |= 1 << (bit % 32);
+                            values.push(u32::from(dense[r * cols + c].to_bits()));
+                        }
+                    }
+                }
+                data.extend(values.chunks(2).map(|v| v[0] | v.get(1).map_or(0, |h| h << 16)));
+                data.resize(start + 4 * (544 + 2 * values.len()).div_ceil(16), 0);
+                offsets.push((data.len() / 4) as u32);
+            }
+        }
+    }
+    // The container: the header (version 6, dtype, flags 0, format tag 1, rows, cols, the
+    // counts), then the two sections, each followed by its checksum.
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&6u32.to_le_bytes());
+    b.push(u8::from(T::DTYPE == sparse_tc::Dtype::Bf16));
+    b.push(0);
+    b.extend_from_slice(&1u16.to_le_bytes());
+    for v in [rows, cols, offsets.len(), data.len()] {
+        b.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    b.extend_from_slice(&checksum(6, &b).to_le_bytes());
+    for section in [&offsets, &data] {
+        let start = b.len();
+        b.extend(section.iter().flat_map(|w| w.to_le_bytes()));
+        let sum = checksum(6, &b[start..]);
+        b.extend_from_slice(&sum.to_le_bytes());
+    }
+    b
+}
+
+/// A valid file: (bf16?, its bytes, today's file of the same matrix). A quarter are
+/// block-major (format tag 1); the others are today's file itself.
+fn valid_file() -> impl Strategy<Value = (bool, Vec<u8>, Vec<u8>)> {
+    fn files<T: Element>(block_major: bool, rows: usize, cols: usize, keep: f64, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let d = dense::<T>(rows, cols, keep * keep, seed);
+        let today = saved(rows, cols, &d);
+        (if block_major { saved_block_major(rows, cols, &d) } else { today.clone() }, today)
+    }
+    let args = (any::<bool>(), prop::bool::weighted(0.25), 1usize..300, 1usize..200, 0.0f64..=1.0, any::<u64>());
+    args.prop_map(|(bf, block_major, rows, cols, keep, seed)| {
+        let (file, today) = if bf {
+            files::<bf16>(block_major, rows, cols, keep, seed)
+        } else {
+            files::<f16>(block_major, rows, cols, keep, seed)
+        };
+        (bf, file, today)
     })
+}
+
+/// `bytes` loaded as bf16 or f16 and saved again.
+fn resaved(bf: bool, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    fn one<T: Element>(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut b = Vec::new();
+        BitmapWeight::<T>::load(bytes)?.save(&mut b)?;
+        Ok(b)
+    }
+    if bf { one::<bf16>(bytes) } else { one::<f16>(bytes) }
 }
 
 #[derive(Clone, Debug)]
@@ -111,7 +198,9 @@ fn extreme() -> impl Strategy<Value = u64> {
         Just(4),
         Just(5),
         Just(136),
+        Just(168),
         Just(2184),
+        Just(2216),
         Just(u64::from(u16::MAX)),
         Just(u64::from(u32::MAX) - 3),
         Just(u64::from(u32::MAX)),
@@ -156,7 +245,13 @@ fn check_load(bytes: &[u8]) -> Result<(), TestCaseError> {
             Ok(w) => {
                 let mut again = Vec::new();
                 w.save(&mut again).unwrap();
-                prop_assert!(again == bytes, "an accepted file is not canonical");
+                if bytes[14..16] == 1u16.to_le_bytes() {
+                    // Block-major tiles, repacked: saved as today's file of the same weight.
+                    prop_assert!(again[14..16] == 2u16.to_le_bytes() && again != bytes);
+                    prop_assert!(BitmapWeight::<T>::load(&again[..]).unwrap() == w);
+                } else {
+                    prop_assert!(again == bytes, "an accepted file is not canonical");
+                }
                 Ok(true)
             }
             Err(Error::Format(m)) | Err(Error::Shape(m)) | Err(Error::UnsupportedDtype(m)) => {
@@ -207,18 +302,23 @@ proptest! {
         b.extend_from_slice(&bytes);
         check_load(&b)?;
         if b.len() >= 16 {
-            b[8..12].copy_from_slice(&5u32.to_le_bytes());
-            b[14..16].copy_from_slice(&1u16.to_le_bytes());
-            check_load(&b)?;
+            for (version, tag) in [(5u32, 1u16), (6, 1), (6, 2)] {
+                b[8..12].copy_from_slice(&version.to_le_bytes());
+                b[14..16].copy_from_slice(&tag.to_le_bytes());
+                check_load(&b)?;
+            }
         }
     }
 
     #[test]
     fn mutated_valid_files_are_rejected_or_canonical(
-        (bf, file) in valid_file(),
+        (bf, file, today) in valid_file(),
         mutations in proptest::collection::vec(mutation(), 1..5),
     ) {
+        // Accepted, as the weight today's packer makes of the same matrix.
+        prop_assert!(resaved(bf, &file).ok() == Some(today));
         check_load(&file)?;
+        check_load_file(&file, bf)?;
         let mut b = file.clone();
         for m in &mutations {
             apply(&mut b, m);
@@ -232,7 +332,7 @@ proptest! {
 
     #[test]
     fn extreme_header_fields_fail_cleanly(
-        (bf, file) in valid_file(),
+        (bf, file, _) in valid_file(),
         edits in proptest::collection::vec((0usize..8, extreme()), 1..4),
         consistent in any::<bool>(),
         truncate in prop_oneof![Just(None), any::<usize>().prop_map(Some)],
@@ -251,13 +351,15 @@ proptest! {
 
 #[test]
 fn huge_headers_over_short_inputs_allocate_almost_nothing() {
-    let file = saved::<f16>(300, 90, 0.3, 17);
-    for (rows, cols, words) in [
+    let d = dense::<f16>(300, 90, 0.3, 17);
+    let headers = [
         (1u64 << 20, 1u64 << 20, 4 * u64::from(u32::MAX)),
         (1 << 31, 1 << 31, 4 * u64::from(u32::MAX)),
         (u64::from(u32::MAX), 64, 1 << 30),
         (64, 1 << 40, 1 << 40),
-    ] {
+    ];
+    let files = [saved(300, 90, &d), saved_block_major(300, 90, &d)];
+    for (file, (rows, cols, words)) in files.iter().flat_map(|f| headers.map(|h| (f, h))) {
         let mut b = file.clone();
         set_field(&mut b, 4, rows, false);
         set_field(&mut b, 5, cols, true);

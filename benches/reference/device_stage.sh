@@ -15,6 +15,8 @@
 #   bash benches/reference/device_stage.sh hf         # Hugging Face transformers anchor rows
 #   bash benches/reference/device_stage.sh quality    # SmolLM2 pruning table (needs .cache/models, .cache/texts carried)
 #   bash benches/reference/device_stage.sh linear     # kernel benchmark with every format vs cuBLAS
+#   bash benches/reference/device_stage.sh bitmap-ab  # the bitmap suite (both builds), then the kernel against
+#                                                     # a previous build's bench_linear (bin/bench_linear_base)
 #   bash benches/reference/device_stage.sh tune-dense # every dense plan on the 7B decode shapes
 #   bash benches/reference/device_stage.sh candle     # candle's CUDA backend with SparseLinear: test, example, memcheck
 #   bash benches/reference/device_stage.sh nccl       # tensor parallel over NCCL: the GPU test, then bench-e2e --gpus
@@ -73,6 +75,24 @@ case "${1:?stage}" in
   linear)
     $b/bin/bench_linear --shapes 36864x9216,9216x36864,27648x9216,11008x4096,4096x11008,4096x4096 \
       --n 1,8,16,32,64 --sparsity 0.5,0.6,0.7,0.8,0.9 --rows-pattern none --csv "$out/linear.csv" ;;
+  bitmap-ab)
+    # Issue 20's kernel: its suite in both PTX builds, then the benchmark alternated twice
+    # with the bench_linear of the commit before (carried as $b/bin/bench_linear_base), on
+    # the target shapes; compare the two CSVs' bitmap rows (each against its own cuBLAS).
+    for ptx in "" sm_80; do
+      SPARSE_TC_PTX=$ptx $b/tests/bitmap --test-threads=1 > "$out/bitmap${ptx:+_$ptx}.log" 2>&1
+      echo "bitmap ${ptx:-default build}: rc=$? $(grep -E '^test result|SKIPPED' "$out/bitmap${ptx:+_$ptx}.log" | tr '\n' ' ')"
+    done
+    args=(--shapes "${AB_SHAPES:-27648x9216,36864x9216,9216x36864,11008x4096}" --n "${AB_N:-8,16}"
+      --sparsity "${AB_SPARSITY:-0.5,0.7,0.9}" --dtype f16 --rows-pattern none)
+    for round in 1 2; do
+      if [[ -x $b/bin/bench_linear_base ]]; then
+        $b/bin/bench_linear_base "${args[@]}" --csv "$out/bitmap_ab_base.csv" > "$out/bitmap_ab_base_$round.log" 2>&1
+        echo "base round $round: rc=$?"
+      fi
+      $b/bin/bench_linear "${args[@]}" --csv "$out/bitmap_ab_new.csv" > "$out/bitmap_ab_new_$round.log" 2>&1
+      echo "new round $round: rc=$?"
+    done ;;
   tune-dense)
     # Every compiled dense block shape and split count on the decode shapes of LLaMA-2-7B
     # (q|k|v, o, gate|up, down, LM head) at 1 and 8 tokens.

@@ -219,26 +219,39 @@ pub const fn ldmatrix_b_src(lane: usize, nt: usize, kk: usize) -> (usize, usize)
 }
 
 // ---- The bitmap sparse format (host `sparse::bitmap`, kernel `kernels::bitmap`). ----
+//
+// Lane-major: each 16×16 `mma` A fragment of a tile is 32 mask bytes, byte `l` holding lane
+// `l`'s eight entries (bit `i` = A half `i`, `frag_a_coord`), and its values are stored lane
+// after lane, so a lane's values are contiguous and it decodes them with one running index
+// (`gpu/src/kernels/bitmap.rs`).
 
-/// Rows and columns of one 8×8 bitmap block; its `u64` mask has bit `8·r + c` for entry
-/// `(r, c)`, and its nonzero values are stored in bit order.
-pub const BITMAP_BLOCK: usize = 8;
-/// Rows and columns of one bitmap tile (64×64 = 64 blocks = 16 `mma` A fragments of 16×16).
+/// Entries of one bitmap mask: a `u64` covering the 8 lanes `8q .. 8q + 8` of one fragment
+/// (bit `8·(lane % 8) + i` for A half `i` of the lane).
+pub const BITMAP_MASK_ENTRIES: usize = 64;
+/// Rows and columns of one bitmap tile (64×64 = 16 `mma` A fragments of 16×16 = 64 masks).
 pub const BITMAP_TILE: usize = 64;
-/// Blocks of one bitmap tile.
-pub const BITMAP_TILE_BLOCKS: usize = (BITMAP_TILE / BITMAP_BLOCK) * (BITMAP_TILE / BITMAP_BLOCK);
+/// Masks of one bitmap tile.
+pub const BITMAP_TILE_MASKS: usize = BITMAP_TILE * BITMAP_TILE / BITMAP_MASK_ENTRIES;
 /// 16×16 fragments of one bitmap tile.
-pub const BITMAP_TILE_FRAGS: usize = BITMAP_TILE_BLOCKS / 4;
-/// Bytes of a bitmap tile's masks (one `u64` per block, in block order).
-pub const BITMAP_MASK_BYTES: usize = 8 * BITMAP_TILE_BLOCKS;
+pub const BITMAP_TILE_FRAGS: usize = BITMAP_TILE_MASKS / 4;
+/// Bytes of a bitmap tile's masks (one `u64` per mask, four per fragment, in fragment
+/// order): 32 bytes per fragment, byte `l` lane `l`'s.
+pub const BITMAP_MASK_BYTES: usize = 8 * BITMAP_TILE_MASKS;
 /// Bytes of a bitmap tile's fragment offsets: one `u16` per fragment, the index of its first
 /// value among the tile's values (the sum of the popcounts of the fragments before it).
 pub const BITMAP_FRAG_OFFSET_BYTES: usize = 2 * BITMAP_TILE_FRAGS;
-/// Bytes before a bitmap tile's values: masks, then fragment offsets (544, a multiple of 16).
-pub const BITMAP_TILE_HEADER_BYTES: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
+/// Bytes of a bitmap tile's word prefixes: per fragment 8 bytes, byte `w` the count of the
+/// fragment's values in lanes `0 .. 4w` (the lanes before the 32-bit mask word `w`; at most
+/// 7·4·8 = 224, so a byte), so a lane finds its first value with one byte and one `popc`.
+pub const BITMAP_WORD_PREFIX_BYTES: usize = 8 * BITMAP_TILE_FRAGS;
+/// Byte offset of the word prefixes in a bitmap tile.
+pub const BITMAP_WORD_PREFIX_AT: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
+/// Bytes before a bitmap tile's values: masks, fragment offsets, word prefixes (672, a
+/// multiple of 16).
+pub const BITMAP_TILE_HEADER_BYTES: usize = BITMAP_WORD_PREFIX_AT + BITMAP_WORD_PREFIX_BYTES;
 /// Unit of a bitmap tile's length and offsets: 16 bytes (one `cp.async`).
 pub const BITMAP_QUAD_BYTES: usize = 16;
-/// Largest bitmap tile: header and 4096 values (8736 bytes, a multiple of 16).
+/// Largest bitmap tile: header and 4096 values (8864 bytes, a multiple of 16).
 pub const BITMAP_MAX_TILE_BYTES: usize = BITMAP_TILE_HEADER_BYTES + 2 * BITMAP_TILE * BITMAP_TILE;
 /// Bitmap tiles stacked in one *panel*: the `SPARSE_TILE_M`×64 slice of W one kernel step
 /// multiplies (stored contiguously, so a step is one contiguous copy).
@@ -246,33 +259,33 @@ pub const BITMAP_PANEL_TILES: usize = SPARSE_TILE_M / BITMAP_TILE;
 /// Pipeline stages (double buffering) of the bitmap kernel.
 pub const BITMAP_STAGES: usize = 2;
 /// Bytes of a bitmap panel slot kept free after the largest panel: the branch-free decode
-/// loads the two values at a lane's index whatever its bits, up to 4 bytes past a tile's
-/// values (`gpu/src/kernels/bitmap.rs`), and those bytes must not be the other stage's copy
-/// in flight. One 16-byte quad.
+/// loads the two values at a lane's running index whatever its bits, up to 4 bytes past a
+/// tile's values (`gpu/src/kernels/bitmap.rs`), and those bytes must not be the other
+/// stage's copy in flight. One 16-byte quad.
 pub const BITMAP_DECODE_SLACK: usize = 16;
 
 const _: () = assert!(BITMAP_TILE_HEADER_BYTES.is_multiple_of(BITMAP_QUAD_BYTES));
 const _: () = assert!(BITMAP_MAX_TILE_BYTES.is_multiple_of(BITMAP_QUAD_BYTES));
 
-/// Block index (0..64) inside a bitmap tile of tile-local entry (`row`, `col`), and its bit
-/// in the block's mask. Blocks are stored fragment by fragment, fragment `f = 4·(row/16) +
-/// col/16` (its 16×16 slab of rows and its k16 step), and inside a fragment in the order of
-/// the `mma.m16n8k16` A registers: (rows 0–7, k 0–7) = a0a1, (rows 8–15, k 0–7) = a2a3,
-/// (rows 0–7, k 8–15) = a4a5, (rows 8–15, k 8–15) = a6a7 ([`frag_a_coord`]). So lane `l`
-/// holds bits `2l` and `2l + 1` of each of the fragment's four masks: register `j` of its A
-/// fragment is made from block `4f + j` alone.
-pub const fn bitmap_block_bit(row: usize, col: usize) -> (usize, usize) {
+/// Mask index (0..64) inside a bitmap tile of tile-local entry (`row`, `col`), and its bit
+/// in the mask. Masks are stored fragment by fragment, fragment `f = 4·(row/16) + col/16`
+/// (its 16×16 slab of rows and its k16 step); entry (r, c) of the fragment is A half `i` of
+/// lane `l` ([`frag_a_coord`]), which is bit `8·(l % 8) + i` of mask `4f + l / 8`. So byte
+/// `l` of a fragment's 32 mask bytes is lane `l`'s, bit `i` its A half `i` (register `i / 2`,
+/// half `i % 2`).
+pub const fn bitmap_mask_bit(row: usize, col: usize) -> (usize, usize) {
     let frag = (row / 16) * (BITMAP_TILE / 16) + col / 16;
-    let j = (row % 16) / 8 + 2 * ((col % 16) / 8);
-    (4 * frag + j, (row % 8) * 8 + col % 8)
+    let (r, c) = (row % 16, col % 16);
+    let lane = 4 * (r % 8) + (c % 8) / 2;
+    let i = 2 * (r / 8 + 2 * (c / 8)) + c % 2;
+    (4 * frag + lane / 8, 8 * (lane % 8) + i)
 }
 
-/// Inverse of [`bitmap_block_bit`]: the tile-local (row, col) of `bit` in block `block`.
-pub const fn bitmap_block_coord(block: usize, bit: usize) -> (usize, usize) {
-    let (frag, j) = (block / 4, block % 4);
-    let row = (frag / (BITMAP_TILE / 16)) * 16 + (j % 2) * 8 + bit / 8;
-    let col = (frag % (BITMAP_TILE / 16)) * 16 + (j / 2) * 8 + bit % 8;
-    (row, col)
+/// Inverse of [`bitmap_mask_bit`]: the tile-local (row, col) of `bit` in mask `mask`.
+pub const fn bitmap_mask_coord(mask: usize, bit: usize) -> (usize, usize) {
+    let frag = mask / 4;
+    let (r, c) = frag_a_coord(8 * (mask % 4) + bit / 8, bit % 8);
+    ((frag / (BITMAP_TILE / 16)) * 16 + r, (frag % (BITMAP_TILE / 16)) * 16 + c)
 }
 
 /// Tiles in bitmap panel row `panel_row` of a weight with `tiles_m` tile rows: 4, or fewer

@@ -24,6 +24,7 @@
 //! - [`warp`]: lane exchange within a warp (`shfl.sync.bfly`, `shfl.sync.up`), for warp
 //!   reductions and scans.
 //! - [`math`]: floating-point instructions plain operators do not reach (`sqrt.rn.f32`).
+//! - [`bits`]: integer bit manipulation plain operators do not reach (`prmt.b32`).
 //! - [`pipeline`]: an N-stage shared-memory pipeline built on `cp_async` and `sync`, and a
 //!   wait for a run-time number of pending copy groups (pipelines with variable-size steps).
 //! - [`layout`]: tile shapes and lane→element maps (pure Rust, shared with the host).
@@ -53,6 +54,7 @@ macro_rules! unroll {
     };
 }
 
+pub mod bits;
 pub mod cache;
 pub mod convert;
 pub mod cp_async;

@@ -54,6 +54,31 @@ pub unsafe fn ld_shared_b16(addr: SmemAddr) -> u16 {
     v
 }
 
+/// `ld.shared.u8` (PTX ISA 9.7.9.8): loads one byte, zero-extended (the bitmap kernel's
+/// word prefixes).
+///
+/// # Safety
+/// `addr` must be inside the launch's dynamic shared memory, and the byte must have been
+/// written (and made visible by a barrier) before.
+#[inline(always)]
+pub unsafe fn ld_shared_u8(addr: SmemAddr) -> u32 {
+    let v: u32;
+    asm!("ld.shared.u8 {0}, [{1}];", out(reg32) v, in(reg32) addr.0, options(nostack, readonly));
+    v
+}
+
+/// `ld.shared.b32` (PTX ISA 9.7.9.8): loads 4 bytes (the bitmap kernel's mask words).
+///
+/// # Safety
+/// `addr` must be 4-byte aligned and inside the launch's dynamic shared memory, and the
+/// bytes must have been written (and made visible by a barrier) before.
+#[inline(always)]
+pub unsafe fn ld_shared_b32(addr: SmemAddr) -> u32 {
+    let v: u32;
+    asm!("ld.shared.b32 {0}, [{1}];", out(reg32) v, in(reg32) addr.0, options(nostack, readonly));
+    v
+}
+
 /// `st.shared.v4.b32`: stores 16 bytes.
 ///
 /// # Safety

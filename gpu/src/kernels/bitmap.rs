@@ -2,23 +2,25 @@
 //! are decoded from the masks in registers, with no dense tile in shared memory.
 //!
 //! # Format (host `sparse::bitmap`)
-//! W is cut into 64×64 tiles of 8×8 blocks, each block a `u64` mask (bit `8r + c`) and its
-//! nonzero values in bit order. A tile is: 64 masks in fragment order (16×16 fragments, and
-//! inside one the four blocks in A-register order, `layout::bitmap_block_bit`), 16 `u16`
-//! fragment offsets (index of the fragment's first value), the `u16` values, zero padding
-//! to 16 bytes. Four tiles stacked along M are a *panel* (256×64, the rows of one block), and
-//! panels are stored row-major, so the panels of a stream-K range are one contiguous run of
-//! bytes; `tile_offsets` (u32, in 16-byte quads) locate every tile.
+//! W is cut into 64×64 tiles of 16 `mma` A fragments (16×16), stored **lane-major**: a
+//! fragment's masks are 32 bytes, byte `l` lane `l`'s eight entries (bit `i` = A half `i`,
+//! `layout::bitmap_mask_bit`), and its nonzero values follow lane after lane, so each lane's
+//! values are contiguous. A tile is: the 16 fragments' masks (512 B), 16 `u16` fragment
+//! offsets (index of the fragment's first value), 16 × 8 word prefix bytes (byte `w`: the
+//! fragment's values in lanes `0 .. 4w`), the `u16` values, zero padding to 16 bytes. Four
+//! tiles stacked along M are a *panel* (256×64, the rows of one block), and panels are stored
+//! row-major, so the panels of a stream-K range are one contiguous run of bytes;
+//! `tile_offsets` (u32, in 16-byte quads) locate every tile.
 //!
 //! # Decode
-//! For `mma.m16n8k16` A fragments (16 rows × 16 k, row-major), lane `l` holds, in each 8×8
-//! quarter, row `l / 4` and columns `2(l % 4)`, `+1`: bits `2l` and `2l + 1` of the block's
-//! mask. Its two values are at index `popcount(mask & (2^(2l) − 1))` (and the next) of the
-//! block's values, so a lane builds A register `j` from block `4f + j` with two `popc`, a
-//! shift and at most two 16-bit loads. Lanes 0–15 read the mask's low word, 16–31 its high
-//! word (plus the low word's popcount). Every lane reads the same 32 bytes of masks (two
-//! broadcast 16-byte loads) and its values from one block's ≤ 128 bytes (one wavefront per
-//! load). Pruned entries are zeros in the fragment, so `Inf · 0 = NaN` as in dense math.
+//! Lane `l` reads its fragment's 32-bit mask word `l / 4` (its byte and its three
+//! neighbours'), the fragment offset and the word's prefix byte: its first value is at
+//! offset + prefix + the popcount of the lower lanes' bytes in the word. Then per A register
+//! (two mask bits) it loads the two values at its running index, places them with one
+//! `prmt` whose selector the two bits pick from a table, and steps the index by their
+//! popcount: about 44 instructions per fragment where the block-major layout of sessions
+//! 13–20 took about 100 (`benches/results/NOTES.md` item 68). Pruned entries are zeros in
+//! the fragment, so `Inf · 0 = NaN` as in dense math.
 //!
 //! # Pipeline (double buffering)
 //! Per step a block multiplies one panel by its X tile (`8·NT` tokens × 64). The panel's
@@ -45,12 +47,13 @@ use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
 use crate::griddep::begin_dependent;
+use crate::bits::prmt;
 use crate::layout::{
     bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
-    BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
+    BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, BITMAP_WORD_PREFIX_AT, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
 };
 use crate::mma::{FragA, FragC, MmaElement};
-use crate::shared::{dynamic_smem_base, ld_shared_b16, ld_shared_v4_b32, SmemAddr};
+use crate::shared::{dynamic_smem_base, ld_shared_b16, ld_shared_b32, ld_shared_u8, SmemAddr};
 use crate::sync::bar_sync;
 use crate::thread::{block_idx_x, block_idx_y, lane_idx, thread_idx_x, warp_idx};
 
@@ -97,66 +100,73 @@ impl PanelCursor {
     }
 }
 
-/// This lane's constants for decoding A fragments: its bits sit at `shift` of the mask's
-/// high (`upper`) or low word, and `below` selects the bits before them in that word.
+/// This lane's constants for decoding A fragments: its mask byte is byte `l % 4` of the
+/// fragment's 32-bit mask word `l / 4`.
 #[derive(Clone, Copy)]
 struct LaneBits {
-    upper: bool,
+    /// The lane's mask word (and word prefix byte), `l / 4`.
+    word: usize,
+    /// Bit position of its byte in the word, `8·(l % 4)`.
     shift: u32,
+    /// The bits of the lower lanes' bytes in the word.
     below: u32,
 }
 
 impl LaneBits {
     #[inline(always)]
     fn new(lane: u32) -> Self {
-        let shift = (2 * lane) % 32;
-        LaneBits { upper: lane >= 16, shift, below: (1u32 << shift) - 1 }
+        let shift = 8 * (lane % 4);
+        LaneBits { word: lane as usize / 4, shift, below: (1u32 << shift) - 1 }
     }
 }
 
+/// `prmt` selectors that build an A register from a lane's two loaded values `lo` (its value
+/// at the running index, zero-extended) and `hi` (the next one) for the register's two mask
+/// bits `t` (bit 0: the low half is stored, bit 1: the high half): 16 bits per `t`, selector
+/// `t` at bits `16t`. Nibble 2 is a zero byte of `lo`.
+/// `t = 0`: `0x2222` (zero); `1`: `0x2210` (`lo` in the low half); `2`: `0x1022` (`lo` in the
+/// high half); `3`: `0x5410` (`lo` low, `hi` high).
+const HALF_SELECTORS: u64 = 0x5410_1022_2210_2222;
+
 /// Decodes this lane's A fragment of fragment `frag` (0..16) of the bitmap tile at `tile`
-/// (its values at `tile + BITMAP_TILE_HEADER_BYTES`): register j from block `4·frag + j`,
-/// bits `2l`, `2l + 1` (see the module docs). `u32::count_ones` is `popc.b32`.
+/// (layout: `layout::bitmap_mask_bit`; values at `tile + BITMAP_TILE_HEADER_BYTES`).
 ///
-/// Branch-free: every lane loads the two values at its index whatever its bits, and masks
-/// select what the bits say (a lane whose bits are clear gets zeros). Branching on the bits
-/// made lanes of a warp diverge and stall on branch resolution (half of the issue stalls,
-/// `benches/results/NOTES.md` item 48). The index of a clear bit is that of the next set bit
-/// in order, at most the tile's value count, so the loads reach at most 4 bytes past the
-/// tile's values: inside the next tile of the panel, or in the slot's slack after the panel
-/// (never written by the copies, see [`bitmap_linear`]); the bits of such a load are masked
-/// off.
+/// The lane's eight bits are one byte of its 32-bit mask word, and its values are contiguous
+/// (lane-major), starting at the fragment's offset plus its word's prefix byte plus the
+/// popcount of the lower lanes' bytes in the word. Register `j` takes bits `2j`, `2j + 1`
+/// (`t`): the two values at the running index are loaded whatever `t` says, a `prmt` with the
+/// selector for `t` places them (zeros for clear bits), and the index moves on by `popc(t)`.
+/// Branch-free: branching on the bits made lanes diverge and stall (`benches/results/NOTES.md`
+/// item 48).
+///
+/// A clear bit's loads read the next stored values, at most 4 bytes past the tile's values:
+/// inside the next tile of the panel, or in the slot's slack after the panel (never written
+/// by the copies, see [`bitmap_linear`]); the selector drops them.
 ///
 /// # Safety
 /// The tile's bytes are in shared memory and visible (barrier); it is a tile the host
-/// validated, so every value index a set bit gives lies inside the tile's values, and at
-/// least [`BITMAP_DECODE_SLACK`](crate::layout::BITMAP_DECODE_SLACK) bytes of the slot follow the panel.
+/// validated, so every running index stays inside the tile's values, and at least
+/// [`BITMAP_DECODE_SLACK`](crate::layout::BITMAP_DECODE_SLACK) bytes of the slot follow the panel.
 #[inline(always)]
-// The liveness lint sees `unroll!`'s copies one by one: the running offset's last update
+// The liveness lint sees `unroll!`'s copies one by one: the running address's last update
 // looks unread from the copies the macro guards out.
 #[allow(unused_assignments)]
 unsafe fn decode_frag(tile: SmemAddr, frag: usize, lane: LaneBits) -> FragA {
-    let m01 = ld_shared_v4_b32(tile.offset(32 * frag));
-    let m23 = ld_shared_v4_b32(tile.offset(32 * frag + 16));
-    let masks = [[m01[0], m01[1]], [m01[2], m01[3]], [m23[0], m23[1]], [m23[2], m23[3]]];
-    let values = tile.offset(BITMAP_TILE_HEADER_BYTES);
-    let mut first = ld_shared_b16(tile.offset(BITMAP_MASK_BYTES + 2 * frag)) as u32;
+    let word = ld_shared_b32(tile.offset(32 * frag + 4 * lane.word));
+    let first = ld_shared_b16(tile.offset(BITMAP_MASK_BYTES + 2 * frag)) as u32;
+    let prefix = ld_shared_u8(tile.offset(BITMAP_WORD_PREFIX_AT + 8 * frag + lane.word));
+    let index = first + prefix + (word & lane.below).count_ones();
+    let mut at = tile.offset(BITMAP_TILE_HEADER_BYTES).0 + 2 * index;
+    let bits = word >> lane.shift;
     let mut regs = [0u32; 4];
     unroll!(j in 0..4 => {
-        let [lo, hi] = masks[j];
-        let lo_count = lo.count_ones();
-        let (word, before) = if lane.upper { (hi, lo_count) } else { (lo, 0) };
-        let idx = first + before + (word & lane.below).count_ones();
-        let bits = (word >> lane.shift) & 3;
-        let at = SmemAddr(values.0 + 2 * idx);
-        let (a, b) = (ld_shared_b16(at) as u32, ld_shared_b16(SmemAddr(at.0 + 2)) as u32);
-        // All ones where bit 2l (`low`) or bit 2l + 1 (`high`) is set.
-        let (low, high) = (0u32.wrapping_sub(bits & 1), 0u32.wrapping_sub(bits >> 1));
-        // The high half's value is the second one loaded when the low bit took the first.
-        let upper = (b & low) | (a & !low);
-        regs[j] = (a & low) | ((upper & high) << 16);
+        // 16·t: the selector's position in the table (and `popc` of it is `popc(t)`).
+        let pos = ((bits << 4) >> (2 * j)) & 0x30;
+        let selector = (HALF_SELECTORS >> pos) as u32;
+        let (lo, hi) = (ld_shared_b16(SmemAddr(at)) as u32, ld_shared_b16(SmemAddr(at + 2)) as u32);
+        regs[j] = prmt(lo, hi, selector);
         if j < 3 {
-            first += lo_count + hi.count_ones();
+            at += 2 * pos.count_ones();
         }
     });
     FragA(regs)

@@ -115,7 +115,7 @@ pub enum FormatChoice {
     /// Per linear: sparse when its density is at most 50% (where Tiled-CSL, 4 bytes per
     /// nonzero, reads no more than dense at 2 bytes per element), else dense.
     Auto,
-    /// Every linear sparse in the bitmap format (fewest bytes below ~93% sparsity; slower
+    /// Every linear sparse in the bitmap format (fewest bytes below ~92% sparsity; slower
     /// than Tiled-CSL today): a model that fits in GPU memory only this way.
     Bitmap,
 }

@@ -8,7 +8,7 @@
 //! | 8                 | 4 (u32)          | version, = 6 (2–4 are read too)                     |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags: bit 0 = words are bank-reordered; others 0   |
-//! | 14                | 2 (u16)          | format tag: 0 = Tiled-CSL, 1 = bitmap               |
+//! | 14                | 2 (u16)          | format tag: 0 = Tiled-CSL, 2 (or 1) = bitmap        |
 //! | 16                | 8 (u64)          | rows (M, out features), ≥ 1                         |
 //! | 24                | 8 (u64)          | cols (K, in features), ≥ 1                          |
 //! | 32                | 8 (u64)          | n_offsets = ceil(M/256)·ceil(K/64) + 1              |
@@ -35,9 +35,10 @@
 //! bank-reordered weight is reordered again for the new banks.
 //!
 //! Version 5 is the same container holding another format, named by the format tag at byte
-//! 14 (reserved, = 0, up to version 4): tag 1 is the bitmap format
-//! ([`super::bitmap::file`]). Version 6, written today for both formats, changes only the
-//! checksums: XXH3-64 ([`checksum`]) instead of FNV-1a 64, which hashed at 0.45 GB/s (half a
+//! 14 (reserved, = 0, up to version 4): tag 1 is the bitmap format with its earlier
+//! block-major tiles, tag 2 (version 6 on) the bitmap format with today's lane-major tiles
+//! ([`super::bitmap::file`], which still reads tag 1). Version 6, written today for both
+//! formats, changes only the checksums: XXH3-64 ([`checksum`]) instead of FNV-1a 64, which hashed at 0.45 GB/s (half a
 //! second per 200 MB weight); XXH3 runs at memory speed. Files of versions 2–5 still load.
 //! [`SparseWeight::load`] refuses a bitmap file with a message naming its format.
 //!
@@ -82,8 +83,11 @@ const VERSION_ROW_SWIZZLED: u32 = 2;
 const VERSION_64X64_TILES: u32 = 1;
 /// The first container version whose byte 14 is a format tag (other formats than Tiled-CSL).
 pub(crate) const VERSION_TAGGED: u32 = 5;
-/// Format tag of the bitmap format (`super::bitmap`), in version-5 files.
+/// Format tag of the bitmap format (`super::bitmap`) with its earlier block-major tiles, in
+/// files of versions 5 and 6 (read, repacked, never written).
 pub(crate) const FORMAT_TAG_BITMAP: u16 = 1;
+/// Format tag of the bitmap format with today's lane-major tiles, from version 6 on.
+pub(crate) const FORMAT_TAG_BITMAP_LANES: u16 = 2;
 /// Bytes of the fixed header, checksum included.
 pub const HEADER_BYTES: usize = 56;
 /// Bytes covered by the header checksum.
@@ -350,7 +354,9 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
     let tag = le_u16(h, 14);
     if (VERSION_TAGGED..=VERSION).contains(&version) && tag != 0 && le_u64(h, HEADER_SUMMED) == checksum(version, &h[..HEADER_SUMMED]) {
         return Err(Error::Format(match tag {
-            FORMAT_TAG_BITMAP => format!("this file holds a bitmap weight (version {version}, format tag 1): load it with BitmapWeight::load"),
+            FORMAT_TAG_BITMAP | FORMAT_TAG_BITMAP_LANES => {
+                format!("this file holds a bitmap weight (version {version}, format tag {tag}): load it with BitmapWeight::load")
+            }
             _ => format!("unknown format tag {tag} in a version-{version} file"),
         }));
     }

@@ -29,7 +29,8 @@ use crate::matrix::DeviceSparseWeight;
 pub enum SparseFormat {
     /// Flash-LLM's Tiled-CSL ([`SparseWeight`]): a `u32` word (position, value) per nonzero.
     TiledCsl,
-    /// Bitmap ([`BitmapWeight`]): a `u64` mask per 8×8 block plus the nonzero values.
+    /// Bitmap ([`BitmapWeight`]): a bit per element (lane-major `u64` masks) plus the
+    /// nonzero values.
     Bitmap,
 }
 
@@ -55,7 +56,7 @@ impl SparseFormat {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FormatChoice {
     /// The format predicted fastest: for now, the one with fewer stored bytes (the sparse
-    /// kernels are memory-bound at the token counts of decoding; bitmap below about 93%
+    /// kernels are memory-bound at the token counts of decoding; bitmap below about 92%
     /// sparsity). A placeholder for a measured speed model.
     #[default]
     Auto,

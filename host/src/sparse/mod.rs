@@ -37,9 +37,9 @@
 //!
 //! Files: see [`file`](mod@file) for the byte layout written by [`SparseWeight::save`].
 //!
-//! A second format, [`bitmap`] ([`BitmapWeight`]: a 64-bit mask per 8×8 block plus the
-//! nonzero values), moves fewer bytes than Tiled-CSL below about 93% sparsity; its kernel
-//! decodes `mma` operands straight from the masks.
+//! A second format, [`bitmap`] ([`BitmapWeight`]: a bit per element, in the `mma` A
+//! fragments' lane order, plus the nonzero values), moves fewer bytes than Tiled-CSL below
+//! about 92% sparsity; its kernel decodes `mma` operands straight from the masks.
 
 pub mod bitmap;
 pub mod file;

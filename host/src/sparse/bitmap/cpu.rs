@@ -6,7 +6,7 @@ use super::{mask, value, BitmapWeight, TILE};
 use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{bitmap_block_coord, bitmap_tile_index, BITMAP_TILE_BLOCKS};
+use crate::layout::{bitmap_mask_coord, bitmap_tile_index, BITMAP_TILE_MASKS};
 
 /// Multiply-adds below which one thread is used.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
@@ -46,12 +46,12 @@ pub fn linear_bitmap<T: Element>(x: &[T], n: usize, w: &BitmapWeight<T>) -> Resu
             let words = w.tile_words(bitmap_tile_index(tr, tk, tiles_m, tiles_k));
             dense.fill(0.0);
             let mut i = 0;
-            for blk in 0..BITMAP_TILE_BLOCKS {
-                let mut bits = mask(words, blk);
+            for mi in 0..BITMAP_TILE_MASKS {
+                let mut bits = mask(words, mi);
                 while bits != 0 {
                     let bit = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
-                    let (r, c) = bitmap_block_coord(blk, bit);
+                    let (r, c) = bitmap_mask_coord(mi, bit);
                     let v = T::from_bits(value(words, i)).to_f32();
                     i += 1;
                     dense[r * TILE + c] = v;

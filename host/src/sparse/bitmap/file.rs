@@ -1,18 +1,20 @@
 //! Bitmap weight files: the container of [`crate::sparse::file`] (same magic, header,
-//! sections and checksums) with format tag 1: version 6 (XXH3-64 checksums, written today)
-//! or version 5 (FNV-1a 64, still read).
+//! sections and checksums) with format tag 2 and version 6 (XXH3-64 checksums). Files of
+//! format tag 1 hold the block-major tiles the format had before (`super::legacy`), in
+//! version 6 or version 5 (FNV-1a 64 checksums); they still load, checked by the old rules
+//! and repacked in today's layout (saving such a weight writes format tag 2).
 //!
 //! | offset            | size             | field                                               |
 //! |-------------------|------------------|-----------------------------------------------------|
 //! | 0                 | 8                | magic `b"STCSPW\0\0"`                               |
-//! | 8                 | 4 (u32)          | version, = 6 (5 is read too)                        |
+//! | 8                 | 4 (u32)          | version, = 6 (5 is read too, with format tag 1)     |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags, = 0                                          |
-//! | 14                | 2 (u16)          | format tag, = 1 (bitmap)                            |
+//! | 14                | 2 (u16)          | format tag, = 2 (bitmap; 1 = block-major tiles)     |
 //! | 16                | 8 (u64)          | rows (M), ≥ 1                                       |
 //! | 24                | 8 (u64)          | cols (K), ≥ 1                                       |
 //! | 32                | 8 (u64)          | n_offsets = ceil(M/64)·ceil(K/64) + 1               |
-//! | 40                | 8 (u64)          | n_words: data words, a multiple of 4, 136·tiles ..= 2184·tiles |
+//! | 40                | 8 (u64)          | n_words: data words, a multiple of 4, 168·tiles ..= 2216·tiles (tag 1: 136·tiles ..= 2184·tiles) |
 //! | 48                | 8 (u64)          | checksum of bytes 0..48                             |
 //! | 56                | 4 · n_offsets    | tile_offsets (quads), u32 each                      |
 //! | 56 + 4·n_offsets  | 8 (u64)          | checksum of the tile_offsets bytes                  |
@@ -24,32 +26,40 @@
 //! it allocates anything: [`BitmapWeight::load_file`] compares the file length with the
 //! length the header describes, and from a plain reader sections are read in growing pieces
 //! (memory follows the bytes that arrive, not the counts a header claims). Then the section
-//! checksums, no trailing bytes, and everything [`BitmapWeight::from_parts`] checks. Every
-//! failure is an [`Error::Format`] ([`Error::UnsupportedDtype`] for the other element type,
-//! [`Error::Io`] for a failing reader); it never panics. A Tiled-CSL file (versions 2–4) is
-//! refused with a message saying so.
+//! checksums, no trailing bytes, and everything [`BitmapWeight::from_parts`] checks (for
+//! format tag 1, the same rules of the old layout). Every failure is an [`Error::Format`]
+//! ([`Error::UnsupportedDtype`] for the other element type, [`Error::Io`] for a failing
+//! reader); it never panics. A Tiled-CSL file (versions 2–4, or format tag 0) is refused
+//! with a message saying so.
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
-use super::{tile_grid, tile_quads, BitmapWeight, MAX_TILE_QUADS, QUAD_WORDS};
+use super::legacy::BLOCK_MAJOR;
+use super::{tile_grid, BitmapWeight, TileLayout, LANE_MAJOR, QUAD_WORDS, TILE};
 use crate::checked::Sizes;
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::sparse::file::{
     checksum, le_u16, le_u32, le_u64, read_exact_or_truncated, read_section, write_container, FORMAT_TAG_BITMAP,
-    HEADER_BYTES, HEADER_SUMMED, MAGIC, VERSION_TAGGED,
+    FORMAT_TAG_BITMAP_LANES, HEADER_BYTES, HEADER_SUMMED, MAGIC, VERSION_TAGGED,
 };
 
-/// The container version bitmap files are written with (version 5 files load too).
+/// The container version bitmap files are written with (version 5 files of format tag 1
+/// load too).
 pub const VERSION: u32 = crate::sparse::file::VERSION;
-/// The format tag of bitmap files (byte 14).
-pub const FORMAT_TAG: u16 = FORMAT_TAG_BITMAP;
+/// The format tag of bitmap files (byte 14): today's lane-major tiles.
+pub const FORMAT_TAG: u16 = FORMAT_TAG_BITMAP_LANES;
+/// The format tag of bitmap files with the earlier block-major tiles (versions 5 and 6;
+/// read and repacked, never written).
+pub const FORMAT_TAG_BLOCK_MAJOR: u16 = FORMAT_TAG_BITMAP;
 
 /// The checked header of a bitmap file.
 #[derive(Clone, Copy, Debug)]
 struct Header {
     version: u32,
+    /// [`FORMAT_TAG`] or [`FORMAT_TAG_BLOCK_MAJOR`].
+    tag: u16,
     rows: usize,
     cols: usize,
     tiles: usize,
@@ -86,9 +96,20 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
             "this file holds a Tiled-CSL weight (version {version}, format tag 0): load it with SparseWeight::load"
         )));
     }
-    if tag != FORMAT_TAG {
-        return Err(Error::Format(format!("format tag {tag} is not the bitmap format's ({FORMAT_TAG})")));
-    }
+    let layout: &TileLayout = match tag {
+        FORMAT_TAG if version == VERSION => &LANE_MAJOR,
+        FORMAT_TAG => {
+            return Err(Error::Format(format!(
+                "format tag {tag} (lane-major bitmap tiles) in a version-{version} file: those are version {VERSION}"
+            )))
+        }
+        FORMAT_TAG_BLOCK_MAJOR => &BLOCK_MAJOR,
+        _ => {
+            return Err(Error::Format(format!(
+                "format tag {tag} is not a bitmap format's ({FORMAT_TAG}, or {FORMAT_TAG_BLOCK_MAJOR} for block-major tiles)"
+            )))
+        }
+    };
     let dtype = match h[12] {
         0 => Dtype::F16,
         1 => Dtype::Bf16,
@@ -114,18 +135,19 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
             tiles + 1
         )));
     }
-    // Bounds, not sizes (u64, saturating): every tile is 34..=546 quads, offsets are u32.
+    // Bounds, not sizes (u64, saturating): every tile is 42..=554 quads (tag 1: 34..=546),
+    // offsets are u32.
     let n_words = le_u64(h, 40);
     let quad = QUAD_WORDS as u64;
-    let min = (tiles as u64).saturating_mul(tile_quads(0) as u64 * quad);
-    let max = (tiles as u64).saturating_mul(MAX_TILE_QUADS as u64 * quad).min(u64::from(u32::MAX) * quad);
+    let min = (tiles as u64).saturating_mul(layout.tile_quads(0) as u64 * quad);
+    let max = (tiles as u64).saturating_mul(layout.tile_quads(TILE * TILE) as u64 * quad).min(u64::from(u32::MAX) * quad);
     if n_words < min || n_words > max || !n_words.is_multiple_of(quad) {
         return Err(Error::Format(format!(
             "header says {n_words} data words; a {rows}×{cols} bitmap weight has a multiple of {quad} in {min}..={max}"
         )));
     }
     let n_words = Sizes::FILE.to_usize("n_words", n_words)?;
-    Ok(Header { version, rows, cols, tiles, n_words })
+    Ok(Header { version, tag, rows, cols, tiles, n_words })
 }
 
 impl<T: Element> BitmapWeight<T> {
@@ -144,8 +166,9 @@ impl<T: Element> BitmapWeight<T> {
         )
     }
 
-    /// Reads and fully validates a weight written by [`save`](Self::save) (see the
-    /// [module docs](self) for what is checked, in which order).
+    /// Reads and fully validates a weight written by [`save`](Self::save), or a file of the
+    /// earlier block-major tiles (format tag 1), repacked (see the [module docs](self) for
+    /// what is checked, in which order).
     pub fn load<R: Read>(r: R) -> Result<Self> {
         Self::load_sized(r, None)
     }
@@ -190,7 +213,12 @@ impl<T: Element> BitmapWeight<T> {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        Self::from_parts(rows, cols, offsets, data).map_err(|e| match e {
+        let w = if header.tag == FORMAT_TAG_BLOCK_MAJOR {
+            Self::from_block_major(rows, cols, &offsets, &data)
+        } else {
+            Self::from_parts(rows, cols, offsets, data)
+        };
+        w.map_err(|e| match e {
             Error::InvalidArgument(m) | Error::Shape(m) => Error::Format(format!("bitmap file: {m}")),
             other => other,
         })

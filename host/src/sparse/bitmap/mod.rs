@@ -1,24 +1,28 @@
 //! Sparse weights in the **bitmap** format: one bit per element plus the nonzero values,
 //! laid out so that the kernel (`gpu/src/kernels/bitmap.rs`) builds each lane's `mma` A
-//! fragment straight from a mask, with no dense tile in shared memory.
+//! fragment straight from its mask bytes, with no dense tile in shared memory.
 //!
 //! # The format
 //!
 //! A weight `W` has `rows = M` (out features) and `cols = K` (in features), row-major, and
 //! `Y[N×M] = X[N×K] · Wᵀ` as in [`Gpu::linear`](crate::Gpu::linear).
 //!
-//! * **Blocks**: 8×8 entries with a `u64` mask, bit `8·r + c` set for a stored entry
-//!   `(r, c)`; the block's values are its stored entries in bit order.
-//! * **Tiles**: 64×64 entries = 64 blocks, `tiles_m = ceil(M/64)` × `tiles_k = ceil(K/64)`.
-//!   Blocks are ordered fragment by fragment (16×16 slabs, `mma` A-register order inside,
-//!   [`crate::layout::bitmap_block_bit`]), so lane `l` of a warp finds its two elements of each A
-//!   register at bits `2l`, `2l + 1` of one mask, and their values at index
-//!   `popcount(mask & (2^(2l) − 1))` of the block's values.
+//! * **Tiles**: 64×64 entries, `tiles_m = ceil(M/64)` × `tiles_k = ceil(K/64)`, each 16
+//!   `mma` A *fragments* of 16×16: fragment `f = 4·(row/16) + col/16` (its slab of 16 rows
+//!   and its k16 step).
+//! * **Masks** (lane-major): a fragment is 32 mask bytes, four `u64` masks; byte `l` holds
+//!   lane `l`'s eight entries of the fragment, bit `i` its A half `i`
+//!   ([`crate::layout::frag_a_coord`]), so mask `4f + q` covers lanes `8q .. 8q + 8`
+//!   ([`crate::layout::bitmap_mask_bit`], [`crate::layout::bitmap_mask_coord`]). A tile's
+//!   values are its set bits in mask order, bit order inside a mask: fragment after
+//!   fragment, lane after lane, A-half order inside a lane.
 //! * **Tile bytes** (little-endian, all 16-byte multiples, so `cp.async` streams them):
-//!   the 64 masks (512 bytes), the 16 fragment offsets (`u16`: the index of the fragment's
-//!   first value among the tile's values, 32 bytes), the values (`u16` bits of `T`), zero
-//!   padding to a multiple of 16 bytes. A tile with `nnz` values is exactly
-//!   `ceil((544 + 2·nnz) / 16)` quads (16-byte units) long, at most 546.
+//!   the 64 masks (512 bytes); the 16 fragment offsets (`u16`: the index of the fragment's
+//!   first value among the tile's values, 32 bytes); the *word prefixes* (8 bytes per
+//!   fragment, 128 bytes: byte `w` is the number of the fragment's values in lanes
+//!   `0 .. 4w`, i.e. in its mask bytes `0 .. 4w`; byte 0 is 0, none exceeds 224); the values
+//!   (`u16` bits of `T`); zero padding to a multiple of 16 bytes. A tile with `nnz` values is
+//!   exactly `ceil((672 + 2·nnz) / 16)` quads (16-byte units) long, 42 to 554.
 //! * **Tile order**: *panels* of 4 tiles stacked along M (256 rows, the rows one kernel step
 //!   multiplies), panels row-major, the tiles of a panel top to bottom
 //!   ([`crate::layout::bitmap_tile_index`]); the last panel row has fewer tiles when `tiles_m` is not
@@ -26,17 +30,29 @@
 //!   is one contiguous copy.
 //! * `tile_offsets`: `tiles + 1` `u32`, in quads: tile `t` is
 //!   `data[4·tile_offsets[t] .. 4·tile_offsets[t + 1]]` (`data` is `u32` words, each two
-//!   `u16` / half a mask, little-endian), so a weight may hold up to 64 GiB.
+//!   `u16`, a 32-bit mask word of four lanes or four prefix bytes, little-endian), so a
+//!   weight may hold up to 64 GiB.
+//!
+//! Why lane-major: a lane's values are contiguous, so the kernel decodes them with one
+//! running index instead of a `popc` per A register. Lane `l` finds its first value at the
+//! fragment offset plus the prefix byte of its 32-bit mask word `l / 4` plus one `popc` of
+//! the lower lanes' bytes in that word (`word & (2^(8·(l % 4)) − 1)`).
 //!
 //! Entries outside the matrix (edge tiles) are padding: their mask bits must be clear.
 //! [`BitmapWeight::from_parts`] checks every one of these rules.
 //!
-//! Bytes per element: `0.133 + 2·density` (masks and offsets, then values), against
-//! `4·density` for Tiled-CSL, so the bitmap moves fewer bytes below about 93% sparsity.
+//! Bytes per element: `0.164 + 2·density` (masks, fragment offsets and word prefixes, then
+//! values), against `4·density` for Tiled-CSL, so the bitmap moves fewer bytes below about
+//! 92% sparsity.
+//!
+//! Files: [`file`](mod@file) (format tag 2). Files of the earlier block-major layout
+//! (format tag 1: 8×8 blocks with a mask each, no word prefixes) still load, repacked
+//! (`legacy`).
 
 mod cpu;
 pub mod file;
 pub(crate) mod launch;
+mod legacy;
 mod pack;
 
 use std::marker::PhantomData;
@@ -45,8 +61,9 @@ use crate::checked::Sizes;
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::layout::{
-    bitmap_block_coord, bitmap_panel_height, bitmap_tile_index, BITMAP_MASK_BYTES, BITMAP_MAX_TILE_BYTES,
-    BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_TILE, BITMAP_TILE_BLOCKS, BITMAP_TILE_HEADER_BYTES,
+    bitmap_mask_coord, bitmap_panel_height, bitmap_tile_index, BITMAP_MASK_BYTES, BITMAP_MAX_TILE_BYTES,
+    BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_TILE, BITMAP_TILE_FRAGS, BITMAP_TILE_HEADER_BYTES,
+    BITMAP_TILE_MASKS, BITMAP_WORD_PREFIX_AT,
 };
 
 pub use cpu::linear_bitmap;
@@ -63,10 +80,12 @@ pub fn predicted_bytes<T: Element>(w: &crate::sparse::SparseWeight<T>) -> usize 
 pub const TILE: usize = BITMAP_TILE;
 /// `u32` words of one quad (16 bytes, the unit of [`BitmapWeight::tile_offsets`]).
 pub const QUAD_WORDS: usize = BITMAP_QUAD_BYTES / 4;
-/// `u32` words before a tile's values (masks and fragment offsets).
+/// `u32` words before a tile's values (masks, fragment offsets, word prefixes).
 pub const HEADER_WORDS: usize = BITMAP_TILE_HEADER_BYTES / 4;
-/// `u32` words of the masks.
+/// `u32` words of the masks (where the fragment offsets start).
 const MASK_WORDS: usize = BITMAP_MASK_BYTES / 4;
+/// `u32` word where the word prefixes start (two per fragment).
+const PREFIX_WORDS_AT: usize = BITMAP_WORD_PREFIX_AT / 4;
 /// Quads of the largest tile.
 pub const MAX_TILE_QUADS: usize = BITMAP_MAX_TILE_BYTES / BITMAP_QUAD_BYTES;
 
@@ -79,7 +98,8 @@ pub const fn tile_quads(nnz: usize) -> usize {
 ///
 /// Invariants (established by every constructor, see [`BitmapWeight::from_parts`]): the
 /// offsets and tile lengths follow the format exactly, no mask bit lies outside the matrix,
-/// every fragment offset is the popcount of the tile's blocks before it, padding is zero.
+/// every fragment offset is the popcount of the tile's masks before it, every word prefix
+/// the popcount of its fragment's mask words before it, padding is zero.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BitmapWeight<T: Element> {
     rows: usize,
@@ -103,34 +123,194 @@ pub(crate) fn tile_grid(rows: usize, cols: usize) -> Result<(usize, usize, usize
     Ok((tiles_m, tiles_k, tiles))
 }
 
-/// The mask of block `b` of a tile's words (`tile[2b]` low half, `tile[2b + 1]` high).
-fn mask(tile: &[u32], b: usize) -> u64 {
-    u64::from(tile[2 * b]) | u64::from(tile[2 * b + 1]) << 32
+/// Mask `m` of a tile's words (`tile[2m]` low half, `tile[2m + 1]` high).
+fn mask(tile: &[u32], m: usize) -> u64 {
+    u64::from(tile[2 * m]) | u64::from(tile[2 * m + 1]) << 32
 }
 
-/// Value `i` of a tile's words (`u16` bits, little-endian inside the words).
-fn value(tile: &[u32], i: usize) -> u16 {
-    let w = tile[HEADER_WORDS + i / 2];
+/// `u16` number `i` of `words` (little-endian inside the words).
+fn half(words: &[u32], i: usize) -> u16 {
+    let w = words[i / 2];
     (if i % 2 == 0 { w } else { w >> 16 }) as u16
 }
 
-/// Fragment offset `f` of a tile's words.
-fn frag_offset(tile: &[u32], f: usize) -> u16 {
-    let w = tile[MASK_WORDS + f / 2];
-    (if f % 2 == 0 { w } else { w >> 16 }) as u16
+/// Value `i` of a tile's words.
+fn value(tile: &[u32], i: usize) -> u16 {
+    half(&tile[HEADER_WORDS..], i)
 }
 
-/// The mask bits of a block that lie inside a tile with `rn` valid rows and `cn` valid
-/// columns.
-fn valid_bits(block: usize, rn: usize, cn: usize) -> u64 {
-    let mut m = 0u64;
-    for bit in 0..64 {
-        let (r, c) = bitmap_block_coord(block, bit);
-        if r < rn && c < cn {
-            m |= 1 << bit;
-        }
+/// The word prefixes of a fragment whose four masks are `masks`: byte `w` counts the set
+/// bits of its 32-bit mask words `0 .. w` (lanes `0 .. 4w`), at most 7·32 = 224.
+fn word_prefixes(masks: &[u64]) -> [u8; 8] {
+    let mut prefixes = [0u8; 8];
+    let mut n = 0u32;
+    for (w, p) in prefixes.iter_mut().enumerate() {
+        *p = n as u8; // n ≤ 224 here
+        n += ((masks[w / 2] >> (32 * (w % 2))) as u32).count_ones();
     }
-    m
+    prefixes
+}
+
+/// Fragment `f`'s word prefixes as stored in a tile's words (`PREFIX_WORDS_AT + 2f` and
+/// the next word, little-endian).
+fn stored_prefixes(tile: &[u32], f: usize) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&tile[PREFIX_WORDS_AT + 2 * f].to_le_bytes());
+    b[4..].copy_from_slice(&tile[PREFIX_WORDS_AT + 2 * f + 1].to_le_bytes());
+    b
+}
+
+/// What the tile checks of [`check_tiles`] depend on: today's lane-major tiles
+/// ([`LANE_MAJOR`]) or the block-major tiles of format-tag-1 files (`legacy`).
+struct TileLayout {
+    /// Bytes before a tile's values.
+    header_bytes: usize,
+    /// Tile-local (row, col) of bit `bit` of mask `m`.
+    coord: fn(usize, usize) -> (usize, usize),
+    /// Whether word prefixes follow the fragment offsets.
+    word_prefixes: bool,
+    /// What messages call a 64-entry mask (`"mask"`, `"block"`).
+    mask_name: &'static str,
+}
+
+impl TileLayout {
+    /// Quads of a tile holding `nnz` values.
+    const fn tile_quads(&self, nnz: usize) -> usize {
+        (self.header_bytes + 2 * nnz).div_ceil(BITMAP_QUAD_BYTES)
+    }
+
+    /// The bits of mask `m` that lie inside a tile with `rn` valid rows and `cn` valid
+    /// columns.
+    fn valid_bits(&self, m: usize, rn: usize, cn: usize) -> u64 {
+        let mut v = 0u64;
+        for bit in 0..64 {
+            let (r, c) = (self.coord)(m, bit);
+            if r < rn && c < cn {
+                v |= 1 << bit;
+            }
+        }
+        v
+    }
+}
+
+/// Today's tiles (see the [module docs](self)).
+const LANE_MAJOR: TileLayout = TileLayout {
+    header_bytes: BITMAP_TILE_HEADER_BYTES,
+    coord: bitmap_mask_coord,
+    word_prefixes: true,
+    mask_name: "mask",
+};
+const _: () = assert!(LANE_MAJOR.tile_quads(0) == tile_quads(0));
+const _: () = assert!(LANE_MAJOR.tile_quads(TILE * TILE) == MAX_TILE_QUADS);
+
+/// Tiles (`tile_row`, `tile_col`) of a `tiles_m` × `tiles_k` grid in storage order: panel
+/// rows, their columns, the panel's tiles top to bottom (so the `i`-th is tile `i`).
+fn storage_order(tiles_m: usize, tiles_k: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..tiles_m.div_ceil(BITMAP_PANEL_TILES)).flat_map(move |p| {
+        let h = bitmap_panel_height(p, tiles_m);
+        (0..tiles_k).flat_map(move |tk| (BITMAP_PANEL_TILES * p..BITMAP_PANEL_TILES * p + h).map(move |tr| (tr, tk)))
+    })
+}
+
+/// Checks the tiles of a `rows × cols` weight (`tile_grid` checked the shape) against
+/// `layout`, with checked arithmetic: `tile_offsets` has `tiles + 1` entries from 0,
+/// non-decreasing, the last equal to `data.len() / 4`; each tile is exactly its layout's
+/// length for its popcount; no mask bit outside the matrix; each fragment offset is the
+/// popcount of the masks before it, each word prefix (if the layout has them) that of its
+/// fragment's mask words before it; the padding after the values is zero. Returns the
+/// values in all; `bad` makes the error of a message naming the broken rule.
+fn check_tiles(
+    layout: &TileLayout,
+    rows: usize,
+    cols: usize,
+    tile_offsets: &[u32],
+    data: &[u32],
+    bad: impl Fn(String) -> Error,
+) -> Result<usize> {
+    let (tiles_m, tiles_k, tiles) = tile_grid(rows, cols)?;
+    if tile_offsets.len() != tiles + 1 {
+        return Err(bad(format!("tile_offsets has {} entries, expected tiles + 1 = {}", tile_offsets.len(), tiles + 1)));
+    }
+    if tile_offsets[0] != 0 {
+        return Err(bad(format!("tile_offsets[0] = {}, expected 0", tile_offsets[0])));
+    }
+    let last = tile_offsets[tiles] as usize;
+    let expected_words = Sizes::ARG.mul("bitmap data words (4 · last tile offset)", last, QUAD_WORDS)?;
+    if expected_words != data.len() {
+        return Err(bad(format!(
+            "tile_offsets[{tiles}] = {last} quads = {expected_words} words, but data has {} words",
+            data.len()
+        )));
+    }
+    let (min_quads, max_quads) = (layout.tile_quads(0), layout.tile_quads(TILE * TILE));
+    let (values_at, name) = (layout.header_bytes / 4, layout.mask_name);
+    let mut nnz = 0usize;
+    let mut valid = [[0u64; BITMAP_TILE_MASKS]; 2]; // cache for the most common shapes
+    let mut valid_for = [(usize::MAX, usize::MAX); 2];
+    for (t, (tr, tk)) in storage_order(tiles_m, tiles_k).enumerate() {
+        let (rn, cn) = (TILE.min(rows - tr * TILE), TILE.min(cols - tk * TILE));
+        let (a, b) = (tile_offsets[t] as usize, tile_offsets[t + 1] as usize);
+        if b < a {
+            return Err(bad(format!("tile_offsets decrease at [{}]: {a} then {b}", t + 1)));
+        }
+        let quads = b - a;
+        if !(min_quads..=max_quads).contains(&quads) {
+            return Err(bad(format!(
+                "tile {t} (tile_offsets[{t}..={}]) is {quads} quads, a tile is {min_quads}..={max_quads}",
+                t + 1
+            )));
+        }
+        // b ≤ last, so these fit (checked above).
+        let words = &data[a * QUAD_WORDS..b * QUAD_WORDS];
+        let slot = usize::from(cn != TILE);
+        if valid_for[slot] != (rn, cn) {
+            for (m, v) in valid[slot].iter_mut().enumerate() {
+                *v = layout.valid_bits(m, rn, cn);
+            }
+            valid_for[slot] = (rn, cn);
+        }
+        let mut count = 0usize;
+        for f in 0..BITMAP_TILE_FRAGS {
+            let off = usize::from(half(&words[MASK_WORDS..], f));
+            if off != count {
+                return Err(bad(format!("tile {t}: fragment offset {f} is {off}, its {name}s before hold {count} values")));
+            }
+            let masks = [0, 1, 2, 3].map(|q| mask(words, 4 * f + q));
+            for (q, &m) in masks.iter().enumerate() {
+                if m & !valid[slot][4 * f + q] != 0 {
+                    return Err(bad(format!(
+                        "tile {t}: {name} {} ({m:#018x}) has bits outside the {rows}×{cols} matrix",
+                        4 * f + q
+                    )));
+                }
+                count += m.count_ones() as usize;
+            }
+            if layout.word_prefixes {
+                let (want, got) = (word_prefixes(&masks), stored_prefixes(words, f));
+                if let Some(w) = (0..8).find(|&w| want[w] != got[w]) {
+                    return Err(bad(format!(
+                        "tile {t}: fragment {f}'s word prefix {w} is {}, its lanes 0..{} hold {} values",
+                        got[w],
+                        4 * w,
+                        want[w]
+                    )));
+                }
+            }
+        }
+        if quads != layout.tile_quads(count) {
+            return Err(bad(format!(
+                "tile {t} holds {count} values, so it is {} quads long, but tile_offsets give {quads}",
+                layout.tile_quads(count)
+            )));
+        }
+        // Padding: the half-word after an odd count and the words after the values.
+        let odd_pad = count % 2 == 1 && words[values_at + count / 2] >> 16 != 0;
+        if odd_pad || words[values_at + count.div_ceil(2)..].iter().any(|&w| w != 0) {
+            return Err(bad(format!("tile {t}: the padding after its {count} values is not zero")));
+        }
+        nnz += count;
+    }
+    Ok(nnz)
 }
 
 impl<T: Element> BitmapWeight<T> {
@@ -138,95 +318,16 @@ impl<T: Element> BitmapWeight<T> {
     /// arithmetic (nothing unchecked can reach a kernel): `tile_offsets` has `tiles + 1`
     /// entries from 0, non-decreasing, the last equal to `data.len() / 4`; each tile is
     /// exactly [`tile_quads`]`(its popcount)` quads; no mask bit outside the matrix; each
-    /// fragment offset equals the popcount of the blocks before it; the padding after the
-    /// values is zero. Stored values may be any bits (±0, NaN, ±Inf included).
+    /// fragment offset equals the popcount of the masks before it; each word prefix equals
+    /// the popcount of its fragment's mask words before it; the padding after the values is
+    /// zero. Stored values may be any bits (±0, NaN, ±Inf included).
     ///
     /// Errors: [`Error::Shape`] for an empty or too large shape; [`Error::InvalidArgument`]
-    /// naming the field (`tile_offsets[i]`, a tile's mask, fragment offset, length or padding)
-    /// for anything else.
+    /// naming the field (`tile_offsets[i]`, a tile's mask, fragment offset, word prefix,
+    /// length or padding) for anything else.
     pub fn from_parts(rows: usize, cols: usize, tile_offsets: Vec<u32>, data: Vec<u32>) -> Result<Self> {
-        let (tiles_m, tiles_k, tiles) = tile_grid(rows, cols)?;
         let bad = |msg: String| Error::InvalidArgument(format!("bitmap weight {rows}×{cols}: {msg}"));
-        if tile_offsets.len() != tiles + 1 {
-            return Err(bad(format!("tile_offsets has {} entries, expected tiles + 1 = {}", tile_offsets.len(), tiles + 1)));
-        }
-        if tile_offsets[0] != 0 {
-            return Err(bad(format!("tile_offsets[0] = {}, expected 0", tile_offsets[0])));
-        }
-        let last = tile_offsets[tiles] as usize;
-        let expected_words = Sizes::ARG.mul("bitmap data words (4 · last tile offset)", last, QUAD_WORDS)?;
-        if expected_words != data.len() {
-            return Err(bad(format!(
-                "tile_offsets[{tiles}] = {last} quads = {expected_words} words, but data has {} words",
-                data.len()
-            )));
-        }
-        let mut nnz = 0usize;
-        let mut valid = [[0u64; BITMAP_TILE_BLOCKS]; 2]; // cache for the most common shape
-        let mut valid_for = [(usize::MAX, usize::MAX); 2];
-        // Tiles in storage order: panel rows, their columns, the panel's tiles.
-        let order = (0..tiles_m.div_ceil(BITMAP_PANEL_TILES)).flat_map(|p| {
-            let h = bitmap_panel_height(p, tiles_m);
-            (0..tiles_k).flat_map(move |tk| (BITMAP_PANEL_TILES * p..BITMAP_PANEL_TILES * p + h).map(move |tr| (tr, tk)))
-        });
-        for (tr, tk) in order {
-            {
-                let (rn, cn) = (TILE.min(rows - tr * TILE), TILE.min(cols - tk * TILE));
-                let t = bitmap_tile_index(tr, tk, tiles_m, tiles_k);
-                let (a, b) = (tile_offsets[t] as usize, tile_offsets[t + 1] as usize);
-                if b < a {
-                    return Err(bad(format!("tile_offsets decrease at [{}]: {a} then {b}", t + 1)));
-                }
-                let quads = b - a;
-                if !(tile_quads(0)..=MAX_TILE_QUADS).contains(&quads) {
-                    return Err(bad(format!(
-                        "tile {t} (tile_offsets[{t}..={}]) is {quads} quads, a tile is {}..={MAX_TILE_QUADS}",
-                        t + 1,
-                        tile_quads(0)
-                    )));
-                }
-                // b ≤ last, so these fit (checked above).
-                let words = &data[a * QUAD_WORDS..b * QUAD_WORDS];
-                let slot = usize::from(cn != TILE);
-                if valid_for[slot] != (rn, cn) {
-                    for (blk, v) in valid[slot].iter_mut().enumerate() {
-                        *v = valid_bits(blk, rn, cn);
-                    }
-                    valid_for[slot] = (rn, cn);
-                }
-                let mut count = 0usize;
-                for blk in 0..BITMAP_TILE_BLOCKS {
-                    if blk % 4 == 0 {
-                        let f = blk / 4;
-                        let off = usize::from(frag_offset(words, f));
-                        if off != count {
-                            return Err(bad(format!("tile {t}: fragment offset {f} is {off}, its blocks before hold {count} values")));
-                        }
-                    }
-                    let m = mask(words, blk);
-                    if m & !valid[slot][blk] != 0 {
-                        return Err(bad(format!(
-                            "tile {t}: block {blk}'s mask {m:#018x} has bits outside the {rows}×{cols} matrix"
-                        )));
-                    }
-                    count += m.count_ones() as usize;
-                }
-                if quads != tile_quads(count) {
-                    return Err(bad(format!(
-                        "tile {t} holds {count} values, so it is {} quads long, but tile_offsets give {quads}",
-                        tile_quads(count)
-                    )));
-                }
-                // Padding: the half-word after an odd count and the words after the values.
-                if count % 2 == 1 && words[HEADER_WORDS + count / 2] >> 16 != 0 {
-                    return Err(bad(format!("tile {t}: the padding after its {count} values is not zero")));
-                }
-                if words[HEADER_WORDS + count.div_ceil(2)..].iter().any(|&w| w != 0) {
-                    return Err(bad(format!("tile {t}: the padding after its {count} values is not zero")));
-                }
-                nnz += count;
-            }
-        }
+        let nnz = check_tiles(&LANE_MAJOR, rows, cols, &tile_offsets, &data, bad)?;
         Ok(BitmapWeight { rows, cols, nnz, tile_offsets, data, _t: PhantomData })
     }
 
@@ -237,12 +338,12 @@ impl<T: Element> BitmapWeight<T> {
             for tk in 0..self.tiles_k() {
                 let words = self.tile_words(bitmap_tile_index(tr, tk, self.tiles_m(), self.tiles_k()));
                 let mut i = 0;
-                for blk in 0..BITMAP_TILE_BLOCKS {
-                    let mut m = mask(words, blk);
+                for mi in 0..BITMAP_TILE_MASKS {
+                    let mut m = mask(words, mi);
                     while m != 0 {
                         let bit = m.trailing_zeros() as usize;
                         m &= m - 1;
-                        let (r, c) = bitmap_block_coord(blk, bit);
+                        let (r, c) = bitmap_mask_coord(mi, bit);
                         out[(tr * TILE + r) * self.cols + tk * TILE + c] = T::from_bits(value(words, i));
                         i += 1;
                     }

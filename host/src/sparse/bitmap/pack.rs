@@ -1,10 +1,10 @@
 //! Packing dense (optionally magnitude-pruned) and Tiled-CSL weights into the bitmap format.
 
-use super::{tile_grid, tile_quads, BitmapWeight, HEADER_WORDS, QUAD_WORDS, TILE};
+use super::{tile_grid, tile_quads, word_prefixes, BitmapWeight, HEADER_WORDS, MASK_WORDS, PREFIX_WORDS_AT, QUAD_WORDS, TILE};
 use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{bitmap_block_coord, bitmap_tile_index, BITMAP_MASK_BYTES, BITMAP_TILE_BLOCKS};
+use crate::layout::{bitmap_mask_coord, bitmap_tile_index, BITMAP_TILE_FRAGS};
 use crate::sparse::format::{is_zero_bits, worker_threads};
 use crate::sparse::SparseWeight;
 use std::marker::PhantomData;
@@ -13,32 +13,36 @@ use std::marker::PhantomData;
 const MIN_ELEMS_PER_THREAD: usize = 1 << 19;
 
 /// Appends the words of tile (`tr`, `tk`) of the row-major `dense` (`rows × cols`) to `out`,
-/// storing every entry that is not ±0; returns its value count.
-fn encode_tile<T: Element>(dense: &[T], rows: usize, cols: usize, tr: usize, tk: usize, out: &mut Vec<u32>) -> usize {
+/// storing every entry that is not ±0; returns its value count. (The block-major file
+/// loader passes one tile's entries as a whole matrix.)
+pub(super) fn encode_tile<T: Element>(dense: &[T], rows: usize, cols: usize, tr: usize, tk: usize, out: &mut Vec<u32>) -> usize {
     let (r0, c0) = (tr * TILE, tk * TILE);
     let (rn, cn) = (TILE.min(rows - r0), TILE.min(cols - c0));
     let start = out.len();
     out.resize(start + HEADER_WORDS, 0);
     let mut values: Vec<u16> = Vec::with_capacity(TILE * TILE);
-    for blk in 0..BITMAP_TILE_BLOCKS {
-        if blk % 4 == 0 {
-            // Fragment offset: the values so far (< 4096, fits u16).
-            let f = blk / 4;
-            out[start + BITMAP_MASK_BYTES / 4 + f / 2] |= (values.len() as u32) << (16 * (f % 2));
-        }
-        let mut mask = 0u64;
-        for bit in 0..64 {
-            let (r, c) = bitmap_block_coord(blk, bit);
-            if r < rn && c < cn {
-                let bits = dense[(r0 + r) * cols + c0 + c].to_bits();
-                if !is_zero_bits(bits) {
-                    mask |= 1 << bit;
-                    values.push(bits);
+    for f in 0..BITMAP_TILE_FRAGS {
+        // Fragment offset: the values so far (< 4096, fits u16).
+        out[start + MASK_WORDS + f / 2] |= (values.len() as u32) << (16 * (f % 2));
+        let mut masks = [0u64; 4];
+        for (q, mask) in masks.iter_mut().enumerate() {
+            let m = 4 * f + q;
+            for bit in 0..64 {
+                let (r, c) = bitmap_mask_coord(m, bit);
+                if r < rn && c < cn {
+                    let bits = dense[(r0 + r) * cols + c0 + c].to_bits();
+                    if !is_zero_bits(bits) {
+                        *mask |= 1 << bit;
+                        values.push(bits);
+                    }
                 }
             }
+            out[start + 2 * m] = *mask as u32;
+            out[start + 2 * m + 1] = (*mask >> 32) as u32;
         }
-        out[start + 2 * blk] = mask as u32;
-        out[start + 2 * blk + 1] = (mask >> 32) as u32;
+        let p = word_prefixes(&masks);
+        out[start + PREFIX_WORDS_AT + 2 * f] = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        out[start + PREFIX_WORDS_AT + 2 * f + 1] = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
     }
     for pair in values.chunks(2) {
         out.push(u32::from(pair[0]) | pair.get(1).map_or(0, |&v| u32::from(v) << 16));

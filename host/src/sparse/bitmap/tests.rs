@@ -1,35 +1,98 @@
 //! Unit tests of the bitmap format: layout maps, packing, validation, files, CPU SpMM.
 
-use super::file::{FORMAT_TAG, VERSION};
+use super::file::{FORMAT_TAG, FORMAT_TAG_BLOCK_MAJOR, VERSION};
+use super::legacy::{block_major_parts, legacy_coord};
 use super::*;
 use crate::cpu::linear_ref_f64;
-use crate::layout::{bitmap_block_bit, frag_a_coord, BITMAP_TILE_FRAGS};
-use crate::sparse::file::{checksum, HEADER_BYTES};
+use crate::layout::{bitmap_mask_bit, frag_a_coord, BITMAP_TILE_FRAGS};
+use crate::sparse::file::{checksum, write_container, HEADER_BYTES};
 use crate::sparse::test_util::{random_sparse, Rng};
 use crate::sparse::SparseWeight;
 use half::{bf16, f16};
 use proptest::prelude::*;
 
 #[test]
-fn block_maps_are_inverse_and_match_the_a_fragment() {
+fn mask_maps_are_inverse_and_lane_major() {
     let mut seen = vec![false; TILE * TILE];
     for r in 0..TILE {
         for c in 0..TILE {
-            let (b, bit) = bitmap_block_bit(r, c);
-            assert!(b < BITMAP_TILE_BLOCKS && bit < 64);
-            assert_eq!(bitmap_block_coord(b, bit), (r, c));
-            assert!(!std::mem::replace(&mut seen[b * 64 + bit], true));
+            let (m, bit) = bitmap_mask_bit(r, c);
+            assert!(m < BITMAP_TILE_MASKS && bit < 64);
+            assert_eq!(bitmap_mask_coord(m, bit), (r, c));
+            assert!(!std::mem::replace(&mut seen[m * 64 + bit], true));
         }
     }
-    // Lane l's A-register j (halves 2j, 2j+1) of fragment f is bits 2l, 2l+1 of block 4f+j.
+    // Byte l of fragment f's 32 mask bytes is lane l's, bit i its A half i: mask 4f + l/8,
+    // bit 8·(l % 8) + i.
     for f in 0..BITMAP_TILE_FRAGS {
         let (r0, c0) = ((f / 4) * 16, (f % 4) * 16);
         for lane in 0..32 {
-            for j in 0..4 {
-                for h in 0..2 {
-                    let (r, c) = frag_a_coord(lane, 2 * j + h);
-                    assert_eq!(bitmap_block_bit(r0 + r, c0 + c), (4 * f + j, 2 * lane + h), "f {f} lane {lane} reg {j}");
+            for i in 0..8 {
+                let (r, c) = frag_a_coord(lane, i);
+                let (m, bit) = bitmap_mask_bit(r0 + r, c0 + c);
+                assert_eq!((m / 4, 8 * (m % 4) + bit / 8, bit % 8), (f, lane, i), "f {f} lane {lane} half {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn legacy_block_map_is_the_old_a_register_order() {
+    // Block-major tiles: lane l's A register j (halves 2j, 2j+1) of fragment f was bits 2l,
+    // 2l+1 of block 4f+j; the map is a bijection of the tile.
+    let mut seen = vec![false; TILE * TILE];
+    for block in 0..BITMAP_TILE_MASKS {
+        for bit in 0..64 {
+            let (r, c) = legacy_coord(block, bit);
+            assert!(!std::mem::replace(&mut seen[r * TILE + c], true));
+        }
+    }
+    for f in 0..BITMAP_TILE_FRAGS {
+        let (r0, c0) = ((f / 4) * 16, (f % 4) * 16);
+        for lane in 0..32 {
+            for i in 0..8 {
+                let (r, c) = frag_a_coord(lane, i);
+                assert_eq!(legacy_coord(4 * f + i / 2, 2 * lane + i % 2), (r0 + r, c0 + c));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lanes_values_are_contiguous_and_found_with_its_word_prefix() {
+    // The kernel's decode: lane l's first value in fragment f is at the fragment offset +
+    // prefix byte of its mask word l/4 + popc of the lower lanes' bytes in that word; its
+    // values follow in A-half order.
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (128, 100);
+    for density in [0.0, 0.3, 0.9, 1.0] {
+        let dense: Vec<f16> = blocky(&mut rng, rows, cols, density);
+        let w = BitmapWeight::from_dense(rows, cols, &dense).unwrap();
+        for (t, (tr, tk)) in storage_order(w.tiles_m(), w.tiles_k()).enumerate() {
+            let words = w.tile_words(t);
+            for f in 0..BITMAP_TILE_FRAGS {
+                let prefixes = stored_prefixes(words, f);
+                let base = usize::from(half(&words[MASK_WORDS..], f));
+                let mut expect_next = base;
+                for lane in 0..32 {
+                    let word = words[8 * f + lane / 4];
+                    let below = (word & ((1u32 << (8 * (lane % 4))) - 1)).count_ones() as usize;
+                    let mut at = base + usize::from(prefixes[lane / 4]) + below;
+                    assert_eq!(at, expect_next, "tile {t} fragment {f} lane {lane}");
+                    for i in 0..8 {
+                        let (r, c) = frag_a_coord(lane, i);
+                        let (r, c) = (tr * TILE + (f / 4) * 16 + r, tk * TILE + (f % 4) * 16 + c);
+                        let stored = (word >> (8 * (lane % 4) + i)) & 1 == 1;
+                        let d = if r < rows && c < cols { dense[r * cols + c] } else { f16::ZERO };
+                        assert_eq!(stored, d.to_bits() & 0x7fff != 0);
+                        if stored {
+                            assert_eq!(value(words, at), d.to_bits());
+                            at += 1;
+                        }
+                    }
+                    expect_next = at;
                 }
+                assert_eq!(prefixes[0], 0);
             }
         }
     }
@@ -76,6 +139,13 @@ fn blocky<T: Element>(rng: &mut Rng, rows: usize, cols: usize, density: f64) -> 
     d
 }
 
+/// A format-tag-1 file (block-major tiles) of container `version` around the parts.
+fn block_major_file<T: Element>(version: u32, rows: usize, cols: usize, offsets: &[u32], data: &[u32]) -> Vec<u8> {
+    let mut b = Vec::new();
+    write_container(&mut b, version, FORMAT_TAG_BLOCK_MAJOR, T::DTYPE, 0, rows as u64, cols as u64, offsets, data).unwrap();
+    b
+}
+
 fn check_round_trip<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Result<(), TestCaseError> {
     let w = BitmapWeight::from_dense(rows, cols, dense).unwrap();
     prop_assert_eq!(w.to_dense(), dense.to_vec());
@@ -83,13 +153,16 @@ fn check_round_trip<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Result
     prop_assert_eq!(w.nnz(), nonzeros);
     // Size: every tile is its header and values, padded to 16 bytes.
     let tiles = rows.div_ceil(64) * cols.div_ceil(64);
-    prop_assert!(w.stored_bytes() >= 4 * (tiles + 1) + 544 * tiles + 2 * nonzeros);
-    prop_assert!(w.stored_bytes() <= 4 * (tiles + 1) + 560 * tiles + 2 * nonzeros);
+    prop_assert!(w.stored_bytes() >= 4 * (tiles + 1) + 672 * tiles + 2 * nonzeros);
+    prop_assert!(w.stored_bytes() <= 4 * (tiles + 1) + 688 * tiles + 2 * nonzeros);
     let again = BitmapWeight::<T>::from_parts(rows, cols, w.tile_offsets().to_vec(), w.data().to_vec()).unwrap();
     prop_assert_eq!(&again, &w);
     let mut file = Vec::new();
     w.save(&mut file).unwrap();
-    prop_assert_eq!(BitmapWeight::<T>::load(&file[..]).unwrap(), w);
+    prop_assert_eq!(&BitmapWeight::<T>::load(&file[..]).unwrap(), &w);
+    // The same matrix in a block-major file (format tag 1) loads as the same weight.
+    let (o, d) = block_major_parts(rows, cols, dense);
+    prop_assert_eq!(BitmapWeight::<T>::load(&block_major_file::<T>(VERSION, rows, cols, &o, &d)[..]).unwrap(), w);
     Ok(())
 }
 
@@ -221,9 +294,10 @@ fn bytes_and_density() {
     let w = BitmapWeight::from_dense(128, 128, &d).unwrap();
     assert_eq!(w.nnz(), 4096);
     assert_eq!(w.density(), 0.25);
-    assert_eq!(w.tile_offsets(), [0, 546, 580, 614, 648]);
-    assert_eq!(w.stored_bytes(), 4 * 5 + 16 * 648);
-    assert_eq!(w.max_panel_bytes(), 16 * 580);
+    assert_eq!((tile_quads(0), tile_quads(4096)), (42, 554));
+    assert_eq!(w.tile_offsets(), [0, 554, 596, 638, 680]);
+    assert_eq!(w.stored_bytes(), 4 * 5 + 16 * 680);
+    assert_eq!(w.max_panel_bytes(), 16 * 596);
 }
 
 /// A 70×80 weight (2×2 tiles, three of them partial) with a few entries, and its parts.
@@ -263,10 +337,10 @@ fn from_parts_rejects_each_corruption() {
     let mut bad = o.clone();
     bad[1] -= 1;
     let m = parts_err(bad, data.clone());
-    assert!(m.contains("tile 0 holds 4 values, so it is 35 quads long, but tile_offsets give 34"), "{m}");
+    assert!(m.contains("tile 0 holds 4 values, so it is 43 quads long, but tile_offsets give 42"), "{m}");
     let mut bad = o.clone();
-    bad[1] = 33;
-    assert!(parts_err(bad, data.clone()).contains("tile 0 (tile_offsets[0..=1]) is 33 quads"));
+    bad[1] = 41;
+    assert!(parts_err(bad, data.clone()).contains("tile 0 (tile_offsets[0..=1]) is 41 quads, a tile is 42..=554"));
     // One quad more in tile 0 (its values are then mis-sized).
     let mut longer = data.clone();
     let at = 4 * o[1] as usize;
@@ -276,23 +350,38 @@ fn from_parts_rejects_each_corruption() {
     // Tile 2 (rows 0..64, columns 64..80: 16 valid columns) with a bit at column 16.
     let t1 = 4 * o[2] as usize;
     let mut bad = data.clone();
-    let (blk, bit) = bitmap_block_bit(0, 16);
-    bad[t1 + 2 * blk + bit / 32] |= 1 << (bit % 32);
-    assert!(parts_err(o.clone(), bad).contains("outside the 70×80"));
+    let (m, bit) = bitmap_mask_bit(0, 16);
+    bad[t1 + 2 * m + bit / 32] |= 1 << (bit % 32);
+    let msg = parts_err(o.clone(), bad);
+    assert!(msg.contains(&format!("tile 2: mask {m} (")) && msg.contains("outside the 70×80"), "{msg}");
     // Tile 1 (rows 64..70) with a bit at row 6.
     let t2 = 4 * o[1] as usize;
     let mut bad = data.clone();
-    let (blk, bit) = bitmap_block_bit(6, 0);
-    bad[t2 + 2 * blk + bit / 32] |= 1 << (bit % 32);
+    let (m, bit) = bitmap_mask_bit(6, 0);
+    bad[t2 + 2 * m + bit / 32] |= 1 << (bit % 32);
     assert!(parts_err(o.clone(), bad).contains("outside the 70×80"));
     // A fragment offset off by one.
     let mut bad = data.clone();
     bad[MASK_WORDS + 1] += 1;
     assert!(parts_err(o.clone(), bad).contains("fragment offset"));
-    // A mask bit more inside the matrix: the tile then holds more values than its length.
+    // A mask bit more inside the matrix (lane 0, A half 5): its fragment's word prefixes
+    // after it are then short.
     let mut bad = data.clone();
     bad[0] |= 1 << 5;
-    assert!(parts_err(o.clone(), bad).contains("fragment offset 1 is"));
+    let msg = parts_err(o.clone(), bad);
+    assert!(msg.contains("tile 0: fragment 0's word prefix 1 is 2, its lanes 0..4 hold 3 values"), "{msg}");
+    // A word prefix byte off by one: byte 0 (always 0), byte 5 of fragment 3, byte 7.
+    for (f, w) in [(0, 0), (3, 5), (15, 7)] {
+        let mut bad = data.clone();
+        bad[PREFIX_WORDS_AT + 2 * f + w / 4] ^= 1 << (8 * (w % 4));
+        let msg = parts_err(o.clone(), bad);
+        assert!(msg.contains(&format!("tile 0: fragment {f}'s word prefix {w} is")), "{msg}");
+    }
+    // The same in another tile (tile 3: rows 64..70, columns 64..80).
+    let mut bad = data.clone();
+    bad[4 * o[3] as usize + PREFIX_WORDS_AT + 1] += 1 << 16;
+    let msg = parts_err(o.clone(), bad);
+    assert!(msg.contains("tile 3: fragment 0's word prefix 6 is"), "{msg}");
     // Padding after the values.
     let mut bad = data.clone();
     let end = 4 * o[1] as usize - 1;
@@ -355,5 +444,126 @@ fn automatic_format_follows_the_stored_bytes() {
         assert!(predicted_bytes(&sw).abs_diff(bw.stored_bytes()) <= 8 * 64, "{sparsity}");
         assert_eq!(FormatChoice::Auto.resolve(&sw), expect, "{sparsity}");
         assert_eq!(FormatChoice::Is(SparseFormat::TiledCsl).resolve(&sw), SparseFormat::TiledCsl);
+    }
+}
+
+#[test]
+fn block_major_files_load_as_the_same_matrix() {
+    let mut rng = Rng::new(21);
+    for (rows, cols, density) in [(70, 80, 0.2), (300, 130, 0.5), (64, 64, 1.0), (1, 1, 1.0), (260, 65, 0.0)] {
+        let dense: Vec<bf16> = blocky(&mut rng, rows, cols, density);
+        let w = BitmapWeight::from_dense(rows, cols, &dense).unwrap();
+        let (o, d) = block_major_parts(rows, cols, &dense);
+        for version in [5, 6] {
+            let file = block_major_file::<bf16>(version, rows, cols, &o, &d);
+            let back = BitmapWeight::<bf16>::load(&file[..]).unwrap();
+            assert_eq!(back, w, "{rows}×{cols}, version {version}");
+            assert_eq!(back.to_dense(), dense);
+            // Saved again: today's format tag and version, and the bytes of a fresh save.
+            let mut again = Vec::new();
+            back.save(&mut again).unwrap();
+            assert_eq!(u16::from_le_bytes([again[14], again[15]]), FORMAT_TAG);
+            let mut fresh = Vec::new();
+            w.save(&mut fresh).unwrap();
+            assert_eq!(again, fresh);
+            assert!(matches!(BitmapWeight::<f16>::load(&file[..]), Err(Error::UnsupportedDtype(_))));
+        }
+    }
+    // A value stored as ±0 in an old file is not stored after repacking: the same matrix.
+    let (w, _, _) = sample();
+    let dense = w.to_dense();
+    let (o, mut d) = block_major_parts(70, 80, &dense);
+    assert_eq!(legacy_coord(0, 0), (0, 0));
+    // Tile 0's value 0 (word 136, after the 544-byte header) is entry (0, 0); store −0.
+    d[136] = (d[136] & 0xffff_0000) | 0x8000;
+    let back = BitmapWeight::<f16>::load(&block_major_file::<f16>(6, 70, 80, &o, &d)[..]).unwrap();
+    let mut zeroed = dense.clone();
+    zeroed[0] = f16::ZERO;
+    assert_eq!(back, BitmapWeight::from_dense(70, 80, &zeroed).unwrap());
+    assert_eq!(back.nnz(), w.nnz() - 1);
+}
+
+#[test]
+fn corrupt_block_major_files_are_refused() {
+    let (w, _, _) = sample();
+    let (o, d) = block_major_parts(70, 80, &w.to_dense());
+    let err = |o: &[u32], d: &[u32]| match BitmapWeight::<f16>::load(&block_major_file::<f16>(6, 70, 80, o, d)[..]) {
+        Err(Error::Format(m)) => {
+            assert!(m.contains("block-major") && m.contains("70×80"), "{m}");
+            m
+        }
+        other => panic!("expected Error::Format, got {other:?}"),
+    };
+    assert!(BitmapWeight::<f16>::load(&block_major_file::<f16>(6, 70, 80, &o, &d)[..]).is_ok());
+    // Tile lengths of the old header (34 quads for no values, 35 for tile 0's 4 values).
+    assert_eq!(&o[..2], [0, 35]);
+    let mut bad = o.clone();
+    bad[1] -= 1;
+    assert!(err(&bad, &d).contains("tile 0 holds 4 values, so it is 35 quads long, but tile_offsets give 34"));
+    let mut bad = o.clone();
+    bad[0] = 1;
+    assert!(err(&bad, &d).contains("tile_offsets[0] = 1"));
+    // A fragment offset off by one (fragment 2 of tile 0).
+    let mut bad = d.clone();
+    bad[128 + 1] += 1;
+    assert!(err(&o, &bad).contains("tile 0: fragment offset 2 is 4, its blocks before hold 3 values"));
+    // A bit outside the matrix: tile 1 (rows 64..70) at row 6 (block 0, bit 48).
+    let mut bad = d.clone();
+    bad[4 * o[1] as usize + 1] |= 1 << 16;
+    assert!(err(&o, &bad).contains("tile 1: block 0 (0x0001000000000001) has bits outside the 70×80 matrix"));
+    // A bit more inside it: fragment 1's offset no longer matches.
+    let mut bad = d.clone();
+    bad[0] |= 1 << 2;
+    assert!(err(&o, &bad).contains("fragment offset 1 is"));
+    // Padding after the values.
+    let mut bad = d.clone();
+    bad[4 * o[1] as usize - 1] = 1;
+    assert!(err(&o, &bad).contains("padding"));
+    // A tile shorter than the old header.
+    let mut bad = o.clone();
+    bad[1] = 33;
+    assert!(err(&bad, &d).contains("tile 0 (tile_offsets[0..=1]) is 33 quads, a tile is 34..=546"));
+}
+
+#[test]
+fn format_tags_and_versions_are_not_mixed_up() {
+    // Relabelled with valid checksums: today's tiles as tag 1, block-major ones as tag 2,
+    // tag 2 in a version-5 file, an unknown tag; the header's word bounds follow the tag.
+    let (w, o, data) = sample();
+    let (lo, ld) = block_major_parts(70, 80, &w.to_dense());
+    let file = |version: u32, tag: u16, o: &[u32], d: &[u32]| {
+        let mut b = Vec::new();
+        write_container(&mut b, version, tag, crate::Dtype::F16, 0, 70, 80, o, d).unwrap();
+        match BitmapWeight::<f16>::load(&b[..]) {
+            Err(Error::Format(m)) => m,
+            other => panic!("expected Error::Format, got {other:?}"),
+        }
+    };
+    let m = file(6, FORMAT_TAG_BLOCK_MAJOR, &o, &data);
+    assert!(m.contains("block-major") && m.contains("quads"), "{m}");
+    let m = file(6, FORMAT_TAG, &lo, &ld);
+    assert!(m.contains("header says") && m.contains("data words"), "{m}");
+    let m = file(5, FORMAT_TAG, &o, &data);
+    assert!(m.contains("format tag 2") && m.contains("version 6"), "{m}");
+    let m = file(6, 3, &o, &data);
+    assert!(m.contains("format tag 3 is not a bitmap format's"), "{m}");
+    // The smallest weight: one empty tile, 34 quads in tag 1, 42 in tag 2.
+    let one = BitmapWeight::<f16>::from_dense(1, 1, &[f16::ZERO]).unwrap();
+    assert_eq!(one.tile_offsets(), [0, 42]);
+    let (lo, ld) = block_major_parts(1, 1, &[f16::ZERO]);
+    assert_eq!(lo, [0, 34]);
+    let mut b = Vec::new();
+    write_container(&mut b, 6, FORMAT_TAG_BLOCK_MAJOR, crate::Dtype::F16, 0, 1, 1, &lo, &ld).unwrap();
+    assert_eq!(BitmapWeight::<f16>::load(&b[..]).unwrap(), one);
+    let mut b = Vec::new();
+    write_container(&mut b, 6, FORMAT_TAG, crate::Dtype::F16, 0, 1, 1, &lo, &ld).unwrap();
+    let Err(Error::Format(m)) = BitmapWeight::<f16>::load(&b[..]) else { panic!() };
+    assert!(m.contains("header says 136 data words") && m.contains("168..=2216"), "{m}");
+    // The Tiled-CSL loader names both bitmap tags.
+    for tag in [FORMAT_TAG, FORMAT_TAG_BLOCK_MAJOR] {
+        let mut b = Vec::new();
+        write_container(&mut b, 6, tag, crate::Dtype::F16, 0, 1, 1, &lo, &ld).unwrap();
+        let Err(Error::Format(m)) = SparseWeight::<f16>::load(&b[..]) else { panic!() };
+        assert!(m.contains(&format!("format tag {tag}")) && m.contains("BitmapWeight::load"), "{m}");
     }
 }
