@@ -17,6 +17,7 @@
 #   bash benches/reference/device_stage.sh linear     # kernel benchmark with every format vs cuBLAS
 #   bash benches/reference/device_stage.sh bitmap-ab  # the bitmap suite (both builds), then the kernel against
 #                                                     # a previous build's bench_linear (bin/bench_linear_base)
+#   bash benches/reference/device_stage.sh ncu-bitmap # Nsight Compute profile of the bitmap kernel (27648x9216, N=8, 50%)
 #   bash benches/reference/device_stage.sh tune-dense # every dense plan on the 7B decode shapes
 #   bash benches/reference/device_stage.sh candle     # candle's CUDA backend with SparseLinear: test, example, memcheck
 #   bash benches/reference/device_stage.sh nccl       # tensor parallel over NCCL: the GPU test, then bench-e2e --gpus
@@ -93,6 +94,13 @@ case "${1:?stage}" in
       $b/bin/bench_linear "${args[@]}" --csv "$out/bitmap_ab_new.csv" > "$out/bitmap_ab_new_$round.log" 2>&1
       echo "new round $round: rc=$?"
     done ;;
+  ncu-bitmap)
+    ncu --kernel-name regex:bitmap_linear --launch-count 1 --section SpeedOfLight --section Occupancy \
+      --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
+      $b/bin/bench_linear --shapes 27648x9216 --n 8 --sparsity "${NCU_SPARSITY:-0.5}" --dtype f16 \
+      --rows-pattern none --reps 50 --csv /tmp/ncu_bench.csv > "$out/ncu_bitmap_${NCU_SPARSITY:-0.5}.txt" 2>&1
+    echo "ncu: rc=$?" ;;
   tune-dense)
     # Every compiled dense block shape and split count on the decode shapes of LLaMA-2-7B
     # (q|k|v, o, gate|up, down, LM head) at 1 and 8 tokens.

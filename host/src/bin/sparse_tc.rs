@@ -68,9 +68,9 @@ struct ModelArgs {
     /// Magnitude-prune the linear weights to this sparsity (synthetic: random zeros).
     #[arg(long, default_value_t = 0.0)]
     sparsity: f64,
-    /// Storage of the linear weights: auto (sparse where density ≤ 50%), dense, sparse
-    /// (Tiled-CSL), bitmap, or `both` (generate runs the pruned model dense, then sparse, side
-    /// by side). On a GPU, a sparse model whose Tiled-CSL weights do not fit in its memory but
+    /// Storage of the linear weights: auto (per linear, the storage predicted fastest for its
+    /// density: dense above 70%, bitmap from 25%, Tiled-CSL below), dense, sparse (Tiled-CSL),
+    /// bitmap, or `both` (generate runs the pruned model dense, then sparse, side by side). On a GPU, a sparse model whose Tiled-CSL weights do not fit in its memory but
     /// whose bitmap ones do is loaded as bitmap.
     #[arg(long, default_value = "auto")]
     format: String,
@@ -156,9 +156,10 @@ struct BenchArgs {
     /// no time split then).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     gpus: u32,
-    /// Storage of the sparse rows: `sparse` (Tiled-CSL; bitmap where only that fits on the
+    /// Storage of the sparse rows: `auto` (per linear, the storage predicted fastest for its
+    /// density, as `--format auto`), `sparse` (Tiled-CSL; bitmap where only that fits on the
     /// GPU) or `bitmap`.
-    #[arg(long, default_value = "sparse", value_parser = ["sparse", "bitmap"])]
+    #[arg(long, default_value = "auto", value_parser = ["auto", "sparse", "bitmap"])]
     sparse_format: String,
 }
 
@@ -371,14 +372,15 @@ fn check_fits(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch:
 }
 
 /// The storage to load a model with on one GPU: `format` if it fits (see [`check_fits`]);
-/// a sparse model (`auto` at ≥ 50% sparsity, or `sparse`) whose Tiled-CSL weights do not fit
-/// but whose bitmap ones do is loaded in the bitmap format, and says so.
+/// a model whose linears `format` stores in Tiled-CSL (`sparse`, or `auto` at high sparsity)
+/// and whose Tiled-CSL weights do not fit but whose bitmap ones do is loaded in the bitmap
+/// format, and says so.
 fn fitting_format(gpu: &Gpu, c: &Config, format: FormatChoice, sparsity: f64, batch: usize, seq: usize, rows: usize) -> Result<FormatChoice> {
     let Err(e) = check_fits(gpu, c, format, sparsity, batch, seq, rows, 1) else { return Ok(format) };
     if format.for_density(1.0 - sparsity) != LinearFormat::Sparse || check_fits(gpu, c, FormatChoice::Bitmap, sparsity, batch, seq, rows, 1).is_err() {
         return Err(e);
     }
-    eprintln!("{e:#}: loading the linear weights in the bitmap format instead (fewer bytes, a slower kernel)");
+    eprintln!("{e:#}: loading the linear weights in the bitmap format instead (fewer bytes)");
     Ok(FormatChoice::Bitmap)
 }
 
@@ -570,7 +572,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             let format = match (s == 0.0, a.sparse_format.as_str()) {
                 (true, _) => FormatChoice::Dense,
                 (false, "bitmap") => FormatChoice::Bitmap,
-                (false, _) => FormatChoice::Sparse,
+                (false, "sparse") => FormatChoice::Sparse,
+                (false, _) => FormatChoice::Auto,
             };
             let seq = a.prompt_len + a.gen;
             if gpus > 1 {

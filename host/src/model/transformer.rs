@@ -25,6 +25,7 @@ use super::config::{Arch, Config, OPT_POSITION_OFFSET};
 use super::weights::{embed_name, final_norm_name, norm_names, LinearRole, TensorSource, TensorSpec, LM_HEAD, OPT_POSITIONS};
 use crate::error::{Error, Result};
 use crate::ops::SamplingParams;
+use crate::sparse::SparseFormat;
 
 /// A norm's parameters (the bias only for LayerNorm).
 pub struct Norm<B: Backend> {
@@ -110,13 +111,13 @@ pub struct WeightPlan {
 pub enum FormatChoice {
     /// Every linear dense.
     Dense,
-    /// Every linear sparse.
+    /// Every linear sparse in the Tiled-CSL format.
     Sparse,
-    /// Per linear: sparse when its density is at most 50% (where Tiled-CSL, 4 bytes per
-    /// nonzero, reads no more than dense at 2 bytes per element), else dense.
+    /// Per linear, the storage predicted fastest for its density
+    /// ([`crate::sparse::fastest_for_density`]): dense above 70% density, bitmap from 25%,
+    /// Tiled-CSL below.
     Auto,
-    /// Every linear sparse in the bitmap format (fewest bytes below ~92% sparsity; slower
-    /// than Tiled-CSL today): a model that fits in GPU memory only this way.
+    /// Every linear sparse in the bitmap format (fewest bytes below ~92% sparsity).
     Bitmap,
 }
 
@@ -126,8 +127,11 @@ impl FormatChoice {
         match self {
             FormatChoice::Dense => LinearFormat::Dense,
             FormatChoice::Sparse => LinearFormat::Sparse,
-            FormatChoice::Auto if density <= 0.5 => LinearFormat::Sparse,
-            FormatChoice::Auto => LinearFormat::Dense,
+            FormatChoice::Auto => match crate::sparse::fastest_for_density(density) {
+                None => LinearFormat::Dense,
+                Some(SparseFormat::TiledCsl) => LinearFormat::Sparse,
+                Some(SparseFormat::Bitmap) => LinearFormat::Bitmap,
+            },
             FormatChoice::Bitmap => LinearFormat::Bitmap,
         }
     }

@@ -52,12 +52,34 @@ impl SparseFormat {
     }
 }
 
+/// Density (stored entries per element) from which the bitmap kernel is faster than the
+/// Tiled-CSL one; below it Tiled-CSL (4 bytes per nonzero, decode cost per nonzero) wins,
+/// because the bitmap decode costs the same per element at any density. Measured on an H100
+/// (f16, 1–64 tokens, the shapes of `benches/linear.rs`' sweep; `benches/results/NOTES.md`
+/// item 69).
+pub const BITMAP_MIN_DENSITY: f64 = 0.25;
+/// Density above which a dense weight is as fast as the bitmap one (same measurement): the
+/// bitmap's bytes (`0.164 + 2·density` per element) no longer pay for its decode.
+pub const SPARSE_MAX_DENSITY: f64 = 0.7;
+
+/// The storage predicted fastest for a weight with `density` stored entries per element:
+/// `None` for dense (above [`SPARSE_MAX_DENSITY`]), else the faster sparse format
+/// ([`BITMAP_MIN_DENSITY`]).
+pub fn fastest_for_density(density: f64) -> Option<SparseFormat> {
+    if density > SPARSE_MAX_DENSITY {
+        None
+    } else if density >= BITMAP_MIN_DENSITY {
+        Some(SparseFormat::Bitmap)
+    } else {
+        Some(SparseFormat::TiledCsl)
+    }
+}
+
 /// Which format [`Gpu::upload_sparse_as`] uploads a weight in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FormatChoice {
-    /// The format predicted fastest: for now, the one with fewer stored bytes (the sparse
-    /// kernels are memory-bound at the token counts of decoding; bitmap below about 92%
-    /// sparsity). A placeholder for a measured speed model.
+    /// The sparse format predicted fastest for the weight's density: bitmap from
+    /// [`BITMAP_MIN_DENSITY`] on, Tiled-CSL below (see [`fastest_for_density`]).
     #[default]
     Auto,
     /// This format, whatever the density.
@@ -69,13 +91,8 @@ impl FormatChoice {
     pub fn resolve<T: Element>(self, w: &SparseWeight<T>) -> SparseFormat {
         match self {
             FormatChoice::Is(f) => f,
-            FormatChoice::Auto => {
-                if bitmap::predicted_bytes(w) < w.stored_bytes() {
-                    SparseFormat::Bitmap
-                } else {
-                    SparseFormat::TiledCsl
-                }
-            }
+            FormatChoice::Auto if w.density() >= BITMAP_MIN_DENSITY => SparseFormat::Bitmap,
+            FormatChoice::Auto => SparseFormat::TiledCsl,
         }
     }
 }

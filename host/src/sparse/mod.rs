@@ -56,5 +56,5 @@ pub use format::{
     TILE_ELEMS, TILE_K, TILE_M, WORDS_PER_LOAD,
 };
 pub use bitmap::BitmapWeight;
-pub use formats::{FormatChoice, SparseFormat, SparseFormatWeight};
+pub use formats::{fastest_for_density, FormatChoice, SparseFormat, SparseFormatWeight, BITMAP_MIN_DENSITY, SPARSE_MAX_DENSITY};
 pub use reorder::{BLOCK_WORDS, SMEM_BANKS};

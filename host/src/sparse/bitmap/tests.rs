@@ -433,18 +433,26 @@ fn every_single_byte_corruption_and_truncation_is_rejected() {
 }
 
 #[test]
-fn automatic_format_follows_the_stored_bytes() {
-    use crate::sparse::{FormatChoice, SparseFormat};
+fn automatic_format_follows_the_density() {
+    use crate::sparse::{fastest_for_density, FormatChoice, SparseFormat, BITMAP_MIN_DENSITY, SPARSE_MAX_DENSITY};
     let mut rng = Rng::new(9);
-    for (sparsity, expect) in [(0.5, SparseFormat::Bitmap), (0.8, SparseFormat::Bitmap), (0.99, SparseFormat::TiledCsl)] {
+    for (sparsity, expect) in [(0.5, SparseFormat::Bitmap), (0.7, SparseFormat::Bitmap), (0.8, SparseFormat::TiledCsl), (0.99, SparseFormat::TiledCsl)] {
         let dense: Vec<f16> = random_sparse(&mut rng, 512, 512, sparsity);
         let sw = SparseWeight::from_dense(512, 512, &dense).unwrap();
         let bw = BitmapWeight::from_dense(512, 512, &dense).unwrap();
-        // The predictor is within 8 bytes per tile of the packed size.
+        // The byte predictor is within 8 bytes per tile of the packed size.
         assert!(predicted_bytes(&sw).abs_diff(bw.stored_bytes()) <= 8 * 64, "{sparsity}");
         assert_eq!(FormatChoice::Auto.resolve(&sw), expect, "{sparsity}");
         assert_eq!(FormatChoice::Is(SparseFormat::TiledCsl).resolve(&sw), SparseFormat::TiledCsl);
+        assert_eq!(FormatChoice::Is(SparseFormat::Bitmap).resolve(&sw), SparseFormat::Bitmap);
     }
+    // The thresholds, at and around them.
+    assert_eq!(fastest_for_density(1.0), None);
+    assert_eq!(fastest_for_density(SPARSE_MAX_DENSITY + 1e-9), None);
+    assert_eq!(fastest_for_density(SPARSE_MAX_DENSITY), Some(SparseFormat::Bitmap));
+    assert_eq!(fastest_for_density(BITMAP_MIN_DENSITY), Some(SparseFormat::Bitmap));
+    assert_eq!(fastest_for_density(BITMAP_MIN_DENSITY - 1e-9), Some(SparseFormat::TiledCsl));
+    assert_eq!(fastest_for_density(0.0), Some(SparseFormat::TiledCsl));
 }
 
 #[test]
