@@ -2,18 +2,28 @@
 //!
 //! `cargo run --release --features plots --example plot_results -- <results.csv> <out_dir>`
 //!
-//! Writes into `<out_dir>` (created if missing):
-//! - `speedup_vs_sparsity.png`: speedup of the `sparse` kernel over cuBLAS against sparsity,
-//!   one line per N, geometric mean over the (m×k) shapes, `uniform` pattern only; a dashed
-//!   line marks 1.0 (cuBLAS).
+//! Writes, for each element type (`dtype`) in the CSV, into `<out_dir>/<dtype>/` (created if
+//! missing):
+//! - `speedup_vs_sparsity.png`: one panel per N, speedup over cuBLAS against sparsity of each
+//!   sparse format's kernel — `sparse` (Tiled-CSL, labelled "Tiled-CSL") and `bitmap` (the
+//!   bitmap format) — one coloured line per format, geometric mean over the (m×k) shapes,
+//!   `uniform` pattern only; a dashed line marks 1.0 (cuBLAS).
 //! - `roofline_pct.png`: one panel per N, % of measured copy bandwidth (`pct_copy_bw`) against
-//!   sparsity for `sparse` and `sparse_plain` (geometric mean over shapes, `uniform` pattern),
-//!   with `cublas` and `dense` as flat dashed lines (their bytes do not depend on sparsity:
-//!   geometric mean over shapes of all their rows at that N).
+//!   sparsity for `sparse`, `sparse_plain` (Tiled-CSL with its words in row order) and `bitmap`
+//!   (geometric mean over shapes, `uniform` pattern), with `cublas` and `dense` as flat dashed
+//!   lines (their bytes do not depend on sparsity: geometric mean over shapes of all their rows
+//!   at that N).
+//!
+//! A kernel keeps its colour and label in both pictures. Whatever the CSV lacks is skipped: a
+//! kernel without rows gets no line and no legend entry, an N without sparse rows no panel, and
+//! a picture with nothing to draw is not written (older CSVs without `bitmap` rows, sweeps of
+//! one N, f16 only, no `rows` pattern all work); only a CSV with nothing to draw at all is an
+//! error.
 //!
 //! Rows whose `status` is not `ok` (i.e. `FAIL`) are left out and counted. Kernels other than
-//! `cublas`, `dense`, `sparse`, `sparse_plain` are ignored. The CSV is parsed by hand: a header
-//! line naming the columns (any order; extra columns are ignored), then comma-separated rows.
+//! `cublas`, `dense`, `sparse`, `sparse_plain`, `bitmap` (e.g. the `--tune` variants such as
+//! `bitmap_m2s4`) are ignored and listed. The CSV is parsed by hand: a header line naming the
+//! columns (any order; extra columns are ignored), then comma-separated rows.
 //! Text is drawn with the DejaVu Sans font embedded from `benches/results/fonts/` (license
 //! beside it) through plotters' `ab_glyph` feature, so no system font library is needed.
 //! Older CSVs without `driver` / `pattern` / `status` columns are read as "?", `uniform`, `ok`.
@@ -21,6 +31,7 @@
 //! Built only with the `plots` feature (`required-features` in Cargo.toml).
 
 use anyhow::{ensure, Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +40,54 @@ use std::path::{Path, PathBuf};
 static FONT: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results/fonts/DejaVuSans.ttf"));
 const SANS: &str = "sans-serif";
 
-const KERNELS: [&str; 4] = ["cublas", "dense", "sparse", "sparse_plain"];
+/// How a kernel is drawn; the same colour and label in both pictures.
+struct KStyle {
+    kernel: &'static str,
+    label: &'static str,
+    /// What the label stands for, shown under the title ("" for none).
+    note: &'static str,
+    color: RGBColor,
+    /// `Some((dash, gap))`: a flat dashed line at the mean over all sparsities (dense kernels:
+    /// their bytes do not depend on sparsity); different dash lengths keep cuBLAS and dense
+    /// apart where they nearly coincide. `None`: a line with a dot per sparsity.
+    dash: Option<(u32, u32)>,
+}
+
+/// The kernels plotted, in legend order, with distinct colour-blind-friendly (Okabe–Ito)
+/// colours; rows of any other kernel are ignored.
+static KSTYLES: [KStyle; 5] = [
+    KStyle { kernel: "cublas", label: "cuBLAS (dense)", note: "", color: RGBColor(0, 0, 0), dash: Some((14, 8)) },
+    KStyle { kernel: "dense", label: "dense (ours)", note: "", color: RGBColor(0, 114, 178), dash: Some((6, 6)) },
+    KStyle {
+        kernel: "sparse",
+        label: "Tiled-CSL",
+        note: "Tiled-CSL = kernel sparse (bank-reordered words)",
+        color: RGBColor(213, 94, 0),
+        dash: None,
+    },
+    KStyle {
+        kernel: "sparse_plain",
+        label: "Tiled-CSL, row order",
+        note: "Tiled-CSL, row order = kernel sparse_plain",
+        color: RGBColor(0, 158, 115),
+        dash: None,
+    },
+    KStyle {
+        kernel: "bitmap",
+        label: "bitmap",
+        note: "bitmap = kernel bitmap (the bitmap format)",
+        color: RGBColor(204, 121, 167),
+        dash: None,
+    },
+];
+
+/// The sparse formats compared in the speedup picture: Tiled-CSL (`sparse`) and bitmap.
+const FORMATS: [&str; 2] = ["sparse", "bitmap"];
+
+/// The style of `kernel`, None if it is not plotted.
+fn style(kernel: &str) -> Option<&'static KStyle> {
+    KSTYLES.iter().find(|k| k.kernel == kernel)
+}
 
 /// One usable result row.
 struct Row {
@@ -76,7 +134,7 @@ fn parse_csv(path: &Path) -> Result<Data> {
             failed += 1;
             continue;
         }
-        if !KERNELS.contains(&f[c_kern]) {
+        if style(f[c_kern]).is_none() {
             other_kernel.insert(f[c_kern].to_string());
             continue;
         }
@@ -140,18 +198,6 @@ fn unique<'a>(it: impl Iterator<Item = &'a str>) -> String {
     set.into_iter().collect::<Vec<_>>().join(" / ")
 }
 
-/// Distinct, colour-blind-friendly line colours (Okabe–Ito, then a few extra).
-const COLORS: [RGBColor; 8] = [
-    RGBColor(0, 114, 178),
-    RGBColor(213, 94, 0),
-    RGBColor(0, 158, 115),
-    RGBColor(204, 121, 167),
-    RGBColor(230, 159, 0),
-    RGBColor(86, 180, 233),
-    RGBColor(120, 120, 120),
-    RGBColor(0, 0, 0),
-];
-
 fn x_range(sps: &BTreeSet<i64>) -> (f64, f64) {
     let lo = *sps.first().unwrap() as f64 / 10.0;
     let hi = *sps.last().unwrap() as f64 / 10.0;
@@ -159,144 +205,202 @@ fn x_range(sps: &BTreeSet<i64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Speedup of `sparse` over cuBLAS vs sparsity, one line per N.
+/// Columns and rows of a grid of `panels` panels, at most 3 a row.
+fn grid_of(panels: usize) -> (usize, usize) {
+    let cols = panels.clamp(1, 3);
+    (cols, panels.div_ceil(cols))
+}
+
+/// The notes of `styles` ("Tiled-CSL = kernel sparse …") joined into one line.
+fn notes_line(styles: &[&KStyle]) -> String {
+    styles.iter().map(|k| k.note).filter(|n| !n.is_empty()).collect::<Vec<_>>().join("  ·  ")
+}
+
+/// A legend strip centred on (`cx`, `y`): per item a line sample (dashed for flat kernels,
+/// with a dot otherwise) in the kernel's colour, then the label.
+fn draw_legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, cx: i32, y: i32, items: &[(&str, &KStyle)]) -> Result<()> {
+    const SAMPLE: i32 = 36;
+    const GAP: i32 = 44;
+    let font = (SANS, 19).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+    let mut widths = Vec::with_capacity(items.len());
+    for (label, _) in items {
+        widths.push(area.estimate_text_size(label, &font)?.0 as i32);
+    }
+    let total = widths.iter().map(|w| SAMPLE + 10 + w).sum::<i32>() + GAP * (items.len() as i32 - 1);
+    let mut x = cx - total / 2;
+    for (&(label, ks), w) in items.iter().zip(&widths) {
+        let st = ks.color.stroke_width(3);
+        match ks.dash {
+            Some((dash, gap)) => {
+                for x in (x..x + SAMPLE).step_by((dash + gap) as usize) {
+                    area.draw(&PathElement::new(vec![(x, y), (x + dash as i32, y)], st))?;
+                }
+            }
+            None => {
+                area.draw(&PathElement::new(vec![(x, y), (x + SAMPLE, y)], st))?;
+                area.draw(&Circle::new((x + SAMPLE / 2, y), 5, ks.color.filled()))?;
+            }
+        }
+        area.draw_text(label, &font, (x + SAMPLE + 10, y))?;
+        x += SAMPLE + 10 + w + GAP;
+    }
+    Ok(())
+}
+
+/// Speedup over cuBLAS of each sparse format's kernel (`FORMATS`) vs sparsity, one panel per
+/// N, one line per format.
 fn plot_speedup(d: &Data, out: &Path, device: &str, dtype: &str, driver: &str) -> Result<Option<PathBuf>> {
-    let rows: Vec<&Row> = d.rows.iter().filter(|r| r.kernel == "sparse" && r.pattern == "uniform" && r.sp10 > 0).collect();
+    let rows: Vec<&Row> =
+        d.rows.iter().filter(|r| FORMATS.contains(&r.kernel.as_str()) && r.pattern == "uniform" && r.sp10 > 0).collect();
     if rows.is_empty() {
-        println!("speedup_vs_sparsity.png: skipped (no ok `sparse` rows with pattern `uniform`)");
+        println!("speedup_vs_sparsity.png: skipped (no ok `sparse` / `bitmap` rows with pattern `uniform`)");
         return Ok(None);
     }
     let ns: BTreeSet<u64> = rows.iter().map(|r| r.n).collect();
     let sps: BTreeSet<i64> = rows.iter().map(|r| r.sp10).collect();
     let shapes: BTreeSet<(u64, u64)> = rows.iter().map(|r| (r.m, r.k)).collect();
-    // series[n] = [(sparsity %, geomean speedup, shapes averaged)]
-    let mut series: BTreeMap<u64, Vec<(f64, f64, usize)>> = BTreeMap::new();
+    // The formats that have rows, in `FORMATS` order.
+    let formats: Vec<&KStyle> =
+        FORMATS.iter().filter(|f| rows.iter().any(|r| r.kernel == **f)).filter_map(|f| style(f)).collect();
+    /// (sparsity %, geomean speedup, shapes averaged)
+    type Point = (f64, f64, usize);
+    // series[n] = [(format, its points)]
+    let mut series: BTreeMap<u64, Vec<(&KStyle, Vec<Point>)>> = BTreeMap::new();
     for &n in &ns {
-        for &s in &sps {
-            if let Some((g, c)) = mean_over_shapes(rows.iter().copied().filter(|r| r.n == n && r.sp10 == s), |r| r.speedup) {
-                series.entry(n).or_default().push((s as f64 / 10.0, g, c));
+        for &ks in &formats {
+            let pts: Vec<Point> = sps
+                .iter()
+                .filter_map(|&s| {
+                    mean_over_shapes(rows.iter().copied().filter(|r| r.kernel == ks.kernel && r.n == n && r.sp10 == s), |r| {
+                        r.speedup
+                    })
+                    .map(|(g, c)| (s as f64 / 10.0, g, c))
+                })
+                .collect();
+            if !pts.is_empty() {
+                series.entry(n).or_default().push((ks, pts));
             }
         }
     }
+    if series.is_empty() {
+        println!("speedup_vs_sparsity.png: skipped (no positive speedups)");
+        return Ok(None);
+    }
 
-    println!("\nsparse speedup over cuBLAS (geomean over shapes, uniform):");
-    print!("{:>10}", "sparsity");
-    for n in &ns {
+    println!("\nspeedup over cuBLAS (geomean over shapes, uniform):");
+    print!("{:>10}  {:<22}", "sparsity", "format");
+    for n in series.keys() {
         print!("{:>9}", format!("N={n}"));
     }
     println!();
     for &s in &sps {
-        print!("{:>9.0}%", s as f64 / 10.0);
-        for n in &ns {
-            match series[n].iter().find(|p| (p.0 * 10.0).round() as i64 == s) {
-                Some(p) => print!("{:>8.2}×", p.1),
-                None => print!("{:>9}", "-"),
+        for ks in &formats {
+            print!("{:>9.0}%  {:<22}", s as f64 / 10.0, ks.label);
+            for lines in series.values() {
+                let pt = lines
+                    .iter()
+                    .find(|(k, _)| k.kernel == ks.kernel)
+                    .and_then(|(_, pts)| pts.iter().find(|p| (p.0 * 10.0).round() as i64 == s));
+                match pt {
+                    Some(p) => print!("{:>8.2}×", p.1),
+                    None => print!("{:>9}", "-"),
+                }
             }
+            println!();
         }
-        println!();
     }
-    let incomplete = series.values().flatten().filter(|p| p.2 < shapes.len()).count();
+    let incomplete = series.values().flatten().flat_map(|(_, pts)| pts).filter(|p| p.2 < shapes.len()).count();
     if incomplete > 0 {
         println!("note: {incomplete} point(s) average fewer than all {} shapes (missing or FAIL rows)", shapes.len());
     }
 
+    let (cols, nrows) = grid_of(series.len());
+    let (w, title_h, panel_h) = ((500 * cols as u32).max(1100), 150u32, 430u32);
     let path = out.join("speedup_vs_sparsity.png");
-    let root = BitMapBackend::new(&path, (1100, 650)).into_drawing_area();
+    let root = BitMapBackend::new(&path, (w, title_h + panel_h * nrows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(78);
+    let (top, grid) = root.split_vertically(title_h);
     let center = Pos::new(HPos::Center, VPos::Top);
+    let cx = w as i32 / 2;
     top.draw_text(
-        &format!("Sparse kernel speedup over cuBLAS — {device}"),
+        &format!("Sparse formats: speedup over cuBLAS — {device}"),
         &(SANS, 28).into_font().color(&BLACK).pos(center),
-        (550, 10),
+        (cx, 10),
     )?;
+    let grey = (SANS, 16).into_font().color(&RGBColor(80, 80, 80)).pos(center);
     top.draw_text(
         &format!(
             "{dtype}, uniform sparsity, geometric mean over {} shapes (m×k); driver {driver}; {} FAIL rows excluded",
             shapes.len(),
             d.failed
         ),
-        &(SANS, 17).into_font().color(&RGBColor(80, 80, 80)).pos(center),
-        (550, 48),
+        &grey,
+        (cx, 48),
     )?;
+    top.draw_text(&notes_line(&formats), &grey, (cx, 72))?;
+    let cublas = style("cublas").expect("cublas has a style");
+    let mut legend = vec![("cuBLAS (1.0×)", cublas)];
+    legend.extend(formats.iter().map(|&k| (k.label, k)));
+    draw_legend(&top, cx, 118, &legend)?;
 
     let (x0, x1) = x_range(&sps);
-    let ymax = series.values().flatten().map(|p| p.1).fold(1.0f64, f64::max);
+    let ymax = series.values().flatten().flat_map(|(_, pts)| pts).map(|p| p.1).fold(1.0f64, f64::max);
     let y1 = (ymax * 1.12).max(1.25);
-    let mut chart = ChartBuilder::on(&body)
-        .margin_left(20)
-        .margin_right(30)
-        .margin_top(10)
-        .margin_bottom(15)
-        .x_label_area_size(60)
-        .y_label_area_size(80)
-        .build_cartesian_2d(x0..x1, 0.0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc("Sparsity (%)")
-        .y_desc("Speedup over cuBLAS (×)")
-        .axis_desc_style((SANS, 21))
-        .label_style((SANS, 17))
-        .x_labels(12)
-        .y_labels(12)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.1}"))
-        .bold_line_style(BLACK.mix(0.12))
-        .light_line_style(BLACK.mix(0.04))
-        .draw()?;
-
-    let base = BLACK.mix(0.75).stroke_width(2);
-    chart
-        .draw_series(DashedLineSeries::new(vec![(x0, 1.0), (x1, 1.0)], 10, 7, base))?
-        .label("cuBLAS (1.0×)")
-        .legend(move |(x, y)| {
-            EmptyElement::at((x, y))
-                + PathElement::new(vec![(-4, 0), (4, 0)], base)
-                + PathElement::new(vec![(9, 0), (17, 0)], base)
-        });
-    for (i, (n, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let line = color.stroke_width(3);
+    let cells = grid.split_evenly((nrows, cols));
+    for ((n, lines), cell) in series.iter().zip(&cells) {
+        let mut chart = ChartBuilder::on(cell)
+            .caption(format!("N = {n}"), (SANS, 22))
+            .margin(12)
+            .margin_right(25)
+            .x_label_area_size(50)
+            .y_label_area_size(65)
+            .build_cartesian_2d(x0..x1, 0.0..y1)?;
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), line))?
-            .label(format!("N = {n}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x - 4, y), (x + 16, y)], line));
-        chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 5, color.filled())))?;
+            .configure_mesh()
+            .x_desc("Sparsity (%)")
+            .y_desc("Speedup over cuBLAS (×)")
+            .axis_desc_style((SANS, 18))
+            .label_style((SANS, 15))
+            .x_labels(8)
+            .y_labels(8)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.1}"))
+            .bold_line_style(BLACK.mix(0.12))
+            .light_line_style(BLACK.mix(0.04))
+            .draw()?;
+        let (dash, gap) = cublas.dash.expect("cuBLAS is drawn dashed");
+        chart.draw_series(DashedLineSeries::new(vec![(x0, 1.0), (x1, 1.0)], dash, gap, cublas.color.stroke_width(2)))?;
+        for (ks, pts) in lines {
+            chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), ks.color.stroke_width(3)))?;
+            chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 5, ks.color.filled())))?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .margin(15)
-        .legend_area_size(30)
-        .label_font((SANS, 18))
-        .background_style(WHITE.mix(0.92))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
+    // A spare cell (e.g. 5 panels on a 2×3 grid) explains the metric.
+    if let Some(cell) = cells.get(series.len()) {
+        let notes = [
+            "How to read:",
+            "• speedup = cuBLAS time ÷ kernel time,",
+            "  both on the same pruned weight;",
+            "  above the dashed 1.0 line a format",
+            "  beats dense cuBLAS.",
+            "• Each point: geometric mean over shapes of",
+            "  the ok rows (FAIL rows excluded).",
+        ];
+        for (i, line) in notes.iter().enumerate() {
+            let size = if i == 0 { 21 } else { 18 };
+            cell.draw_text(line, &(SANS, size).into_font().color(&RGBColor(60, 60, 60)), (40, 50 + 32 * i as i32))?;
+        }
+    }
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(path.clone()))
 }
 
-/// How each kernel is drawn in the roofline picture.
-struct KStyle {
-    kernel: &'static str,
-    label: &'static str,
-    color: RGBColor,
-    /// Flat dashed line at the mean over all sparsities (dense kernels) or a line per sparsity.
-    flat: bool,
-}
-
-const KSTYLES: [KStyle; 4] = [
-    KStyle { kernel: "cublas", label: "cuBLAS (dense)", color: RGBColor(0, 0, 0), flat: true },
-    KStyle { kernel: "dense", label: "dense (ours)", color: RGBColor(0, 114, 178), flat: true },
-    KStyle { kernel: "sparse", label: "sparse", color: RGBColor(213, 94, 0), flat: false },
-    KStyle { kernel: "sparse_plain", label: "sparse_plain", color: RGBColor(0, 158, 115), flat: false },
-];
-
 /// % of copy bandwidth per kernel vs sparsity, one panel per N.
 fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Option<PathBuf>> {
-    let sparse_rows = |r: &&Row| !(KSTYLES.iter().any(|k| k.flat && k.kernel == r.kernel)) && r.pattern == "uniform" && r.sp10 > 0;
+    let sparse_rows =
+        |r: &&Row| style(&r.kernel).is_some_and(|k| k.dash.is_none()) && r.pattern == "uniform" && r.sp10 > 0;
     let sps: BTreeSet<i64> = d.rows.iter().filter(sparse_rows).map(|r| r.sp10).collect();
-    let ns: BTreeSet<u64> = d.rows.iter().map(|r| r.n).collect();
+    let ns: BTreeSet<u64> = d.rows.iter().filter(sparse_rows).map(|r| r.n).collect();
     if sps.is_empty() || ns.is_empty() {
         println!("roofline_pct.png: skipped (no ok sparse rows with pattern `uniform`)");
         return Ok(None);
@@ -305,22 +409,23 @@ fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Opti
     // Dense kernels: only shapes that also have sparse rows, so both average the same shapes.
     let in_scope = |r: &Row| shapes.contains(&(r.m, r.k));
 
-    // For each N: kernel -> points (sparsity %, mean pct) ; flat kernels: one value.
+    // For each N (that has sparse rows): kernel -> points (sparsity %, mean pct) ; flat
+    // kernels: one value.
     struct Panel {
         n: u64,
-        lines: Vec<(usize, Vec<(f64, f64)>)>,
-        flats: Vec<(usize, f64)>,
+        lines: Vec<(&'static KStyle, Vec<(f64, f64)>)>,
+        flats: Vec<(&'static KStyle, f64)>,
     }
     let mut panels = Vec::new();
     let mut ymax = 100.0f64;
     println!("\n% of copy bandwidth (geomean over shapes; sparse kernels: uniform pattern):");
     for &n in &ns {
         let mut p = Panel { n, lines: Vec::new(), flats: Vec::new() };
-        for (ki, ks) in KSTYLES.iter().enumerate() {
+        for ks in &KSTYLES {
             let of_k = || d.rows.iter().filter(move |r| r.kernel == ks.kernel && r.n == n && in_scope(r));
-            if ks.flat {
+            if ks.dash.is_some() {
                 if let Some((g, _)) = mean_over_shapes(of_k(), |r| r.pct_copy_bw) {
-                    p.flats.push((ki, g));
+                    p.flats.push((ks, g));
                     ymax = ymax.max(g);
                     println!("  N={n:<3} {:<13} {g:5.1}%  (all sparsities)", ks.kernel);
                 }
@@ -336,16 +441,28 @@ fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Opti
                     ymax = pts.iter().map(|p| p.1).fold(ymax, f64::max);
                     let txt: Vec<String> = pts.iter().map(|(s, g)| format!("{s:.0}%:{g:.1}")).collect();
                     println!("  N={n:<3} {:<13} {}", ks.kernel, txt.join("  "));
-                    p.lines.push((ki, pts));
+                    p.lines.push((ks, pts));
                 }
             }
         }
-        panels.push(p);
+        if !p.lines.is_empty() {
+            panels.push(p);
+        }
     }
+    if panels.is_empty() {
+        println!("roofline_pct.png: skipped (no positive % of copy bandwidth)");
+        return Ok(None);
+    }
+    // The kernels drawn in some panel, in legend order.
+    let drawn: Vec<&KStyle> = KSTYLES
+        .iter()
+        .filter(|k| {
+            panels.iter().any(|p| p.lines.iter().any(|l| l.0.kernel == k.kernel) || p.flats.iter().any(|f| f.0.kernel == k.kernel))
+        })
+        .collect();
 
-    let cols = panels.len().min(3);
-    let nrows = panels.len().div_ceil(cols);
-    let (w, title_h, panel_h) = ((500 * cols as u32).max(1100), 160u32, 430u32);
+    let (cols, nrows) = grid_of(panels.len());
+    let (w, title_h, panel_h) = ((500 * cols as u32).max(1100), 185u32, 430u32);
     let path = out.join("roofline_pct.png");
     let root = BitMapBackend::new(&path, (w, title_h + panel_h * nrows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -373,23 +490,9 @@ fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Opti
         &grey,
         (cx, 72),
     )?;
-    // Legend strip, centred.
-    let item_w = 230i32;
-    let lx0 = cx - item_w * KSTYLES.len() as i32 / 2;
-    for (i, ks) in KSTYLES.iter().enumerate() {
-        let x = lx0 + i as i32 * item_w;
-        let y = 130;
-        if ks.flat {
-            let (dash, step) = if ks.kernel == "cublas" { (14, 22) } else { (6, 12) };
-            for x in (x..x + 36).step_by(step) {
-                top.draw(&PathElement::new(vec![(x, y), (x + dash, y)], ks.color.stroke_width(3)))?;
-            }
-        } else {
-            top.draw(&PathElement::new(vec![(x, y), (x + 36, y)], ks.color.stroke_width(3)))?;
-            top.draw(&Circle::new((x + 18, y), 5, ks.color.filled()))?;
-        }
-        top.draw_text(ks.label, &(SANS, 19).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center)), (x + 46, y))?;
-    }
+    top.draw_text(&notes_line(&drawn), &grey, (cx, 96))?;
+    let legend: Vec<(&str, &KStyle)> = drawn.iter().map(|&k| (k.label, k)).collect();
+    draw_legend(&top, cx, 150, &legend)?;
 
     let (x0, x1) = x_range(&sps);
     let y1 = (ymax * 1.08).ceil();
@@ -415,30 +518,28 @@ fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Opti
             .bold_line_style(BLACK.mix(0.12))
             .light_line_style(BLACK.mix(0.04))
             .draw()?;
-        for &(ki, g) in &p.flats {
-            let st = KSTYLES[ki].color.stroke_width(3);
-            // Different dash lengths keep cuBLAS and dense apart where they nearly coincide.
-            let (dash, gap) = if KSTYLES[ki].kernel == "cublas" { (14, 8) } else { (6, 6) };
-            chart.draw_series(DashedLineSeries::new(vec![(x0, g), (x1, g)], dash, gap, st))?;
+        for &(ks, g) in &p.flats {
+            let (dash, gap) = ks.dash.expect("flat kernels are dashed");
+            chart.draw_series(DashedLineSeries::new(vec![(x0, g), (x1, g)], dash, gap, ks.color.stroke_width(3)))?;
         }
-        for (ki, pts) in &p.lines {
-            let c = KSTYLES[*ki].color;
-            chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(3)))?;
-            chart.draw_series(pts.iter().map(|&q| Circle::new(q, 5, c.filled())))?;
+        for (ks, pts) in &p.lines {
+            chart.draw_series(LineSeries::new(pts.iter().copied(), ks.color.stroke_width(3)))?;
+            chart.draw_series(pts.iter().map(|&q| Circle::new(q, 5, ks.color.filled())))?;
         }
     }
     // A spare cell (e.g. 5 panels on a 2×3 grid) explains the metric.
     if let Some(cell) = cells.get(panels.len()) {
         let notes = [
-            "How to read:",
-            "• pct_copy_bw = bytes the kernel must move ÷ time,",
-            "  as % of the measured device-to-device copy",
-            "  bandwidth (the memory roofline).",
-            "• Dense kernels move the full f16 weight;",
-            "  sparse kernels move only the stored non-zeros,",
-            "  so the same % means fewer bytes at higher sparsity.",
-            "• Each point: geometric mean over shapes of",
-            "  the ok rows (FAIL rows excluded).",
+            "How to read:".to_string(),
+            "• pct_copy_bw = bytes the kernel must move ÷ time,".to_string(),
+            "  as % of the measured device-to-device copy".to_string(),
+            "  bandwidth (the memory roofline).".to_string(),
+            format!("• Dense kernels move the full {dtype} weight;"),
+            "  sparse formats move only what they store".to_string(),
+            "  (non-zeros and their Tiled-CSL / bitmap index),".to_string(),
+            "  so the same % means fewer bytes at higher sparsity.".to_string(),
+            "• Each point: geometric mean over shapes of".to_string(),
+            "  the ok rows (FAIL rows excluded).".to_string(),
         ];
         for (i, line) in notes.iter().enumerate() {
             let size = if i == 0 { 21 } else { 18 };
