@@ -112,17 +112,13 @@ pub const fn spmm_smem_bytes(nt: usize, ring_words: usize) -> usize {
 /// C++'s `__launch_bounds__` emits; rustc has no attribute for it), so `ptxas` keeps two
 /// SpMM kernels within 128 registers: the 32-token 4-warp one (four blocks per SM instead of
 /// three) and the 64-token 8-warp one (two blocks instead of one, at 164 registers; measured
-/// 1.3–1.7× faster on large layers, `benches/results/NOTES.md` item 29); and the 8-token
-/// 4-warp bitmap kernel within 80 registers (six blocks per SM instead of five where its
-/// panels leave the shared memory for them, i.e. above ~60% sparsity; item 69). All compile
+/// 1.3–1.7× faster on large layers, `benches/results/NOTES.md` item 29). Both compile
 /// without spills (`.ci/check-ptx`).
-pub const LAUNCH_BOUNDS: [(&str, usize, usize); 6] = [
+pub const LAUNCH_BOUNDS: [(&str, usize, usize); 4] = [
     ("spmm_linear_f16_n32_m4", 128, 4),
     ("spmm_linear_bf16_n32_m4", 128, 4),
     ("spmm_linear_f16_n64_m2", 256, 2),
     ("spmm_linear_bf16_n64_m2", 256, 2),
-    ("bitmap_linear_f16_n8_m4", 128, 6),
-    ("bitmap_linear_bf16_n8_m4", 128, 6),
 ];
 
 /// Byte offset of the 16-byte chunk `chunk` (0..8) of row `row` in a swizzled shared tile.

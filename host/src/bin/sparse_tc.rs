@@ -69,7 +69,7 @@ struct ModelArgs {
     #[arg(long, default_value_t = 0.0)]
     sparsity: f64,
     /// Storage of the linear weights: auto (per linear, the storage predicted fastest for its
-    /// density: dense above 70%, bitmap from 25%, Tiled-CSL below), dense, sparse (Tiled-CSL),
+    /// density: dense above 50%, bitmap from 25%, Tiled-CSL below), dense, sparse (Tiled-CSL),
     /// bitmap, or `both` (generate runs the pruned model dense, then sparse, side by side). On a GPU, a sparse model whose Tiled-CSL weights do not fit in its memory but
     /// whose bitmap ones do is loaded as bitmap.
     #[arg(long, default_value = "auto")]

@@ -114,7 +114,7 @@ pub enum FormatChoice {
     /// Every linear sparse in the Tiled-CSL format.
     Sparse,
     /// Per linear, the storage predicted fastest for its density
-    /// ([`crate::sparse::fastest_for_density`]): dense above 70% density, bitmap from 25%,
+    /// ([`crate::sparse::fastest_for_density`]): dense above 50% density, bitmap from 25%,
     /// Tiled-CSL below.
     Auto,
     /// Every linear sparse in the bitmap format (fewest bytes below ~92% sparsity).

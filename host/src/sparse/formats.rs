@@ -52,15 +52,18 @@ impl SparseFormat {
     }
 }
 
-/// Density (stored entries per element) from which the bitmap kernel is faster than the
-/// Tiled-CSL one; below it Tiled-CSL (4 bytes per nonzero, decode cost per nonzero) wins,
-/// because the bitmap decode costs the same per element at any density. Measured on an H100
-/// (f16, 1–64 tokens, the shapes of `benches/linear.rs`' sweep; `benches/results/NOTES.md`
-/// item 69).
+/// Density (stored entries per element) from which the bitmap kernel is taken over the
+/// Tiled-CSL one. Measured on an H100 (f16, 8 and 16 tokens, four layer shapes from
+/// 11008×4096 to 36864×9216; `benches/results/NOTES.md` items 68–69): at 30% density the two
+/// are within 4% of each other, at 10% Tiled-CSL is 1.2–1.5× faster (its decode costs per
+/// nonzero, the bitmap's per element), at 50% the bitmap is 1.2–1.5× faster.
 pub const BITMAP_MIN_DENSITY: f64 = 0.25;
-/// Density above which a dense weight is as fast as the bitmap one (same measurement): the
-/// bitmap's bytes (`0.164 + 2·density` per element) no longer pay for its decode.
-pub const SPARSE_MAX_DENSITY: f64 = 0.7;
+/// Density above which the weight stays dense: the highest density at which the bitmap
+/// kernel was measured faster than cuBLAS on every shape (50%: 1.12–1.61×; same
+/// measurement). Between 50% and about 75% its bytes (`0.164 + 2·density` per element)
+/// would still be fewer than dense, but it was not measured there. (0.505, not 0.5: a
+/// weight pruned to 50% may keep a few entries more, e.g. ties or rounding per row.)
+pub const SPARSE_MAX_DENSITY: f64 = 0.505;
 
 /// The storage predicted fastest for a weight with `density` stored entries per element:
 /// `None` for dense (above [`SPARSE_MAX_DENSITY`]), else the faster sparse format
