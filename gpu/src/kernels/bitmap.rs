@@ -43,11 +43,11 @@
 //! whose tile lies below the last panel row's height skip their MMAs (their rows are ≥ m).
 
 use super::tile::{load_tile_async, warp_mma, Epilogue, StreamRange};
+use crate::bits::prmt;
 use crate::cache::l2_policy;
 use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
 use crate::griddep::begin_dependent;
-use crate::bits::prmt;
 use crate::layout::{
     bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
     BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, BITMAP_WORD_PREFIX_AT, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,

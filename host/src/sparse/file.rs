@@ -38,8 +38,9 @@
 //! 14 (reserved, = 0, up to version 4): tag 1 is the bitmap format with its earlier
 //! block-major tiles, tag 2 (version 6 on) the bitmap format with today's lane-major tiles
 //! ([`super::bitmap::file`], which still reads tag 1). Version 6, written today for both
-//! formats, changes only the checksums: XXH3-64 ([`checksum`]) instead of FNV-1a 64, which hashed at 0.45 GB/s (half a
-//! second per 200 MB weight); XXH3 runs at memory speed. Files of versions 2–5 still load.
+//! formats, changes only the checksums: XXH3-64 ([`checksum`]) instead of FNV-1a 64, which
+//! hashed at 0.45 GB/s (half a second per 200 MB weight); XXH3 runs at memory speed. Files
+//! of versions 2–5 still load.
 //! [`SparseWeight::load`] refuses a bitmap file with a message naming its format.
 //!
 //! Nothing may follow the last checksum. Neither checksum is cryptographic; both detect
