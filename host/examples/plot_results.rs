@@ -249,6 +249,39 @@ fn draw_legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, cx: i32, y: i32, it
 
 /// Speedup over cuBLAS of each sparse format's kernel (`FORMATS`) vs sparsity, one panel per
 /// N, one line per format.
+/// One panel of a plot: the chart for token count `n`, sparsity (%) over `x` against
+/// `0..y1`, its mesh drawn with `y_desc` and y labels of `y_digits` decimals.
+fn panel_chart<'a, 'b>(
+    cell: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    n: impl std::fmt::Display,
+    x: (f64, f64),
+    y1: f64,
+    y_desc: &str,
+    y_digits: usize,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>> {
+    let mut chart = ChartBuilder::on(cell)
+        .caption(format!("N = {n}"), (SANS, 22))
+        .margin(12)
+        .margin_right(25)
+        .x_label_area_size(50)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x.0..x.1, 0.0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc("Sparsity (%)")
+        .y_desc(y_desc)
+        .axis_desc_style((SANS, 18))
+        .label_style((SANS, 15))
+        .x_labels(8)
+        .y_labels(8)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.y_digits$}"))
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(BLACK.mix(0.04))
+        .draw()?;
+    Ok(chart)
+}
+
 fn plot_speedup(d: &Data, out: &Path, device: &str, dtype: &str, driver: &str) -> Result<Option<PathBuf>> {
     let rows: Vec<&Row> =
         d.rows.iter().filter(|r| FORMATS.contains(&r.kernel.as_str()) && r.pattern == "uniform" && r.sp10 > 0).collect();
@@ -348,26 +381,7 @@ fn plot_speedup(d: &Data, out: &Path, device: &str, dtype: &str, driver: &str) -
     let y1 = (ymax * 1.12).max(1.25);
     let cells = grid.split_evenly((nrows, cols));
     for ((n, lines), cell) in series.iter().zip(&cells) {
-        let mut chart = ChartBuilder::on(cell)
-            .caption(format!("N = {n}"), (SANS, 22))
-            .margin(12)
-            .margin_right(25)
-            .x_label_area_size(50)
-            .y_label_area_size(65)
-            .build_cartesian_2d(x0..x1, 0.0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc("Sparsity (%)")
-            .y_desc("Speedup over cuBLAS (×)")
-            .axis_desc_style((SANS, 18))
-            .label_style((SANS, 15))
-            .x_labels(8)
-            .y_labels(8)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.1}"))
-            .bold_line_style(BLACK.mix(0.12))
-            .light_line_style(BLACK.mix(0.04))
-            .draw()?;
+        let mut chart = panel_chart(cell, *n, (x0, x1), y1, "Speedup over cuBLAS (×)", 1)?;
         let (dash, gap) = cublas.dash.expect("cuBLAS is drawn dashed");
         chart.draw_series(DashedLineSeries::new(vec![(x0, 1.0), (x1, 1.0)], dash, gap, cublas.color.stroke_width(2)))?;
         for (ks, pts) in lines {
@@ -498,26 +512,7 @@ fn plot_roofline(d: &Data, out: &Path, device: &str, dtype: &str) -> Result<Opti
     let y1 = (ymax * 1.08).ceil();
     let cells = grid.split_evenly((nrows, cols));
     for (p, cell) in panels.iter().zip(&cells) {
-        let mut chart = ChartBuilder::on(cell)
-            .caption(format!("N = {}", p.n), (SANS, 22))
-            .margin(12)
-            .margin_right(25)
-            .x_label_area_size(50)
-            .y_label_area_size(65)
-            .build_cartesian_2d(x0..x1, 0.0..y1)?;
-        chart
-            .configure_mesh()
-            .x_desc("Sparsity (%)")
-            .y_desc("% of copy bandwidth")
-            .axis_desc_style((SANS, 18))
-            .label_style((SANS, 15))
-            .x_labels(8)
-            .y_labels(8)
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .bold_line_style(BLACK.mix(0.12))
-            .light_line_style(BLACK.mix(0.04))
-            .draw()?;
+        let mut chart = panel_chart(cell, p.n, (x0, x1), y1, "% of copy bandwidth", 0)?;
         for &(ks, g) in &p.flats {
             let (dash, gap) = ks.dash.expect("flat kernels are dashed");
             chart.draw_series(DashedLineSeries::new(vec![(x0, g), (x1, g)], dash, gap, ks.color.stroke_width(3)))?;
