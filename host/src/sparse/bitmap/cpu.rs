@@ -2,11 +2,11 @@
 //! numeric recipe of `crate::cpu::linear_sparse` (16-bit inputs, f32 accumulation, one
 //! rounding per output).
 
-use super::{mask, value, BitmapWeight, TILE};
+use super::{BitmapWeight, LANE_MAJOR, TILE};
 use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{bitmap_mask_coord, bitmap_tile_index, BITMAP_TILE_MASKS};
+use crate::layout::bitmap_tile_index;
 
 /// Multiply-adds below which one thread is used.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
@@ -45,22 +45,14 @@ pub fn linear_bitmap<T: Element>(x: &[T], n: usize, w: &BitmapWeight<T>) -> Resu
             let (c0, cn) = (tk * TILE, TILE.min(k - tk * TILE));
             let words = w.tile_words(bitmap_tile_index(tr, tk, tiles_m, tiles_k));
             dense.fill(0.0);
-            let mut i = 0;
-            for mi in 0..BITMAP_TILE_MASKS {
-                let mut bits = mask(words, mi);
-                while bits != 0 {
-                    let bit = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let (r, c) = bitmap_mask_coord(mi, bit);
-                    let v = T::from_bits(value(words, i)).to_f32();
-                    i += 1;
-                    dense[r * TILE + c] = v;
-                    // Finite tokens: stored entries only, all tokens at once.
-                    let xs = &xt[(c0 + c) * n..(c0 + c + 1) * n];
-                    for (t, xv) in xs.iter().enumerate() {
-                        if !nonfinite[t] {
-                            acc[t * rn + r] += v * xv;
-                        }
+            for (r, c, bits) in LANE_MAJOR.entries(words) {
+                let v = T::from_bits(bits).to_f32();
+                dense[r * TILE + c] = v;
+                // Finite tokens: stored entries only, all tokens at once.
+                let xs = &xt[(c0 + c) * n..(c0 + c + 1) * n];
+                for (t, xv) in xs.iter().enumerate() {
+                    if !nonfinite[t] {
+                        acc[t * rn + r] += v * xv;
                     }
                 }
             }

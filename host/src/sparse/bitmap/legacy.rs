@@ -17,10 +17,10 @@
 use std::marker::PhantomData;
 
 use super::pack::encode_tile;
-use super::{check_tiles, half, mask, storage_order, tile_grid, BitmapWeight, TileLayout, QUAD_WORDS, TILE};
+use super::{check_tiles, storage_order, tile_grid, BitmapWeight, TileLayout, QUAD_WORDS, TILE};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{BITMAP_FRAG_OFFSET_BYTES, BITMAP_MASK_BYTES, BITMAP_TILE_MASKS};
+use crate::layout::{BITMAP_FRAG_OFFSET_BYTES, BITMAP_MASK_BYTES};
 
 /// Bytes before a block-major tile's values: masks, fragment offsets (544).
 const HEADER_BYTES: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
@@ -63,15 +63,8 @@ impl<T: Element> BitmapWeight<T> {
             let words = &data[QUAD_WORDS * tile_offsets[t] as usize..QUAD_WORDS * tile_offsets[t + 1] as usize];
             dense.clear();
             dense.resize(rn * cn, T::from_bits(0));
-            let mut i = 0;
-            for block in 0..BITMAP_TILE_MASKS {
-                let mut m = mask(words, block);
-                while m != 0 {
-                    let (r, c) = legacy_coord(block, m.trailing_zeros() as usize);
-                    m &= m - 1;
-                    dense[r * cn + c] = T::from_bits(half(&words[HEADER_BYTES / 4..], i));
-                    i += 1;
-                }
+            for (r, c, bits) in BLOCK_MAJOR.entries(words) {
+                dense[r * cn + c] = T::from_bits(bits);
             }
             nnz += encode_tile(&dense, rn, cn, 0, 0, &mut out);
             offsets.push(u32::try_from(out.len() / QUAD_WORDS).map_err(|_| {
@@ -86,6 +79,7 @@ impl<T: Element> BitmapWeight<T> {
 /// storing its entries that are not ±0: what a format-tag-1 file held.
 #[cfg(test)]
 pub(super) fn block_major_parts<T: Element>(rows: usize, cols: usize, dense: &[T]) -> (Vec<u32>, Vec<u32>) {
+    use crate::layout::BITMAP_TILE_MASKS;
     let (tiles_m, tiles_k, _) = tile_grid(rows, cols).unwrap();
     let (mut offsets, mut data) = (vec![0u32], Vec::new());
     for (tr, tk) in storage_order(tiles_m, tiles_k) {

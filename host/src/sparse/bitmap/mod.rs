@@ -134,11 +134,6 @@ fn half(words: &[u32], i: usize) -> u16 {
     (if i % 2 == 0 { w } else { w >> 16 }) as u16
 }
 
-/// Value `i` of a tile's words.
-fn value(tile: &[u32], i: usize) -> u16 {
-    half(&tile[HEADER_WORDS..], i)
-}
-
 /// The word prefixes of a fragment whose four masks are `masks`: byte `w` counts the set
 /// bits of its 32-bit mask words `0 .. w` (lanes `0 .. 4w`), at most 7·32 = 224.
 fn word_prefixes(masks: &[u64]) -> [u8; 8] {
@@ -190,6 +185,25 @@ impl TileLayout {
             }
         }
         v
+    }
+
+    /// The stored entries of a tile's words (a tile that passed [`check_tiles`] with this
+    /// layout) in storage order: tile-local row, column and value bits.
+    fn entries<'w>(&self, words: &'w [u32]) -> impl Iterator<Item = (usize, usize, u16)> + 'w {
+        let (coord, values) = (self.coord, &words[self.header_bytes / 4..]);
+        (0..BITMAP_TILE_MASKS)
+            .flat_map(move |m| {
+                let mut bits = mask(words, m);
+                std::iter::from_fn(move || {
+                    (bits != 0).then(|| {
+                        let bit = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        coord(m, bit)
+                    })
+                })
+            })
+            .enumerate()
+            .map(move |(i, (r, c))| (r, c, half(values, i)))
     }
 }
 
@@ -337,16 +351,8 @@ impl<T: Element> BitmapWeight<T> {
         for tr in 0..self.tiles_m() {
             for tk in 0..self.tiles_k() {
                 let words = self.tile_words(bitmap_tile_index(tr, tk, self.tiles_m(), self.tiles_k()));
-                let mut i = 0;
-                for mi in 0..BITMAP_TILE_MASKS {
-                    let mut m = mask(words, mi);
-                    while m != 0 {
-                        let bit = m.trailing_zeros() as usize;
-                        m &= m - 1;
-                        let (r, c) = bitmap_mask_coord(mi, bit);
-                        out[(tr * TILE + r) * self.cols + tk * TILE + c] = T::from_bits(value(words, i));
-                        i += 1;
-                    }
+                for (r, c, bits) in LANE_MAJOR.entries(words) {
+                    out[(tr * TILE + r) * self.cols + tk * TILE + c] = T::from_bits(bits);
                 }
             }
         }

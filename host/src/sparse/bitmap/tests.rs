@@ -11,6 +11,11 @@ use crate::sparse::SparseWeight;
 use half::{bf16, f16};
 use proptest::prelude::*;
 
+/// Value `i` of a tile's words.
+fn value(tile: &[u32], i: usize) -> u16 {
+    half(&tile[HEADER_WORDS..], i)
+}
+
 #[test]
 fn mask_maps_are_inverse_and_lane_major() {
     let mut seen = vec![false; TILE * TILE];
