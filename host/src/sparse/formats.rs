@@ -94,8 +94,8 @@ impl FormatChoice {
     pub fn resolve<T: Element>(self, w: &SparseWeight<T>) -> SparseFormat {
         match self {
             FormatChoice::Is(f) => f,
-            FormatChoice::Auto if w.density() >= BITMAP_MIN_DENSITY => SparseFormat::Bitmap,
-            FormatChoice::Auto => SparseFormat::TiledCsl,
+            // Where dense would be fastest, the sparse format nearest to it.
+            FormatChoice::Auto => fastest_for_density(w.density()).unwrap_or(SparseFormat::Bitmap),
         }
     }
 }
