@@ -336,9 +336,9 @@ fn check_tiles(
                 let (want, got) = (word_prefixes(&masks, n), stored_prefixes(words, f, n));
                 if let Some(b) = (0..8 * n).find(|&b| want[b] != got[b]) {
                     let (w, segment) = (b / n, b % n);
-                    let lanes = if n == 1 { String::new() } else { format!(" (segment {segment})") };
+                    let which = if n == 1 { String::new() } else { format!(" (segment {segment})") };
                     return Err(bad(format!(
-                        "tile {t}: fragment {f}'s word prefix {b} is {}, expected {}: the values before lane {}{lanes}",
+                        "tile {t}: fragment {f}'s word prefix {b} is {}, expected {}: the values before lane {}{which}",
                         got[b],
                         want[b],
                         4 * w
