@@ -247,8 +247,6 @@ fn draw_legend(area: &DrawingArea<BitMapBackend<'_>, Shift>, cx: i32, y: i32, it
     Ok(())
 }
 
-/// Speedup over cuBLAS of each sparse format's kernel (`FORMATS`) vs sparsity, one panel per
-/// N, one line per format.
 /// One panel of a plot: the chart for token count `n`, sparsity (%) over `x` against
 /// `0..y1`, its mesh drawn with `y_desc` and y labels of `y_digits` decimals.
 fn panel_chart<'a, 'b>(
@@ -282,6 +280,8 @@ fn panel_chart<'a, 'b>(
     Ok(chart)
 }
 
+/// Speedup over cuBLAS of each sparse format's kernel (`FORMATS`) vs sparsity, one panel per
+/// N, one line per format.
 fn plot_speedup(d: &Data, out: &Path, device: &str, dtype: &str, driver: &str) -> Result<Option<PathBuf>> {
     let rows: Vec<&Row> =
         d.rows.iter().filter(|r| FORMATS.contains(&r.kernel.as_str()) && r.pattern == "uniform" && r.sp10 > 0).collect();
