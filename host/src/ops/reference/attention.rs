@@ -136,34 +136,34 @@ pub fn attention_reference(
         }
     };
     let mut out = vec![f32::NAN; n * width];
-    // Rows are independent: a long prompt's rows are spread over the cores (each row's
-    // arithmetic is the same whichever thread runs it, so the result does not depend on
-    // the thread count).
-    let work: usize = positions.iter().map(|&p| p as usize + 1).sum::<usize>().saturating_mul(width);
-    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).min(work / (1 << 16)).max(1);
-    if threads == 1 || width == 0 {
-        let (mut scores, mut acc) = (Vec::new(), vec![0f64; hd]);
-        for (i, o) in out.chunks_exact_mut(width.max(1)).enumerate().take(n) {
-            row(i, o, &mut scores, &mut acc);
-        }
+    if width == 0 {
         return Ok(out);
     }
-    // Causal rows grow longer down the prompt: rows are dealt round-robin over the threads.
+    // Rows are independent: a long prompt's rows are spread over the cores (each row's
+    // arithmetic is the same whichever thread runs it, so the result does not depend on
+    // the thread count). Causal rows grow longer down the prompt: they are dealt
+    // round-robin.
+    let work: usize = positions.iter().map(|&p| p as usize + 1).sum::<usize>().saturating_mul(width);
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(n).min(work / (1 << 16)).max(1);
     let mut dealt: Vec<Vec<(usize, &mut [f32])>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, o) in out.chunks_exact_mut(width).enumerate() {
         dealt[i % threads].push((i, o));
     }
-    std::thread::scope(|s| {
-        for rows in dealt {
-            let row = &row;
-            s.spawn(move || {
-                let (mut scores, mut acc) = (Vec::new(), vec![0f64; hd]);
-                for (i, o) in rows {
-                    row(i, o, &mut scores, &mut acc);
-                }
-            });
+    let run = |rows: Vec<(usize, &mut [f32])>| {
+        let (mut scores, mut acc) = (Vec::new(), vec![0f64; hd]);
+        for (i, o) in rows {
+            row(i, o, &mut scores, &mut acc);
         }
-    });
+    };
+    if threads == 1 {
+        dealt.into_iter().for_each(run);
+    } else {
+        std::thread::scope(|s| {
+            for rows in dealt {
+                s.spawn(|| run(rows));
+            }
+        });
+    }
     Ok(out)
 }
 
@@ -222,5 +222,33 @@ mod tests {
         // key: the output is its value.
         let out = attention_reference(&[0.5; 8], &kc, &vc, l, &[0], &[0], 4, 0.1).unwrap();
         assert_eq!(out, [1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn rows_dealt_over_threads_match_rows_alone() {
+        // 64 rows attending to up to 512 positions of 2 heads × 64: enough work (> 2 · 2^16
+        // multiply-adds) for several threads where the machine has them. Each row computed
+        // alone (one row, one thread) must give the same bits.
+        let l = KvLayout { slots: 2, kv_heads: 2, max_seq: 512, head_dim: 64 };
+        let n = l.elems().unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let (kc, vc): (Vec<f32>, Vec<f32>) = (0..n).map(|_| (next(), next())).unzip();
+        let rows = 64;
+        let q: Vec<f32> = (0..rows * 128).map(|_| next()).collect();
+        let slots: Vec<u32> = (0..rows as u32).map(|i| i % 3).collect(); // slot 2 is out of range
+        let positions: Vec<u32> = (0..rows as u32).map(|i| i * 8 + 7).collect();
+        let all = attention_reference(&q, &kc, &vc, l, &slots, &positions, 2, 0.125).unwrap();
+        for i in 0..rows {
+            let one = attention_reference(&q[i * 128..][..128], &kc, &vc, l, &slots[i..=i], &positions[i..=i], 2, 0.125).unwrap();
+            let got = &all[i * 128..][..128];
+            assert!(got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "row {i}");
+            assert_eq!(got[0].is_nan(), slots[i] == 2, "row {i}");
+        }
     }
 }
