@@ -3,15 +3,16 @@
 //! panic or an allocation the input cannot justify.
 //!
 //! Inputs: random bytes (behind the magic and the bitmap versions and format tags too); valid
-//! files, today's (format tag 2) and of the earlier block-major tiles (format tag 1, written
-//! here by hand: the library only reads them), with bit flips, byte writes, truncations,
+//! files, today's (format tag 3) and of the earlier layouts (format tag 2: lane-major tiles of
+//! one value segment; format tag 1: block-major tiles; both written here by hand: the library
+//! only reads them), with bit flips, byte writes, truncations,
 //! extensions and splices; valid files whose header fields are set to extreme values with
 //! the header checksum recomputed (so the parser looks past it), from memory and through
 //! `load_file` (which checks the length against the header). Every case asserts `Ok` or a
-//! `Format` / `Shape` / `UnsupportedDtype` error, that a valid file is accepted (a
-//! block-major one as the weight today's packer makes of the same matrix), that an accepted
-//! file is canonical (it saves back to the same bytes; a block-major one saves as today's
-//! file of the same weight), that a file is never accepted as both f16 and bf16, and —
+//! `Format` / `Shape` / `UnsupportedDtype` error, that a valid file is accepted (an earlier
+//! one as the weight today's packer makes of the same matrix), that an accepted file is
+//! canonical (it saves back to the same bytes; an earlier one saves as today's file of the
+//! same weight), that a file is never accepted as both f16 and bf16, and —
 //! through a per-thread counting global allocator — that the peak allocated while loading
 //! stays within `3 × input length + 320 KiB`.
 //!
@@ -20,7 +21,7 @@
 
 use half::{bf16, f16};
 use proptest::prelude::*;
-use sparse_tc::layout::{bitmap_panel_height, BITMAP_PANEL_TILES};
+use sparse_tc::layout::{bitmap_mask_coord, bitmap_panel_height, BITMAP_PANEL_TILES};
 use sparse_tc::sparse::file::{checksum, HEADER_BYTES, MAGIC};
 use sparse_tc::{BitmapWeight, Element, Error, SparseWeight};
 
@@ -66,22 +67,28 @@ fn saved<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Vec<u8> {
     b
 }
 
-/// `dense` (`rows × cols`) in a version-6 file of format tag 1: 64×64 tiles (panels of 4
-/// along M, as today) of 64 8×8 blocks, each a `u64` mask (bit `8·r + c`), ordered by
-/// fragment and A register; a tile is the masks, 16 fragment offsets (`u16`), the values in
-/// block and bit order, zero padding to 16 bytes.
-fn saved_block_major<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Vec<u8> {
+/// `dense` (`rows × cols`) in a version-6 file of an earlier layout: 64×64 tiles (panels of
+/// 4 along M, as today) of 64 masks, each a `u64`. Format tag 1: 8×8 blocks (bit `8·r + c`)
+/// ordered by fragment and A register; a tile is the masks, 16 fragment offsets (`u16`), the
+/// values in block and bit order, zero padding to 16 bytes. Format tag 2: today's masks (a
+/// byte per lane, `bitmap_mask_coord`) and values in mask order, and after the fragment
+/// offsets 8 word prefix bytes per fragment (byte `w`: its values in lanes `0 .. 4w`).
+fn saved_earlier<T: Element>(tag: u16, rows: usize, cols: usize, dense: &[T]) -> Vec<u8> {
     let coord = |block: usize, bit: usize| {
+        if tag == 2 {
+            return bitmap_mask_coord(block, bit);
+        }
         let (frag, j) = (block / 4, block % 4);
         (16 * (frag / 4) + 8 * (j % 2) + bit / 8, 16 * (frag % 4) + 8 * (j / 2) + bit % 8)
     };
+    let header_words = if tag == 2 { 168 } else { 136 };
     let (tiles_m, tiles_k) = (rows.div_ceil(64), cols.div_ceil(64));
     let (mut offsets, mut data) = (vec![0u32], Vec::<u32>::new());
     for p in 0..tiles_m.div_ceil(BITMAP_PANEL_TILES) {
         for tk in 0..tiles_k {
             for tr in BITMAP_PANEL_TILES * p..BITMAP_PANEL_TILES * p + bitmap_panel_height(p, tiles_m) {
                 let start = data.len();
-                data.resize(start + 136, 0);
+                data.resize(start + header_words, 0);
                 let mut values = Vec::new();
                 for block in 0..64 {
                     if block % 4 == 0 {
@@ -95,20 +102,30 @@ fn saved_block_major<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Vec<u
                             values.push(u32::from(dense[r * cols + c].to_bits()));
                         }
                     }
+                    if tag == 2 && block % 4 == 3 {
+                        // The fragment's 8 mask words are complete: its word prefixes.
+                        let f = block / 4;
+                        let mut prefixes = [0u8; 8];
+                        for w in 1..8 {
+                            prefixes[w] = prefixes[w - 1] + data[start + 8 * f + w - 1].count_ones() as u8;
+                        }
+                        data[start + 136 + 2 * f] = u32::from_le_bytes(prefixes[..4].try_into().unwrap());
+                        data[start + 137 + 2 * f] = u32::from_le_bytes(prefixes[4..].try_into().unwrap());
+                    }
                 }
                 data.extend(values.chunks(2).map(|v| v[0] | v.get(1).map_or(0, |h| h << 16)));
-                data.resize(start + 4 * (544 + 2 * values.len()).div_ceil(16), 0);
+                data.resize(start + 4 * (4 * header_words + 2 * values.len()).div_ceil(16), 0);
                 offsets.push((data.len() / 4) as u32);
             }
         }
     }
-    // The container: the header (version 6, dtype, flags 0, format tag 1, rows, cols, the
+    // The container: the header (version 6, dtype, flags 0, format tag, rows, cols, the
     // counts), then the two sections, each followed by its checksum.
     let mut b = MAGIC.to_vec();
     b.extend_from_slice(&6u32.to_le_bytes());
     b.push(u8::from(T::DTYPE == sparse_tc::Dtype::Bf16));
     b.push(0);
-    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&tag.to_le_bytes());
     for v in [rows, cols, offsets.len(), data.len()] {
         b.extend_from_slice(&(v as u64).to_le_bytes());
     }
@@ -122,20 +139,21 @@ fn saved_block_major<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Vec<u
     b
 }
 
-/// A valid file: (bf16?, its bytes, today's file of the same matrix). A quarter are
-/// block-major (format tag 1); the others are today's file itself.
+/// A valid file: (bf16?, its bytes, today's file of the same matrix). An eighth each are of
+/// format tags 1 and 2 (earlier layouts); the others are today's file itself.
 fn valid_file() -> impl Strategy<Value = (bool, Vec<u8>, Vec<u8>)> {
-    fn files<T: Element>(block_major: bool, rows: usize, cols: usize, keep: f64, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    fn files<T: Element>(tag: u16, rows: usize, cols: usize, keep: f64, seed: u64) -> (Vec<u8>, Vec<u8>) {
         let d = dense::<T>(rows, cols, keep * keep, seed);
         let today = saved(rows, cols, &d);
-        (if block_major { saved_block_major(rows, cols, &d) } else { today.clone() }, today)
+        (if tag < 3 { saved_earlier(tag, rows, cols, &d) } else { today.clone() }, today)
     }
-    let args = (any::<bool>(), prop::bool::weighted(0.25), 1usize..300, 1usize..200, 0.0f64..=1.0, any::<u64>());
-    args.prop_map(|(bf, block_major, rows, cols, keep, seed)| {
+    let tag = prop_oneof![1 => Just(1u16), 1 => Just(2u16), 6 => Just(3u16)];
+    let args = (any::<bool>(), tag, 1usize..300, 1usize..200, 0.0f64..=1.0, any::<u64>());
+    args.prop_map(|(bf, tag, rows, cols, keep, seed)| {
         let (file, today) = if bf {
-            files::<bf16>(block_major, rows, cols, keep, seed)
+            files::<bf16>(tag, rows, cols, keep, seed)
         } else {
-            files::<f16>(block_major, rows, cols, keep, seed)
+            files::<f16>(tag, rows, cols, keep, seed)
         };
         (bf, file, today)
     })
@@ -245,9 +263,9 @@ fn check_load(bytes: &[u8]) -> Result<(), TestCaseError> {
             Ok(w) => {
                 let mut again = Vec::new();
                 w.save(&mut again).unwrap();
-                if bytes[14..16] == 1u16.to_le_bytes() {
-                    // Block-major tiles, repacked: saved as today's file of the same weight.
-                    prop_assert!(again[14..16] == 2u16.to_le_bytes() && again != bytes);
+                if bytes[14..16] != 3u16.to_le_bytes() {
+                    // Earlier tiles, repacked: saved as today's file of the same weight.
+                    prop_assert!(again[14..16] == 3u16.to_le_bytes() && again != bytes);
                     prop_assert!(BitmapWeight::<T>::load(&again[..]).unwrap() == w);
                 } else {
                     prop_assert!(again == bytes, "an accepted file is not canonical");
@@ -302,7 +320,7 @@ proptest! {
         b.extend_from_slice(&bytes);
         check_load(&b)?;
         if b.len() >= 16 {
-            for (version, tag) in [(5u32, 1u16), (6, 1), (6, 2)] {
+            for (version, tag) in [(5u32, 1u16), (6, 1), (6, 2), (6, 3)] {
                 b[8..12].copy_from_slice(&version.to_le_bytes());
                 b[14..16].copy_from_slice(&tag.to_le_bytes());
                 check_load(&b)?;
@@ -358,7 +376,7 @@ fn huge_headers_over_short_inputs_allocate_almost_nothing() {
         (u64::from(u32::MAX), 64, 1 << 30),
         (64, 1 << 40, 1 << 40),
     ];
-    let files = [saved(300, 90, &d), saved_block_major(300, 90, &d)];
+    let files = [saved(300, 90, &d), saved_earlier(1, 300, 90, &d), saved_earlier(2, 300, 90, &d)];
     for (file, (rows, cols, words)) in files.iter().flat_map(|f| headers.map(|h| (f, h))) {
         let mut b = file.clone();
         set_field(&mut b, 4, rows, false);

@@ -221,9 +221,11 @@ pub const fn ldmatrix_b_src(lane: usize, nt: usize, kk: usize) -> (usize, usize)
 // ---- The bitmap sparse format (host `sparse::bitmap`, kernel `kernels::bitmap`). ----
 //
 // Lane-major: each 16×16 `mma` A fragment of a tile is 32 mask bytes, byte `l` holding lane
-// `l`'s eight entries (bit `i` = A half `i`, `frag_a_coord`), and its values are stored lane
-// after lane, so a lane's values are contiguous and it decodes them with one running index
-// (`gpu/src/kernels/bitmap.rs`).
+// `l`'s eight entries (bit `i` = A half `i`, `frag_a_coord`). Its values are stored in two
+// *segments*, A registers 0–1 (bits 0–3 of every lane's byte) then registers 2–3 (bits 4–7),
+// each lane after lane, so a lane's values of a segment are contiguous and it decodes them
+// with one running index, and one warp-wide load of a value touches one segment (at most 128
+// bytes, one shared-memory wavefront, at any density; `gpu/src/kernels/bitmap.rs`).
 
 /// Entries of one bitmap mask: a `u64` covering the 8 lanes `8q .. 8q + 8` of one fragment
 /// (bit `8·(lane % 8) + i` for A half `i` of the lane).
@@ -240,18 +242,25 @@ pub const BITMAP_MASK_BYTES: usize = 8 * BITMAP_TILE_MASKS;
 /// Bytes of a bitmap tile's fragment offsets: one `u16` per fragment, the index of its first
 /// value among the tile's values (the sum of the popcounts of the fragments before it).
 pub const BITMAP_FRAG_OFFSET_BYTES: usize = 2 * BITMAP_TILE_FRAGS;
-/// Bytes of a bitmap tile's word prefixes: per fragment 8 bytes, byte `w` the count of the
-/// fragment's values in lanes `0 .. 4w` (the lanes before the 32-bit mask word `w`; at most
-/// 7·4·8 = 224, so a byte), so a lane finds its first value with one byte and one `popc`.
-pub const BITMAP_WORD_PREFIX_BYTES: usize = 8 * BITMAP_TILE_FRAGS;
+/// Value segments of a bitmap fragment: A registers 0–1 (bits 0–3 of each lane's mask
+/// byte), then A registers 2–3 (bits 4–7).
+pub const BITMAP_SEGMENTS: usize = 2;
+/// Mask bits of segment `s` in a 32-bit mask word (four lanes' bytes).
+pub const BITMAP_SEGMENT_BITS: [u32; BITMAP_SEGMENTS] = [0x0F0F_0F0F, 0xF0F0_F0F0];
+/// Bytes of a bitmap tile's word prefixes: per fragment 16 bytes, byte `2w + s` the index of
+/// the first value of segment `s` of lane `4w` relative to the fragment's first value (the
+/// values of the segments before `s`, plus those of segment `s` in lanes `0 .. 4w`; at most
+/// 128 + 7·4·4 = 240, so a byte). A lane finds the start of each of its two segments with
+/// one 16-bit load and one `popc` each.
+pub const BITMAP_WORD_PREFIX_BYTES: usize = 8 * BITMAP_SEGMENTS * BITMAP_TILE_FRAGS;
 /// Byte offset of the word prefixes in a bitmap tile.
 pub const BITMAP_WORD_PREFIX_AT: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
-/// Bytes before a bitmap tile's values: masks, fragment offsets, word prefixes (672, a
+/// Bytes before a bitmap tile's values: masks, fragment offsets, word prefixes (800, a
 /// multiple of 16).
 pub const BITMAP_TILE_HEADER_BYTES: usize = BITMAP_WORD_PREFIX_AT + BITMAP_WORD_PREFIX_BYTES;
 /// Unit of a bitmap tile's length and offsets: 16 bytes (one `cp.async`).
 pub const BITMAP_QUAD_BYTES: usize = 16;
-/// Largest bitmap tile: header and 4096 values (8864 bytes, a multiple of 16).
+/// Largest bitmap tile: header and 4096 values (8992 bytes, a multiple of 16).
 pub const BITMAP_MAX_TILE_BYTES: usize = BITMAP_TILE_HEADER_BYTES + 2 * BITMAP_TILE * BITMAP_TILE;
 /// Bitmap tiles stacked in one *panel*: the `SPARSE_TILE_M`×64 slice of W one kernel step
 /// multiplies (stored contiguously, so a step is one contiguous copy).

@@ -41,8 +41,8 @@ pub unsafe fn st_shared_b16(addr: SmemAddr, value: u16) {
     asm!("st.shared.b16 [{0}], {1};", in(reg32) addr.0, in(reg16) value, options(nostack));
 }
 
-/// `ld.shared.b16` (PTX ISA 9.7.9.8): loads 16 bits (the bitmap kernel's values and
-/// fragment offsets).
+/// `ld.shared.b16` (PTX ISA 9.7.9.8): loads 16 bits (the bitmap kernel's values, fragment
+/// offsets and pairs of word prefix bytes).
 ///
 /// # Safety
 /// `addr` must be 2-byte aligned and inside the launch's dynamic shared memory, and the
@@ -51,19 +51,6 @@ pub unsafe fn st_shared_b16(addr: SmemAddr, value: u16) {
 pub unsafe fn ld_shared_b16(addr: SmemAddr) -> u16 {
     let v: u16;
     asm!("ld.shared.b16 {0}, [{1}];", out(reg16) v, in(reg32) addr.0, options(nostack, readonly));
-    v
-}
-
-/// `ld.shared.u8` (PTX ISA 9.7.9.8): loads one byte, zero-extended (the bitmap kernel's
-/// word prefixes).
-///
-/// # Safety
-/// `addr` must be inside the launch's dynamic shared memory, and the byte must have been
-/// written (and made visible by a barrier) before.
-#[inline(always)]
-pub unsafe fn ld_shared_u8(addr: SmemAddr) -> u32 {
-    let v: u32;
-    asm!("ld.shared.u8 {0}, [{1}];", out(reg32) v, in(reg32) addr.0, options(nostack, readonly));
     v
 }
 

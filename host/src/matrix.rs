@@ -409,7 +409,7 @@ impl Gpu {
         check_dims("upload_bitmap", w.rows(), w.cols())?;
         let _queue = self.bind()?;
         let tile_offsets = DeviceAlloc::from_slice(&self.owner, w.tile_offsets(), "upload offsets")?;
-        // Every tile has its 672-byte header, so `data` is never empty.
+        // Every tile has its 800-byte header, so `data` is never empty.
         let words = DeviceAlloc::from_slice(&self.owner, w.data(), "upload bitmap tiles")?;
         Ok(DeviceSparseWeight {
             rows: w.rows(),

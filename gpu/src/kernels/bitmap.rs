@@ -4,23 +4,28 @@
 //! # Format (host `sparse::bitmap`)
 //! W is cut into 64×64 tiles of 16 `mma` A fragments (16×16), stored **lane-major**: a
 //! fragment's masks are 32 bytes, byte `l` lane `l`'s eight entries (bit `i` = A half `i`,
-//! `layout::bitmap_mask_bit`), and its nonzero values follow lane after lane, so each lane's
-//! values are contiguous. A tile is: the 16 fragments' masks (512 B), 16 `u16` fragment
-//! offsets (index of the fragment's first value), 16 × 8 word prefix bytes (byte `w`: the
-//! fragment's values in lanes `0 .. 4w`), the `u16` values, zero padding to 16 bytes. Four
-//! tiles stacked along M are a *panel* (256×64, the rows of one block), and panels are stored
-//! row-major, so the panels of a stream-K range are one contiguous run of bytes;
-//! `tile_offsets` (u32, in 16-byte quads) locate every tile.
+//! `layout::bitmap_mask_bit`), and its nonzero values follow in two segments, A registers
+//! 0–1 (bits 0–3 of each byte) then 2–3 (bits 4–7), each lane after lane, so each lane's
+//! values of a segment are contiguous. A tile is: the 16 fragments' masks (512 B), 16 `u16`
+//! fragment offsets (index of the fragment's first value), 16 × 16 word prefix bytes (byte
+//! `2w + s`: where segment `s` of lane `4w` starts, from the fragment's first value), the
+//! `u16` values, zero padding to 16 bytes. Four tiles stacked along M are a *panel* (256×64,
+//! the rows of one block), and panels are stored row-major, so the panels of a stream-K
+//! range are one contiguous run of bytes; `tile_offsets` (u32, in 16-byte quads) locate
+//! every tile.
 //!
 //! # Decode
 //! Lane `l` reads its fragment's 32-bit mask word `l / 4` (its byte and its three
-//! neighbours'), the fragment offset and the word's prefix byte: its first value is at
-//! offset + prefix + the popcount of the lower lanes' bytes in the word. Then per A register
-//! (two mask bits) it loads the two values at its running index, places them with one
-//! `prmt` whose selector the two bits pick from a table, and steps the index by their
-//! popcount: about 44 instructions per fragment where the block-major layout of sessions
-//! 13–20 took about 100 (`benches/results/NOTES.md` item 68). Pruned entries are zeros in
-//! the fragment, so `Inf · 0 = NaN` as in dense math.
+//! neighbours'), the fragment offset and the word's two prefix bytes: each segment's first
+//! value is at offset + prefix + the popcount of the lower lanes' bits of that segment in the
+//! word. Then per A register (two mask bits) it loads the two values at its running index,
+//! places them with one `prmt` whose selector the two bits pick from a table, and steps the
+//! index by their popcount: about 44 instructions per fragment where the block-major layout
+//! of sessions 13–20 took about 100 (`benches/results/NOTES.md` items 68, 70). A warp's
+//! load of one value spans one segment of the fragment (32 lanes × 2 registers × 2 values
+//! at most, 128 bytes), so it is one shared-memory wavefront at any density; with one
+//! segment per fragment it spanned up to 512 bytes (two wavefronts at 50% density, item 70).
+//! Pruned entries are zeros in the fragment, so `Inf · 0 = NaN` as in dense math.
 //!
 //! # Pipeline (double buffering)
 //! Per step a block multiplies one panel by its X tile (`8·NT` tokens × 64). The panel's
@@ -49,11 +54,12 @@ use crate::cp_async::{self, cp_async_16_hint};
 use crate::flag;
 use crate::griddep::begin_dependent;
 use crate::layout::{
-    bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_STAGES,
-    BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, BITMAP_WORD_PREFIX_AT, ROW_BYTES, SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
+    bitmap_panel_height, block_threads, BITMAP_MASK_BYTES, BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_SEGMENTS,
+    BITMAP_SEGMENT_BITS, BITMAP_STAGES, BITMAP_TILE, BITMAP_TILE_HEADER_BYTES, BITMAP_WORD_PREFIX_AT, ROW_BYTES,
+    SPARSE_TILE_M, SPMM_ROW_TILES, TILE_K,
 };
 use crate::mma::{FragA, FragC, MmaElement};
-use crate::shared::{dynamic_smem_base, ld_shared_b16, ld_shared_b32, ld_shared_u8, SmemAddr};
+use crate::shared::{dynamic_smem_base, ld_shared_b16, ld_shared_b32, SmemAddr};
 use crate::sync::bar_sync;
 use crate::thread::{block_idx_x, block_idx_y, lane_idx, thread_idx_x, warp_idx};
 
@@ -104,19 +110,20 @@ impl PanelCursor {
 /// fragment's 32-bit mask word `l / 4`.
 #[derive(Clone, Copy)]
 struct LaneBits {
-    /// The lane's mask word (and word prefix byte), `l / 4`.
+    /// The lane's mask word (and pair of word prefix bytes), `l / 4`.
     word: usize,
     /// Bit position of its byte in the word, `8·(l % 4)`.
     shift: u32,
-    /// The bits of the lower lanes' bytes in the word.
-    below: u32,
+    /// The bits of the lower lanes' bytes in the word, of segment 0 and of segment 1.
+    below: [u32; BITMAP_SEGMENTS],
 }
 
 impl LaneBits {
     #[inline(always)]
     fn new(lane: u32) -> Self {
         let shift = 8 * (lane % 4);
-        LaneBits { word: lane as usize / 4, shift, below: (1u32 << shift) - 1 }
+        let lower = (1u32 << shift) - 1;
+        LaneBits { word: lane as usize / 4, shift, below: BITMAP_SEGMENT_BITS.map(|s| s & lower) }
     }
 }
 
@@ -131,13 +138,14 @@ const HALF_SELECTORS: u64 = 0x5410_1022_2210_2222;
 /// Decodes this lane's A fragment of fragment `frag` (0..16) of the bitmap tile at `tile`
 /// (layout: `layout::bitmap_mask_bit`; values at `tile + BITMAP_TILE_HEADER_BYTES`).
 ///
-/// The lane's eight bits are one byte of its 32-bit mask word, and its values are contiguous
-/// (lane-major), starting at the fragment's offset plus its word's prefix byte plus the
-/// popcount of the lower lanes' bytes in the word. Register `j` takes bits `2j`, `2j + 1`
-/// (`t`): the two values at the running index are loaded whatever `t` says, a `prmt` with the
-/// selector for `t` places them (zeros for clear bits), and the index moves on by `popc(t)`.
-/// Branch-free: branching on the bits made lanes diverge and stall (`benches/results/NOTES.md`
-/// item 48).
+/// The lane's eight bits are one byte of its 32-bit mask word. Its values of each segment
+/// (registers 0–1, 2–3) are contiguous, starting at the fragment's offset plus the
+/// segment's prefix byte of its word plus the popcount of the lower lanes' bits of that
+/// segment in the word. Register `j` takes bits `2j`, `2j + 1` (`t`): the two values at the
+/// running index are loaded whatever `t` says, a `prmt` with the selector for `t` places
+/// them (zeros for clear bits), and the index moves on by `popc(t)`. Branch-free: branching
+/// on the bits made lanes diverge and stall (`benches/results/NOTES.md` item 48), and
+/// predicating the loads costs more instructions than it saves (item 70).
 ///
 /// A clear bit's loads read the next stored values, at most 4 bytes past the tile's values:
 /// inside the next tile of the panel, or in the slot's slack after the panel (never written
@@ -154,18 +162,26 @@ const HALF_SELECTORS: u64 = 0x5410_1022_2210_2222;
 unsafe fn decode_frag(tile: SmemAddr, frag: usize, lane: LaneBits) -> FragA {
     let word = ld_shared_b32(tile.offset(32 * frag + 4 * lane.word));
     let first = ld_shared_b16(tile.offset(BITMAP_MASK_BYTES + 2 * frag)) as u32;
-    let prefix = ld_shared_u8(tile.offset(BITMAP_WORD_PREFIX_AT + 8 * frag + lane.word));
-    let index = first + prefix + (word & lane.below).count_ones();
-    let mut at = tile.offset(BITMAP_TILE_HEADER_BYTES).0 + 2 * index;
+    let prefixes = ld_shared_b16(tile.offset(BITMAP_WORD_PREFIX_AT + 16 * frag + 2 * lane.word)) as u32;
+    let values = tile.offset(BITMAP_TILE_HEADER_BYTES).0 + 2 * first;
+    // Where each segment's values of this lane start.
+    let starts = [
+        values + 2 * ((prefixes & 0xff) + (word & lane.below[0]).count_ones()),
+        values + 2 * ((prefixes >> 8) + (word & lane.below[1]).count_ones()),
+    ];
     let bits = word >> lane.shift;
+    let mut at = starts[0];
     let mut regs = [0u32; 4];
     unroll!(j in 0..4 => {
+        if j == 2 {
+            at = starts[1];
+        }
         // 16·t: the selector's position in the table (and `popc` of it is `popc(t)`).
         let pos = ((bits << 4) >> (2 * j)) & 0x30;
         let selector = (HALF_SELECTORS >> pos) as u32;
         let (lo, hi) = (ld_shared_b16(SmemAddr(at)) as u32, ld_shared_b16(SmemAddr(at + 2)) as u32);
         regs[j] = prmt(lo, hi, selector);
-        if j < 3 {
+        if j % 2 == 0 {
             at += 2 * pos.count_ones();
         }
     });

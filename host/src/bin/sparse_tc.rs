@@ -330,8 +330,8 @@ fn device_bytes(c: &Config, format: LinearFormat, density: f64, batch: usize, se
     let linear_bytes = match format {
         LinearFormat::Dense => linear * 2,
         LinearFormat::Sparse => (linear as f64 * density * 4.0 * 1.05) as u128,
-        // 672 header bytes, 4 offset bytes and ≤ 15 padding bytes per 64×64 tile.
-        LinearFormat::Bitmap => (linear as f64 * (density * 2.0 + 691.0 / 4096.0)) as u128,
+        // 800 header bytes, 4 offset bytes and ≤ 15 padding bytes per 64×64 tile.
+        LinearFormat::Bitmap => (linear as f64 * (density * 2.0 + 819.0 / 4096.0)) as u128,
     };
     let kv = 2 * 2 * (c.layers * batch) as u128 * (seq * c.kv_dim()) as u128;
     let act = Scratch::<CpuBackend<f16>>::bytes_per_row(c)? as u128 * rows as u128 + 2 * (batch * c.vocab) as u128;

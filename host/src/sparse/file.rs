@@ -36,8 +36,9 @@
 //!
 //! Version 5 is the same container holding another format, named by the format tag at byte
 //! 14 (reserved, = 0, up to version 4): tag 1 is the bitmap format with its earlier
-//! block-major tiles, tag 2 (version 6 on) the bitmap format with today's lane-major tiles
-//! ([`super::bitmap::file`], which still reads tag 1). Version 6, written today for both
+//! block-major tiles, tag 2 (version 6) with lane-major tiles of one value segment, tag 3
+//! (version 6 on) with today's tiles ([`super::bitmap::file`], which still reads tags 1
+//! and 2). Version 6, written today for both
 //! formats, changes only the checksums: XXH3-64 ([`checksum`]) instead of FNV-1a 64, which
 //! hashed at 0.45 GB/s (half a second per 200 MB weight); XXH3 runs at memory speed. Files
 //! of versions 2–5 still load.
@@ -87,8 +88,12 @@ pub(crate) const VERSION_TAGGED: u32 = 5;
 /// Format tag of the bitmap format (`super::bitmap`) with its earlier block-major tiles, in
 /// files of versions 5 and 6 (read, repacked, never written).
 pub(crate) const FORMAT_TAG_BITMAP: u16 = 1;
-/// Format tag of the bitmap format with today's lane-major tiles, from version 6 on.
+/// Format tag of the bitmap format with lane-major tiles of one value segment, in files of
+/// version 6 (read, repacked, never written).
 pub(crate) const FORMAT_TAG_BITMAP_LANES: u16 = 2;
+/// Format tag of the bitmap format with today's tiles (lane-major, two value segments),
+/// from version 6 on.
+pub(crate) const FORMAT_TAG_BITMAP_SEGMENTS: u16 = 3;
 /// Bytes of the fixed header, checksum included.
 pub const HEADER_BYTES: usize = 56;
 /// Bytes covered by the header checksum.
@@ -355,7 +360,7 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
     let tag = le_u16(h, 14);
     if (VERSION_TAGGED..=VERSION).contains(&version) && tag != 0 && le_u64(h, HEADER_SUMMED) == checksum(version, &h[..HEADER_SUMMED]) {
         return Err(Error::Format(match tag {
-            FORMAT_TAG_BITMAP | FORMAT_TAG_BITMAP_LANES => {
+            FORMAT_TAG_BITMAP | FORMAT_TAG_BITMAP_LANES | FORMAT_TAG_BITMAP_SEGMENTS => {
                 format!("this file holds a bitmap weight (version {version}, format tag {tag}): load it with BitmapWeight::load")
             }
             _ => format!("unknown format tag {tag} in a version-{version} file"),

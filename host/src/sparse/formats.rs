@@ -60,7 +60,7 @@ impl SparseFormat {
 pub const BITMAP_MIN_DENSITY: f64 = 0.25;
 /// Density above which the weight stays dense: the highest density at which the bitmap
 /// kernel was measured faster than cuBLAS on every shape (50%: 1.12–1.61×; same
-/// measurement). Between 50% and about 75% its bytes (`0.164 + 2·density` per element)
+/// measurement). Between 50% and about 75% its bytes (`0.195 + 2·density` per element)
 /// would still be fewer than dense, but it was not measured there. (0.505, not 0.5: a
 /// weight pruned to 50% may keep a few entries more, e.g. ties or rounding per row.)
 pub const SPARSE_MAX_DENSITY: f64 = 0.505;

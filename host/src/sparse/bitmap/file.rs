@@ -1,8 +1,9 @@
 //! Bitmap weight files: the container of [`crate::sparse::file`] (same magic, header,
-//! sections and checksums) with format tag 2 and version 6 (XXH3-64 checksums). Files of
-//! format tag 1 hold the block-major tiles the format had before (`super::legacy`), in
-//! version 6 or version 5 (FNV-1a 64 checksums); they still load, checked by the old rules
-//! and repacked in today's layout (saving such a weight writes format tag 2).
+//! sections and checksums) with format tag 3 and version 6 (XXH3-64 checksums). Files of
+//! the earlier layouts (`super::legacy`) still load, checked by their rules and repacked in
+//! today's layout (saving such a weight writes format tag 3): format tag 2 (lane-major tiles
+//! with one value segment, version 6) and format tag 1 (block-major tiles, version 6 or
+//! version 5 with FNV-1a 64 checksums).
 //!
 //! | offset            | size             | field                                               |
 //! |-------------------|------------------|-----------------------------------------------------|
@@ -10,11 +11,11 @@
 //! | 8                 | 4 (u32)          | version, = 6 (5 is read too, with format tag 1)     |
 //! | 12                | 1 (u8)           | dtype: 0 = f16, 1 = bf16                            |
 //! | 13                | 1 (u8)           | flags, = 0                                          |
-//! | 14                | 2 (u16)          | format tag, = 2 (bitmap; 1 = block-major tiles)     |
+//! | 14                | 2 (u16)          | format tag, = 3 (bitmap; 2, 1: earlier tiles)       |
 //! | 16                | 8 (u64)          | rows (M), ≥ 1                                       |
 //! | 24                | 8 (u64)          | cols (K), ≥ 1                                       |
 //! | 32                | 8 (u64)          | n_offsets = ceil(M/64)·ceil(K/64) + 1               |
-//! | 40                | 8 (u64)          | n_words: data words, a multiple of 4, 168·tiles ..= 2216·tiles (tag 1: 136·tiles ..= 2184·tiles) |
+//! | 40                | 8 (u64)          | n_words: data words, a multiple of 4, 200·tiles ..= 2248·tiles (tag 2: 168 ..= 2216, tag 1: 136 ..= 2184 per tile) |
 //! | 48                | 8 (u64)          | checksum of bytes 0..48                             |
 //! | 56                | 4 · n_offsets    | tile_offsets (quads), u32 each                      |
 //! | 56 + 4·n_offsets  | 8 (u64)          | checksum of the tile_offsets bytes                  |
@@ -27,7 +28,7 @@
 //! length the header describes, and from a plain reader sections are read in growing pieces
 //! (memory follows the bytes that arrive, not the counts a header claims). Then the section
 //! checksums, no trailing bytes, and everything [`BitmapWeight::from_parts`] checks (for
-//! format tag 1, the same rules of the old layout). Every failure is an [`Error::Format`]
+//! format tags 2 and 1, the same rules of the old layout). Every failure is an [`Error::Format`]
 //! ([`Error::UnsupportedDtype`] for the other element type, [`Error::Io`] for a failing
 //! reader); it never panics. A Tiled-CSL file (versions 2–4, or format tag 0) is refused
 //! with a message saying so.
@@ -35,21 +36,24 @@
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
-use super::legacy::BLOCK_MAJOR;
+use super::legacy::{BLOCK_MAJOR, LANE_MAJOR_ONE_SEGMENT};
 use super::{tile_grid, BitmapWeight, TileLayout, LANE_MAJOR, QUAD_WORDS, TILE};
 use crate::checked::Sizes;
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::sparse::file::{
     checksum, le_u16, le_u32, le_u64, read_exact_or_truncated, read_section, write_container, FORMAT_TAG_BITMAP,
-    FORMAT_TAG_BITMAP_LANES, HEADER_BYTES, HEADER_SUMMED, MAGIC, VERSION_TAGGED,
+    FORMAT_TAG_BITMAP_LANES, FORMAT_TAG_BITMAP_SEGMENTS, HEADER_BYTES, HEADER_SUMMED, MAGIC, VERSION_TAGGED,
 };
 
 /// The container version bitmap files are written with (version 5 files of format tag 1
 /// load too).
 pub const VERSION: u32 = crate::sparse::file::VERSION;
-/// The format tag of bitmap files (byte 14): today's lane-major tiles.
-pub const FORMAT_TAG: u16 = FORMAT_TAG_BITMAP_LANES;
+/// The format tag of bitmap files (byte 14): today's tiles (lane-major, two value segments).
+pub const FORMAT_TAG: u16 = FORMAT_TAG_BITMAP_SEGMENTS;
+/// The format tag of bitmap files with lane-major tiles of one value segment (version 6;
+/// read and repacked, never written).
+pub const FORMAT_TAG_ONE_SEGMENT: u16 = FORMAT_TAG_BITMAP_LANES;
 /// The format tag of bitmap files with the earlier block-major tiles (versions 5 and 6;
 /// read and repacked, never written).
 pub const FORMAT_TAG_BLOCK_MAJOR: u16 = FORMAT_TAG_BITMAP;
@@ -58,7 +62,7 @@ pub const FORMAT_TAG_BLOCK_MAJOR: u16 = FORMAT_TAG_BITMAP;
 #[derive(Clone, Copy, Debug)]
 struct Header {
     version: u32,
-    /// [`FORMAT_TAG`] or [`FORMAT_TAG_BLOCK_MAJOR`].
+    /// [`FORMAT_TAG`], [`FORMAT_TAG_ONE_SEGMENT`] or [`FORMAT_TAG_BLOCK_MAJOR`].
     tag: u16,
     rows: usize,
     cols: usize,
@@ -98,7 +102,8 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
     }
     let layout: &TileLayout = match tag {
         FORMAT_TAG if version == VERSION => &LANE_MAJOR,
-        FORMAT_TAG => {
+        FORMAT_TAG_ONE_SEGMENT if version == VERSION => &LANE_MAJOR_ONE_SEGMENT,
+        FORMAT_TAG | FORMAT_TAG_ONE_SEGMENT => {
             return Err(Error::Format(format!(
                 "format tag {tag} (lane-major bitmap tiles) in a version-{version} file: those are version {VERSION}"
             )))
@@ -106,7 +111,8 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
         FORMAT_TAG_BLOCK_MAJOR => &BLOCK_MAJOR,
         _ => {
             return Err(Error::Format(format!(
-                "format tag {tag} is not a bitmap format's ({FORMAT_TAG}, or {FORMAT_TAG_BLOCK_MAJOR} for block-major tiles)"
+                "format tag {tag} is not a bitmap format's ({FORMAT_TAG}; {FORMAT_TAG_ONE_SEGMENT} and \
+                 {FORMAT_TAG_BLOCK_MAJOR} for earlier tiles)"
             )))
         }
     };
@@ -135,8 +141,8 @@ fn parse_header<T: Element>(h: &[u8; HEADER_BYTES]) -> Result<Header> {
             tiles + 1
         )));
     }
-    // Bounds, not sizes (u64, saturating): every tile is 42..=554 quads (tag 1: 34..=546),
-    // offsets are u32.
+    // Bounds, not sizes (u64, saturating): every tile is 50..=562 quads (tag 2: 42..=554,
+    // tag 1: 34..=546), offsets are u32.
     let n_words = le_u64(h, 40);
     let quad = QUAD_WORDS as u64;
     let min = (tiles as u64).saturating_mul(layout.tile_quads(0) as u64 * quad);
@@ -167,8 +173,8 @@ impl<T: Element> BitmapWeight<T> {
     }
 
     /// Reads and fully validates a weight written by [`save`](Self::save), or a file of the
-    /// earlier block-major tiles (format tag 1), repacked (see the [module docs](self) for
-    /// what is checked, in which order).
+    /// earlier tiles (format tags 2 and 1), repacked (see the [module docs](self) for what is
+    /// checked, in which order).
     pub fn load<R: Read>(r: R) -> Result<Self> {
         Self::load_sized(r, None)
     }
@@ -213,10 +219,19 @@ impl<T: Element> BitmapWeight<T> {
                 Err(e) => return Err(Error::Io(e)),
             }
         }
-        let w = if header.tag == FORMAT_TAG_BLOCK_MAJOR {
-            Self::from_block_major(rows, cols, &offsets, &data)
-        } else {
-            Self::from_parts(rows, cols, offsets, data)
+        let w = match header.tag {
+            FORMAT_TAG_BLOCK_MAJOR => {
+                Self::from_legacy(&BLOCK_MAJOR, "block-major tiles (format tag 1)", rows, cols, &offsets, &data)
+            }
+            FORMAT_TAG_ONE_SEGMENT => Self::from_legacy(
+                &LANE_MAJOR_ONE_SEGMENT,
+                "lane-major tiles of one segment (format tag 2)",
+                rows,
+                cols,
+                &offsets,
+                &data,
+            ),
+            _ => Self::from_parts(rows, cols, offsets, data),
         };
         w.map_err(|e| match e {
             Error::InvalidArgument(m) | Error::Shape(m) => Error::Format(format!("bitmap file: {m}")),

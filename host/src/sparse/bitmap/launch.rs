@@ -37,8 +37,8 @@ impl LaunchPlan for BitmapPlan {
                 "ring_words = {r}: the word ring is the Tiled-CSL kernel's; this weight is in the bitmap format"
             )));
         }
-        // A validated panel is at most 4 tiles of `BITMAP_MAX_TILE_BYTES`; the slot holds it
-        // whole, and the decode's slack after it.
+        // A validated panel is at most 4 tiles of `BITMAP_MAX_TILE_BYTES` (8992); the slot
+        // holds it whole, and the decode's slack after it.
         debug_assert!(max_panel_bytes <= BITMAP_PANEL_TILES * BITMAP_MAX_TILE_BYTES);
         let slot = (max_panel_bytes + BITMAP_DECODE_SLACK).next_multiple_of(SLOT_ALIGN);
         let smem = Sizes::ARG.add("bitmap kernel shared memory", bitmap_smem_bytes(nt, 0), 2 * slot)?;

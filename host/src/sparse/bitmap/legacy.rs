@@ -1,29 +1,33 @@
-//! Bitmap files of format tag 1 (container versions 5 and 6): the *block-major* tiles the
-//! format had before the lane-major layout of the [module docs](super).
+//! Bitmap files of the layouts before today's (see the [module docs](super)), read,
+//! checked and repacked; never written.
 //!
-//! A block-major tile was 64 blocks of 8×8 entries, each with a `u64` mask (bit `8·r + c`
-//! for block entry `(r, c)`), the blocks of a fragment in `mma` A-register order
-//! ([`legacy_coord`]); its bytes were the 64 masks, the 16 fragment offsets (the popcount of
-//! the blocks before the fragment), the values in block and bit order and zero padding to
-//! 16 bytes: no word prefixes, so a tile of `nnz` values was `ceil((544 + 2·nnz) / 16)`
-//! quads, 34 to 546. Tile order and `tile_offsets` were today's.
+//! - Format tag 2 (container version 6): lane-major tiles with **one value segment** per
+//!   fragment: a fragment's values lane after lane, A-half order inside a lane, and 8 word
+//!   prefix bytes per fragment (byte `w`: its values in lanes `0 .. 4w`), so a tile of `nnz`
+//!   values was `ceil((672 + 2·nnz) / 16)` quads, 42 to 554.
+//! - Format tag 1 (container versions 5 and 6): **block-major** tiles, 64 blocks of 8×8
+//!   entries, each with a `u64` mask (bit `8·r + c` for block entry `(r, c)`), the blocks of
+//!   a fragment in `mma` A-register order ([`legacy_coord`]); its bytes were the 64 masks,
+//!   the 16 fragment offsets (the popcount of the blocks before the fragment), the values in
+//!   block and bit order and zero padding to 16 bytes: no word prefixes, so a tile of `nnz`
+//!   values was `ceil((544 + 2·nnz) / 16)` quads, 34 to 546.
 //!
-//! Such parts are checked as strictly as today's (the same `check_tiles`, with the old map
-//! and header), then each tile is decoded and repacked in today's layout by the packer's
-//! [`encode_tile`], one tile at a time (memory follows the weight, no dense copy of it). The
-//! weight is the same matrix; a value stored as ±0 is dropped, as the packer stores nonzeros
-//! only.
+//! Tile order and `tile_offsets` were today's. Such parts are checked as strictly as today's
+//! (the same `check_tiles`, with the old map and header), then each tile is decoded and
+//! repacked in today's layout by the packer's [`encode_tile`], one tile at a time (memory
+//! follows the weight, no dense copy of it). The weight is the same matrix; a value stored
+//! as ±0 is dropped, as the packer stores nonzeros only.
 
 use std::marker::PhantomData;
 
 use super::pack::encode_tile;
-use super::{check_tiles, storage_order, tile_grid, BitmapWeight, TileLayout, QUAD_WORDS, TILE};
+use super::{check_tiles, storage_order, tile_grid, BitmapWeight, TileLayout, LANE_MAJOR, QUAD_WORDS, TILE};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{BITMAP_FRAG_OFFSET_BYTES, BITMAP_MASK_BYTES};
+use crate::layout::{bitmap_mask_coord, BITMAP_FRAG_OFFSET_BYTES, BITMAP_MASK_BYTES, BITMAP_TILE_FRAGS};
 
 /// Bytes before a block-major tile's values: masks, fragment offsets (544).
-const HEADER_BYTES: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
+const BLOCK_MAJOR_HEADER_BYTES: usize = BITMAP_MASK_BYTES + BITMAP_FRAG_OFFSET_BYTES;
 
 /// Tile-local (row, col) of bit `bit` of block `block` of a block-major tile: fragment
 /// `block / 4`, then its blocks (rows 0–7, k 0–7), (rows 8–15, k 0–7), (rows 0–7, k 8–15),
@@ -37,23 +41,39 @@ pub(super) const fn legacy_coord(block: usize, bit: usize) -> (usize, usize) {
 
 /// The block-major tiles of format-tag-1 files.
 pub(super) const BLOCK_MAJOR: TileLayout =
-    TileLayout { header_bytes: HEADER_BYTES, coord: legacy_coord, word_prefixes: false, mask_name: "block" };
+    TileLayout { header_bytes: BLOCK_MAJOR_HEADER_BYTES, coord: legacy_coord, segments: 0, mask_name: "block" };
+
+/// The lane-major tiles with one value segment of format-tag-2 files (today's masks).
+pub(super) const LANE_MAJOR_ONE_SEGMENT: TileLayout = TileLayout {
+    header_bytes: BLOCK_MAJOR_HEADER_BYTES + 8 * BITMAP_TILE_FRAGS,
+    coord: bitmap_mask_coord,
+    segments: 1,
+    mask_name: "mask",
+};
 
 impl<T: Element> BitmapWeight<T> {
-    /// The weight held by block-major parts (of a format-tag-1 file), repacked in today's
-    /// layout after checking every rule of the old one.
+    /// The weight held by the parts of an earlier file (`layout`: [`BLOCK_MAJOR`] or
+    /// [`LANE_MAJOR_ONE_SEGMENT`], `what` names it in messages), repacked in today's layout
+    /// after checking every rule of the old one.
     ///
-    /// Errors: [`Error::Format`] naming the broken rule (a tile's offsets, length, block
-    /// mask, fragment offset or padding), or a weight that no longer fits the format's 32-bit
-    /// tile offsets once its tiles carry word prefixes.
-    pub(super) fn from_block_major(rows: usize, cols: usize, tile_offsets: &[u32], data: &[u32]) -> Result<Self> {
-        let bad = |msg: String| Error::Format(format!("bitmap file, block-major tiles (format tag 1), {rows}×{cols}: {msg}"));
-        check_tiles(&BLOCK_MAJOR, rows, cols, tile_offsets, data, bad)?;
+    /// Errors: [`Error::Format`] naming the broken rule (a tile's offsets, length, mask,
+    /// fragment offset, word prefix or padding), or a weight that no longer fits the format's
+    /// 32-bit tile offsets once its tiles carry today's header.
+    pub(super) fn from_legacy(
+        layout: &TileLayout,
+        what: &str,
+        rows: usize,
+        cols: usize,
+        tile_offsets: &[u32],
+        data: &[u32],
+    ) -> Result<Self> {
+        let bad = |msg: String| Error::Format(format!("bitmap file, {what}, {rows}×{cols}: {msg}"));
+        check_tiles(layout, rows, cols, tile_offsets, data, bad)?;
         let (tiles_m, tiles_k, tiles) = tile_grid(rows, cols)?;
         let mut offsets = Vec::with_capacity(tiles + 1);
         offsets.push(0u32);
-        // Each tile grows by the word prefixes (or less: a stored ±0 is dropped).
-        let grown = tiles.saturating_mul(super::HEADER_WORDS - HEADER_BYTES / 4);
+        // Each tile grows by today's longer header (or less: a stored ±0 is dropped).
+        let grown = tiles.saturating_mul((LANE_MAJOR.header_bytes - layout.header_bytes) / 4);
         let mut out = Vec::with_capacity(data.len().saturating_add(grown));
         let mut dense = Vec::with_capacity(TILE * TILE);
         let mut nnz = 0;
@@ -63,12 +83,12 @@ impl<T: Element> BitmapWeight<T> {
             let words = &data[QUAD_WORDS * tile_offsets[t] as usize..QUAD_WORDS * tile_offsets[t + 1] as usize];
             dense.clear();
             dense.resize(rn * cn, T::from_bits(0));
-            for (r, c, bits) in BLOCK_MAJOR.entries(words) {
+            for (r, c, bits) in layout.entries(words) {
                 dense[r * cn + c] = T::from_bits(bits);
             }
-            nnz += encode_tile(&dense, rn, cn, 0, 0, &mut out);
+            nnz += encode_tile(&LANE_MAJOR, &dense, rn, cn, 0, 0, &mut out);
             offsets.push(u32::try_from(out.len() / QUAD_WORDS).map_err(|_| {
-                bad(format!("repacked with word prefixes, the weight exceeds the format's 32-bit tile offsets at tile {t}"))
+                bad(format!("repacked in today's layout, the weight exceeds the format's 32-bit tile offsets at tile {t}"))
             })?);
         }
         Ok(BitmapWeight { rows, cols, nnz, tile_offsets: offsets, data: out, _t: PhantomData })
@@ -84,7 +104,7 @@ pub(super) fn block_major_parts<T: Element>(rows: usize, cols: usize, dense: &[T
     let (mut offsets, mut data) = (vec![0u32], Vec::new());
     for (tr, tk) in storage_order(tiles_m, tiles_k) {
         let start = data.len();
-        data.resize(start + HEADER_BYTES / 4, 0);
+        data.resize(start + BLOCK_MAJOR_HEADER_BYTES / 4, 0);
         let mut values = Vec::new();
         for block in 0..BITMAP_TILE_MASKS {
             if block % 4 == 0 {

@@ -13,16 +13,18 @@
 //! * **Masks** (lane-major): a fragment is 32 mask bytes, four `u64` masks; byte `l` holds
 //!   lane `l`'s eight entries of the fragment, bit `i` its A half `i`
 //!   ([`crate::layout::frag_a_coord`]), so mask `4f + q` covers lanes `8q .. 8q + 8`
-//!   ([`crate::layout::bitmap_mask_bit`], [`crate::layout::bitmap_mask_coord`]). A tile's
-//!   values are its set bits in mask order, bit order inside a mask: fragment after
-//!   fragment, lane after lane, A-half order inside a lane.
+//!   ([`crate::layout::bitmap_mask_bit`], [`crate::layout::bitmap_mask_coord`]).
+//! * **Values**: fragment after fragment; inside a fragment two *segments*, A registers 0–1
+//!   (bits 0–3 of every lane's byte) then A registers 2–3 (bits 4–7); inside a segment lane
+//!   after lane, bit order inside a lane ([`crate::layout::BITMAP_SEGMENT_BITS`]).
 //! * **Tile bytes** (little-endian, all 16-byte multiples, so `cp.async` streams them):
 //!   the 64 masks (512 bytes); the 16 fragment offsets (`u16`: the index of the fragment's
-//!   first value among the tile's values, 32 bytes); the *word prefixes* (8 bytes per
-//!   fragment, 128 bytes: byte `w` is the number of the fragment's values in lanes
-//!   `0 .. 4w`, i.e. in its mask bytes `0 .. 4w`; byte 0 is 0, none exceeds 224); the values
-//!   (`u16` bits of `T`); zero padding to a multiple of 16 bytes. A tile with `nnz` values is
-//!   exactly `ceil((672 + 2·nnz) / 16)` quads (16-byte units) long, 42 to 554.
+//!   first value among the tile's values, 32 bytes); the *word prefixes* (16 bytes per
+//!   fragment, 256 bytes: byte `2w + s` is where segment `s` of lane `4w` starts, counted
+//!   from the fragment's first value: the values of the segments before `s` plus those of
+//!   segment `s` in lanes `0 .. 4w`; byte 0 is 0, none exceeds 240); the values (`u16` bits
+//!   of `T`); zero padding to a multiple of 16 bytes. A tile with `nnz` values is exactly
+//!   `ceil((800 + 2·nnz) / 16)` quads (16-byte units) long, 50 to 562.
 //! * **Tile order**: *panels* of 4 tiles stacked along M (256 rows, the rows one kernel step
 //!   multiplies), panels row-major, the tiles of a panel top to bottom
 //!   ([`crate::layout::bitmap_tile_index`]); the last panel row has fewer tiles when `tiles_m` is not
@@ -33,21 +35,23 @@
 //!   `u16`, a 32-bit mask word of four lanes or four prefix bytes, little-endian), so a
 //!   weight may hold up to 64 GiB.
 //!
-//! Why lane-major: a lane's values are contiguous, so the kernel decodes them with one
-//! running index instead of a `popc` per A register. Lane `l` finds its first value at the
-//! fragment offset plus the prefix byte of its 32-bit mask word `l / 4` plus one `popc` of
-//! the lower lanes' bytes in that word (`word & (2^(8·(l % 4)) − 1)`).
+//! Why lane-major: a lane's values of a segment are contiguous, so the kernel decodes them
+//! with one running index instead of a `popc` per A register. Lane `l` finds the start of
+//! segment `s` at the fragment offset plus prefix byte `s` of its 32-bit mask word `l / 4`
+//! plus one `popc` of the lower lanes' bits of the segment in that word. Why segments: a
+//! warp's load of one value then stays inside one segment (at most 128 bytes), one
+//! shared-memory wavefront at any density.
 //!
 //! Entries outside the matrix (edge tiles) are padding: their mask bits must be clear.
 //! [`BitmapWeight::from_parts`] checks every one of these rules.
 //!
-//! Bytes per element: `0.164 + 2·density` (masks, fragment offsets and word prefixes, then
+//! Bytes per element: `0.195 + 2·density` (masks, fragment offsets and word prefixes, then
 //! values), against `4·density` for Tiled-CSL, so the bitmap moves fewer bytes below about
-//! 92% sparsity.
+//! 90% sparsity.
 //!
-//! Files: [`file`](mod@file) (format tag 2). Files of the earlier block-major layout
-//! (format tag 1: 8×8 blocks with a mask each, no word prefixes) still load, repacked
-//! (`legacy`).
+//! Files: [`file`](mod@file) (format tag 3). Files of the earlier layouts still load,
+//! repacked (`legacy`): lane-major tiles with one segment per fragment (format tag 2) and
+//! block-major tiles (format tag 1: 8×8 blocks with a mask each, no word prefixes).
 
 mod cpu;
 pub mod file;
@@ -62,8 +66,8 @@ use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::layout::{
     bitmap_mask_coord, bitmap_panel_height, bitmap_tile_index, BITMAP_MASK_BYTES, BITMAP_MAX_TILE_BYTES,
-    BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_TILE, BITMAP_TILE_FRAGS, BITMAP_TILE_HEADER_BYTES,
-    BITMAP_TILE_MASKS, BITMAP_WORD_PREFIX_AT,
+    BITMAP_PANEL_TILES, BITMAP_QUAD_BYTES, BITMAP_SEGMENTS, BITMAP_SEGMENT_BITS, BITMAP_TILE, BITMAP_TILE_FRAGS,
+    BITMAP_TILE_HEADER_BYTES, BITMAP_TILE_MASKS, BITMAP_WORD_PREFIX_AT,
 };
 
 pub use cpu::linear_bitmap;
@@ -84,7 +88,7 @@ pub const QUAD_WORDS: usize = BITMAP_QUAD_BYTES / 4;
 pub const HEADER_WORDS: usize = BITMAP_TILE_HEADER_BYTES / 4;
 /// `u32` words of the masks (where the fragment offsets start).
 const MASK_WORDS: usize = BITMAP_MASK_BYTES / 4;
-/// `u32` word where the word prefixes start (two per fragment).
+/// `u32` word where the word prefixes start.
 const PREFIX_WORDS_AT: usize = BITMAP_WORD_PREFIX_AT / 4;
 /// Quads of the largest tile.
 pub const MAX_TILE_QUADS: usize = BITMAP_MAX_TILE_BYTES / BITMAP_QUAD_BYTES;
@@ -134,36 +138,63 @@ fn half(words: &[u32], i: usize) -> u16 {
     (if i % 2 == 0 { w } else { w >> 16 }) as u16
 }
 
-/// The word prefixes of a fragment whose four masks are `masks`: byte `w` counts the set
-/// bits of its 32-bit mask words `0 .. w` (lanes `0 .. 4w`), at most 7·32 = 224.
-fn word_prefixes(masks: &[u64]) -> [u8; 8] {
-    let mut prefixes = [0u8; 8];
+/// Most word prefix bytes of a fragment (8 words × [`BITMAP_SEGMENTS`]).
+const MAX_PREFIXES: usize = 8 * BITMAP_SEGMENTS;
+
+/// The mask bits of each of `segments` value segments of a fragment in a `u64` mask (eight
+/// lanes' bytes): one segment holds every bit.
+fn segment_bits(segments: usize) -> &'static [u64] {
+    const ALL: [u64; 1] = [u64::MAX];
+    const SPLIT: [u64; BITMAP_SEGMENTS] =
+        [BITMAP_SEGMENT_BITS[0] as u64 * 0x1_0000_0001, BITMAP_SEGMENT_BITS[1] as u64 * 0x1_0000_0001];
+    if segments == BITMAP_SEGMENTS { &SPLIT } else { &ALL }
+}
+
+/// The word prefixes of a fragment whose four masks are `masks`, stored as `segments`
+/// segments (1 or 2): byte `segments·w + s` counts the values of the segments before `s`
+/// and those of segment `s` in the 32-bit mask words `0 .. w` (lanes `0 .. 4w`), at most
+/// 128 + 7·4·4 = 240 (one segment: 7·32 = 224). The first `8·segments` bytes are used.
+fn word_prefixes(masks: &[u64; 4], segments: usize) -> [u8; MAX_PREFIXES] {
+    let mut prefixes = [0u8; MAX_PREFIXES];
     let mut n = 0u32;
-    for (w, p) in prefixes.iter_mut().enumerate() {
-        *p = n as u8; // n ≤ 224 here
-        n += ((masks[w / 2] >> (32 * (w % 2))) as u32).count_ones();
+    for (s, &bits) in segment_bits(segments).iter().enumerate() {
+        for w in 0..8 {
+            prefixes[segments * w + s] = n as u8; // n ≤ 240 here
+            n += (((masks[w / 2] & bits) >> (32 * (w % 2))) as u32).count_ones();
+        }
     }
     prefixes
 }
 
-/// Fragment `f`'s word prefixes as stored in a tile's words (`PREFIX_WORDS_AT + 2f` and
-/// the next word, little-endian).
-fn stored_prefixes(tile: &[u32], f: usize) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[..4].copy_from_slice(&tile[PREFIX_WORDS_AT + 2 * f].to_le_bytes());
-    b[4..].copy_from_slice(&tile[PREFIX_WORDS_AT + 2 * f + 1].to_le_bytes());
+/// Fragment `f`'s word prefixes as stored in a tile's words (`8·segments` bytes from word
+/// `PREFIX_WORDS_AT + 2·segments·f`, little-endian); the rest zero.
+fn stored_prefixes(tile: &[u32], f: usize, segments: usize) -> [u8; MAX_PREFIXES] {
+    let mut b = [0u8; MAX_PREFIXES];
+    let words = &tile[PREFIX_WORDS_AT + 2 * segments * f..][..2 * segments];
+    for (chunk, word) in b.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
     b
 }
 
-/// What the tile checks of [`check_tiles`] depend on: today's lane-major tiles
-/// ([`LANE_MAJOR`]) or the block-major tiles of format-tag-1 files (`legacy`).
+/// The masks of fragment `f` with the bits of each, in the order the fragment's values are
+/// stored by a layout of `segments` segments: per segment, the fragment's four masks, each
+/// restricted to the segment's bits.
+fn value_order(segments: usize, f: usize) -> impl Iterator<Item = (usize, u64)> {
+    segment_bits(segments).iter().flat_map(move |&bits| (0..4).map(move |q| (4 * f + q, bits)))
+}
+
+/// What the tile checks of [`check_tiles`], the walk over a tile's entries and the packer
+/// depend on: today's lane-major tiles ([`LANE_MAJOR`]) or those of earlier files
+/// (`legacy`: lane-major with one segment, format tag 2; block-major, format tag 1).
 struct TileLayout {
     /// Bytes before a tile's values.
     header_bytes: usize,
     /// Tile-local (row, col) of bit `bit` of mask `m`.
     coord: fn(usize, usize) -> (usize, usize),
-    /// Whether word prefixes follow the fragment offsets.
-    word_prefixes: bool,
+    /// Value segments per fragment, each with its word prefixes (`8·segments` bytes per
+    /// fragment after the fragment offsets); 0: no word prefixes, values in mask order.
+    segments: usize,
     /// What messages call a 64-entry mask (`"mask"`, `"block"`).
     mask_name: &'static str,
 }
@@ -190,10 +221,11 @@ impl TileLayout {
     /// The stored entries of a tile's words (a tile that passed [`check_tiles`] with this
     /// layout) in storage order: tile-local row, column and value bits.
     fn entries<'w>(&self, words: &'w [u32]) -> impl Iterator<Item = (usize, usize, u16)> + 'w {
-        let (coord, values) = (self.coord, &words[self.header_bytes / 4..]);
-        (0..BITMAP_TILE_MASKS)
-            .flat_map(move |m| {
-                let mut bits = mask(words, m);
+        let (coord, segments, values) = (self.coord, self.segments, &words[self.header_bytes / 4..]);
+        (0..BITMAP_TILE_FRAGS)
+            .flat_map(move |f| value_order(segments, f))
+            .flat_map(move |(m, segment)| {
+                let mut bits = mask(words, m) & segment;
                 std::iter::from_fn(move || {
                     (bits != 0).then(|| {
                         let bit = bits.trailing_zeros() as usize;
@@ -211,7 +243,7 @@ impl TileLayout {
 const LANE_MAJOR: TileLayout = TileLayout {
     header_bytes: BITMAP_TILE_HEADER_BYTES,
     coord: bitmap_mask_coord,
-    word_prefixes: true,
+    segments: BITMAP_SEGMENTS,
     mask_name: "mask",
 };
 const _: () = assert!(LANE_MAJOR.tile_quads(0) == tile_quads(0));
@@ -299,14 +331,17 @@ fn check_tiles(
                 }
                 count += m.count_ones() as usize;
             }
-            if layout.word_prefixes {
-                let (want, got) = (word_prefixes(&masks), stored_prefixes(words, f));
-                if let Some(w) = (0..8).find(|&w| want[w] != got[w]) {
+            if layout.segments > 0 {
+                let n = layout.segments;
+                let (want, got) = (word_prefixes(&masks, n), stored_prefixes(words, f, n));
+                if let Some(b) = (0..8 * n).find(|&b| want[b] != got[b]) {
+                    let (w, segment) = (b / n, b % n);
+                    let which = if n == 1 { String::new() } else { format!(" (segment {segment})") };
                     return Err(bad(format!(
-                        "tile {t}: fragment {f}'s word prefix {w} is {}, its lanes 0..{} hold {} values",
-                        got[w],
-                        4 * w,
-                        want[w]
+                        "tile {t}: fragment {f}'s word prefix {b} is {}, expected {}: the values before lane {}{which}",
+                        got[b],
+                        want[b],
+                        4 * w
                     )));
                 }
             }

@@ -1,10 +1,13 @@
 //! Packing dense (optionally magnitude-pruned) and Tiled-CSL weights into the bitmap format.
 
-use super::{tile_grid, tile_quads, word_prefixes, BitmapWeight, HEADER_WORDS, MASK_WORDS, PREFIX_WORDS_AT, QUAD_WORDS, TILE};
+use super::{
+    tile_grid, value_order, word_prefixes, BitmapWeight, TileLayout, LANE_MAJOR, MASK_WORDS, PREFIX_WORDS_AT, QUAD_WORDS,
+    TILE,
+};
 use crate::checked::Sizes;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{bitmap_mask_coord, bitmap_tile_index, BITMAP_TILE_FRAGS};
+use crate::layout::{bitmap_tile_index, BITMAP_TILE_FRAGS};
 use crate::sparse::format::{is_zero_bits, worker_threads};
 use crate::sparse::SparseWeight;
 use std::marker::PhantomData;
@@ -12,43 +15,58 @@ use std::marker::PhantomData;
 /// Below this many elements per thread the packer does not start another thread.
 const MIN_ELEMS_PER_THREAD: usize = 1 << 19;
 
-/// Appends the words of tile (`tr`, `tk`) of the row-major `dense` (`rows × cols`) to `out`,
-/// storing every entry that is not ±0; returns its value count. (The block-major file
-/// loader passes one tile's entries as a whole matrix.)
-pub(super) fn encode_tile<T: Element>(dense: &[T], rows: usize, cols: usize, tr: usize, tk: usize, out: &mut Vec<u32>) -> usize {
+/// Appends the words of tile (`tr`, `tk`) of the row-major `dense` (`rows × cols`) to `out`
+/// in `layout` (today's, or an earlier one for tests of the file loader), storing every
+/// entry that is not ±0; returns its value count. (The loader of earlier files passes one
+/// tile's entries as a whole matrix.)
+pub(super) fn encode_tile<T: Element>(
+    layout: &TileLayout,
+    dense: &[T],
+    rows: usize,
+    cols: usize,
+    tr: usize,
+    tk: usize,
+    out: &mut Vec<u32>,
+) -> usize {
     let (r0, c0) = (tr * TILE, tk * TILE);
     let (rn, cn) = (TILE.min(rows - r0), TILE.min(cols - c0));
     let start = out.len();
-    out.resize(start + HEADER_WORDS, 0);
+    out.resize(start + layout.header_bytes / 4, 0);
+    let entry = |m: usize, bit: usize| {
+        let (r, c) = (layout.coord)(m, bit);
+        (r < rn && c < cn).then(|| dense[(r0 + r) * cols + c0 + c].to_bits()).filter(|&b| !is_zero_bits(b))
+    };
     let mut values: Vec<u16> = Vec::with_capacity(TILE * TILE);
     for f in 0..BITMAP_TILE_FRAGS {
         // Fragment offset: the values so far (< 4096, fits u16).
         out[start + MASK_WORDS + f / 2] |= (values.len() as u32) << (16 * (f % 2));
-        let mut masks = [0u64; 4];
-        for (q, mask) in masks.iter_mut().enumerate() {
-            let m = 4 * f + q;
-            for bit in 0..64 {
-                let (r, c) = bitmap_mask_coord(m, bit);
-                if r < rn && c < cn {
-                    let bits = dense[(r0 + r) * cols + c0 + c].to_bits();
-                    if !is_zero_bits(bits) {
-                        *mask |= 1 << bit;
-                        values.push(bits);
-                    }
-                }
-            }
-            out[start + 2 * m] = *mask as u32;
-            out[start + 2 * m + 1] = (*mask >> 32) as u32;
+        let masks: [u64; 4] = std::array::from_fn(|q| {
+            (0..64).filter(|&bit| entry(4 * f + q, bit).is_some()).fold(0, |m, bit| m | 1 << bit)
+        });
+        for (q, mask) in masks.iter().enumerate() {
+            out[start + 2 * (4 * f + q)] = *mask as u32;
+            out[start + 2 * (4 * f + q) + 1] = (*mask >> 32) as u32;
         }
-        let p = word_prefixes(&masks);
-        out[start + PREFIX_WORDS_AT + 2 * f] = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-        out[start + PREFIX_WORDS_AT + 2 * f + 1] = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+        for (m, segment) in value_order(layout.segments, f) {
+            let mut bits = masks[m % 4] & segment;
+            while bits != 0 {
+                values.extend(entry(m, bits.trailing_zeros() as usize));
+                bits &= bits - 1;
+            }
+        }
+        if layout.segments > 0 {
+            let p = word_prefixes(&masks, layout.segments);
+            let at = start + PREFIX_WORDS_AT + 2 * layout.segments * f;
+            for (w, bytes) in p[..8 * layout.segments].chunks_exact(4).enumerate() {
+                out[at + w] = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+        }
     }
     for pair in values.chunks(2) {
         out.push(u32::from(pair[0]) | pair.get(1).map_or(0, |&v| u32::from(v) << 16));
     }
     let nnz = values.len();
-    out.resize(start + tile_quads(nnz) * QUAD_WORDS, 0);
+    out.resize(start + layout.tile_quads(nnz) * QUAD_WORDS, 0);
     nnz
 }
 
@@ -78,7 +96,7 @@ impl<T: Element> BitmapWeight<T> {
                     for tr in 4 * p..4 * p + h {
                         debug_assert_eq!(bitmap_tile_index(tr, tk, tiles_m, tiles_k), 4 * p * tiles_k + tk * h + tr % 4);
                         let before = words.len();
-                        nnz += encode_tile(dense, rows, cols, tr, tk, &mut words);
+                        nnz += encode_tile(&LANE_MAJOR, dense, rows, cols, tr, tk, &mut words);
                         lens.push((words.len() - before) / QUAD_WORDS);
                     }
                 }

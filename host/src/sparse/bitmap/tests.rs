@@ -1,7 +1,8 @@
 //! Unit tests of the bitmap format: layout maps, packing, validation, files, CPU SpMM.
 
-use super::file::{FORMAT_TAG, FORMAT_TAG_BLOCK_MAJOR, VERSION};
-use super::legacy::{block_major_parts, legacy_coord};
+use super::file::{FORMAT_TAG, FORMAT_TAG_BLOCK_MAJOR, FORMAT_TAG_ONE_SEGMENT, VERSION};
+use super::legacy::{block_major_parts, legacy_coord, LANE_MAJOR_ONE_SEGMENT};
+use super::pack::encode_tile;
 use super::*;
 use crate::cpu::linear_ref_f64;
 use crate::layout::{bitmap_mask_bit, frag_a_coord, BITMAP_TILE_FRAGS};
@@ -10,11 +11,6 @@ use crate::sparse::test_util::{random_sparse, Rng};
 use crate::sparse::SparseWeight;
 use half::{bf16, f16};
 use proptest::prelude::*;
-
-/// Value `i` of a tile's words.
-fn value(tile: &[u32], i: usize) -> u16 {
-    half(&tile[HEADER_WORDS..], i)
-}
 
 #[test]
 fn mask_maps_are_inverse_and_lane_major() {
@@ -63,43 +59,56 @@ fn legacy_block_map_is_the_old_a_register_order() {
     }
 }
 
-#[test]
-fn a_lanes_values_are_contiguous_and_found_with_its_word_prefix() {
-    // The kernel's decode: lane l's first value in fragment f is at the fragment offset +
-    // prefix byte of its mask word l/4 + popc of the lower lanes' bytes in that word; its
-    // values follow in A-half order.
-    let mut rng = Rng::new(5);
-    let (rows, cols) = (128, 100);
-    for density in [0.0, 0.3, 0.9, 1.0] {
-        let dense: Vec<f16> = blocky(&mut rng, rows, cols, density);
-        let w = BitmapWeight::from_dense(rows, cols, &dense).unwrap();
-        for (t, (tr, tk)) in storage_order(w.tiles_m(), w.tiles_k()).enumerate() {
-            let words = w.tile_words(t);
-            for f in 0..BITMAP_TILE_FRAGS {
-                let prefixes = stored_prefixes(words, f);
-                let base = usize::from(half(&words[MASK_WORDS..], f));
-                let mut expect_next = base;
+/// Checks the kernel's decode against `dense` for every fragment of `w`'s tiles stored in
+/// `layout` (`words(t)`: tile `t`'s words): lane `l`'s values of segment `s` start at the
+/// fragment offset + prefix byte `segments·(l/4) + s` + popc of the lower lanes' bits of the
+/// segment in its mask word `l/4`, and follow in A-half order; segment after segment, lane
+/// after lane, the values are in storage order.
+fn check_lane_decode<'w>(layout: &TileLayout, w: &BitmapWeight<f16>, words: impl Fn(usize) -> &'w [u32], dense: &[f16]) {
+    let (rows, cols, n) = (w.rows(), w.cols(), layout.segments);
+    let bits = segment_bits(n);
+    for (t, (tr, tk)) in storage_order(w.tiles_m(), w.tiles_k()).enumerate() {
+        let words = words(t);
+        for f in 0..BITMAP_TILE_FRAGS {
+            let prefixes = stored_prefixes(words, f, n);
+            let base = usize::from(half(&words[MASK_WORDS..], f));
+            let mut expect_next = base;
+            for (s, &segment) in bits.iter().enumerate() {
                 for lane in 0..32 {
                     let word = words[8 * f + lane / 4];
-                    let below = (word & ((1u32 << (8 * (lane % 4))) - 1)).count_ones() as usize;
-                    let mut at = base + usize::from(prefixes[lane / 4]) + below;
-                    assert_eq!(at, expect_next, "tile {t} fragment {f} lane {lane}");
+                    let lower = (u64::from(word) & segment) as u32 & ((1u32 << (8 * (lane % 4))) - 1);
+                    let mut at = base + usize::from(prefixes[n * (lane / 4) + s]) + lower.count_ones() as usize;
+                    assert_eq!(at, expect_next, "tile {t} fragment {f} segment {s} lane {lane}");
                     for i in 0..8 {
                         let (r, c) = frag_a_coord(lane, i);
                         let (r, c) = (tr * TILE + (f / 4) * 16 + r, tk * TILE + (f % 4) * 16 + c);
                         let stored = (word >> (8 * (lane % 4) + i)) & 1 == 1;
                         let d = if r < rows && c < cols { dense[r * cols + c] } else { f16::ZERO };
                         assert_eq!(stored, d.to_bits() & 0x7fff != 0);
-                        if stored {
-                            assert_eq!(value(words, at), d.to_bits());
+                        if stored && (segment >> i) & 1 == 1 {
+                            assert_eq!(half(&words[layout.header_bytes / 4..], at), d.to_bits());
                             at += 1;
                         }
                     }
                     expect_next = at;
                 }
-                assert_eq!(prefixes[0], 0);
             }
+            assert_eq!(prefixes[0], 0);
         }
+    }
+}
+
+#[test]
+fn a_lanes_values_are_contiguous_per_segment_and_found_with_its_word_prefixes() {
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (128, 100);
+    for density in [0.0, 0.3, 0.9, 1.0] {
+        let dense: Vec<f16> = blocky(&mut rng, rows, cols, density);
+        let w = BitmapWeight::from_dense(rows, cols, &dense).unwrap();
+        check_lane_decode(&LANE_MAJOR, &w, |t| w.tile_words(t), &dense);
+        // The format-tag-2 tiles (one segment) of the same matrix, as their loader reads them.
+        let (o, d) = one_segment_parts(rows, cols, &dense);
+        check_lane_decode(&LANE_MAJOR_ONE_SEGMENT, &w, |t| &d[4 * o[t] as usize..4 * o[t + 1] as usize], &dense);
     }
 }
 
@@ -151,6 +160,25 @@ fn block_major_file<T: Element>(version: u32, rows: usize, cols: usize, offsets:
     b
 }
 
+/// The parts (`tile_offsets`, data) of a format-tag-2 file (lane-major tiles of one
+/// segment) holding the row-major `rows × cols` `dense`.
+fn one_segment_parts<T: Element>(rows: usize, cols: usize, dense: &[T]) -> (Vec<u32>, Vec<u32>) {
+    let (tiles_m, tiles_k, _) = tile_grid(rows, cols).unwrap();
+    let (mut offsets, mut data) = (vec![0u32], Vec::new());
+    for (tr, tk) in storage_order(tiles_m, tiles_k) {
+        encode_tile(&LANE_MAJOR_ONE_SEGMENT, dense, rows, cols, tr, tk, &mut data);
+        offsets.push((data.len() / QUAD_WORDS) as u32);
+    }
+    (offsets, data)
+}
+
+/// A format-tag-2 file (version 6) around the parts.
+fn one_segment_file<T: Element>(rows: usize, cols: usize, offsets: &[u32], data: &[u32]) -> Vec<u8> {
+    let mut b = Vec::new();
+    write_container(&mut b, VERSION, FORMAT_TAG_ONE_SEGMENT, T::DTYPE, 0, rows as u64, cols as u64, offsets, data).unwrap();
+    b
+}
+
 fn check_round_trip<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Result<(), TestCaseError> {
     let w = BitmapWeight::from_dense(rows, cols, dense).unwrap();
     prop_assert_eq!(w.to_dense(), dense.to_vec());
@@ -158,16 +186,18 @@ fn check_round_trip<T: Element>(rows: usize, cols: usize, dense: &[T]) -> Result
     prop_assert_eq!(w.nnz(), nonzeros);
     // Size: every tile is its header and values, padded to 16 bytes.
     let tiles = rows.div_ceil(64) * cols.div_ceil(64);
-    prop_assert!(w.stored_bytes() >= 4 * (tiles + 1) + 672 * tiles + 2 * nonzeros);
-    prop_assert!(w.stored_bytes() <= 4 * (tiles + 1) + 688 * tiles + 2 * nonzeros);
+    prop_assert!(w.stored_bytes() >= 4 * (tiles + 1) + 800 * tiles + 2 * nonzeros);
+    prop_assert!(w.stored_bytes() <= 4 * (tiles + 1) + 816 * tiles + 2 * nonzeros);
     let again = BitmapWeight::<T>::from_parts(rows, cols, w.tile_offsets().to_vec(), w.data().to_vec()).unwrap();
     prop_assert_eq!(&again, &w);
     let mut file = Vec::new();
     w.save(&mut file).unwrap();
     prop_assert_eq!(&BitmapWeight::<T>::load(&file[..]).unwrap(), &w);
-    // The same matrix in a block-major file (format tag 1) loads as the same weight.
+    // The same matrix in the earlier files (format tags 1 and 2) loads as the same weight.
     let (o, d) = block_major_parts(rows, cols, dense);
-    prop_assert_eq!(BitmapWeight::<T>::load(&block_major_file::<T>(VERSION, rows, cols, &o, &d)[..]).unwrap(), w);
+    prop_assert_eq!(&BitmapWeight::<T>::load(&block_major_file::<T>(VERSION, rows, cols, &o, &d)[..]).unwrap(), &w);
+    let (o, d) = one_segment_parts(rows, cols, dense);
+    prop_assert_eq!(BitmapWeight::<T>::load(&one_segment_file::<T>(rows, cols, &o, &d)[..]).unwrap(), w);
     Ok(())
 }
 
@@ -299,10 +329,10 @@ fn bytes_and_density() {
     let w = BitmapWeight::from_dense(128, 128, &d).unwrap();
     assert_eq!(w.nnz(), 4096);
     assert_eq!(w.density(), 0.25);
-    assert_eq!((tile_quads(0), tile_quads(4096)), (42, 554));
-    assert_eq!(w.tile_offsets(), [0, 554, 596, 638, 680]);
-    assert_eq!(w.stored_bytes(), 4 * 5 + 16 * 680);
-    assert_eq!(w.max_panel_bytes(), 16 * 596);
+    assert_eq!((tile_quads(0), tile_quads(4096)), (50, 562));
+    assert_eq!(w.tile_offsets(), [0, 562, 612, 662, 712]);
+    assert_eq!(w.stored_bytes(), 4 * 5 + 16 * 712);
+    assert_eq!(w.max_panel_bytes(), 16 * 612);
 }
 
 /// A 70×80 weight (2×2 tiles, three of them partial) with a few entries, and its parts.
@@ -342,10 +372,10 @@ fn from_parts_rejects_each_corruption() {
     let mut bad = o.clone();
     bad[1] -= 1;
     let m = parts_err(bad, data.clone());
-    assert!(m.contains("tile 0 holds 4 values, so it is 43 quads long, but tile_offsets give 42"), "{m}");
+    assert!(m.contains("tile 0 holds 4 values, so it is 51 quads long, but tile_offsets give 50"), "{m}");
     let mut bad = o.clone();
-    bad[1] = 41;
-    assert!(parts_err(bad, data.clone()).contains("tile 0 (tile_offsets[0..=1]) is 41 quads, a tile is 42..=554"));
+    bad[1] = 49;
+    assert!(parts_err(bad, data.clone()).contains("tile 0 (tile_offsets[0..=1]) is 49 quads, a tile is 50..=562"));
     // One quad more in tile 0 (its values are then mis-sized).
     let mut longer = data.clone();
     let at = 4 * o[1] as usize;
@@ -369,18 +399,18 @@ fn from_parts_rejects_each_corruption() {
     let mut bad = data.clone();
     bad[MASK_WORDS + 1] += 1;
     assert!(parts_err(o.clone(), bad).contains("fragment offset"));
-    // A mask bit more inside the matrix (lane 0, A half 5): its fragment's word prefixes
-    // after it are then short.
+    // A mask bit more inside the matrix (lane 0, A half 5, segment 1; fragment 0 holds
+    // three values of segment 0): segment 1's word prefixes after lane 0 are then short.
     let mut bad = data.clone();
     bad[0] |= 1 << 5;
     let msg = parts_err(o.clone(), bad);
-    assert!(msg.contains("tile 0: fragment 0's word prefix 1 is 2, its lanes 0..4 hold 3 values"), "{msg}");
-    // A word prefix byte off by one: byte 0 (always 0), byte 5 of fragment 3, byte 7.
-    for (f, w) in [(0, 0), (3, 5), (15, 7)] {
+    assert!(msg.contains("tile 0: fragment 0's word prefix 3 is 3, expected 4: the values before lane 4 (segment 1)"), "{msg}");
+    // A word prefix byte off by one: byte 0 (always 0), byte 5 of fragment 3, byte 15.
+    for (f, b) in [(0, 0), (3, 5), (15, 15)] {
         let mut bad = data.clone();
-        bad[PREFIX_WORDS_AT + 2 * f + w / 4] ^= 1 << (8 * (w % 4));
+        bad[PREFIX_WORDS_AT + 4 * f + b / 4] ^= 1 << (8 * (b % 4));
         let msg = parts_err(o.clone(), bad);
-        assert!(msg.contains(&format!("tile 0: fragment {f}'s word prefix {w} is")), "{msg}");
+        assert!(msg.contains(&format!("tile 0: fragment {f}'s word prefix {b} is")), "{msg}");
     }
     // The same in another tile (tile 3: rows 64..70, columns 64..80).
     let mut bad = data.clone();
@@ -540,8 +570,8 @@ fn corrupt_block_major_files_are_refused() {
 
 #[test]
 fn format_tags_and_versions_are_not_mixed_up() {
-    // Relabelled with valid checksums: today's tiles as tag 1, block-major ones as tag 2,
-    // tag 2 in a version-5 file, an unknown tag; the header's word bounds follow the tag.
+    // Relabelled with valid checksums: today's tiles as tag 1, block-major ones as today's,
+    // today's tag in a version-5 file, an unknown tag; the header's word bounds follow the tag.
     let (w, o, data) = sample();
     let (lo, ld) = block_major_parts(70, 80, &w.to_dense());
     let file = |version: u32, tag: u16, o: &[u32], d: &[u32]| {
@@ -557,12 +587,18 @@ fn format_tags_and_versions_are_not_mixed_up() {
     let m = file(6, FORMAT_TAG, &lo, &ld);
     assert!(m.contains("header says") && m.contains("data words"), "{m}");
     let m = file(5, FORMAT_TAG, &o, &data);
+    assert!(m.contains("format tag 3") && m.contains("version 6"), "{m}");
+    let m = file(5, FORMAT_TAG_ONE_SEGMENT, &o, &data);
     assert!(m.contains("format tag 2") && m.contains("version 6"), "{m}");
-    let m = file(6, 3, &o, &data);
-    assert!(m.contains("format tag 3 is not a bitmap format's"), "{m}");
-    // The smallest weight: one empty tile, 34 quads in tag 1, 42 in tag 2.
+    // Today's tiles as tag 2: their prefixes are not the one-segment ones.
+    let m = file(6, FORMAT_TAG_ONE_SEGMENT, &o, &data);
+    assert!(m.contains("one segment (format tag 2)"), "{m}");
+    let m = file(6, 4, &o, &data);
+    assert!(m.contains("format tag 4 is not a bitmap format's"), "{m}");
+    // The smallest weight: one empty tile, 34 quads in tag 1, 42 in tag 2, 50 in tag 3.
     let one = BitmapWeight::<f16>::from_dense(1, 1, &[f16::ZERO]).unwrap();
-    assert_eq!(one.tile_offsets(), [0, 42]);
+    assert_eq!(one.tile_offsets(), [0, 50]);
+    assert_eq!(one_segment_parts(1, 1, &[f16::ZERO]).0, [0, 42]);
     let (lo, ld) = block_major_parts(1, 1, &[f16::ZERO]);
     assert_eq!(lo, [0, 34]);
     let mut b = Vec::new();
@@ -571,12 +607,68 @@ fn format_tags_and_versions_are_not_mixed_up() {
     let mut b = Vec::new();
     write_container(&mut b, 6, FORMAT_TAG, crate::Dtype::F16, 0, 1, 1, &lo, &ld).unwrap();
     let Err(Error::Format(m)) = BitmapWeight::<f16>::load(&b[..]) else { panic!() };
-    assert!(m.contains("header says 136 data words") && m.contains("168..=2216"), "{m}");
-    // The Tiled-CSL loader names both bitmap tags.
-    for tag in [FORMAT_TAG, FORMAT_TAG_BLOCK_MAJOR] {
+    assert!(m.contains("header says 136 data words") && m.contains("200..=2248"), "{m}");
+    // The Tiled-CSL loader names every bitmap tag.
+    for tag in [FORMAT_TAG, FORMAT_TAG_ONE_SEGMENT, FORMAT_TAG_BLOCK_MAJOR] {
         let mut b = Vec::new();
         write_container(&mut b, 6, tag, crate::Dtype::F16, 0, 1, 1, &lo, &ld).unwrap();
         let Err(Error::Format(m)) = SparseWeight::<f16>::load(&b[..]) else { panic!() };
         assert!(m.contains(&format!("format tag {tag}")) && m.contains("BitmapWeight::load"), "{m}");
     }
+}
+
+#[test]
+fn one_segment_files_load_as_the_same_matrix() {
+    // The format-tag-2 writer of these tests against the bytes session 21's library saved
+    // for the same matrix (then today's format): length and XXH3-64 of the whole file.
+    let mut rng = Rng::new(2207);
+    let dense: Vec<f16> = blocky(&mut rng, 300, 130, 0.5);
+    let (o, d) = one_segment_parts(300, 130, &dense);
+    let file = one_segment_file::<f16>(300, 130, &o, &d);
+    assert_eq!((file.len(), xxhash_rust::xxh3::xxh3_64(&file)), (40600, 0xdb60_6a4a_e9ed_918e));
+    let back = BitmapWeight::<f16>::load(&file[..]).unwrap();
+    assert_eq!(back, BitmapWeight::from_dense(300, 130, &dense).unwrap());
+    let mut again = Vec::new();
+    back.save(&mut again).unwrap();
+    assert_eq!(u16::from_le_bytes([again[14], again[15]]), FORMAT_TAG);
+    for (rows, cols, density) in [(70, 80, 0.2), (64, 64, 1.0), (1, 1, 1.0), (260, 65, 0.0)] {
+        let dense: Vec<bf16> = blocky(&mut rng, rows, cols, density);
+        let (o, d) = one_segment_parts(rows, cols, &dense);
+        let back = BitmapWeight::<bf16>::load(&one_segment_file::<bf16>(rows, cols, &o, &d)[..]).unwrap();
+        assert_eq!(back, BitmapWeight::from_dense(rows, cols, &dense).unwrap(), "{rows}×{cols}");
+    }
+}
+
+#[test]
+fn corrupt_one_segment_files_are_refused() {
+    let (w, _, _) = sample();
+    let (o, d) = one_segment_parts(70, 80, &w.to_dense());
+    let err = |o: &[u32], d: &[u32]| match BitmapWeight::<f16>::load(&one_segment_file::<f16>(70, 80, o, d)[..]) {
+        Err(Error::Format(m)) => {
+            assert!(m.contains("one segment (format tag 2)") && m.contains("70×80"), "{m}");
+            m
+        }
+        other => panic!("expected Error::Format, got {other:?}"),
+    };
+    assert_eq!(BitmapWeight::<f16>::load(&one_segment_file::<f16>(70, 80, &o, &d)[..]).unwrap(), w);
+    // Tile 0 holds 4 values: 43 quads of the 672-byte header.
+    assert_eq!(&o[..2], [0, 43]);
+    let mut bad = o.clone();
+    bad[1] -= 1;
+    assert!(err(&bad, &d).contains("tile 0 holds 4 values, so it is 43 quads long, but tile_offsets give 42"));
+    // A word prefix byte off by one (fragment 0, byte 1: lanes 0..4 hold 2 values).
+    let mut bad = d.clone();
+    bad[PREFIX_WORDS_AT] ^= 1 << 8;
+    assert!(err(&o, &bad).contains("tile 0: fragment 0's word prefix 1 is 3, expected 2: the values before lane 4"));
+    // A bit outside the matrix, a fragment offset, the padding.
+    let mut bad = d.clone();
+    let (m, bit) = bitmap_mask_bit(6, 0);
+    bad[4 * o[1] as usize + 2 * m + bit / 32] |= 1 << (bit % 32);
+    assert!(err(&o, &bad).contains("outside the 70×80"));
+    let mut bad = d.clone();
+    bad[MASK_WORDS + 1] += 1;
+    assert!(err(&o, &bad).contains("fragment offset"));
+    let mut bad = d.clone();
+    bad[4 * o[1] as usize - 1] = 1;
+    assert!(err(&o, &bad).contains("padding"));
 }
