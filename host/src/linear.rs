@@ -6,7 +6,7 @@ use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, SharedMemory};
 use crate::layout::{
-    block_threads, dense_default_config, dense_smem_bytes, spmm_default_mt, spmm_max_nt,
+    block_threads, dense_default_config, dense_smem_bytes, spmm_max_nt,
     DENSE_CONFIGS, REDUCE_THREADS, SPARSE_TILE_M, SPMM_CONFIGS, SPMM_ROW_TILES, TILE_K, TILE_M,
 };
 use crate::matrix::{DeviceMatrix, DeviceSparseWeight};
@@ -428,15 +428,18 @@ fn plan_slice(
             (name, b, dense_smem_bytes(b.row_tiles, nt))
         }
         WeightInfo::Sparse { format, stage_hint, .. } => {
-            let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: spmm_default_mt(nt) });
+            // The format's kernel, stage parameter and shared memory (`sparse::formats`).
+            let launch = format.plan();
+            // A count of tiles for a heuristic: saturating, never a size.
+            let tiles = m.div_ceil(SPARSE_TILE_M).saturating_mul(k.div_ceil(TILE_K));
+            let mt = launch.warp_m_tiles(nt, tiles, dev.sm_count);
+            let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: mt });
             let mt = b.warp_m_tiles;
             if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
                 return Err(Error::InvalidArgument(format!(
                     "sparse block {b:?} for {n_tile} tokens: row_tiles must be {SPMM_ROW_TILES}, warp_m_tiles one of {SPMM_CONFIGS:?} (4 only up to 32 tokens)"
                 )));
             }
-            // The format's kernel, stage parameter and shared memory (`sparse::formats`).
-            let launch = format.plan();
             let name = launch.kernel(dt, n_tile, mt);
             let threads = block_threads(SPMM_ROW_TILES, mt) as u32;
             let smem;
@@ -1001,6 +1004,26 @@ mod tests {
             Err(Error::InvalidArgument(m)) => m,
             other => panic!("expected InvalidArgument for {opts:?}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn bitmap_warp_height_follows_tiles_per_sm_at_8_tokens() {
+        let bitmap = |n: usize, m: usize, k: usize| {
+            let tiles = m.div_ceil(256) * k.div_ceil(64);
+            let weight = WeightInfo::Sparse { format: SparseFormat::Bitmap, stored_bytes: tiles * 20_000, stage_hint: 40_000 };
+            Problem { n, k, m, ldx: padded_ld(k), ldy: padded_ld(m), weight, dtype: Dtype::F16 }
+        };
+        let kernel = |p: &Problem, opts: LinearOptions| plan_of(p, opts).0.unwrap()[0].kernel.clone();
+        // 4096×4096 and 11008×4096: 1024 and 2752 tiles, ≤ 24 per SM of 132 → 8 warps of 2.
+        assert_eq!(kernel(&bitmap(8, 4096, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
+        assert_eq!(kernel(&bitmap(1, 11008, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
+        // 27648×9216: 15552 tiles, 118 per SM → 4 warps of 4; 16 tokens: always 4.
+        assert_eq!(kernel(&bitmap(8, 27648, 9216), LinearOptions::default()), "bitmap_linear_f16_n8_m4");
+        assert_eq!(kernel(&bitmap(16, 4096, 4096), LinearOptions::default()), "bitmap_linear_f16_n16_m4");
+        // A named block wins; Tiled-CSL keeps its own default.
+        let m4 = LinearOptions { block: Some(BlockShape { row_tiles: 4, warp_m_tiles: 4 }), ..LinearOptions::default() };
+        assert_eq!(kernel(&bitmap(8, 4096, 4096), m4), "bitmap_linear_f16_n8_m4");
+        assert_eq!(kernel(&sparse_problem(8, 4096, 4096), LinearOptions::default()), "spmm_linear_f16_n8_m4");
     }
 
     #[test]

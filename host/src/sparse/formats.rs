@@ -21,6 +21,7 @@ use super::SparseWeight;
 use crate::element::Element;
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::layout::spmm_default_mt;
 use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
 use crate::matrix::DeviceSparseWeight;
 
@@ -175,6 +176,11 @@ impl<T: Element> SparseFormatWeight<T> for BitmapWeight<T> {
 pub(crate) trait LaunchPlan: Sync {
     /// Entry name of the kernel for dtype `dt`, token tile `n_tile` and warp height `mt`.
     fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String;
+    /// Warp height (m16 tiles per warp) when the options name no block, for `nt` token
+    /// tiles of 8 on a weight of `tiles` tiles of 256×64 and a device of `sms` SMs.
+    fn warp_m_tiles(&self, nt: usize, _tiles: usize, _sms: usize) -> usize {
+        spmm_default_mt(nt)
+    }
     /// The kernel's stage parameter (its last-but-two argument) and dynamic shared memory for
     /// `nt` token tiles, from the weight's `stage_hint` (set by the format at upload) and the
     /// options (each format refuses the knobs that are not its own, naming them). `occupancy`

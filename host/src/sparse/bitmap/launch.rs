@@ -3,7 +3,7 @@
 
 use crate::checked::Sizes;
 use crate::error::{Error, Result};
-use crate::layout::{bitmap_smem_bytes, BITMAP_DECODE_SLACK, BITMAP_MAX_TILE_BYTES, BITMAP_PANEL_TILES};
+use crate::layout::{bitmap_smem_bytes, spmm_default_mt, BITMAP_DECODE_SLACK, BITMAP_MAX_TILE_BYTES, BITMAP_PANEL_TILES};
 use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
 use crate::sparse::formats::LaunchPlan;
 
@@ -17,9 +17,21 @@ pub(crate) static BITMAP: BitmapPlan = BitmapPlan;
 /// Slots are whole multiples of this many bytes (cache lines).
 const SLOT_ALIGN: usize = 128;
 
+/// Tiles of 256×64 per SM up to which an 8-token launch uses warps of 2 m-tiles (blocks of
+/// 8 warps) instead of 4. On an H100 at 50% sparsity (`benches/results/NOTES.md` items 69,
+/// 72) the 2-m-tile kernel was 7–10% faster on 4096×4096, 11008×4096 and 4096×11008 (8 and
+/// 21 tiles per SM): with few tiles per SM the blocks are few and short, and each warp's
+/// decode is a chain of dependent instructions, so twice the warps hide twice the latency.
+/// On 27648×9216 (118 per SM) it was 8% slower, and at 16 tokens slower on every shape.
+const MT2_MAX_TILES_PER_SM: usize = 24;
+
 impl LaunchPlan for BitmapPlan {
     fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String {
         format!("bitmap_linear_{dt}_n{n_tile}_m{mt}")
+    }
+
+    fn warp_m_tiles(&self, nt: usize, tiles: usize, sms: usize) -> usize {
+        if nt == 1 && tiles <= MT2_MAX_TILES_PER_SM.saturating_mul(sms) { 2 } else { spmm_default_mt(nt) }
     }
 
     fn stage(
