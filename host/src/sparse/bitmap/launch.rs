@@ -22,7 +22,7 @@ const SLOT_ALIGN: usize = 128;
 /// 72) the 2-m-tile kernel was 7–10% faster on 4096×4096, 11008×4096 and 4096×11008 (8 and
 /// 21 tiles per SM): with few tiles per SM the blocks are few and short, and each warp's
 /// decode is a chain of dependent instructions, so twice the warps hide twice the latency.
-/// On 27648×9216 (118 per SM) it was 8% slower, and at 16 tokens slower on every shape.
+/// On 27648×9216 (118 per SM) it was 8% slower, and at 16 tokens slower on both shapes tried.
 const MT2_MAX_TILES_PER_SM: usize = 24;
 
 impl LaunchPlan for BitmapPlan {
