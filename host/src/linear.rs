@@ -430,10 +430,11 @@ fn plan_slice(
         WeightInfo::Sparse { format, stage_hint, .. } => {
             // The format's kernel, stage parameter and shared memory (`sparse::formats`).
             let launch = format.plan();
-            // A count of tiles for a heuristic: saturating, never a size.
-            let tiles = m.div_ceil(SPARSE_TILE_M).saturating_mul(k.div_ceil(TILE_K));
-            let mt = launch.warp_m_tiles(nt, tiles, dev.sm_count);
-            let b = opts.block.unwrap_or(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: mt });
+            let b = opts.block.unwrap_or_else(|| {
+                // A count of tiles for a heuristic: saturating, never a size.
+                let tiles = m.div_ceil(SPARSE_TILE_M).saturating_mul(k.div_ceil(TILE_K));
+                BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: launch.warp_m_tiles(nt, tiles, dev.sm_count) }
+            });
             let mt = b.warp_m_tiles;
             if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
                 return Err(Error::InvalidArgument(format!(
