@@ -21,7 +21,7 @@
 //! Kernels: `cublas` (`cublasGemmEx`, f32 accumulate — the denominator of every speedup),
 //! `dense` (ours), `sparse_plain` (Tiled-CSL, words in row order), `sparse` (bank-reordered)
 //! and `bitmap` (the bitmap format, `gpu/src/kernels/bitmap.rs`; `--tune bitmap` adds its
-//! warp heights and split counts).
+//! warp heights, split counts and stream-K block counts).
 //! `--tune KIND` also times every compiled block shape and several split counts (`dense`,
 //! `sparse`), or the sparse kernel's word-ring sizes per warp height and its L2 hint off
 //! (`ring`): the data behind the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`.
@@ -541,6 +541,17 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                                 let name = format!("bitmap_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
                                 let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }), ..Default::default() };
                                 entries.push(sparse_entry(name, bitmaps, o, bitmap_bytes + io));
+                            }
+                            // Stream-K block counts of 1–8 per SM (`b` = blocks), within R..=R·K.
+                            let (r, sms) = (m.div_ceil(256), gpu.sm_count() as usize);
+                            for per_sm in [1, 2, 3, 4, 6, 8] {
+                                let blocks = per_sm * sms;
+                                if blocks < r || blocks > r * k_tiles {
+                                    continue;
+                                }
+                                let block = Some(BlockShape { row_tiles: 4, warp_m_tiles });
+                                let o = LinearOptions { blocks: Some(blocks), block, ..Default::default() };
+                                entries.push(sparse_entry(format!("bitmap_m{warp_m_tiles}b{blocks}"), bitmaps, o, bitmap_bytes + io));
                             }
                         }
                     }
