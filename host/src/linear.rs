@@ -219,14 +219,22 @@ pub(crate) fn plan_schedule(
 /// Blocks of the sparse kernel's stream-K schedule (`gpu::kernels::tile::StreamRange`) for
 /// `row_tiles × k_tiles` tiles, `n_blocks` token tiles and `slots` resident blocks. When a
 /// wave of resident blocks outnumbers the row tiles and still gives every block at least
-/// `STREAM_MIN_TILES` tiles, one full wave: each block an equal share of the tiles, wherever
-/// the row tiles begin and end (no wave quantisation; partial sums only where a range
-/// boundary cuts a row tile). Otherwise the uniform split of every row tile into
-/// [`sparse_splits`] (`blocks = R · splits`). Either way `blocks ≥ R`, which the kernel needs
-/// (a range then meets at most two row tiles).
-pub(crate) fn plan_sparse_blocks(row_tiles: usize, n_blocks: usize, k_tiles: usize, slots: usize, cost: SparseCost) -> usize {
+/// `min_tiles` tiles (the format's [`LaunchPlan::stream_min_tiles`]), one full wave: each
+/// block an equal share of the tiles, wherever the row tiles begin and end (no wave
+/// quantisation; partial sums only where a range boundary cuts a row tile). Otherwise the
+/// uniform split of every row tile into [`sparse_splits`] (`blocks = R · splits`). Either
+/// way `blocks ≥ R`, which the kernel needs (a range then meets at most two row tiles).
+pub(crate) fn plan_sparse_blocks(
+    row_tiles: usize,
+    n_blocks: usize,
+    k_tiles: usize,
+    slots: usize,
+    min_tiles: usize,
+    cost: SparseCost,
+) -> usize {
     let wave = (slots / n_blocks).max(1);
-    if wave > row_tiles && row_tiles * k_tiles >= STREAM_MIN_TILES * wave {
+    // A count for a heuristic: saturating, never a size.
+    if wave > row_tiles && row_tiles.saturating_mul(k_tiles) >= min_tiles.saturating_mul(wave) {
         return wave;
     }
     row_tiles * sparse_splits(row_tiles, n_blocks, k_tiles, slots, cost)
@@ -248,8 +256,9 @@ pub(crate) fn sparse_splits(row_tiles: usize, n_blocks: usize, k_tiles: usize, s
     (1..=max_splits(k_tiles)).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
 
-/// Fewest tiles per block for the one-wave stream-K schedule of the sparse kernel.
-const STREAM_MIN_TILES: usize = 16;
+/// Fewest tiles per block for the one-wave stream-K schedule of the Tiled-CSL kernel (the
+/// default of [`LaunchPlan::stream_min_tiles`]).
+pub(crate) const STREAM_MIN_TILES: usize = 16;
 
 /// Token tiles one launch covers at most: grid y is the token tile, and the driver allows
 /// at most 65535 there. Larger token counts are cut into slices of this many tiles of 64
@@ -550,7 +559,10 @@ fn plan_slice(
                 (Some(_), Some(_)) => unreachable!("refused in plan"),
                 (None, Some(b)) => b, // in row_tiles..=tiles, checked above
                 (Some(s), None) => Sizes::ARG.mul("blocks (row tiles × splits)", row_tiles, s)?,
-                (None, None) => plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, cost),
+                (None, None) => {
+                    let WeightInfo::Sparse { format, .. } = p.weight else { unreachable!("a sparse weight") };
+                    plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, format.plan().stream_min_tiles(), cost)
+                }
             };
             debug_assert!(blocks >= row_tiles && blocks <= tiles);
             // The kernels compute block b's first tile as `b · tiles / blocks` in 64 bits.
@@ -939,14 +951,20 @@ mod tests {
     fn sparse_blocks_stream_one_wave_on_large_layers() {
         let cost = SparseCost { weight_bytes: 100 << 20, n_tile: 16 };
         // 36864×9216: 20736 tiles, one wave of 528 blocks (39 tiles each).
-        assert_eq!(plan_sparse_blocks(144, 1, 144, 528, cost), 528);
+        assert_eq!(plan_sparse_blocks(144, 1, 144, 528, 16, cost), 528);
         // Two token tiles share the resident blocks.
-        assert_eq!(plan_sparse_blocks(144, 2, 144, 528, cost), 264);
+        assert_eq!(plan_sparse_blocks(144, 2, 144, 528, 16, cost), 264);
         // More row tiles than a wave, or too few tiles per block: a uniform split, R·s blocks.
-        for (r, kt) in [(600, 144), (16, 64)] {
-            let blocks = plan_sparse_blocks(r, 1, kt, 528, cost);
-            assert!(blocks.is_multiple_of(r) && blocks >= r && blocks <= r * kt);
+        for (r, kt, min) in [(600, 144, 16), (16, 64, 16), (43, 64, 16), (16, 64, 4)] {
+            let blocks = plan_sparse_blocks(r, 1, kt, 528, min, cost);
+            assert!(blocks.is_multiple_of(r) && blocks >= r && blocks <= r * kt, "{r}×{kt}: {blocks}");
         }
+        // 11008×4096 (43 × 64 tiles): one wave of 396 when 4 tiles per block suffice (the
+        // bitmap kernel's minimum), whatever the token tiles share.
+        assert_eq!(plan_sparse_blocks(43, 1, 64, 396, 4, cost), 396);
+        assert_eq!(plan_sparse_blocks(43, 2, 64, 528, 4, cost), 264);
+        // Saturating: no product wraps into a wave.
+        assert!(plan_sparse_blocks(2, 1, usize::MAX / 2, 528, usize::MAX, cost) >= 2);
     }
 
     #[test]
@@ -1015,16 +1033,42 @@ mod tests {
             Problem { n, k, m, ldx: padded_ld(k), ldy: padded_ld(m), weight, dtype: Dtype::F16 }
         };
         let kernel = |p: &Problem, opts: LinearOptions| plan_of(p, opts).0.unwrap()[0].kernel.clone();
-        // 4096×4096 and 11008×4096: 1024 and 2752 tiles, ≤ 24 per SM of 132 → 8 warps of 2.
+        // 4096×4096, 11008×4096 and 22016×4096: 1024, 2752 and 5504 tiles, ≤ 48 per SM of
+        // 132 → 8 warps of 2.
         assert_eq!(kernel(&bitmap(8, 4096, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
         assert_eq!(kernel(&bitmap(1, 11008, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
-        // 27648×9216: 15552 tiles, 118 per SM → 4 warps of 4; 16 tokens: always 4.
+        assert_eq!(kernel(&bitmap(8, 22016, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
+        // 27648×5120 and 27648×9216: 8640 and 15552 tiles, 65 and 118 per SM → 4 warps of 4;
+        // 16 tokens: always 4.
+        assert_eq!(kernel(&bitmap(8, 27648, 5120), LinearOptions::default()), "bitmap_linear_f16_n8_m4");
         assert_eq!(kernel(&bitmap(8, 27648, 9216), LinearOptions::default()), "bitmap_linear_f16_n8_m4");
         assert_eq!(kernel(&bitmap(16, 4096, 4096), LinearOptions::default()), "bitmap_linear_f16_n16_m4");
         // A named block wins; Tiled-CSL keeps its own default.
         let m4 = LinearOptions { block: Some(BlockShape { row_tiles: 4, warp_m_tiles: 4 }), ..LinearOptions::default() };
         assert_eq!(kernel(&bitmap(8, 4096, 4096), m4), "bitmap_linear_f16_n8_m4");
         assert_eq!(kernel(&sparse_problem(8, 4096, 4096), LinearOptions::default()), "spmm_linear_f16_n8_m4");
+    }
+
+    #[test]
+    fn bitmap_runs_one_wave_down_to_4_tiles_per_block() {
+        // The blocks of the occupancy model's one wave, or a uniform split (a multiple of R).
+        let blocks = |m: usize, k: usize, format: SparseFormat| {
+            let weight = WeightInfo::Sparse { format, stored_bytes: m * k, stage_hint: 20_000 };
+            let s = &plan_of(&Problem { weight, ..sparse_problem(8, m, k) }, LinearOptions::default()).0.unwrap()[0];
+            let LaunchKind::Sparse { blocks, .. } = s.kind else { panic!() };
+            let dev = h100();
+            let per_sm = (dev.smem.per_sm / (s.smem as usize + dev.smem.reserved_per_block)).min(2048 / s.threads as usize);
+            (blocks as usize, per_sm * dev.sm_count)
+        };
+        // 11008×4096: 2752 tiles of 256×64, at least 4 per block in one wave.
+        let (b, wave) = blocks(11008, 4096, SparseFormat::Bitmap);
+        assert_eq!(b, wave);
+        // Tiled-CSL keeps 16 per block: a uniform split of the 43 row tiles.
+        let (b, wave) = blocks(11008, 4096, SparseFormat::TiledCsl);
+        assert!(b != wave && b.is_multiple_of(43), "{b} {wave}");
+        // 4096×4096: 1024 tiles, under 4 per block in a wave → the split (16 row tiles).
+        let (b, _) = blocks(4096, 4096, SparseFormat::Bitmap);
+        assert!(b.is_multiple_of(16), "{b}");
     }
 
     #[test]

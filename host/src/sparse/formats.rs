@@ -22,7 +22,7 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::layout::spmm_default_mt;
-use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
+use crate::linear::{DeviceLimits, LinearOptions, Occupancy, STREAM_MIN_TILES};
 use crate::matrix::DeviceSparseWeight;
 
 /// A sparse weight format the kernels read.
@@ -180,6 +180,11 @@ pub(crate) trait LaunchPlan: Sync {
     /// tiles of 8 on a weight of `tiles` tiles of 256×64 and a device of `sms` SMs.
     fn warp_m_tiles(&self, nt: usize, _tiles: usize, _sms: usize) -> usize {
         spmm_default_mt(nt)
+    }
+    /// Fewest 256×64 tiles per block for which `linear::plan_sparse_blocks` runs one full
+    /// wave of stream-K blocks rather than splitting every row tile uniformly.
+    fn stream_min_tiles(&self) -> usize {
+        STREAM_MIN_TILES
     }
     /// The kernel's stage parameter (its last-but-two argument) and dynamic shared memory for
     /// `nt` token tiles, from the weight's `stage_hint` (set by the format at upload) and the

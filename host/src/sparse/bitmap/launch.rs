@@ -18,16 +18,28 @@ pub(crate) static BITMAP: BitmapPlan = BitmapPlan;
 const SLOT_ALIGN: usize = 128;
 
 /// Tiles of 256×64 per SM up to which an 8-token launch uses warps of 2 m-tiles (blocks of
-/// 8 warps) instead of 4. On an H100 at 50% sparsity (`benches/results/NOTES.md` items 69,
-/// 72) the 2-m-tile kernel was 7–10% faster on 4096×4096, 11008×4096 and 4096×11008 (8 and
-/// 21 tiles per SM): with few tiles per SM the blocks are few and short, and each warp's
-/// decode is a chain of dependent instructions, so twice the warps hide twice the latency.
-/// On 27648×9216 (118 per SM) it was 8% slower, and at 16 tokens slower on both shapes tried.
-const MT2_MAX_TILES_PER_SM: usize = 24;
+/// 8 warps) instead of 4. With few tiles per SM the blocks are few and short, and each
+/// warp's decode is a chain of dependent instructions, so twice the warps hide twice the
+/// latency. On an H100 (`benches/results/NOTES.md` items 72, 74; with the one-wave schedule
+/// of [`BITMAP_STREAM_MIN_TILES`]) the 2-m-tile kernel was faster at 50% on every layer of 8
+/// to 42 tiles per SM (4096×4096 to 22016×4096: +4–17%), even at 70% (−2% to +8%), and 8%
+/// slower on 27648×9216 (118 per SM); at 16 tokens slower on every shape tried.
+const MT2_MAX_TILES_PER_SM: usize = 48;
+
+/// Fewest tiles per block for one full wave of stream-K blocks. The uniform split's cost
+/// model (`linear::sparse_splits`) leaves the bitmap kernel's slots a third empty on layers
+/// of 20–45 tiles per SM; one wave of blocks of at least 4 tiles each measured 3–12% faster
+/// there than the split (H100, NOTES item 74), while blocks of ~2 tiles (4096×4096, 16
+/// tokens) were 15% slower.
+const BITMAP_STREAM_MIN_TILES: usize = 4;
 
 impl LaunchPlan for BitmapPlan {
     fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String {
         format!("bitmap_linear_{dt}_n{n_tile}_m{mt}")
+    }
+
+    fn stream_min_tiles(&self) -> usize {
+        BITMAP_STREAM_MIN_TILES
     }
 
     fn warp_m_tiles(&self, nt: usize, tiles: usize, sms: usize) -> usize {
