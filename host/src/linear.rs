@@ -552,17 +552,14 @@ fn plan_slice(
                 Sizes::ARG.bytes("split-K arrival counters", units, 4)?;
             }
         }
-        WeightInfo::Sparse { stored_bytes, .. } => {
+        WeightInfo::Sparse { format, stored_bytes, .. } => {
             let cost = SparseCost { weight_bytes: stored_bytes, n_tile };
             let tiles = Sizes::ARG.mul("row tiles × K tiles", row_tiles, k_tiles)?;
             let blocks = match (opts.splits, opts.blocks) {
                 (Some(_), Some(_)) => unreachable!("refused in plan"),
                 (None, Some(b)) => b, // in row_tiles..=tiles, checked above
                 (Some(s), None) => Sizes::ARG.mul("blocks (row tiles × splits)", row_tiles, s)?,
-                (None, None) => {
-                    let WeightInfo::Sparse { format, .. } = p.weight else { unreachable!("a sparse weight") };
-                    plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, format.plan().stream_min_tiles(), cost)
-                }
+                (None, None) => plan_sparse_blocks(row_tiles, n_blocks, k_tiles, slots, format.plan().stream_min_tiles(), cost),
             };
             debug_assert!(blocks >= row_tiles && blocks <= tiles);
             // The kernels compute block b's first tile as `b · tiles / blocks` in 64 bits.

@@ -21,9 +21,10 @@ const SLOT_ALIGN: usize = 128;
 /// 8 warps) instead of 4. With few tiles per SM the blocks are few and short, and each
 /// warp's decode is a chain of dependent instructions, so twice the warps hide twice the
 /// latency. On an H100 (`benches/results/NOTES.md` items 72, 74; with the one-wave schedule
-/// of [`BITMAP_STREAM_MIN_TILES`]) the 2-m-tile kernel was faster at 50% on every layer of 8
-/// to 42 tiles per SM (4096×4096 to 22016×4096: +4–17%), even at 70% (−2% to +8%), and 8%
-/// slower on 27648×9216 (118 per SM); at 16 tokens slower on every shape tried.
+/// of [`BITMAP_STREAM_MIN_TILES`]) the 2-m-tile kernel's best plan beat the 4-m-tile one's
+/// at 50% on every layer of 8 to 42 tiles per SM (4096×4096 to 22016×4096: +6–14%), at 70%
+/// by −4% to +8%, and was 8% slower on 27648×9216 (118 per SM); at 16 tokens slower on
+/// every shape tried.
 const MT2_MAX_TILES_PER_SM: usize = 48;
 
 /// Fewest tiles per block for one full wave of stream-K blocks. The uniform split's cost
