@@ -544,7 +544,7 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                             }
                             // Stream-K block counts of 1–8 per SM (`b` = blocks), within R..=R·K.
                             let (r, sms) = (m.div_ceil(256), gpu.sm_count() as usize);
-                            for per_sm in [1, 2, 3, 4, 6, 8] {
+                            for per_sm in [1, 2, 3, 4, 5, 6, 8] {
                                 let blocks = per_sm * sms;
                                 if blocks < r || blocks > r * k_tiles {
                                     continue;
