@@ -22,8 +22,8 @@
 //! `dense` (ours), `sparse_plain` (Tiled-CSL, words in row order), `sparse` (bank-reordered)
 //! and `bitmap` (the bitmap format, `gpu/src/kernels/bitmap.rs`; `--tune bitmap` adds its
 //! warp heights, split counts and stream-K block counts).
-//! `--tune KIND` also times every compiled block shape and several split counts (`dense`,
-//! `sparse`), or the sparse kernel's word-ring sizes per warp height and its L2 hint off
+//! `--tune KIND` also times every compiled block shape and several split counts (`dense`;
+//! `sparse` also block counts), or the sparse kernel's word-ring sizes per warp height and its L2 hint off
 //! (`ring`): the data behind the defaults in `gpu/src/layout.rs` and `host/src/linear.rs`.
 
 use cust::event::{Event, EventFlags};
@@ -318,6 +318,33 @@ fn sparse_entry<T: Element>(name: String, ws: &[DeviceSparseWeight<T>], o: Linea
     Entry { name, copies: ws.iter().map(|w| Kernel::Sparse(w, o)).collect(), bytes }
 }
 
+/// Split counts `--tune` tries (`None`: the automatic plan).
+const SPLIT_CANDIDATES: [Option<usize>; 8] = [None, Some(1), Some(2), Some(3), Some(4), Some(6), Some(8), Some(12)];
+
+/// `--tune bitmap|sparse`: every warp height of a sparse format's kernel for `n_tile` tokens
+/// with each split count (`s`, `A` = automatic) and each stream-K block count of 1–8 per SM
+/// (`b` = blocks, within `R..=R·K` for an `m`-row weight of `k_tiles` K tiles).
+fn tune_plans<'a, T: Element>(
+    prefix: &str, ws: &'a [DeviceSparseWeight<T>], bytes: usize, m: usize, k_tiles: usize, n_tile: usize, sms: usize,
+) -> Vec<Entry<'a, T>> {
+    let r = m.div_ceil(256);
+    let mut out = vec![];
+    for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
+        let block = Some(BlockShape { row_tiles: 4, warp_m_tiles });
+        for s in SPLIT_CANDIDATES.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles)) {
+            let name = format!("{prefix}_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
+            out.push(sparse_entry(name, ws, LinearOptions { splits: s, block, ..Default::default() }, bytes));
+        }
+        for blocks in [1, 2, 3, 4, 5, 6, 8].map(|per_sm| per_sm * sms) {
+            if (r..=r * k_tiles).contains(&blocks) {
+                let o = LinearOptions { blocks: Some(blocks), block, ..Default::default() };
+                out.push(sparse_entry(format!("{prefix}_m{warp_m_tiles}b{blocks}"), ws, o, bytes));
+            }
+        }
+    }
+    out
+}
+
 /// A timed kernel.
 struct Timed {
     name: String,
@@ -509,8 +536,7 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                     dense_entry("dense".into(), LinearOptions::default()),
                 ];
                 let k_tiles = k.div_ceil(64);
-                let splits = [None, Some(1), Some(2), Some(3), Some(4), Some(6), Some(8), Some(12)];
-                let splits = splits.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles));
+                let splits = SPLIT_CANDIDATES.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles));
                 if tuning("dense") && pattern == Pattern::Dense {
                     for (row_tiles, warp_m_tiles) in DENSE_CONFIGS {
                         for s in splits.clone() {
@@ -535,34 +561,12 @@ fn run<T: Element>(bench: &Bench, args: &Args, csv: &mut String) -> Vec<Row> {
                     entries.push(sparse_entry("sparse".into(), reordered, LinearOptions::default(), bytes + io));
                     entries.push(sparse_entry("bitmap".into(), bitmaps, LinearOptions::default(), bitmap_bytes + io));
                     let n_tile = [8, 16, 32, 64].into_iter().find(|&t| t >= n).unwrap_or(64);
+                    let sms = gpu.sm_count() as usize;
                     if tuning("bitmap") {
-                        for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
-                            for s in splits.clone() {
-                                let name = format!("bitmap_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
-                                let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }), ..Default::default() };
-                                entries.push(sparse_entry(name, bitmaps, o, bitmap_bytes + io));
-                            }
-                            // Stream-K block counts of 1–8 per SM (`b` = blocks), within R..=R·K.
-                            let (r, sms) = (m.div_ceil(256), gpu.sm_count() as usize);
-                            for per_sm in [1, 2, 3, 4, 5, 6, 8] {
-                                let blocks = per_sm * sms;
-                                if blocks < r || blocks > r * k_tiles {
-                                    continue;
-                                }
-                                let block = Some(BlockShape { row_tiles: 4, warp_m_tiles });
-                                let o = LinearOptions { blocks: Some(blocks), block, ..Default::default() };
-                                entries.push(sparse_entry(format!("bitmap_m{warp_m_tiles}b{blocks}"), bitmaps, o, bitmap_bytes + io));
-                            }
-                        }
+                        entries.extend(tune_plans("bitmap", bitmaps, bitmap_bytes + io, m, k_tiles, n_tile, sms));
                     }
                     if tuning("sparse") {
-                        for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
-                            for s in splits.clone() {
-                                let name = format!("sparse_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
-                                let o = LinearOptions { splits: s, block: Some(BlockShape { row_tiles: 4, warp_m_tiles }), ..Default::default() };
-                                entries.push(sparse_entry(name, reordered, o, bytes + io));
-                            }
-                        }
+                        entries.extend(tune_plans("sparse", reordered, bytes + io, m, k_tiles, n_tile, sms));
                     }
                     if tuning("ring") {
                         let o = LinearOptions { l2_evict_first: Some(false), ..Default::default() };
