@@ -19,6 +19,8 @@
 #                                                     # a previous build's bench_linear (bin/bench_linear_base)
 #   bash benches/reference/device_stage.sh ncu-bitmap # Nsight Compute profile of the bitmap kernel (27648x9216, N=8, 50%)
 #   bash benches/reference/device_stage.sh tune-dense # every dense plan on the 7B decode shapes
+#   bash benches/reference/device_stage.sh tune-sparse # every bitmap / Tiled-CSL plan (warp heights, splits,
+#                                                     # block counts) on the 7B/13B layers where each format is used
 #   bash benches/reference/device_stage.sh candle     # candle's CUDA backend with SparseLinear: test, example, memcheck
 #   bash benches/reference/device_stage.sh nccl       # tensor parallel over NCCL: the GPU test, then bench-e2e --gpus
 #                                                     # on every GPU count the machine has (2, 4, 8)
@@ -106,6 +108,14 @@ case "${1:?stage}" in
     # (q|k|v, o, gate|up, down, LM head) at 1 and 8 tokens.
     $b/bin/bench_linear --shapes 12288x4096,4096x4096,22016x4096,4096x11008,32000x4096 --n 1,8 \
       --no-sparse --dtype f16 --tune dense --csv "$out/tune_dense.csv" ;;
+  tune-sparse)
+    # The plans behind `sparse::bitmap::launch` (50–70%) and the Tiled-CSL defaults (80–90%)
+    # on the LLaMA-2-7B/13B layers, 8 and 16 tokens (NOTES 74).
+    shapes=4096x4096,11008x4096,4096x11008,12288x4096,22016x4096,15360x5120,5120x13824,27648x5120
+    $b/bin/bench_linear --shapes $shapes --n 8,16 --sparsity 0.5,0.7 --dtype f16 --rows-pattern none \
+      --tune bitmap --csv "$out/tune_bitmap.csv"
+    $b/bin/bench_linear --shapes $shapes --n 8,16 --sparsity 0.8,0.9 --dtype f16 --rows-pattern none \
+      --tune sparse --csv "$out/tune_sparse.csv" ;;
   candle)
     # Built with the feature candle-cuda, which links CUDA 13 libraries: found on the machine.
     libs=$(bash benches/reference/cuda_libs.sh)
