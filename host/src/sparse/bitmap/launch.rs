@@ -29,9 +29,9 @@ const MT2_MAX_TILES_PER_SM: usize = 48;
 
 /// Fewest tiles per block for one full wave of stream-K blocks. The uniform split's cost
 /// model (`linear::sparse_splits`) leaves the bitmap kernel's slots a third empty on layers
-/// of 20–45 tiles per SM; one wave of blocks of at least 4 tiles each measured 3–12% faster
-/// there than the split (H100, NOTES item 74), while blocks of ~2 tiles (4096×4096, 16
-/// tokens) were 15% slower.
+/// of 20–45 tiles per SM; one wave of blocks of at least 4 tiles each measured 3–7% faster
+/// there than the split at 50% and 1–5% at 70% (H100, NOTES item 74), while blocks of ~2
+/// tiles (4096×4096, 16 tokens) were 15% slower.
 const BITMAP_STREAM_MIN_TILES: usize = 4;
 
 impl LaunchPlan for BitmapPlan {
