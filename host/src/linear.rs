@@ -1053,9 +1053,7 @@ mod tests {
             let weight = WeightInfo::Sparse { format, stored_bytes: m * k, stage_hint: 20_000 };
             let s = &plan_of(&Problem { weight, ..sparse_problem(8, m, k) }, LinearOptions::default()).0.unwrap()[0];
             let LaunchKind::Sparse { blocks, .. } = s.kind else { panic!() };
-            let dev = h100();
-            let per_sm = (dev.smem.per_sm / (s.smem as usize + dev.smem.reserved_per_block)).min(2048 / s.threads as usize);
-            (blocks as usize, per_sm * dev.sm_count)
+            (blocks as usize, occupancy_model(&mut Vec::new())(&s.kernel, s.threads, s.smem).unwrap())
         };
         // 11008×4096: 2752 tiles of 256×64, at least 4 per block in one wave.
         let (b, wave) = blocks(11008, 4096, SparseFormat::Bitmap);
