@@ -436,13 +436,14 @@ fn plan_slice(
             // A compiled shape and token tile: at most 4 · (4·8 KiB + 8·1 KiB).
             (name, b, dense_smem_bytes(b.row_tiles, nt))
         }
-        WeightInfo::Sparse { format, stage_hint, .. } => {
+        WeightInfo::Sparse { format, stage_hint, stored_bytes } => {
             // The format's kernel, stage parameter and shared memory (`sparse::formats`).
             let launch = format.plan();
             let b = opts.block.unwrap_or_else(|| {
                 // A count of tiles for a heuristic: saturating, never a size.
                 let tiles = m.div_ceil(SPARSE_TILE_M).saturating_mul(k.div_ceil(TILE_K));
-                BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: launch.warp_m_tiles(nt, tiles, dev.sm_count) }
+                let mt = launch.warp_m_tiles(nt, tiles, stored_bytes, dev.sm_count);
+                BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles: mt }
             });
             let mt = b.warp_m_tiles;
             if b.row_tiles != SPMM_ROW_TILES || !SPMM_CONFIGS.contains(&mt) || nt > spmm_max_nt(mt) {
@@ -1030,11 +1031,19 @@ mod tests {
             Problem { n, k, m, ldx: padded_ld(k), ldy: padded_ld(m), weight, dtype: Dtype::F16 }
         };
         let kernel = |p: &Problem, opts: LinearOptions| plan_of(p, opts).0.unwrap()[0].kernel.clone();
-        // 4096×4096, 11008×4096 and 22016×4096: 1024, 2752 and 5504 tiles, ≤ 48 per SM of
-        // 132 → 8 warps of 2.
+        // 4096×4096, 11008×4096 and 22016×4096 (61% of the dense bytes: 50% sparse): 1024,
+        // 2752 and 5504 tiles, ≤ 48 per SM of 132 → 8 warps of 2.
         assert_eq!(kernel(&bitmap(8, 4096, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
         assert_eq!(kernel(&bitmap(1, 11008, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
         assert_eq!(kernel(&bitmap(8, 22016, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
+        // At 60% sparsity (50% of the dense bytes) only up to 24 per SM: 4096×11008 → 2,
+        // 22016×4096 → 4.
+        let sparser = |m: usize, k: usize| {
+            let weight = WeightInfo::Sparse { format: SparseFormat::Bitmap, stored_bytes: m * k, stage_hint: 40_000 };
+            Problem { weight, ..bitmap(8, m, k) }
+        };
+        assert_eq!(kernel(&sparser(4096, 11008), LinearOptions::default()), "bitmap_linear_f16_n8_m2");
+        assert_eq!(kernel(&sparser(22016, 4096), LinearOptions::default()), "bitmap_linear_f16_n8_m4");
         // 27648×5120 and 27648×9216: 8640 and 15552 tiles, 65 and 118 per SM → 4 warps of 4;
         // 16 tokens: always 4.
         assert_eq!(kernel(&bitmap(8, 27648, 5120), LinearOptions::default()), "bitmap_linear_f16_n8_m4");

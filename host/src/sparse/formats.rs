@@ -177,8 +177,9 @@ pub(crate) trait LaunchPlan: Sync {
     /// Entry name of the kernel for dtype `dt`, token tile `n_tile` and warp height `mt`.
     fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String;
     /// Warp height (m16 tiles per warp) when the options name no block, for `nt` token
-    /// tiles of 8 on a weight of `tiles` tiles of 256×64 and a device of `sms` SMs.
-    fn warp_m_tiles(&self, nt: usize, _tiles: usize, _sms: usize) -> usize {
+    /// tiles of 8 on a weight of `tiles` tiles of 256×64 stored in `stored_bytes`, and a
+    /// device of `sms` SMs.
+    fn warp_m_tiles(&self, nt: usize, _tiles: usize, _stored_bytes: usize, _sms: usize) -> usize {
         spmm_default_mt(nt)
     }
     /// Fewest 256×64 tiles per block for which `linear::plan_sparse_blocks` runs one full
