@@ -110,9 +110,9 @@ case "${1:?stage}" in
       --no-sparse --dtype f16 --tune dense --csv "$out/tune_dense.csv" ;;
   tune-sparse)
     # The plans behind `sparse::bitmap::launch` (50–70%) and the Tiled-CSL defaults (80–90%)
-    # on the LLaMA-2-7B/13B layers, 8 and 16 tokens (NOTES 74).
+    # on the LLaMA-2-7B/13B layers, 8 and 16 tokens (NOTES 74, 75).
     shapes=4096x4096,11008x4096,4096x11008,12288x4096,22016x4096,15360x5120,5120x13824,27648x5120
-    $b/bin/bench_linear --shapes $shapes --n 8,16 --sparsity 0.5,0.7 --dtype f16 --rows-pattern none \
+    $b/bin/bench_linear --shapes $shapes --n 8,16 --sparsity 0.5,0.6,0.7 --dtype f16 --rows-pattern none \
       --tune bitmap --csv "$out/tune_bitmap.csv"
     $b/bin/bench_linear --shapes $shapes --n 8,16 --sparsity 0.8,0.9 --dtype f16 --rows-pattern none \
       --tune sparse --csv "$out/tune_sparse.csv" ;;
