@@ -29,7 +29,7 @@
 use cust::event::{Event, EventFlags};
 use half::{bf16, f16};
 use sparse_tc::cublas::{self, Cublas};
-use sparse_tc::layout::{spmm_max_nt, DENSE_CONFIGS, SPMM_CONFIGS};
+use sparse_tc::layout::{spmm_max_nt, DENSE_CONFIGS, SPARSE_TILE_M, SPMM_CONFIGS, SPMM_ROW_TILES};
 use sparse_tc::{BitmapWeight, BlockShape, DeviceMatrix, DeviceSparseWeight, Dtype, Element, Gpu, LinearOptions, SparseWeight};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -327,10 +327,10 @@ const SPLIT_CANDIDATES: [Option<usize>; 8] = [None, Some(1), Some(2), Some(3), S
 fn tune_plans<'a, T: Element>(
     prefix: &str, ws: &'a [DeviceSparseWeight<T>], bytes: usize, m: usize, k_tiles: usize, n_tile: usize, sms: usize,
 ) -> Vec<Entry<'a, T>> {
-    let r = m.div_ceil(256);
+    let r = m.div_ceil(SPARSE_TILE_M);
     let mut out = vec![];
     for warp_m_tiles in SPMM_CONFIGS.into_iter().filter(|&mt| n_tile / 8 <= spmm_max_nt(mt)) {
-        let block = Some(BlockShape { row_tiles: 4, warp_m_tiles });
+        let block = Some(BlockShape { row_tiles: SPMM_ROW_TILES, warp_m_tiles });
         for s in SPLIT_CANDIDATES.into_iter().filter(|s| s.is_none_or(|s| s <= k_tiles)) {
             let name = format!("{prefix}_m{warp_m_tiles}s{}", s.map_or("A".into(), |s| s.to_string()));
             out.push(sparse_entry(name, ws, LinearOptions { splits: s, block, ..Default::default() }, bytes));

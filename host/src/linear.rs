@@ -256,10 +256,6 @@ pub(crate) fn sparse_splits(row_tiles: usize, n_blocks: usize, k_tiles: usize, s
     (1..=max_splits(k_tiles)).min_by(|&a, &b| cost(a).total_cmp(&cost(b))).unwrap_or(1)
 }
 
-/// Fewest tiles per block for the one-wave stream-K schedule of the Tiled-CSL kernel (the
-/// default of [`LaunchPlan::stream_min_tiles`]).
-pub(crate) const STREAM_MIN_TILES: usize = 16;
-
 /// Token tiles one launch covers at most: grid y is the token tile, and the driver allows
 /// at most 65535 there. Larger token counts are cut into slices of this many tiles of 64
 /// ([`plan`]), each its own launch (and reduction).

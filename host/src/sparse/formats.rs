@@ -22,7 +22,7 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::layout::spmm_default_mt;
-use crate::linear::{DeviceLimits, LinearOptions, Occupancy, STREAM_MIN_TILES};
+use crate::linear::{DeviceLimits, LinearOptions, Occupancy};
 use crate::matrix::DeviceSparseWeight;
 
 /// A sparse weight format the kernels read.
@@ -184,9 +184,7 @@ pub(crate) trait LaunchPlan: Sync {
     }
     /// Fewest 256×64 tiles per block for which `linear::plan_sparse_blocks` runs one full
     /// wave of stream-K blocks rather than splitting every row tile uniformly.
-    fn stream_min_tiles(&self) -> usize {
-        STREAM_MIN_TILES
-    }
+    fn stream_min_tiles(&self) -> usize;
     /// The kernel's stage parameter (its last-but-two argument) and dynamic shared memory for
     /// `nt` token tiles, from the weight's `stage_hint` (set by the format at upload) and the
     /// options (each format refuses the knobs that are not its own, naming them). `occupancy`

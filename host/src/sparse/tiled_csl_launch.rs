@@ -14,9 +14,19 @@ pub(crate) struct TiledCslPlan;
 /// The one instance.
 pub(crate) static TILED_CSL: TiledCslPlan = TiledCslPlan;
 
+/// Fewest tiles per block for one full wave of stream-K blocks. A minimum of 3 (with waves
+/// of fewer blocks per SM) gained on the 7B/13B-sized layers only at 50–70%, where the
+/// bitmap format is used, and lost 2–15% at 80–90% (H100, `benches/results/NOTES.md` item
+/// 75).
+const TILED_CSL_STREAM_MIN_TILES: usize = 16;
+
 impl LaunchPlan for TiledCslPlan {
     fn kernel(&self, dt: &str, n_tile: usize, mt: usize) -> String {
         format!("spmm_linear_{dt}_n{n_tile}_m{mt}")
+    }
+
+    fn stream_min_tiles(&self) -> usize {
+        TILED_CSL_STREAM_MIN_TILES
     }
 
     fn stage(
